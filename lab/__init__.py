@@ -1,0 +1,1 @@
+"""sdlab core: spec math, strategies, models, protocol, scenarios, runner, metrics, simulator."""
