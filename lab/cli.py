@@ -1,0 +1,162 @@
+"""`python -m lab …`: the one entry point a person types.
+
+Each subcommand is a small function that imports what it needs lazily, so
+`doctor` and `--help` work even where torch is not installed yet.  Exit
+codes: 0 success, 1 a measured tolerance failed or the run failed, 2 bad
+usage or bad input (with a one-line message naming the field).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from netns.link import LinkError, LinkPair
+from lab.scenario import BACKENDS, ScenarioError, load_scenario, available
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad command-line input; printed as one line, exit 2."""
+
+
+def _need_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise UsageError(f"{what} needs root (network namespaces and qdiscs): run it with sudo")
+
+
+def _link_overrides(args, base: LinkPair) -> LinkPair:
+    """Apply --delay-ms/--jitter-ms/--loss-pct/--rate-mbit to both directions of base."""
+    changes = {k: getattr(args, k) for k in ("delay_ms", "jitter_ms", "loss_pct", "rate_mbit")
+               if getattr(args, k, None) is not None}
+    if not changes:
+        return base
+    try:
+        return LinkPair(uplink=base.uplink.with_changes(**changes),
+                        downlink=base.downlink.with_changes(**changes))
+    except LinkError as e:
+        raise UsageError(f"--{str(e).split(':')[0].replace('_', '-')}: {str(e).split(': ', 1)[1]}") from None
+
+
+def _add_link_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("link overrides (both directions)")
+    g.add_argument("--delay-ms", type=float)
+    g.add_argument("--jitter-ms", type=float)
+    g.add_argument("--loss-pct", type=float)
+    g.add_argument("--rate-mbit", type=float)
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_doctor(args) -> int:
+    from lab.doctor import run_doctor
+    return run_doctor()
+
+
+def cmd_link(args) -> int:
+    from netns import topology
+    _need_root("link")
+    if args.action == "up":
+        if not args.scenario:
+            raise UsageError("link up needs a SCENARIO (a name in scenarios/ or a YAML path)")
+        sc = load_scenario(args.scenario)
+        link = _link_overrides(args, sc.link)
+        topo = topology.Topology(backend=args.backend or sc.backend,
+                                 congestion_control=sc.congestion_control)
+        topo.up(link, detach=True)
+        print(f"link up ({topo.backend_name} backend, TCP {topo.congestion_control}): {link.describe()}")
+        print(f"  edge  {topo.edge_ns}  {topology.EDGE_ADDR}")
+        print(f"  cloud {topo.cloud_ns}  {topology.CLOUD_ADDR}")
+        print(f"  try:  ip netns exec {topo.edge_ns} ping {topology.CLOUD_ADDR}")
+        print("  then: python -m lab link status | link down")
+        return EXIT_OK
+    if args.action == "down":
+        removed = topology.cleanup_stale(force=True)
+        print("link down" + (f": removed {', '.join(removed)}" if removed else ": nothing was up"))
+        return EXIT_OK
+    topo = topology.attach()
+    if topo is None:
+        print("no lab link is up (python -m lab link up SCENARIO)")
+        return EXIT_FAILED
+    if args.action == "change":
+        base = load_scenario(args.scenario).link if args.scenario else topo.current_link()
+        link = _link_overrides(args, base)
+        ms = topo.change(link)
+        print(f"link changed in {ms:.2f} ms: {link.describe()}")
+        return EXIT_OK
+    from lab.report import print_link_status
+    print_link_status(topo.read_back())
+    return EXIT_OK
+
+
+def cmd_linkcheck(args) -> int:
+    _need_root("linkcheck")
+    from netns.linkcheck import run_linkcheck
+    backends = [args.backend] if args.backend and args.backend != "auto" else None
+    return run_linkcheck(backends=backends, quick=args.quick)
+
+
+def cmd_probe(args) -> int:
+    _need_root("probe")
+    from netns.probe import probe_scenario_link
+    sc = load_scenario(args.scenario)
+    return probe_scenario_link(sc.link, backend=args.backend or sc.backend,
+                               congestion_control=sc.congestion_control, name=sc.name)
+
+
+def cmd_models(args) -> int:
+    from lab.models.embedded import fetch_command
+    return fetch_command()
+
+
+def cmd_scenarios(args) -> int:
+    for name in available():
+        sc = load_scenario(name)
+        print(f"{name:14s} {sc.description}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m lab", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("doctor", help="what this kernel can do; which link backend `auto` picks")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("scenarios", help="list the shipped scenarios")
+    p.set_defaults(func=cmd_scenarios)
+
+    p = sub.add_parser("link", help="bring the emulated link up/down, change it, show it")
+    p.add_argument("action", choices=["up", "status", "change", "down"])
+    p.add_argument("scenario", nargs="?", help="name in scenarios/ or path to a YAML file")
+    p.add_argument("--backend", choices=BACKENDS)
+    _add_link_flags(p)
+    p.set_defaults(func=cmd_link)
+
+    p = sub.add_parser("linkcheck", help="measure the link against its configuration (fidelity benchmark)")
+    p.add_argument("--backend", choices=BACKENDS)
+    p.add_argument("--quick", action="store_true", help="a representative subset (< 1 min)")
+    p.set_defaults(func=cmd_linkcheck)
+
+    p = sub.add_parser("probe", help="link-only probe of a scenario: RTT, goodput, loss, retransmissions")
+    p.add_argument("scenario")
+    p.add_argument("--backend", choices=BACKENDS)
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("models", help="fetch and verify the embedded model pair")
+    p.add_argument("action", choices=["fetch"])
+    p.set_defaults(func=cmd_models)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, ScenarioError, LinkError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted; everything this run created has been removed", file=sys.stderr)
+        return 130
