@@ -1,0 +1,116 @@
+"""Per-query records → the numbers a reader compares: TTFT, tokens/s, E2E, α, overhead.
+
+A query record (one line of queries.jsonl, written by the edge node or the
+simulator) carries per-cycle lists; `summarize` turns the records of one run
+into one row per strategy (the columns of summary.csv).  Warm-up queries are
+kept in the files, marked, and left out of every statistic.
+
+    tokens/s      decode throughput after the first token: (n_tokens − 1) / (e2e − ttft)
+    acceptance α  accepted draft tokens / drafted tokens, over all cycles with K > 0
+    overhead      Σ network time / Σ cycle time (network = cycle − draft − verify compute)
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+SUMMARY_COLUMNS = [
+    "scenario", "strategy", "backend", "models", "queries",
+    "ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99",
+    "tokens_per_s_p50", "tokens_per_s_p95", "tokens_per_s_p99",
+    "e2e_ms_p50", "e2e_ms_p95", "e2e_ms_p99",
+    "acceptance", "network_overhead_ratio", "cycle_network_ms_p50", "cycle_network_ms_p95",
+    "bytes_per_cycle", "tcp_retrans_segs", "edge_fallbacks",
+]
+
+# Fields every query record has (the edge node and the simulator both write them).
+QUERY_FIELDS = (
+    "scenario", "strategy", "query_index", "prompt_id", "warmup", "backend",
+    "ttft_ms", "e2e_ms", "n_tokens", "tokens_per_s",
+    "k_per_cycle", "accepted_per_cycle", "cycle_ms_per_cycle", "network_ms_per_cycle",
+    "cloud_compute_ms_per_cycle", "edge_compute_ms_per_cycle", "bytes_up_per_cycle", "bytes_down_per_cycle",
+    "edge_fallback",
+)
+
+
+def tokens_per_s(n_tokens: int, ttft_ms: float, e2e_ms: float) -> float:
+    """Decode throughput after the first token; NaN when there is nothing after it."""
+    if n_tokens < 2 or e2e_ms <= ttft_ms:
+        return math.nan
+    return (n_tokens - 1) / ((e2e_ms - ttft_ms) / 1000.0)
+
+
+def percentiles(values: Iterable[float], ps=(50, 95, 99)) -> list[float]:
+    arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if arr.size == 0:
+        return [math.nan] * len(ps)
+    return [float(np.percentile(arr, p)) for p in ps]
+
+
+def _concat(records: list[dict], key: str) -> np.ndarray:
+    return np.asarray([x for r in records for x in r.get(key, [])], dtype=float)
+
+
+def summarize_strategy(records: list[dict], *, scenario: str, strategy: str, backend: str,
+                       models: str, tcp_retrans_segs: int | None = None) -> dict:
+    """One summary row from the measured (non-warm-up) query records of one strategy."""
+    rs = [r for r in records if not r.get("warmup")]
+    row: dict = {"scenario": scenario, "strategy": strategy, "backend": backend, "models": models,
+                 "queries": len(rs)}
+    for name, key in (("ttft_ms", "ttft_ms"), ("tokens_per_s", "tokens_per_s"), ("e2e_ms", "e2e_ms")):
+        p50, p95, p99 = percentiles(r.get(key) for r in rs)
+        row.update({f"{name}_p50": p50, f"{name}_p95": p95, f"{name}_p99": p99})
+    k = _concat(rs, "k_per_cycle")
+    acc = _concat(rs, "accepted_per_cycle")
+    drafted = k.sum() if k.size else 0.0
+    row["acceptance"] = float(acc.sum() / drafted) if drafted > 0 else math.nan
+    cyc = _concat(rs, "cycle_ms_per_cycle")
+    net = _concat(rs, "network_ms_per_cycle")
+    row["network_overhead_ratio"] = float(net.sum() / cyc.sum()) if cyc.size and cyc.sum() > 0 else math.nan
+    p50, p95 = percentiles(net, (50, 95)) if net.size else (math.nan, math.nan)
+    row["cycle_network_ms_p50"], row["cycle_network_ms_p95"] = p50, p95
+    up, down = _concat(rs, "bytes_up_per_cycle"), _concat(rs, "bytes_down_per_cycle")
+    row["bytes_per_cycle"] = float((up.sum() + down.sum()) / len(up)) if up.size else math.nan
+    row["tcp_retrans_segs"] = tcp_retrans_segs if tcp_retrans_segs is not None else math.nan
+    row["edge_fallbacks"] = sum(1 for r in rs if r.get("edge_fallback"))
+    return row
+
+
+def summarize(records: list[dict], *, scenario: str, backend: str, models: str,
+              retrans_by_strategy: dict[str, int] | None = None) -> pd.DataFrame:
+    """summary.csv as a DataFrame: one row per strategy, in the order strategies first appear."""
+    order: list[str] = []
+    for r in records:
+        if r["strategy"] not in order:
+            order.append(r["strategy"])
+    rows = [summarize_strategy([r for r in records if r["strategy"] == s], scenario=scenario, strategy=s,
+                               backend=backend, models=models,
+                               tcp_retrans_segs=(retrans_by_strategy or {}).get(s))
+            for s in order]
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def format_table(df: pd.DataFrame) -> str:
+    """The short terminal table: what a person reads first."""
+    cols = [("strategy", "strategy", "{}"), ("queries", "n", "{:d}"),
+            ("ttft_ms_p50", "TTFT p50 ms", "{:.0f}"), ("tokens_per_s_p50", "tok/s p50", "{:.2f}"),
+            ("e2e_ms_p50", "E2E p50 ms", "{:.0f}"), ("e2e_ms_p95", "E2E p95 ms", "{:.0f}"),
+            ("acceptance", "α", "{:.2f}"), ("network_overhead_ratio", "net/cycle", "{:.0%}"),
+            ("cycle_network_ms_p50", "net p50 ms", "{:.1f}"), ("tcp_retrans_segs", "retrans", "{:.0f}")]
+    header = [h for _, h, _ in cols]
+    body = []
+    for _, row in df.iterrows():
+        cells = []
+        for key, _, fmt in cols:
+            v = row[key]
+            if isinstance(v, float) and math.isnan(v):
+                cells.append("–")
+            else:
+                cells.append(fmt.format(int(v) if fmt == "{:d}" else v))
+        body.append(cells)
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
+    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])

@@ -1,0 +1,46 @@
+"""Metrics from hand-computed records."""
+import math
+
+import pytest
+
+from lab.metrics import SUMMARY_COLUMNS, format_table, percentiles, summarize, tokens_per_s
+
+
+def rec(strategy, ttft, e2e, n, ks, accs, cyc, net, warmup=False, fallback=False):
+    return {"scenario": "t", "strategy": strategy, "warmup": warmup, "ttft_ms": ttft, "e2e_ms": e2e,
+            "n_tokens": n, "tokens_per_s": tokens_per_s(n, ttft, e2e),
+            "k_per_cycle": ks, "accepted_per_cycle": accs, "cycle_ms_per_cycle": cyc,
+            "network_ms_per_cycle": net, "bytes_up_per_cycle": [100] * len(ks),
+            "bytes_down_per_cycle": [20] * len(ks), "edge_fallback": fallback}
+
+
+def test_tokens_per_s_excludes_first_token():
+    assert tokens_per_s(11, 100.0, 1100.0) == pytest.approx(10.0)
+    assert math.isnan(tokens_per_s(1, 100.0, 100.0))
+
+
+def test_summary_row_from_hand_computed_cycles():
+    records = [
+        rec("fixed-k:3", 999, 9999, 5, [3], [3], [100], [90], warmup=True),   # ignored
+        rec("fixed-k:3", 200, 1200, 11, [3, 3], [3, 1], [100, 100], [50, 30]),
+        rec("fixed-k:3", 300, 1300, 11, [3, 3], [0, 2], [100, 100], [20, 0], fallback=True),
+        rec("edge-only", 50, 550, 6, [0, 0], [0, 0], [100, 100], [0, 0]),
+    ]
+    df = summarize(records, scenario="t", backend="wire", models="synthetic")
+    assert list(df.columns) == SUMMARY_COLUMNS
+    row = df.set_index("strategy").loc["fixed-k:3"]
+    assert row["queries"] == 2
+    assert row["acceptance"] == pytest.approx(6 / 12)
+    assert row["network_overhead_ratio"] == pytest.approx(100 / 400)
+    assert row["ttft_ms_p50"] == pytest.approx(250)
+    assert row["tokens_per_s_p50"] == pytest.approx(10.0)
+    assert row["bytes_per_cycle"] == pytest.approx(120)
+    assert row["edge_fallbacks"] == 1
+    assert math.isnan(df.set_index("strategy").loc["edge-only"]["acceptance"])
+    table = format_table(df)
+    assert "fixed-k:3" in table and "edge-only" in table and "50%" not in table.splitlines()[0]
+
+
+def test_percentiles_ignore_nan():
+    assert percentiles([1, 2, 3, math.nan], (50,)) == [2.0]
+    assert all(math.isnan(x) for x in percentiles([]))
