@@ -106,8 +106,8 @@ def cmd_probe(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from lab.models.embedded import fetch_command
-    return fetch_command()
+    from lab.models.embedded import fetch_main
+    return fetch_main()
 
 
 def cmd_scenarios(args) -> int:

@@ -1,0 +1,228 @@
+"""Real models through transformers: a LanguageModel and its KV-cached Session.
+
+Speculative decoding needs three cache operations and nothing else: prefill
+the prompt, extend by K tokens in ONE forward pass (the verify step, whose
+cost versus K is what the lab measures), and roll back to the accepted prefix
+without recomputing it.  `HFSession` maps them onto a transformers
+`DynamicCache`: extend passes explicit position ids and keeps only the K
+logits rows it needs (`logits_to_keep`), rollback is `DynamicCache.crop`.
+
+    draft, target = from_pretrained_pair("Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct")
+    s = target.new_session()
+    logits = s.prefill(target.encode_prompt("def fib(n):"))   # [vocab]
+    rows = s.extend([t1, t2, t3])                             # [3, vocab], one pass
+    s.rollback(s.length - 2)                                  # drop the last two
+
+CPU threads are a process-wide torch setting (`set_threads`); the lab gives
+the edge and the cloud one thread each on a 2-core host so they do not steal
+each other's core, and records the value.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lab.models import ModelError
+
+DTYPES = ("bfloat16", "float32")
+
+
+def set_threads(n: int) -> int:
+    """Set torch's intra-op thread count for this process; returns the value now in effect."""
+    import torch
+
+    if n < 1:
+        raise ModelError(f"threads must be >= 1, got {n}")
+    torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """sha256 of the vocabulary (token -> id, added tokens included); edge and cloud must agree."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: (kv[1], kv[0]))
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise ModelError(f"dtype {dtype!r} not supported on CPU here; use one of {DTYPES}")
+    return getattr(torch, dtype)
+
+
+class HFSession:
+    """One sequence and its KV cache on a causal LM (batch size 1)."""
+
+    def __init__(self, model):
+        from transformers import DynamicCache
+
+        self._model = model
+        self._cache = DynamicCache(config=model.config)
+        self._n_embed = int(model.get_input_embeddings().num_embeddings)
+        self.length = 0
+
+    def _forward(self, token_ids: list[int], keep: int) -> np.ndarray:
+        """Run token_ids after the cached prefix; logits of the last `keep` positions, [keep, vocab] float32."""
+        import torch
+
+        n = len(token_ids)
+        if any(not isinstance(t, (int, np.integer)) or not 0 <= t < self._n_embed for t in token_ids):
+            raise ModelError(f"token ids must be ints in 0..{self._n_embed - 1}, got {list(token_ids)[:8]}…")
+        ids = torch.tensor([list(map(int, token_ids))], dtype=torch.long)
+        pos = torch.arange(self.length, self.length + n, dtype=torch.long).unsqueeze(0)
+        with torch.inference_mode():
+            out = self._model(input_ids=ids, position_ids=pos, cache=self._cache, use_cache=True,
+                              logits_to_keep=keep)
+        self.length += n
+        if self._cache.get_seq_length() != self.length:
+            raise ModelError(f"KV cache holds {self._cache.get_seq_length()} tokens, session expects "
+                             f"{self.length}; this model's cache layout is not supported")
+        return out.logits[0].float().numpy()
+
+    def prefill(self, token_ids: list[int]) -> np.ndarray:
+        """Run the prompt on an empty session; logits for the next token, [vocab]."""
+        if self.length != 0:
+            raise ModelError(f"prefill on a session holding {self.length} tokens; "
+                             "use a new session (or rollback(0)) per query")
+        if not token_ids:
+            raise ModelError("prefill needs at least one token")
+        return self._forward(token_ids, keep=1)[-1]
+
+    def extend(self, token_ids: list[int]) -> np.ndarray:
+        """Append tokens in one forward pass; logits after each of them, [len, vocab]."""
+        if self.length == 0:
+            raise ModelError("extend before prefill")
+        if not token_ids:
+            return np.zeros((0, self.vocab_size), dtype=np.float32)
+        return self._forward(token_ids, keep=len(token_ids))
+
+    def rollback(self, length: int) -> None:
+        """Crop the cache to its first `length` tokens; the kept prefix is not recomputed."""
+        if not 0 <= length <= self.length:
+            raise ModelError(f"rollback to {length} outside 0..{self.length}")
+        if length < self.length:
+            self._cache.crop(length - self.length)      # negative: number of tokens to drop
+            self.length = length
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._model.get_output_embeddings().weight.shape[0])
+
+
+class HFModel:
+    """A transformers causal LM plus its tokenizer, behind the LanguageModel protocol.
+
+    `model_id_or_dir` is a Hugging Face id or a local directory with
+    safetensors and a tokenizer (the converted embedded models are the latter).
+    """
+
+    def __init__(self, model_id_or_dir: str | Path, dtype: str = "bfloat16", threads: int | None = None,
+                 model_id: str | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.threads = set_threads(threads) if threads is not None else None
+        src = str(model_id_or_dir)
+        try:
+            tok = AutoTokenizer.from_pretrained(src)
+            model = AutoModelForCausalLM.from_pretrained(src, dtype=_torch_dtype(dtype))
+        except (OSError, ValueError) as e:
+            raise ModelError(f"cannot load {src!r} with transformers ({e}); give a Hugging Face id "
+                             "reachable from here or a directory with safetensors + tokenizer") from e
+        self._init(model.eval(), tok, model_id or src, dtype)
+
+    @classmethod
+    def from_objects(cls, model, tokenizer, model_id: str, dtype: str | None = None) -> "HFModel":
+        """Wrap an already-built model and tokenizer (tests, custom loading)."""
+        self = cls.__new__(cls)
+        self.threads = None
+        self._init(model.eval(), tokenizer, model_id, dtype or str(model.dtype).removeprefix("torch."))
+        return self
+
+    def _init(self, model, tokenizer, model_id: str, dtype: str) -> None:
+        self.model, self.tokenizer, self.model_id, self.dtype = model, tokenizer, model_id, dtype
+        self.source: dict | None = None         # provenance (the embedded pair: GGUF name, sha256, conversion)
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])   # logits width
+        if len(tokenizer) > self.vocab_size:
+            raise ModelError(f"{model_id}: tokenizer has {len(tokenizer)} tokens but logits only "
+                             f"{self.vocab_size}; model and tokenizer do not belong together")
+        self.tokenizer_hash = tokenizer_sha256(tokenizer)
+        self.eos_token_ids = self._eos_ids()
+        self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+
+    def _eos_ids(self) -> tuple[int, ...]:
+        """Every id that ends a generation: generation config, model config and tokenizer, deduplicated."""
+        ids: list[int] = []
+        for src in (getattr(self.model, "generation_config", None), self.model.config, self.tokenizer):
+            v = getattr(src, "eos_token_id", None)
+            for x in (v if isinstance(v, (list, tuple)) else [v]):
+                if x is not None and int(x) not in ids:
+                    ids.append(int(x))
+        return tuple(ids)
+
+    def new_session(self) -> HFSession:
+        return HFSession(self.model)
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Prompt wrapped in the chat template (a single user turn, generation prompt appended).
+
+        Models without a template (base models) get the plain encoding; `has_chat_template` says which.
+        """
+        if not self.has_chat_template:
+            return list(self.tokenizer.encode(prompt))
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                  add_generation_prompt=True)
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode([int(t) for t in token_ids], skip_special_tokens=True)
+
+    def describe(self) -> dict:
+        """What results/meta.json records about this model (threads: torch's setting right now)."""
+        import torch
+
+        return {"model_id": self.model_id, "dtype": self.dtype, "vocab_size": self.vocab_size,
+                "tokenizer_sha256": self.tokenizer_hash, "eos_token_ids": list(self.eos_token_ids),
+                "threads": torch.get_num_threads(), "n_params": sum(p.numel() for p in self.model.parameters()),
+                "chat_template": self.has_chat_template, "source": self.source}
+
+    def __repr__(self) -> str:
+        return f"<HFModel {self.model_id} {self.dtype} vocab={self.vocab_size}>"
+
+
+def greedy_generate(model: HFModel, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """Plain autoregressive greedy decoding through a session: the reference output for losslessness."""
+    s = model.new_session()
+    logits = s.prefill(prompt_ids)
+    out: list[int] = []
+    while len(out) < max_new_tokens:
+        tok = int(np.argmax(logits))
+        out.append(tok)
+        if tok in model.eos_token_ids:
+            break
+        logits = s.extend([tok])[-1]
+    return out
+
+
+def from_pretrained_pair(draft_id: str | Path, target_id: str | Path, dtype: str = "bfloat16",
+                         threads: int | None = None) -> tuple[HFModel, HFModel]:
+    """Load a draft/target pair; fails unless both use the same tokenizer (ids must mean the same)."""
+    draft = HFModel(draft_id, dtype=dtype, threads=threads)
+    target = HFModel(target_id, dtype=dtype, threads=threads)
+    check_pair(draft, target)
+    return draft, target
+
+
+def check_pair(draft: HFModel, target: HFModel) -> None:
+    """Speculative decoding compares token ids across models: the vocabularies must be identical.
+
+    The logits widths may still differ (Qwen2.5-0.5B has 151,936, Qwen2.5-7B 152,064: padding rows
+    no tokenizer id reaches); callers comparing distributions use the smaller width.
+    """
+    if draft.tokenizer_hash != target.tokenizer_hash:
+        raise ModelError(f"draft {draft.model_id} and target {target.model_id} use different tokenizers "
+                         f"({draft.tokenizer_hash[:12]} vs {target.tokenizer_hash[:12]}); pick two models "
+                         "of the same family")

@@ -1,0 +1,181 @@
+"""HFSession against plain transformers on a tiny random Qwen2 (no download, fp32).
+
+The reference for every check is the model itself run without our cache
+bookkeeping: full-sequence forward passes and `model.generate(do_sample=False)`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from lab.models import ModelError  # noqa: E402
+from lab.models.hf import HFModel, HFSession, check_pair, greedy_generate, set_threads  # noqa: E402
+
+VOCAB = 1000
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    cfg = transformers.Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=256, tie_word_embeddings=False,
+                                   eos_token_id=None, bos_token_id=None, pad_token_id=None)
+    model = transformers.Qwen2ForCausalLM(cfg).to(torch.float32).eval()
+    return model
+
+
+def full_logits(model, ids: list[int]) -> np.ndarray:
+    """Logits at every position of one uncached forward pass over ids: [len, vocab]."""
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids]), use_cache=False).logits[0].float().numpy()
+
+
+def ids(n: int, seed: int) -> list[int]:
+    return np.random.default_rng(seed).integers(0, VOCAB, n).tolist()
+
+
+def test_prefill_and_extend_shapes(tiny):
+    s = HFSession(tiny)
+    prompt = ids(12, 1)
+    last = s.prefill(prompt)
+    assert last.shape == (VOCAB,) and last.dtype == np.float32
+    assert s.length == 12
+    rows = s.extend(ids(5, 2))
+    assert rows.shape == (5, VOCAB) and rows.dtype == np.float32
+    assert s.length == 17
+    assert s.extend([]).shape == (0, VOCAB) and s.length == 17
+
+
+def test_prefill_matches_full_forward(tiny):
+    prompt = ids(20, 3)
+    np.testing.assert_allclose(HFSession(tiny).prefill(prompt), full_logits(tiny, prompt)[-1], atol=ATOL)
+
+
+def test_extend_equals_step_by_step(tiny):
+    prompt, cont = ids(10, 4), ids(7, 5)
+    batched = HFSession(tiny)
+    batched.prefill(prompt)
+    one_pass = batched.extend(cont)
+    stepwise = HFSession(tiny)
+    stepwise.prefill(prompt)
+    steps = np.stack([stepwise.extend([t])[0] for t in cont])
+    np.testing.assert_allclose(one_pass, steps, atol=ATOL)
+    # and both equal the uncached forward over the whole sequence
+    np.testing.assert_allclose(one_pass, full_logits(tiny, prompt + cont)[len(prompt):], atol=ATOL)
+    assert batched.length == stepwise.length == 17
+
+
+def test_rollback_then_reextend_reproduces_logits(tiny):
+    prompt, first, other = ids(9, 6), ids(6, 7), ids(4, 8)
+    s = HFSession(tiny)
+    s.prefill(prompt)
+    a = s.extend(first)
+    s.rollback(len(prompt) + 2)                 # keep two of the six drafted tokens
+    assert s.length == len(prompt) + 2
+    b = s.extend(first[2:])                     # the same four again: identical logits
+    np.testing.assert_allclose(b, a[2:], atol=ATOL)
+    s.rollback(len(prompt) + 2)
+    c = s.extend(other)                         # a different continuation: equals a fresh computation
+    ref = full_logits(tiny, prompt + first[:2] + other)[len(prompt) + 2:]
+    np.testing.assert_allclose(c, ref, atol=ATOL)
+    s.rollback(s.length)                        # no-op
+    assert s.length == len(prompt) + 2 + len(other)
+
+
+def test_rollback_bounds_and_misuse(tiny):
+    s = HFSession(tiny)
+    with pytest.raises(ModelError):
+        s.extend([1, 2])                        # extend before prefill
+    with pytest.raises(ModelError):
+        s.prefill([])
+    with pytest.raises(ModelError, match="ints in 0..999"):
+        s.prefill([1, VOCAB])                   # out of the vocabulary: refused before the embedding
+    assert s.length == 0
+    s.prefill(ids(5, 9))
+    with pytest.raises(ModelError):
+        s.rollback(6)
+    with pytest.raises(ModelError):
+        s.rollback(-1)
+    with pytest.raises(ModelError):
+        s.prefill([1, 2, 3])                    # prefill twice on one session
+    s.rollback(0)
+    assert s.length == 0
+    np.testing.assert_allclose(s.prefill([7, 8, 9]), full_logits(tiny, [7, 8, 9])[-1], atol=ATOL)
+
+
+class _NoTokenizer:
+    """Just enough tokenizer for HFModel: an identity vocabulary, no chat template."""
+    chat_template = None
+    eos_token_id = None
+
+    def get_vocab(self) -> dict[str, int]:
+        return {f"t{i}": i for i in range(VOCAB)}
+
+    def __len__(self) -> int:
+        return VOCAB
+
+
+def test_greedy_session_equals_generate(tiny):
+    model = HFModel.from_objects(tiny, _NoTokenizer(), "tiny-qwen2")
+    assert model.vocab_size == VOCAB and model.eos_token_ids == ()
+    for seed in (10, 11, 12):
+        prompt = ids(8, seed)
+        ours = greedy_generate(model, prompt, max_new_tokens=24)
+        with torch.inference_mode():
+            ref = tiny.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                do_sample=False, max_new_tokens=24, min_new_tokens=24)
+        assert ours == ref[0, len(prompt):].tolist()
+
+
+def test_speculative_cycle_is_lossless(tiny):
+    """Draft K, verify them in one extend, roll back the rejects: the output equals plain greedy."""
+    model = HFModel.from_objects(tiny, _NoTokenizer(), "tiny-qwen2")
+    prompt, n_new, k = ids(6, 13), 30, 4
+    reference = greedy_generate(model, prompt, n_new)
+    s = model.new_session()
+    pending = int(np.argmax(s.prefill(prompt)))     # committed but not yet in the cache
+    out = [pending]
+    rng = np.random.default_rng(14)
+    cycles = 0
+    while len(out) < n_new:
+        base = s.length
+        # a bad drafter: the true continuation with random corruptions, so both paths get exercised
+        truth = reference[len(out):len(out) + k] + [0] * k
+        draft = [t if rng.random() < 0.7 else int(rng.integers(VOCAB)) for t in truth[:k]]
+        rows = s.extend([pending] + draft)              # [k+1, vocab]: row i predicts draft[i]
+        n = 0
+        while n < k and int(np.argmax(rows[n])) == draft[n]:
+            n += 1
+        s.rollback(base + 1 + n)                        # keep pending + accepted drafts
+        pending = int(np.argmax(rows[n]))               # correction, or the bonus token when n == k
+        out += draft[:n] + [pending]
+        cycles += 1
+    assert out[:n_new] == reference[:n_new]
+    assert cycles < n_new                               # speculation did accept something
+
+
+def test_check_pair_rejects_different_tokenizers(tiny):
+    class Other(_NoTokenizer):
+        def get_vocab(self) -> dict[str, int]:
+            return {f"x{i}": i for i in range(VOCAB)}
+
+    a = HFModel.from_objects(tiny, _NoTokenizer(), "a")
+    b = HFModel.from_objects(tiny, Other(), "b")
+    check_pair(a, HFModel.from_objects(tiny, _NoTokenizer(), "a2"))
+    with pytest.raises(ModelError, match="different tokenizers"):
+        check_pair(a, b)
+
+
+def test_set_threads_records_value():
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(1) == 1
+        with pytest.raises(ModelError):
+            set_threads(0)
+    finally:
+        torch.set_num_threads(before)
