@@ -1,0 +1,90 @@
+"""Kernel counters per namespace: TCP recovery work and qdisc statistics, as before/after deltas.
+
+The TCP counters are the kernel's own (`/proc/net/snmp` Tcp, `/proc/net/netstat`
+TcpExt) as seen from inside a namespace: the same numbers `nstat` prints.
+They show that loss on the link became real retransmissions (RetransSegs,
+TCPLossProbes, TCPTimeouts …), which is the communication tax.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from pyroute2 import netns
+
+from netns.link import LinkError
+
+TCP_KEYS = ("RetransSegs", "InSegs", "OutSegs", "ActiveOpens", "PassiveOpens", "EstabResets", "InErrs",
+            "TCPLossProbes", "TCPLossProbeRecovery", "TCPTimeouts", "TCPFastRetrans", "TCPSlowStartRetrans",
+            "TCPSackRecovery", "TCPRenoRecovery", "TCPDSACKRecv", "TCPSpuriousRTOs", "TCPOFOQueue",
+            "DelayedACKs", "TCPRcvQDrop", "TCPBacklogDrop")
+
+
+def _parse_pairs(text: str, section: str) -> dict[str, int]:
+    """/proc/net/snmp and netstat: a header line and a value line per section."""
+    lines = [ln.split() for ln in text.splitlines() if ln.startswith(section + ":")]
+    out: dict[str, int] = {}
+    for head, vals in zip(lines[0::2], lines[1::2]):
+        for k, v in zip(head[1:], vals[1:]):
+            try:
+                out[k] = int(v)
+            except ValueError:
+                continue
+    return out
+
+
+def parse_tcp_counters(snmp: str, netstat: str) -> dict[str, int]:
+    both = {**_parse_pairs(snmp, "Tcp"), **_parse_pairs(netstat, "TcpExt")}
+    return {k: both.get(k, 0) for k in TCP_KEYS}
+
+
+def tcp_counters(ns: str) -> dict[str, int]:
+    """The namespace's TCP counters, read by a short child process that enters it."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        code = 0
+        try:
+            netns.setns(ns, flags=0)
+            with open("/proc/self/net/snmp") as f:
+                snmp = f.read()
+            with open("/proc/self/net/netstat") as f:
+                netstat = f.read()
+            os.write(w, json.dumps([snmp, netstat]).encode())
+        except OSError as e:
+            os.write(2, f"counters: {ns}: {e}\n".encode())
+            code = 1
+        finally:
+            os.close(w)
+            os._exit(code)
+    os.close(w)
+    chunks = []
+    while True:
+        b = os.read(r, 65536)
+        if not b:
+            break
+        chunks.append(b)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status):
+        raise LinkError(f"cannot read TCP counters in namespace {ns} (does it exist?)")
+    snmp, netstat = json.loads(b"".join(chunks))
+    return parse_tcp_counters(snmp, netstat)
+
+
+def qdisc_stats(ipr) -> list[dict]:
+    """Per device and qdisc: kind, bytes/packets sent, drops, overlimits, backlog (a pyroute2 handle)."""
+    names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
+    out = []
+    for q in ipr.get_qdiscs():
+        st = q.get_attr("TCA_STATS") or {}
+        out.append({"dev": names.get(q["index"], q["index"]), "kind": q.get_attr("TCA_KIND"),
+                    "handle": q["handle"], "bytes": st.get("bytes", 0), "packets": st.get("packets", 0),
+                    "drops": st.get("drop", 0), "overlimits": st.get("overlimits", 0),
+                    "backlog": st.get("backlog", 0), "qlen": st.get("qlen", 0)})
+    return out
+
+
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after}

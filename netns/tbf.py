@@ -1,0 +1,37 @@
+"""Rate limiting with the kernel's token bucket (tbf), shared by both backends.
+
+Sizing (DESIGN.md): a burst too small costs rate at high rates and CPU at
+100 Mbit/s; a queue too large builds seconds of delay at 1 Mbit/s.  The
+burst is 2 ms of the rate (at least two full frames); the queue holds
+`latency` worth of bytes — enough for one RTT plus 5 ms at the rate (the
+bottleneck queue TCP needs to keep the link busy), at least 20 ms.
+"""
+from __future__ import annotations
+
+from netns.link import LinkSpec
+
+FRAME_BYTES = 1514          # largest frame tbf sees on veth (TUN: 1500, no Ethernet header)
+
+
+def tbf_options(spec: LinkSpec, rtt_ms: float) -> dict | None:
+    """pyroute2 tc() keyword arguments for `spec`'s rate, or None for an unshaped link."""
+    if spec.rate_mbit is None:
+        return None
+    rate_bps = spec.rate_mbit * 1e6
+    burst = max(2 * FRAME_BYTES, int(rate_bps / 8 * 0.002))
+    latency_ms = max(20.0, rtt_ms + 5.0)
+    return {"rate": f"{int(rate_bps)}bit", "burst": burst, "latency": f"{int(latency_ms * 1000)}us"}
+
+
+def read_tbf(ipr, idx: int) -> dict | None:
+    """The tbf qdisc on device idx as the kernel reports it, in LinkSpec units."""
+    for q in ipr.get_qdiscs(index=idx):
+        if q.get_attr("TCA_KIND") != "tbf":
+            continue
+        opts = q.get_attr("TCA_OPTIONS")
+        parms = opts.get_attr("TCA_TBF_PARMS") if opts else None
+        if not parms:
+            return {"kind": "tbf"}
+        return {"kind": "tbf", "rate_mbit": parms["rate"] * 8 / 1e6, "limit_bytes": parms["limit"],
+                "buffer_ticks": parms["buffer"]}
+    return None

@@ -1,0 +1,40 @@
+"""Root-only fixtures: a lab topology with a test prefix, removed on every path."""
+import os
+import subprocess
+
+import pytest
+
+from netns.link import LinkPair, LinkSpec
+
+PREFIX = os.environ.get("SDLAB_TEST_PREFIX", "sdl-t-")
+BACKEND = os.environ.get("SDLAB_BACKEND", "auto")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="needs root (network namespaces); run: sudo make test")
+        for item in items:
+            if "tests/netns" in str(item.fspath) or "tests/e2e" in str(item.fspath):
+                item.add_marker(skip)
+
+
+def ip_netns_list() -> list[str]:
+    """Independent cross-check with iproute2 (the product itself never shells out)."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def topo():
+    from netns.topology import Topology
+    t = Topology(backend=BACKEND, prefix=PREFIX)
+    try:
+        yield t
+    finally:
+        t.down()
+        left = [n for n in ip_netns_list() if n.startswith(PREFIX)]
+        assert not left, f"namespaces left behind: {left}"
+
+
+def sym(**kw) -> LinkPair:
+    return LinkPair.symmetric(LinkSpec(**kw))

@@ -1,0 +1,141 @@
+"""The link for real: up, read back, measure, change mid-connection, loss → retransmissions, down, cleanup."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from netns.counters import tcp_counters
+from netns.link import LinkError
+from netns.topology import CLOUD_ADDR, EDGE_ADDR, cleanup_stale
+from tests.netns.conftest import BACKEND, PREFIX, ip_netns_list, sym
+
+pytestmark = pytest.mark.root
+PINGPONG = str(Path(__file__).with_name("tcp_pingpong.py"))
+
+
+def pingpong(topo, *, count, interval_ms=20, size=64, change=None, port=47100):
+    """Run the TCP request/response pair; optionally call change() half-way. Returns the client's JSON."""
+    srv = topo.popen("cloud", [sys.executable, PINGPONG, "server", "--addr", CLOUD_ADDR, "--port", str(port)],
+                     stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)
+        cli = topo.popen("edge", [sys.executable, PINGPONG, "client", "--addr", CLOUD_ADDR, "--port", str(port),
+                                  "--count", str(count), "--interval-ms", str(interval_ms), "--size", str(size)],
+                         stdout=subprocess.PIPE, text=True)
+        if change is not None:
+            time.sleep(count * interval_ms / 2000)
+            change()
+        out, _ = cli.communicate(timeout=60)
+        return json.loads(out)
+    finally:
+        srv.kill()
+        srv.wait(5)
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def test_up_read_back_measure_down(topo):
+    link = sym(delay_ms=10, rate_mbit=50)
+    topo.up(link)
+    assert {topo.edge_ns, topo.cloud_ns} <= set(ip_netns_list())
+    rb = topo.read_back()
+    for d in ("uplink", "downlink"):
+        assert rb[d]["delay_ms"] == pytest.approx(10)
+        assert rb[d]["rate_mbit"] == pytest.approx(50, rel=0.01)
+    assert rb["backend"] == topo.backend_name and rb["congestion_control"]
+    res = pingpong(topo, count=30)
+    rtts = [r for _, r in res["samples"]]
+    assert res["broke"] is None and len(rtts) == 30
+    assert median(rtts) == pytest.approx(20, abs=2.0)
+    topo.down()
+    assert not [n for n in ip_netns_list() if n.startswith(PREFIX)]
+
+
+def test_change_mid_connection_keeps_tcp_and_rtt_follows(topo):
+    topo.up(sym(delay_ms=5))
+    took = []
+    res = pingpong(topo, count=80, interval_ms=25,
+                   change=lambda: took.append(topo.change(sym(delay_ms=40))))
+    assert res["broke"] is None, res["broke"]
+    rtts = [r for _, r in res["samples"]]
+    assert len(rtts) == 80
+    assert median(rtts[:20]) == pytest.approx(10, abs=2.0)
+    assert median(rtts[-20:]) == pytest.approx(80, abs=3.0)
+    print(f"change applied in {took[0]:.2f} ms")
+
+
+@pytest.mark.parametrize("loss_pct", [0, 5])
+def test_loss_becomes_kernel_retransmissions(topo, loss_pct):
+    topo.up(sym(delay_ms=5, loss_pct=loss_pct, rate_mbit=20))
+    before = {ns: tcp_counters(ns) for ns in (topo.edge_ns, topo.cloud_ns)}
+    res = pingpong(topo, count=60, interval_ms=5, size=20000)
+    after = {ns: tcp_counters(ns) for ns in (topo.edge_ns, topo.cloud_ns)}
+    assert res["broke"] is None
+    retrans = sum(after[ns]["RetransSegs"] - before[ns]["RetransSegs"] for ns in after)
+    if loss_pct:
+        assert retrans > 0
+    else:
+        assert retrans == 0
+
+
+def test_asymmetric_link_reads_back_per_direction(topo):
+    from netns.link import LinkPair, LinkSpec
+    link = LinkPair(uplink=LinkSpec(delay_ms=20, rate_mbit=5), downlink=LinkSpec(delay_ms=10, rate_mbit=50))
+    topo.up(link)
+    rb = topo.read_back()
+    assert rb["uplink"]["delay_ms"] == 20 and rb["downlink"]["delay_ms"] == 10
+    assert rb["uplink"]["rate_mbit"] == pytest.approx(5, rel=0.01)
+    assert rb["downlink"]["rate_mbit"] == pytest.approx(50, rel=0.01)
+    res = pingpong(topo, count=20)
+    assert median([r for _, r in res["samples"]]) == pytest.approx(30, abs=2.0)
+
+
+CRASHER = """
+import sys, time, os
+sys.path.insert(0, {root!r})
+from netns.topology import Topology
+from netns.link import LinkPair, LinkSpec
+t = Topology(backend={backend!r}, prefix={prefix!r})
+t.up(LinkPair.symmetric(LinkSpec(delay_ms=5)))
+print("up", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_run_is_cleaned_at_next_start(sig):
+    prefix = PREFIX + "k"[:1] + "-"
+    code = CRASHER.format(root=str(Path(__file__).resolve().parents[2]), backend=BACKEND, prefix=prefix)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "up"
+        p.send_signal(sig)
+        p.wait(10)
+        # The victim's namespaces may still be there (SIGKILL leaves them); the next start cleans them.
+        removed = cleanup_stale(PREFIX)
+        left = [n for n in ip_netns_list() if n.startswith(prefix)]
+        assert not left, f"left after cleanup: {left} (removed {removed})"
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, timeout=10).stdout
+        assert "sdl-" not in links
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
+        cleanup_stale(prefix, force=True)
+
+
+def test_netem_request_on_kernel_without_it_is_one_line():
+    from netns.backends import choose_backend, netem_available
+    if netem_available():
+        pytest.skip("this kernel has sch_netem")
+    with pytest.raises(LinkError) as e:
+        choose_backend("netem")
+    assert "\n" not in str(e.value) and "sch_netem" in str(e.value) and "--backend wire" in str(e.value)
