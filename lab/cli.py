@@ -105,6 +105,44 @@ def cmd_probe(args) -> int:
                                congestion_control=sc.congestion_control, name=sc.name)
 
 
+def cmd_scenario(args) -> int:
+    _need_root("scenario")
+    from lab.models import ModelError
+    from lab.models.select import parse_models, prepare
+    from lab.prompts import PromptError, load_prompts
+    from lab.runner import RunError, RunOptions, run_scenario
+    from lab.strategies import StrategyError, make_strategy
+
+    sc = load_scenario(args.scenario)
+    sc = _scenario_with_link(sc, _link_overrides(args, sc.link))
+    strategies = tuple(s.strip() for s in args.strategies.split(",")) if args.strategies else sc.strategies
+    try:
+        for s in strategies:
+            make_strategy(s)
+        parse_models(args.models or sc.models)
+        load_prompts(args.prompts or sc.workload.prompts)
+    except (StrategyError, ModelError, PromptError) as e:
+        raise UsageError(str(e)) from None
+    models = args.models or sc.models
+    opts = RunOptions(models=models, strategies=strategies, queries=args.queries, warmup_queries=args.warmup,
+                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, payload=args.payload,
+                      prompts=args.prompts, seed=args.seed, backend=args.backend, out=args.out,
+                      reply_timeout_s=args.reply_timeout_s)
+    print(f"scenario {sc.name}: {sc.link.describe()}; models {models}; strategies {', '.join(strategies)}")
+    try:
+        prepare(models)
+        run_scenario(sc, opts)
+    except (RunError, ModelError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _scenario_with_link(sc, link):
+    from dataclasses import replace
+    return replace(sc, link=link)
+
+
 def cmd_models(args) -> int:
     from lab.models.embedded import fetch_main
     return fetch_main()
@@ -143,6 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenario")
     p.add_argument("--backend", choices=BACKENDS)
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("scenario", help="run a scenario: link, nodes, every strategy, results folder")
+    p.add_argument("scenario", help="name in scenarios/ or path to a YAML file")
+    p.add_argument("--models", help="embedded | synthetic[:PROFILE] | DRAFT_ID,TARGET_ID (default: the scenario's)")
+    p.add_argument("--strategies", help="comma-separated, e.g. cloud-only,edge-only,fixed-k:5")
+    p.add_argument("--queries", type=int)
+    p.add_argument("--warmup", type=int, help="warm-up queries per strategy (kept, marked, not summarized)")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--payload", help="tokens | tokens+probs | topk:N | full")
+    p.add_argument("--prompts", help="JSONL file of {\"id\", \"prompt\"}")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--backend", choices=BACKENDS)
+    p.add_argument("--out", help="results base folder (default: results/)")
+    p.add_argument("--reply-timeout-s", type=float, default=10.0)
+    _add_link_flags(p)
+    p.set_defaults(func=cmd_scenario)
 
     p = sub.add_parser("models", help="fetch and verify the embedded model pair")
     p.add_argument("action", choices=["fetch"])

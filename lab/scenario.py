@@ -86,7 +86,7 @@ class Timeline:
 
 @dataclass(frozen=True)
 class Workload:
-    queries: int = 4
+    queries: int = 3
     warmup_queries: int = 1
     max_new_tokens: int = 48
     temperature: float = 0.0

@@ -1,0 +1,1 @@
+"""The cloud node: the target model behind a pyzmq ROUTER socket (`python -m cloud_node`)."""

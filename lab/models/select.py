@@ -1,0 +1,43 @@
+"""`--models` → loaded models: "embedded", "synthetic[:PROFILE]" or "DRAFT_ID,TARGET_ID"."""
+from __future__ import annotations
+
+from lab.models import ModelError
+
+
+def parse_models(spec: str) -> tuple[str, str | None, str | None]:
+    """("embedded"|"synthetic"|"hf", profile or draft id, target id)."""
+    if spec == "embedded":
+        return "embedded", None, None
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        return "synthetic", spec.partition(":")[2] or None, None
+    if "," in spec:
+        draft, _, target = spec.partition(",")
+        if draft and target:
+            return "hf", draft.strip(), target.strip()
+    raise ModelError(f"--models must be embedded, synthetic[:PROFILE] or DRAFT_ID,TARGET_ID; got {spec!r}")
+
+
+def load_role(spec: str, role: str, dtype: str = "bfloat16", threads: int | None = None, progress: bool = False):
+    """The draft or target model named by `spec`, loaded in this process."""
+    if role not in ("draft", "target"):
+        raise ModelError(f"role must be draft or target, got {role!r}")
+    kind, a, b = parse_models(spec)
+    if kind == "embedded":
+        from lab.models.embedded import load_embedded
+        return load_embedded(role, dtype=dtype, threads=threads, progress=progress)
+    if kind == "synthetic":
+        from lab.models.synthetic import load_synthetic
+        return load_synthetic(role, a)
+    from lab.models.hf import HFModel
+    return HFModel(a if role == "draft" else b, dtype=dtype, threads=threads)
+
+
+def prepare(spec: str, dtype: str = "bfloat16") -> dict:
+    """Fetch/convert what `spec` needs before the nodes start (progress bars in the foreground)."""
+    kind, _, _ = parse_models(spec)
+    if kind == "embedded":
+        from lab.models.embedded import ensure_embedded
+        paths = ensure_embedded(progress=True, dtype=dtype)
+        return {"kind": "embedded", "hashes": paths.hashes, "draft_dir": str(paths.draft_dir),
+                "target_dir": str(paths.target_dir)}
+    return {"kind": kind}

@@ -1,0 +1,265 @@
+"""One scenario, end to end: link up, nodes up, queries, timeline, teardown, results.
+
+The runner lives in the root namespace.  It never imports edge_node or
+cloud_node: it starts them by module name inside their namespaces and talks
+to the edge node over its stdin/stdout (JSON lines):
+
+    edge → runner   {"event": "ready"}                       models loaded, connected
+                    {"event": "strategy_start", "strategy": s}  then waits for "go"
+                    {"event": "query", "strategy": s, "index": i, "warmup": b, "e2e_ms": …}
+                    {"event": "strategy_end", "strategy": s}    then waits for "go"
+                    {"event": "done"}
+    runner → edge   "go"  (after it has snapshotted the kernel counters)
+
+The edge node itself appends queries.jsonl / cycles.jsonl as it goes.  The
+runner applies the scenario's timeline of link changes in a thread, records
+TCP counters per strategy, and on every path (error, Ctrl-C, SIGTERM) stops
+both nodes and removes the link.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from lab.results import Meta, new_run_dir, read_jsonl
+from lab.scenario import Scenario
+
+CLOUD_PORT = 5555
+READY_TIMEOUT_S = 600          # first load of the embedded pair converts it (minutes); later ~seconds
+EVENT_TIMEOUT_S = 900          # the longest a single query may take before the run is declared hung
+STOP_TIMEOUT_S = 5
+
+
+class RunError(Exception):
+    """A run could not start or died; the message says which process and why."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    models: str = "embedded"
+    strategies: tuple[str, ...] = ()
+    queries: int | None = None
+    warmup_queries: int | None = None
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    payload: str | None = None
+    prompts: str | None = None
+    seed: int | None = None
+    backend: str | None = None
+    out: str | None = None
+    threads_per_node: int = 1
+    reply_timeout_s: float = 10.0
+    progress: bool = True
+
+
+def effective_workload(sc: Scenario, opts: RunOptions) -> dict:
+    """Scenario workload with command-line options on top."""
+    w = asdict(sc.workload)
+    for k in ("queries", "warmup_queries", "max_new_tokens", "temperature", "payload", "prompts", "seed"):
+        v = getattr(opts, k)
+        if v is not None:
+            w[k] = v
+    return w
+
+
+class _Proc:
+    """A node process with a line reader that never blocks past a deadline."""
+
+    def __init__(self, name: str, popen: subprocess.Popen):
+        self.name, self.p = name, popen
+        self._buf = b""
+
+    def readline(self, timeout_s: float) -> str | None:
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            r, _, _ = select.select([self.p.stdout], [], [], min(left, 0.5))
+            if r:
+                chunk = os.read(self.p.stdout.fileno(), 65536)
+                if not chunk:
+                    if self._buf:
+                        break
+                    return ""     # EOF: the process closed stdout (exited)
+                self._buf += chunk
+            elif self.p.poll() is not None and not self._buf:
+                return ""
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode(errors="replace")
+
+    def send(self, text: str) -> None:
+        self.p.stdin.write((text + "\n").encode())
+        self.p.stdin.flush()
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(STOP_TIMEOUT_S)
+
+
+class _TimelineThread(threading.Thread):
+    """Applies link changes at their times; records each change and how long it took."""
+
+    def __init__(self, topo, scenario: Scenario, horizon_s: float, log: list):
+        super().__init__(daemon=True, name="timeline")
+        self.topo, self.sc, self.horizon, self.log = topo, scenario, horizon_s, log
+        self.stop_event = threading.Event()
+        self.t0 = time.monotonic()
+
+    def run(self) -> None:
+        for at, link in self.sc.timeline.events(self.horizon):
+            if at == 0:
+                continue
+            if self.stop_event.wait(max(0.0, self.t0 + at - time.monotonic())):
+                return
+            ms = self.topo.change(link)
+            self.log.append({"at_s": round(time.monotonic() - self.t0, 3), "link": link.to_dict(),
+                             "apply_ms": round(ms, 3)})
+
+
+def _snapshot(topo) -> dict:
+    from netns.counters import tcp_counters
+    return {"edge": tcp_counters(topo.edge_ns), "cloud": tcp_counters(topo.cloud_ns)}
+
+
+def _retrans(before: dict, after: dict) -> dict:
+    """Kernel TCP recovery work between two snapshots, both namespaces added up."""
+    keys = ("RetransSegs", "TCPLossProbes", "TCPTimeouts", "TCPFastRetrans", "TCPSlowStartRetrans")
+    out = {}
+    for k in keys:
+        out[k] = sum(after[side].get(k, 0) - before[side].get(k, 0) for side in ("edge", "cloud"))
+    return out
+
+
+def _python() -> str:
+    return sys.executable
+
+
+def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
+    """Run one scenario and return its results folder.  Raises RunError on failure;
+    everything created is removed on every path."""
+    from netns.topology import CLOUD_ADDR, Topology
+    from lab import metrics
+
+    workload = effective_workload(sc, opts)
+    strategies = list(opts.strategies or sc.strategies)
+    run_dir = new_run_dir(sc.name, Path(opts.out) if opts.out else None)
+    meta = Meta(run_dir, {"scenario": sc.to_dict(), "options": asdict(opts), "workload": workload,
+                          "strategies": strategies, "models": opts.models})
+    out(f"results: {run_dir}")
+    topo = Topology(backend=opts.backend or sc.backend, congestion_control=sc.congestion_control)
+    cloud = edge = timeline = None
+    status = "failed"
+    retrans: dict[str, dict] = {}
+    changes: list = []
+    try:
+        t = time.monotonic()
+        topo.up(sc.timeline.link_at(0.0, sc.link))
+        meta.update(backend=topo.backend_name, congestion_control=topo.congestion_control,
+                    link_read_back=topo.read_back(), link_up_ms=round((time.monotonic() - t) * 1e3, 1))
+        out(f"link up ({topo.backend_name}, TCP {topo.congestion_control}): {sc.link.describe()}")
+
+        node_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(opts.threads_per_node)}
+        common = ["--models", opts.models, "--threads", str(opts.threads_per_node)]
+        cloud = _Proc("cloud", topo.popen("cloud", [_python(), "-m", "cloud_node",
+                                                    "--bind", f"tcp://{CLOUD_ADDR}:{CLOUD_PORT}", *common],
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=node_env))
+        line = cloud.readline(READY_TIMEOUT_S)
+        if not line or json.loads(line).get("event") != "ready":
+            raise RunError(f"cloud node did not become ready (got {line!r}); see its output above")
+        meta.update(cloud=json.loads(line))
+        edge_args = [_python(), "-m", "edge_node", "--cloud", f"tcp://{CLOUD_ADDR}:{CLOUD_PORT}", *common,
+                     "--strategies", ",".join(strategies), "--out", str(run_dir), "--scenario", sc.name,
+                     "--backend", topo.backend_name, "--workload", json.dumps(workload),
+                     "--reply-timeout-s", str(opts.reply_timeout_s)]
+        edge = _Proc("edge", topo.popen("edge", edge_args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        env=node_env))
+        line = edge.readline(READY_TIMEOUT_S)
+        if not line or json.loads(line).get("event") != "ready":
+            raise RunError(f"edge node did not become ready (got {line!r}); see its output above")
+        meta.update(edge=json.loads(line))
+
+        per_strategy = workload["queries"] + workload["warmup_queries"]
+        total = per_strategy * len(strategies)
+        bar = _progress(total, opts.progress)
+        horizon = 24 * 3600
+        timeline = _TimelineThread(topo, sc, horizon, changes)
+        timeline.start()
+        before = None
+        while True:
+            line = edge.readline(EVENT_TIMEOUT_S)
+            if line is None:
+                raise RunError(f"edge node silent for {EVENT_TIMEOUT_S} s; stopping the run")
+            if line == "":
+                raise RunError(f"edge node exited (code {edge.p.poll()}) before finishing")
+            ev = json.loads(line)
+            kind = ev.get("event")
+            if kind == "strategy_start":
+                before = _snapshot(topo)
+                bar.set_description(ev["strategy"])
+                edge.send("go")
+            elif kind == "strategy_end":
+                retrans[ev["strategy"]] = _retrans(before, _snapshot(topo))
+                edge.send("go")
+            elif kind == "query":
+                bar.update(1)
+                if ev.get("edge_fallback"):
+                    bar.write(f"  {ev['strategy']} query {ev['index']}: cloud unreachable, finished edge-only")
+            elif kind == "done":
+                break
+            elif kind == "error":
+                raise RunError(f"edge node: {ev.get('message')}")
+        bar.close()
+        status = "complete"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        if timeline is not None:
+            timeline.stop_event.set()
+        for proc in (edge, cloud):
+            if proc is not None:
+                proc.stop()
+        topo.down()
+        meta.update(link_changes=changes, tcp_recovery_by_strategy=retrans)
+        meta.finish(status)
+        _write_summary(run_dir, sc, topo.backend_name or "?", opts.models, retrans, complete=(status == "complete"),
+                       out=out)
+    return run_dir
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, unit="query", disable=not enabled, dynamic_ncols=True, file=sys.stderr)
+
+
+def _write_summary(run_dir: Path, sc: Scenario, backend: str, models: str, retrans: dict, *,
+                   complete: bool, out=print) -> None:
+    """summary.csv for a complete run, summary.partial.csv otherwise; the table on the terminal."""
+    from lab import metrics
+
+    records = read_jsonl(run_dir / "queries.jsonl")
+    if not records:
+        out("no query finished; nothing to summarize")
+        return
+    df = metrics.summarize(records, scenario=sc.name, backend=backend, models=models,
+                           retrans_by_strategy={s: v["RetransSegs"] for s, v in retrans.items()})
+    name = "summary.csv" if complete else "summary.partial.csv"
+    df.to_csv(run_dir / name, index=False)
+    out("")
+    out(f"{sc.name} — {sc.link.describe()} ({backend} backend){'' if complete else '  [INCOMPLETE RUN]'}")
+    out(metrics.format_table(df))
+    out(f"\n{run_dir / name}")
