@@ -127,10 +127,10 @@ def cmd_scenario(args) -> int:
     opts = RunOptions(models=models, strategies=strategies, queries=args.queries, warmup_queries=args.warmup,
                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, payload=args.payload,
                       prompts=args.prompts, seed=args.seed, backend=args.backend, out=args.out,
-                      reply_timeout_s=args.reply_timeout_s)
+                      reply_timeout_s=args.reply_timeout_s, dtype=args.dtype)
     print(f"scenario {sc.name}: {sc.link.describe()}; models {models}; strategies {', '.join(strategies)}")
     try:
-        prepare(models)
+        prepare(models, dtype=args.dtype)
         run_scenario(sc, opts)
     except (RunError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS)
     p.add_argument("--out", help="results base folder (default: results/)")
     p.add_argument("--reply-timeout-s", type=float, default=10.0)
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                   help="model precision (float32 for strict losslessness checks; bf16 ties can flip a token)")
     _add_link_flags(p)
     p.set_defaults(func=cmd_scenario)
 

@@ -56,6 +56,7 @@ class RunOptions:
     backend: str | None = None
     out: str | None = None
     threads_per_node: int = 1
+    dtype: str = "bfloat16"
     reply_timeout_s: float = 10.0
     progress: bool = True
 
@@ -173,7 +174,7 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
         out(f"link up ({topo.backend_name}, TCP {topo.congestion_control}): {sc.link.describe()}")
 
         node_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(opts.threads_per_node)}
-        common = ["--models", opts.models, "--threads", str(opts.threads_per_node)]
+        common = ["--models", opts.models, "--threads", str(opts.threads_per_node), "--dtype", opts.dtype]
         cloud = _Proc("cloud", topo.popen("cloud", [_python(), "-m", "cloud_node",
                                                     "--bind", f"tcp://{CLOUD_ADDR}:{CLOUD_PORT}", *common],
                                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=node_env))
