@@ -15,6 +15,7 @@ that never wrote one).  Nothing without the `sdl-` prefix is ever touched.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -33,6 +34,7 @@ LAB_PREFIX = "sdl-"
 RUN_DIR = Path("/run/sdlab")
 VETH_EDGE, VETH_CLOUD = "sdl-e0", "sdl-c0"
 RELAY_READY_TIMEOUT_S = 10.0
+PR_SET_PDEATHSIG = 1
 # Socket buffers big enough for the largest BDP in the grid (500 ms × 100 Mbit/s ≈ 6 MB, ×2 for cwnd growth).
 TCP_MEM = "4096 131072 33554432"
 
@@ -350,6 +352,8 @@ class Topology:
 
         def enter():
             netns.setns(ns, flags=0)
+            # Lab processes never outlive whoever started them (a SIGKILLed runner included).
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
             if user_pre:
                 user_pre()
         popen_kwargs.setdefault("cwd", str(Path(__file__).resolve().parent.parent))
