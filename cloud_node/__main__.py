@@ -18,8 +18,8 @@ import numpy as np
 import zmq
 
 from lab import protocol, spec
-from lab.decoding import DraftState, TargetState, now_ms, speculative_generate
-from lab.models import ModelError
+from lab.decoding import TargetState, now_ms, speculative_generate
+from lab.models import ModelError, warm_up
 from lab.protocol import Message, ProtocolError
 
 POLL_MS = 200
@@ -163,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     except ModelError as e:
         print(json.dumps({"event": "error", "message": str(e)}), flush=True)
         return 2
+    for m in (target, draft):
+        if m is not None:
+            warm_up(m)
     server = CloudServer(target, draft, a.max_message_bytes)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)

@@ -20,6 +20,7 @@ import zmq
 
 from lab import protocol, spec
 from lab.decoding import DraftState, now_ms
+from lab.models import warm_up
 from lab.metrics import tokens_per_s
 from lab.protocol import Message, ProtocolError, ids
 from lab.results import JsonlWriter
@@ -103,7 +104,8 @@ class EdgeNode:
             return False
         if not self.cloud_ok:
             try:
-                self.hello(timeout_s=min(2.0, self.link.timeout_s))
+                # The cloud may still be finishing the request we gave up on: allow a full timeout.
+                self.hello()
                 self.cloud_ok = True
             except CloudDown:
                 return False
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenario", default="?")
     ap.add_argument("--backend", default="?")
     ap.add_argument("--workload", required=True, help="JSON: queries, warmup_queries, max_new_tokens, ...")
-    ap.add_argument("--reply-timeout-s", type=float, default=10.0)
+    ap.add_argument("--reply-timeout-s", type=float, default=20.0)
     ap.add_argument("--standalone", action="store_true", help="no runner on stdin: do not wait for 'go'")
     a = ap.parse_args(argv)
     from lab.models.select import load_role
@@ -296,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = load_prompts(workload.get("prompts"))
     t0 = time.monotonic()
     draft = load_role(a.models, "draft", dtype=a.dtype, threads=a.threads)
+    warm_up(draft)
     link = CloudLink(a.cloud, a.reply_timeout_s)
     qw, cw = JsonlWriter(f"{a.out}/queries.jsonl"), JsonlWriter(f"{a.out}/cycles.jsonl")
     node = EdgeNode(draft, link, workload, (qw, cw), a.scenario, a.backend)

@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--backend", choices=BACKENDS)
     p.add_argument("--out", help="results base folder (default: results/)")
-    p.add_argument("--reply-timeout-s", type=float, default=10.0)
+    p.add_argument("--reply-timeout-s", type=float, default=20.0)
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
                    help="model precision (float32 for strict losslessness checks; bf16 ties can flip a token)")
     _add_link_flags(p)

@@ -57,7 +57,7 @@ class RunOptions:
     out: str | None = None
     threads_per_node: int = 1
     dtype: str = "bfloat16"
-    reply_timeout_s: float = 10.0
+    reply_timeout_s: float = 20.0
     progress: bool = True
 
 

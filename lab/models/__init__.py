@@ -46,3 +46,11 @@ class LanguageModel(Protocol):
         """Token ids of the prompt wrapped in the model's chat template."""
 
     def decode(self, token_ids: list[int]) -> str: ...
+
+
+def warm_up(model: LanguageModel) -> None:
+    """One prefill and one extend, so the first measured query does not pay lazy initialisation
+    (kernel selection, allocator growth) — seconds on a CPU, in fp32 especially."""
+    s = model.new_session()
+    s.prefill([1, 2, 3, 4])
+    s.extend([5, 6])
