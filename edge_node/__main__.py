@@ -107,7 +107,7 @@ class EdgeNode:
                 # The cloud may still be finishing the request we gave up on: allow a full timeout.
                 self.hello()
                 self.cloud_ok = True
-            except CloudDown:
+            except (CloudDown, ProtocolError):
                 return False
         return True
 

@@ -191,7 +191,10 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
         line = edge.readline(READY_TIMEOUT_S)
         if not line or json.loads(line).get("event") != "ready":
             raise RunError(f"edge node did not become ready (got {line!r}); see its output above")
-        meta.update(edge=json.loads(line))
+        ready = json.loads(line)
+        meta.update(edge=ready)
+        if "error" in (ready.get("cloud") or {}):
+            raise RunError(f"the edge cannot use the cloud: {ready['cloud']['error']}")
 
         per_strategy = workload["queries"] + workload["warmup_queries"]
         total = per_strategy * len(strategies)
