@@ -217,3 +217,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; everything this run created has been removed", file=sys.stderr)
         return 130
+    except BrokenPipeError:          # `… | head`: the reader went away; nothing to report
+        sys.stderr.close()
+        return EXIT_OK
