@@ -1,18 +1,32 @@
 """The decoding loops, over any Session (lab/models): draft, verify, and the co-located loops.
 
-KV-cache bookkeeping — the one invariant both sides keep:
+The edge node uses `DraftState`, the cloud node `TargetState`; `speculative_generate`
+runs both in one process (cloud-spec, and the reference the distributed path must
+reproduce token for token, sampling included: same seeds, same per-cycle RNGs).
 
-    committed sequence S = prompt + output so far; `last` = S[-1]
-    target cache holds S[:-1]           (the target scores [last, d0..dK-1] in one pass)
-    draft cache holds a prefix of S;    `pending` = the part of S it has not seen yet
+KV-cache bookkeeping — the invariant both sides keep, cycle after cycle:
 
-    draft:   extend(pending) → d0; extend([d0]) → d1; … → d[K-1]   (draft cache += pending + d0..dK-2)
-    verify:  extend([last, d0..dK-1]) → p[0..K]; accept n; next token t
-             target cache → S + d0..d[n-1]     (rollback: drop the rejected drafts)
-    commit:  S += d0..d[n-1], t; the draft cache is rolled back to what of S it holds,
-             pending = the rest of S (1 or 2 tokens)
+    S        = the committed sequence: prompt + output so far; last = S[-1]
+    target   cache holds S[:-1] exactly (length len(S) − 1); `last` is fed with the drafts
+    draft    cache holds S[:cached] (a prefix of S); pending = S[cached:] (1 or 2 tokens
+             after a cycle, 0 right after prefill, when the prefill logits are used instead)
 
-Nothing in the kept prefix is ever recomputed.
+    draft:   extend(pending) → logits → d0; extend([d0]) → d1; … → d[K-1]
+             draft cache = S + d0..d[K-2]        (d[K-1] is never fed: nobody needs its logits yet)
+    verify:  extend([last, d0..d[K-1]])  → p[0..K]   (ONE forward pass, K+1 positions)
+             accept n ≤ K, next token t (correction if n < K, bonus if n = K)
+             rollback target cache to S + d0..d[n-1]  = S'[:-1] for S' = S + d[:n] + [t]
+    commit:  S' = S + d0..d[n-1] + t
+             draft cache holds S + d0..d[K-2]; the part of it still in S' is
+             S + d0..d[min(n, K-1)-1] → rollback to len(S) + min(n, K−1)
+             pending = t (n < K), or d[K-1], t (n = K: the last draft was never fed)
+
+Worked example, prompt [a b c], K = 3:
+    start     target cache [a b]  last c           draft cache [a b c], pending [], logits ready
+    draft     d0 from the ready logits; extend[d0] → d1; extend[d1] → d2    draft cache [a b c d0 d1]
+    verify    extend[c d0 d1 d2] → p0..p3; say n = 1, t     target cache → [a b c d0], last t
+    commit    S = [a b c d0 t]; draft rollback to 4 → [a b c d0], pending [t]
+    next      draft: extend[t] → d0' …                       (nothing of the kept prefix recomputed)
 """
 from __future__ import annotations
 
@@ -24,63 +38,114 @@ import numpy as np
 from lab import spec
 
 
+VERIFY_SALT = 0x7E51F1          # non-zero: keeps verify streams apart from default_rng(seed)
+
+
 def now_ms() -> float:
+    """The monotonic clock both nodes read (same host), in ms."""
     return time.monotonic_ns() / 1e6
 
 
+def verify_rng(seed: int, seq: int) -> np.random.Generator:
+    """The target's RNG for cycle `seq` of a query: independent of how many draws earlier cycles made,
+    so a distributed run and a co-located one with the same seed sample the same tokens.
+
+    The salt matters: SeedSequence pads entropy with zeros, so default_rng([seed, 0]) IS
+    default_rng(seed) — the edge's drafting RNG — and cycle 0 would reuse the draft's random numbers
+    for its acceptance test (a real bias, caught by tests/unit/test_decoding.py)."""
+    return np.random.default_rng([int(seed), int(seq), VERIFY_SALT])
+
+
+# ------------------------------------------------------------------ the two primitives
+
+def draft_tokens(session, feed: list[int], k: int, temperature: float, rng: np.random.Generator,
+                 payload: str | None = "full", logits: np.ndarray | None = None
+                 ) -> tuple[list[int], np.ndarray | None]:
+    """K autoregressive draft steps.  The session's cache holds S minus `feed`; `logits` are the
+    next-token logits when feed is empty.  Returns tokens [K] and, at T > 0, the draft's softmax q [K, V]
+    (what `spec.encode_q` turns into the payload).  Tokens are drawn from `spec.proposal(payload, q)`,
+    the distribution the cloud can rebuild from that payload — so pass the payload mode the edge
+    will send (None: sample from q itself)."""
+    tokens: list[int] = []
+    qs: list[np.ndarray] = []
+    if logits is None and not feed:
+        raise ValueError("draft_tokens: nothing to feed and no logits to start from")
+    for _ in range(k):
+        if logits is None:
+            logits = session.extend(feed)[-1]                   # [V]
+        if temperature > 0:
+            q = spec.softmax(logits, temperature)                # [V]
+            tok = spec.sample(spec.proposal(payload, q), rng)
+            qs.append(q)
+        else:
+            tok = int(np.argmax(logits))
+        tokens.append(tok)
+        feed, logits = [tok], None
+    return tokens, (np.stack(qs) if qs else None)             # q: [K, V]
+
+
+def verify_tokens(session, last: int, drafts: list[int], temperature: float, rng: np.random.Generator,
+                  q: np.ndarray | None = None) -> tuple[int, int]:
+    """ONE extend() of [last] + drafts on the target, then the acceptance rule.  q: the cloud's view
+    [K, V] (spec.decode_q), needed at T > 0 only.  The caller rolls the cache back."""
+    logits = session.extend([int(last)] + [int(t) for t in drafts])      # [K+1, V]
+    if temperature > 0:
+        if q is None:
+            raise ValueError("verify at temperature > 0 needs the draft's q")
+        return spec.rejection_accept(drafts, q, spec.softmax(logits, temperature), rng)
+    return spec.greedy_accept(drafts, logits)
+
+
+# ------------------------------------------------------------------ per-node state
+
 @dataclass
 class DraftState:
-    """The edge's draft model on one query: its session and what of S it has not seen."""
+    """The edge's draft model on one query: its session, S, and how much of S its cache holds."""
     session: object
     committed: list[int]                  # S
-    cached: int = 0                       # how many tokens of S the draft cache holds
+    cached: int = 0                       # the draft cache holds S[:cached]
+    ready: np.ndarray | None = None       # next-token logits, valid while cached == len(S)
 
     @classmethod
     def start(cls, model, prompt_ids: list[int]) -> tuple["DraftState", np.ndarray]:
+        """Prefill the prompt; returns the state and the prefill logits [V] (also kept as `ready`)."""
         s = model.new_session()
-        logits = s.prefill(prompt_ids)
-        return cls(session=s, committed=list(prompt_ids), cached=len(prompt_ids)), logits
+        logits = s.prefill(list(prompt_ids))
+        return cls(session=s, committed=list(prompt_ids), cached=len(prompt_ids), ready=logits), logits
 
     def pending(self) -> list[int]:
         return self.committed[self.cached:]
 
+    def _logits_if_ready(self, first_logits: np.ndarray | None) -> np.ndarray | None:
+        if first_logits is not None:
+            return first_logits
+        return self.ready if self.cached == len(self.committed) else None
+
     def draft(self, k: int, temperature: float, rng: np.random.Generator,
-              first_logits: np.ndarray | None = None) -> tuple[list[int], np.ndarray | None]:
-        """K draft tokens and, at temperature > 0, their distributions q [K, V]."""
-        tokens: list[int] = []
-        qs = []
-        logits = first_logits
-        feed = self.pending()
-        for _ in range(k):
-            if logits is None:
-                logits = self.session.extend(feed)[-1]
-            if temperature > 0:
-                q = spec.softmax(logits, temperature)
-                tok = spec.sample(q, rng)
-                qs.append(q)
-            else:
-                tok = int(np.argmax(logits))
-            tokens.append(tok)
-            feed, logits = [tok], None
-        # The cache now holds S + tokens[:-1] (the last draft was never fed).
-        self.session_len_after_draft = self.session.length
-        return tokens, (np.stack(qs) if qs else None)
+              first_logits: np.ndarray | None = None, payload: str | None = "full"
+              ) -> tuple[list[int], np.ndarray | None]:
+        """K draft tokens and, at T > 0, the draft's softmax q [K, V] (encode it with the same payload)."""
+        tokens, q = draft_tokens(self.session, self.pending(), k, temperature, rng, payload,
+                                 logits=self._logits_if_ready(first_logits))
+        self.cached, self.ready = len(self.committed), None
+        return tokens, q                       # the cache now holds S + tokens[:-1]
 
     def commit(self, accepted: list[int], next_token: int) -> None:
-        """Append the verdict to S and roll the draft cache back to the part of S it holds."""
+        """Append the verdict to S and roll the draft cache back to the part of S it still holds."""
         base = len(self.committed)
-        self.committed += list(accepted) + [int(next_token)]
-        # Cache holds (old S) + drafts[:-1]; of those, base + len(accepted) tokens are still in S
-        # (at most the cache length).
+        self.committed += [int(t) for t in accepted] + [int(next_token)]
+        # The cache holds (old S) + drafts[:-1]; base + len(accepted) of those are in S (capped by the cache).
         keep = min(self.session.length, base + len(accepted))
         self.session.rollback(keep)
-        self.cached = keep
+        self.cached, self.ready = keep, None
 
     def step_alone(self, temperature: float, rng: np.random.Generator) -> int:
-        """One edge-only token (no verification): extend by pending, pick, commit."""
-        logits = self.session.extend(self.pending())[-1]
-        self.cached = len(self.committed)
-        tok = spec.sample(spec.softmax(logits, temperature), rng) if temperature > 0 else int(np.argmax(logits))
+        """One edge-only token (no verification): feed pending, pick, commit."""
+        logits = self._logits_if_ready(None)
+        if logits is None:
+            logits = self.session.extend(self.pending())[-1]
+        self.cached, self.ready = len(self.committed), None
+        tok = spec.pick(logits, temperature, rng)
         self.committed.append(tok)
         return tok
 
@@ -90,48 +155,45 @@ class TargetState:
     """The cloud's target model on one query: its cache holds S[:-1]; `last` = S[-1]."""
     session: object
     last: int
-    length: int = 0                       # len(S) - 1, kept for checks
+    length: int = 0                       # len(S) − 1 = the target cache length
 
     @classmethod
     def start(cls, model, prompt_ids: list[int]) -> "TargetState":
+        if len(prompt_ids) < 2:
+            raise ValueError(f"the target needs a prompt of at least 2 tokens, got {len(prompt_ids)}")
         s = model.new_session()
-        s.prefill(prompt_ids[:-1])
+        s.prefill(list(prompt_ids[:-1]))
         return cls(session=s, last=int(prompt_ids[-1]), length=len(prompt_ids) - 1)
 
     def verify(self, drafts: list[int], temperature: float, rng: np.random.Generator,
                q: np.ndarray | None = None) -> tuple[int, int]:
         """Score [last] + drafts in one pass, accept, roll back; returns (n accepted, next token)."""
-        logits = self.session.extend([self.last] + list(drafts))        # [K+1, V]
-        if temperature > 0:
-            p = spec.softmax(logits, temperature)
-            n, tok = spec.rejection_accept(drafts, q, p, rng)
-        else:
-            n, tok = spec.greedy_accept(drafts, logits)
-        keep = self.length + 1 + n                                      # S + accepted drafts
+        n, tok = verify_tokens(self.session, self.last, drafts, temperature, rng, q)
+        keep = self.length + 1 + n                                      # S + accepted drafts = S'[:-1]
         self.session.rollback(keep)
-        self.length = keep
-        self.last = tok
+        self.length, self.last = keep, tok
         return n, tok
 
     def step(self, temperature: float, rng: np.random.Generator) -> int:
         """One autoregressive target token."""
         logits = self.session.extend([self.last])[-1]
         self.length += 1
-        tok = spec.sample(spec.softmax(logits, temperature), rng) if temperature > 0 else int(np.argmax(logits))
-        self.last = tok
-        return tok
+        self.last = spec.pick(logits, temperature, rng)
+        return self.last
 
+
+# ------------------------------------------------------------------ the co-located loops
 
 @dataclass
 class Generation:
     tokens: list[int] = field(default_factory=list)
-    drafted: list[int] = field(default_factory=list)        # per cycle
-    accepted: list[int] = field(default_factory=list)       # per cycle
+    drafted: list[int] = field(default_factory=list)        # K per cycle
+    accepted: list[int] = field(default_factory=list)       # n accepted per cycle
 
 
 def _stop(tokens: list[int], max_new: int, eos: tuple[int, ...]) -> tuple[list[int], bool]:
     """Cut at max_new tokens or after the first EOS; (kept, done)."""
-    for i, t in enumerate(tokens):
+    for i, t in enumerate(tokens[:max_new]):
         if t in eos:
             return tokens[: i + 1], True
     return tokens[:max_new], len(tokens) >= max_new
@@ -158,26 +220,27 @@ def speculative_generate(draft_model, target_model, prompt_ids: list[int], max_n
                          on_cycle=None) -> Generation:
     """Co-located speculative decoding (cloud-spec; the reference for the distributed path).
 
-    k_fn() gives K for each cycle; on_cycle(new_tokens, k, n_accepted) is called after each."""
-    rng_d, rng_t = np.random.default_rng(seed), np.random.default_rng(seed + 1)
-    vocab = min(draft_model.vocab_size, target_model.vocab_size)
-    d, first = DraftState.start(draft_model, prompt_ids)
+    k_fn() gives K for each cycle; q goes through the same encode/decode as on the wire (payload);
+    on_cycle(new_tokens, k, n_accepted) is called after each cycle."""
+    rng_draft = np.random.default_rng(seed)                   # the edge node's drafting RNG
+    d, _ = DraftState.start(draft_model, prompt_ids)
     t = TargetState.start(target_model, prompt_ids)
     gen = Generation()
     eos = tuple(target_model.eos_token_ids)
-    done = False
+    done, seq = max_new_tokens <= 0, 0
     while not done:
         k = max(1, min(int(k_fn()), max_new_tokens - len(gen.tokens)))
-        drafts, q = d.draft(k, temperature, rng_d, first_logits=first if not gen.tokens else None)
+        drafts, q = d.draft(k, temperature, rng_draft, payload=payload)
         qv = None
         if temperature > 0:
-            qv = spec.decode_q(payload, drafts, spec.encode_q(payload, drafts, q[:, :vocab]), vocab)
-        n, tok = t.verify(drafts, temperature, rng_t, qv)
+            qv = spec.decode_q(payload, drafts, spec.encode_q(payload, drafts, q), target_model.vocab_size)
+        n, tok = t.verify(drafts, temperature, verify_rng(seed, seq), qv)
         d.commit(drafts[:n], tok)
         new, done = _stop(drafts[:n] + [tok], max_new_tokens - len(gen.tokens), eos)
         gen.tokens += new
         gen.drafted.append(k)
         gen.accepted.append(n)
+        seq += 1
         if on_cycle:
             on_cycle(new, k, n)
     return gen

@@ -17,6 +17,16 @@ Messages (edge → cloud, cloud → edge):
                                                                           drafted, accepted}  (streamed, one per step)
   end        {query}                                            → end_ok {query}
   any        malformed / refused                                → error {message, ref_id}
+
+verify arrays at temperature > 0, by payload mode (lab/spec.py says which modes are exact):
+  tokens        tokens int32 [K]
+  tokens+probs  tokens int32 [K], q_draft float32 [K]
+  topk:N        tokens int32 [K], q_idx int32 [K, N], q_val float32 [K, N]
+  full          tokens int32 [K], q_full float16 [K, V]
+At temperature 0 only `tokens` is sent, whatever the mode.
+
+`frames_size(frames)` is the byte count the runner records per cycle (payload
+frames; zmq adds a few bytes of framing per frame, TCP/IP its headers).
 """
 from __future__ import annotations
 
@@ -24,6 +34,8 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from lab import spec
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024          # a full-distribution payload at K=15 is ≈4.6 MB
@@ -45,6 +57,9 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "error": ("message",),
 }
 REQUIRED_ARRAYS = {"prefill": ("prompt_ids",), "verify": ("tokens",), "generate": ("prompt_ids",)}
+RESERVED = ("v", "type", "id", "arrays")
+Q_ARRAYS = {"tokens": {}, "tokens+probs": {"q_draft": ("float32", 1)},
+            "topk": {"q_idx": ("int32", 2), "q_val": ("float32", 2)}, "full": {"q_full": ("float16", 2)}}
 
 
 class ProtocolError(Exception):
@@ -67,6 +82,11 @@ class Message:
 
 def encode(msg: Message) -> list[bytes]:
     """Message → frames.  Raises ProtocolError for a message this module would refuse to decode."""
+    if not isinstance(msg.id, int) or isinstance(msg.id, bool) or msg.id < 0:
+        raise ProtocolError(f"{msg.type}: id must be a non-negative integer, got {_short(msg.id)}")
+    clash = [k for k in RESERVED if k in msg.fields]
+    if clash:
+        raise ProtocolError(f"{msg.type}: field name(s) {', '.join(clash)} are reserved for the header")
     _check_fields(msg.type, msg.fields, msg.arrays.keys())
     specs, bufs = [], []
     for name, arr in msg.arrays.items():
@@ -75,11 +95,20 @@ def encode(msg: Message) -> list[bytes]:
             raise ProtocolError(f"array {name!r}: dtype {a.dtype.name} not allowed ({', '.join(ALLOWED_DTYPES)})")
         specs.append({"name": name, "dtype": a.dtype.name, "shape": list(a.shape)})
         bufs.append(a.tobytes())
+    _check_arrays(msg.type, msg.fields, {s["name"]: (s["dtype"], s["shape"]) for s in specs})
     header = {"v": PROTOCOL_VERSION, "type": msg.type, "id": int(msg.id), **msg.fields, "arrays": specs}
-    return [json.dumps(header, separators=(",", ":")).encode()] + bufs
+    try:
+        head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as e:
+        raise ProtocolError(f"{msg.type}: header is not plain JSON ({e})") from None
+    if len(head) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"{msg.type}: header of {len(head)} bytes exceeds {MAX_HEADER_BYTES}; "
+                            "send bulk data as arrays")
+    return [head] + bufs
 
 
 def frames_size(frames: list[bytes]) -> int:
+    """Bytes of a message as framed here (what the runner records per cycle)."""
     return sum(len(f) for f in frames)
 
 
@@ -93,29 +122,45 @@ def decode(frames: list[bytes], max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     if len(frames[0]) > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {len(frames[0])} bytes exceeds {MAX_HEADER_BYTES}")
     try:
-        header = json.loads(bytes(frames[0]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ProtocolError(f"header is not JSON ({e.__class__.__name__})") from None
+        header = json.loads(bytes(frames[0]).decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        # ValueError covers JSONDecodeError and integers too long to convert; RecursionError deep nesting.
+        raise ProtocolError(f"header is not plain JSON ({e.__class__.__name__}: {str(e)[:80]})") from None
     if not isinstance(header, dict):
         raise ProtocolError("header must be a JSON object")
-    if header.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {header.get('v')!r} not supported (this side speaks "
+    v = header.get("v")
+    if not isinstance(v, int) or isinstance(v, bool) or v != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {_short(v)} not supported (this side speaks "
                             f"{PROTOCOL_VERSION}); run the same sdlab version on both nodes")
     mtype, mid = header.get("type"), header.get("id")
     if not isinstance(mtype, str) or mtype not in SCHEMA:
-        raise ProtocolError(f"unknown message type {mtype!r}")
+        raise ProtocolError(f"unknown message type {_short(mtype)}")
     if not isinstance(mid, int) or isinstance(mid, bool) or mid < 0:
-        raise ProtocolError(f"{mtype}: id must be a non-negative integer, got {mid!r}")
+        raise ProtocolError(f"{mtype}: id must be a non-negative integer, got {_short(mid)}")
     specs = header.pop("arrays", [])
     if not isinstance(specs, list) or len(specs) != len(frames) - 1:
         raise ProtocolError(f"{mtype}: header lists {len(specs) if isinstance(specs, list) else '?'} arrays "
                             f"but {len(frames) - 1} buffers follow")
     arrays = {}
-    for spec, buf in zip(specs, frames[1:]):
-        arrays.update([_array(mtype, spec, buf)])
+    for spec_, buf in zip(specs, frames[1:]):
+        name, arr = _array(mtype, spec_, buf)
+        if name in arrays:
+            raise ProtocolError(f"{mtype}: array {name!r} listed twice")
+        arrays[name] = arr
     fields = {k: v for k, v in header.items() if k not in ("v", "type", "id")}
     _check_fields(mtype, fields, arrays.keys())
+    _check_arrays(mtype, fields, {k: (a.dtype.name, list(a.shape)) for k, a in arrays.items()})
     return Message(type=mtype, id=mid, fields=fields, arrays=arrays)
+
+
+def _short(x) -> str:
+    """repr() for error messages, cut so a hostile 60 kB value does not end up in a log line."""
+    r = repr(x)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not allowed")
 
 
 def _array(mtype: str, spec, buf: bytes) -> tuple[str, np.ndarray]:
@@ -123,13 +168,16 @@ def _array(mtype: str, spec, buf: bytes) -> tuple[str, np.ndarray]:
         raise ProtocolError(f"{mtype}: array spec must have name, dtype, shape")
     name, dtype, shape = spec["name"], spec["dtype"], spec["shape"]
     if not isinstance(name, str) or dtype not in ALLOWED_DTYPES:
-        raise ProtocolError(f"{mtype}: array {name!r} has dtype {dtype!r} (allowed: {', '.join(ALLOWED_DTYPES)})")
+        raise ProtocolError(f"{mtype}: array {_short(name)} has dtype {_short(dtype)} "
+                            f"(allowed: {', '.join(ALLOWED_DTYPES)})")
     if (not isinstance(shape, list) or len(shape) > 4
             or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_MESSAGE_BYTES for d in shape)):
-        raise ProtocolError(f"{mtype}: array {name!r} has a bad shape {shape!r}")
-    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        raise ProtocolError(f"{mtype}: array {_short(name)} has a bad shape {_short(shape)}")
+    expected = np.dtype(dtype).itemsize
+    for d in shape:
+        expected *= d                     # Python ints: no overflow
     if expected != len(buf):
-        raise ProtocolError(f"{mtype}: array {name!r} {dtype}{shape} needs {expected} bytes, got {len(buf)}")
+        raise ProtocolError(f"{mtype}: array {_short(name)} {dtype}{shape} needs {expected} bytes, got {len(buf)}")
     return name, np.frombuffer(bytes(buf), dtype=dtype).reshape(shape)
 
 
@@ -142,12 +190,15 @@ def _check_fields(mtype: str, fields: dict, array_names) -> None:
     missing = [a for a in REQUIRED_ARRAYS.get(mtype, ()) if a not in array_names]
     if missing:
         raise ProtocolError(f"{mtype}: missing array(s) {', '.join(missing)}")
-    for k in ("seq", "k", "max_new_tokens", "n_accepted", "token", "seed"):
+    for k in ("seq", "k", "max_new_tokens", "n_accepted", "token", "seed", "drafted", "accepted"):
         if k in fields and (not isinstance(fields[k], int) or isinstance(fields[k], bool) or fields[k] < 0):
-            raise ProtocolError(f"{mtype}: {k} must be a non-negative integer, got {fields[k]!r}")
+            raise ProtocolError(f"{mtype}: {k} must be a non-negative integer, got {_short(fields[k])}")
     for k in ("temperature", "cloud_compute_ms"):
         if k in fields and (not isinstance(fields[k], (int, float)) or isinstance(fields[k], bool) or fields[k] < 0):
-            raise ProtocolError(f"{mtype}: {k} must be a non-negative number, got {fields[k]!r}")
+            raise ProtocolError(f"{mtype}: {k} must be a non-negative number, got {_short(fields[k])}")
+    if "ref_id" in fields and fields["ref_id"] is not None and (
+            not isinstance(fields["ref_id"], int) or isinstance(fields["ref_id"], bool)):
+        raise ProtocolError(f"{mtype}: ref_id must be an integer or null")
     if "query" in fields and not isinstance(fields["query"], str):
         raise ProtocolError(f"{mtype}: query must be a string")
     for k in ("payload", "message", "draft_model", "target_model", "tokenizer_hash", "mode"):
@@ -156,10 +207,54 @@ def _check_fields(mtype: str, fields: dict, array_names) -> None:
     if "done" in fields and not isinstance(fields["done"], bool):
         raise ProtocolError(f"{mtype}: done must be true or false")
     if mtype == "generate" and fields["mode"] not in ("target", "spec"):
-        raise ProtocolError(f"generate: mode must be 'target' or 'spec', got {fields['mode']!r}")
+        raise ProtocolError(f"generate: mode must be 'target' or 'spec', got {_short(fields['mode'])}")
+    if mtype == "verify":
+        try:
+            spec.parse_payload(fields["payload"])
+        except ValueError as e:
+            raise ProtocolError(f"verify: {e}") from None
     if mtype == "tokens" and (not isinstance(fields["tokens"], list)
-                              or not all(isinstance(t, int) and not isinstance(t, bool) for t in fields["tokens"])):
-        raise ProtocolError("tokens: tokens must be a list of integers")
+                              or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0
+                                         for t in fields["tokens"])):
+        raise ProtocolError("tokens: tokens must be a list of non-negative integers")
+
+
+def _check_arrays(mtype: str, fields: dict, arrays: dict[str, tuple[str, list]]) -> None:
+    """Array dtypes and shapes a handler can rely on (name → (dtype, shape))."""
+    want_1d = {"prefill": "prompt_ids", "generate": "prompt_ids", "verify": "tokens"}
+    if mtype in want_1d:
+        dtype, shape = arrays[want_1d[mtype]]
+        if dtype not in ("int32", "int64") or len(shape) != 1:
+            raise ProtocolError(f"{mtype}: {want_1d[mtype]} must be a 1-D integer array, got {dtype}{shape}")
+    if mtype != "verify" or not fields["temperature"] > 0:
+        return
+    k = arrays["tokens"][1][0]
+    base, _ = spec.parse_payload(fields["payload"])
+    for name, (dtype, ndim) in Q_ARRAYS[base].items():
+        if name not in arrays:
+            raise ProtocolError(f"verify: payload {fields['payload']} at temperature > 0 needs array {name!r}")
+        got_dtype, shape = arrays[name]
+        if got_dtype != dtype or len(shape) != ndim or shape[0] != k:
+            raise ProtocolError(f"verify: {name} must be {dtype} with {ndim} dimension(s) and {k} rows "
+                                f"(one per draft), got {got_dtype}{shape}")
+    if base == "topk" and arrays["q_idx"][1] != arrays["q_val"][1]:
+        raise ProtocolError(f"verify: q_idx {arrays['q_idx'][1]} and q_val {arrays['q_val'][1]} differ in shape")
+
+
+def check_hello(hello: Message, draft_model: str, target_model: str, tokenizer_hash: str) -> None:
+    """The handshake rule: what the peer announces must match what this side runs.  An empty string
+    (on either side) means "no expectation" for that model id; tokenizer hashes must always match.
+    Raises ProtocolError naming both sides, for the error reply."""
+    problems = []
+    for what, theirs, ours in (("draft model", hello["draft_model"], draft_model),
+                               ("target model", hello["target_model"], target_model)):
+        if theirs and ours and theirs != ours:
+            problems.append(f"{what}: peer has {theirs!r}, this side {ours!r}")
+    if hello["tokenizer_hash"] != tokenizer_hash:
+        problems.append(f"tokenizer: peer has {hello['tokenizer_hash'][:16]!r}…, "
+                        f"this side {tokenizer_hash[:16]!r}…")
+    if problems:
+        raise ProtocolError("handshake mismatch: " + "; ".join(problems) + " — run both nodes with the same --models")
 
 
 def ids(values) -> np.ndarray:

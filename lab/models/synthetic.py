@@ -3,14 +3,27 @@
 They implement the LanguageModel/Session protocol, so the same decoding code,
 nodes and protocol run over them — only the compute is replaced by waiting
 the profile's time for real (the nodes are real processes; the lab measures
-the network, not the model).  The target's greedy token at position i is a
-hash of (seed, i); the draft proposes that token with probability α (also
-decided by a hash of (seed, i), so edge and cloud agree without talking) and
-a wrong one otherwise.  Acceptance is therefore i.i.d. with rate α per
-position, the regime of E[τ] = (1 − α^(K+1)) / (1 − α).
+the network, not the model).  Each wait is also reported (`compute_ms`,
+`last_compute_ms` on the session) so the simulator can use the same numbers.
 
-Profile (YAML): t_draft_ms (one draft forward), verify_a_ms + verify_b_ms·n
-(a target forward over n tokens), prefill_ms_per_token, alpha, vocab, seed.
+Tokens: the target's greedy token at sequence position i is a hash of
+(seed, i).  The draft proposes that same token when it *agrees* at i, and
+(true + 1) mod V otherwise.  Agreement is decided without communication, so
+edge and cloud processes agree on it:
+  * i.i.d.: a hash of (seed, i) below α — acceptance is i.i.d. with rate α
+    per position, the regime of E[τ] = (1 − α^(K+1)) / (1 − α);
+  * trace:  a list of accept counts [n0, n1, …] read as runs of agreement
+    (n0 agreeing positions, one disagreeing, n1 agreeing, …, repeating),
+    counted from the first generated position; with K ≥ every n the greedy
+    cycles accept exactly n0, n1, …; with smaller K, the same agreement
+    pattern is cut into shorter cycles (as a real draft/target pair would).
+Logits put 10.0 on the chosen token and 0 elsewhere, so at temperature 0 the
+loop sees exactly this; at T > 0 the distributions are soft and acceptance
+differs from α (not calibrated for sampling).
+
+Profile (YAML): t_draft_ms (one draft forward, any length), verify_a_ms +
+verify_b_ms·n (one target forward over n tokens), prefill_ms_per_token
+(both models), alpha or trace, vocab, seed.
 """
 from __future__ import annotations
 
@@ -27,6 +40,7 @@ from lab.models import ModelError
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 DEFAULT_PROFILE = "embedded-cpu"
 SPIN_MS = 0.3          # the last part of each wait is spent spinning, for sub-millisecond accuracy
+PEAK_LOGIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -38,83 +52,144 @@ class Profile:
     alpha: float
     vocab: int = 1000
     seed: int = 0
+    trace: tuple[int, ...] | None = None       # accept counts; overrides alpha when given
     name: str = "custom"
     source: str = ""
 
     def verify_ms(self, n: int) -> float:
+        """One target forward over n tokens (n = K + 1 for a verify of K drafts)."""
         return self.verify_a_ms + self.verify_b_ms * n
 
 
 def load_profile(name_or_path: str | None) -> Profile:
-    p = Path(name_or_path) if name_or_path and (Path(name_or_path).suffix or "/" in name_or_path) \
-        else PROFILE_DIR / f"{name_or_path or DEFAULT_PROFILE}.yaml"
+    """A shipped profile by name (lab/models/profiles/NAME.yaml) or a YAML file by path."""
+    is_path = bool(name_or_path) and (Path(name_or_path).suffix != "" or "/" in name_or_path)
+    p = Path(name_or_path) if is_path else PROFILE_DIR / f"{name_or_path or DEFAULT_PROFILE}.yaml"
     try:
         doc = yaml.safe_load(p.read_text())
     except OSError:
-        known = ", ".join(sorted(x.stem for x in PROFILE_DIR.glob("*.yaml")))
-        raise ModelError(f"no synthetic profile {name_or_path!r} ({p}); known: {known}") from None
-    allowed = {f.name for f in fields(Profile)} | {"provenance"}
+        raise ModelError(f"no synthetic profile {name_or_path!r} ({p}); known: {', '.join(known_profiles())}") from None
+    except yaml.YAMLError as e:
+        raise ModelError(f"{p}: not valid YAML ({e})") from None
     if not isinstance(doc, dict):
         raise ModelError(f"{p}: a profile must be a mapping")
+    allowed = {f.name for f in fields(Profile)} - {"name", "source"} | {"provenance"}
     unknown = set(doc) - allowed
     if unknown:
-        raise ModelError(f"{p}: unknown key(s) {', '.join(sorted(unknown))}")
+        raise ModelError(f"{p}: unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(allowed))})")
     doc.pop("provenance", None)
+    if doc.get("trace") is not None:
+        if not isinstance(doc["trace"], list):
+            raise ModelError(f"{p}: trace must be a list of accept counts")
+        doc["trace"] = tuple(doc["trace"])
     try:
         prof = Profile(**{"name": p.stem, "source": str(p), **doc})
     except TypeError as e:
         raise ModelError(f"{p}: {e}") from None
-    for k in ("t_draft_ms", "verify_a_ms", "verify_b_ms", "prefill_ms_per_token"):
-        if not isinstance(getattr(prof, k), (int, float)) or getattr(prof, k) < 0:
-            raise ModelError(f"{p}: {k} must be a number >= 0")
-    if not 0 <= prof.alpha <= 1:
-        raise ModelError(f"{p}: alpha must be between 0 and 1")
+    problem = check_profile(prof)
+    if problem:
+        raise ModelError(f"{p}: {problem}")
     return prof
 
 
+def check_profile(prof: Profile) -> str | None:
+    """What is wrong with a profile, or None."""
+    for k in ("t_draft_ms", "verify_a_ms", "verify_b_ms", "prefill_ms_per_token", "alpha"):
+        v = getattr(prof, k)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
+            return f"{k} must be a number >= 0, got {v!r}"
+    if not 0 <= prof.alpha <= 1:
+        return f"alpha must be between 0 and 1, got {prof.alpha}"
+    if not isinstance(prof.vocab, int) or prof.vocab < 2:
+        return f"vocab must be an integer >= 2, got {prof.vocab!r}"
+    if not isinstance(prof.seed, int):
+        return f"seed must be an integer, got {prof.seed!r}"
+    if prof.trace is not None and (not prof.trace or not all(isinstance(n, int) and n >= 0 for n in prof.trace)):
+        return "trace must be a non-empty list of accept counts (integers >= 0)"
+    return None
+
+
+def known_profiles() -> list[str]:
+    return sorted(x.stem for x in PROFILE_DIR.glob("*.yaml"))
+
+
 def save_profile(profile: Profile, path: Path, provenance: dict | None = None) -> None:
+    """Write a profile YAML that load_profile reads back (provenance: free-form, e.g. how it was measured)."""
+    problem = check_profile(profile)
+    if problem:
+        raise ModelError(f"refusing to save a bad profile: {problem}")
     d = {k: v for k, v in asdict(profile).items() if k not in ("name", "source")}
+    if d["trace"] is None:
+        del d["trace"]
+    else:
+        d["trace"] = list(d["trace"])
     if provenance:
         d["provenance"] = provenance
     Path(path).write_text(yaml.safe_dump(d, sort_keys=False))
 
 
-def spend(ms: float) -> None:
-    """Take `ms` of wall time: sleep most of it, spin the rest (accurate to ~0.05 ms)."""
-    end = time.perf_counter() + ms / 1000
+def spend(ms: float) -> float:
+    """Take `ms` of wall time for real: sleep most of it, spin the last SPIN_MS (error ≈ tens of µs on
+    an idle core).  Returns the time actually taken, in ms."""
+    start = time.perf_counter()
+    end = start + ms / 1000
     if ms > SPIN_MS:
         time.sleep((ms - SPIN_MS) / 1000)
     while time.perf_counter() < end:
         pass
+    return (time.perf_counter() - start) * 1000
 
 
-def _u(seed: int, pos: int, salt: str) -> int:
+def _h(seed: int, pos: int, salt: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{pos}:{salt}".encode(), digest_size=8).digest(), "big")
 
 
+def _trace_bits(trace: tuple[int, ...]) -> tuple[bool, ...]:
+    """[2, 0, 3] → agree agree DISAGREE | DISAGREE | agree agree agree DISAGREE."""
+    bits: list[bool] = []
+    for n in trace:
+        bits += [True] * n + [False]
+    return tuple(bits)
+
+
 class SyntheticSession:
+    """One sequence: only its length matters (tokens are a function of position)."""
+
     def __init__(self, model: "SyntheticModel"):
         self.m = model
         self.length = 0
+        self.origin = 0                   # prompt length: generated positions count from here (traces)
+        self.compute_ms = 0.0             # wall time spent in this session's forwards, as measured
+        self.last_compute_ms = 0.0        # … in the last call
+
+    def _spend(self, ms: float) -> None:
+        self.last_compute_ms = spend(ms)
+        self.compute_ms += self.last_compute_ms
 
     def _logits(self, pos: int) -> np.ndarray:
         row = np.zeros(self.m.vocab_size, dtype=np.float32)
-        row[self.m.token_at(pos)] = 10.0
+        row[self.m.token_at(pos, self.origin)] = PEAK_LOGIT
         return row
 
     def prefill(self, token_ids: list[int]) -> np.ndarray:
         if self.length:
             raise ModelError("prefill on a non-empty session")
-        spend(self.m.profile.prefill_ms_per_token * len(token_ids))
-        self.length = len(token_ids)
+        if not token_ids:
+            raise ModelError("prefill needs at least one token")
+        self._spend(self.m.profile.prefill_ms_per_token * len(token_ids))
+        self.length = self.origin = len(token_ids)
         return self._logits(self.length)
 
     def extend(self, token_ids: list[int]) -> np.ndarray:
         n = len(token_ids)
-        spend(self.m.forward_ms(n))
+        if self.length == 0:
+            raise ModelError("extend before prefill")
+        if n == 0:
+            return np.zeros((0, self.m.vocab_size), dtype=np.float32)
+        self._spend(self.m.forward_ms(n))
         start = self.length
         self.length += n
-        return np.stack([self._logits(start + i + 1) for i in range(n)])
+        return np.stack([self._logits(start + i + 1) for i in range(n)])     # [n, V]
 
     def rollback(self, length: int) -> None:
         if not 0 <= length <= self.length:
@@ -123,37 +198,49 @@ class SyntheticSession:
 
 
 class SyntheticModel:
-    """role "target": greedy token at position i is h(seed, i); role "draft": the same with probability α."""
+    """role "target": greedy token at position i is h(seed, i); role "draft": the same where it agrees."""
 
     def __init__(self, role: str, profile: Profile):
+        if role not in ("draft", "target"):
+            raise ModelError(f"synthetic role must be draft or target, got {role!r}")
         self.role, self.profile = role, profile
         self.model_id = f"synthetic:{profile.name}:{role}"
         self.vocab_size = profile.vocab
         self.tokenizer_hash = f"synthetic-vocab-{profile.vocab}"
         self.eos_token_ids: tuple[int, ...] = ()
+        self._bits = _trace_bits(profile.trace) if profile.trace else None
 
     def forward_ms(self, n: int) -> float:
+        """The compute time one extend() of n tokens takes (and reports)."""
         return self.profile.t_draft_ms if self.role == "draft" else self.profile.verify_ms(n)
 
-    def token_at(self, pos: int) -> int:
-        true = _u(self.profile.seed, pos, "token") % self.vocab_size
-        if self.role == "target":
+    def agrees(self, pos: int, origin: int = 0) -> bool:
+        """Does the draft propose the target's token at sequence position pos (prompt length origin)?"""
+        if self._bits is not None:
+            return self._bits[(pos - origin) % len(self._bits)]
+        return (_h(self.profile.seed, pos, "accept") % 1_000_000) / 1_000_000 < self.profile.alpha
+
+    def token_at(self, pos: int, origin: int = 0) -> int:
+        true = _h(self.profile.seed, pos, "token") % self.vocab_size
+        if self.role == "target" or self.agrees(pos, origin):
             return true
-        hit = (_u(self.profile.seed, pos, "accept") % 1_000_000) / 1_000_000 < self.profile.alpha
-        return true if hit else (true + 1) % self.vocab_size
+        return (true + 1) % self.vocab_size
 
     def new_session(self) -> SyntheticSession:
         return SyntheticSession(self)
 
     def encode_prompt(self, prompt: str) -> list[int]:
         words = prompt.split() or ["<empty>"]
-        return [1] + [_u(0, i, w) % self.vocab_size for i, w in enumerate(words)]
+        return [1] + [_h(0, i, w) % self.vocab_size for i, w in enumerate(words)]
 
     def decode(self, token_ids: list[int]) -> str:
         return " ".join(f"<{t}>" for t in token_ids)
 
     def describe(self) -> dict:
-        return {"model_id": self.model_id, **asdict(self.profile)}
+        d = {"model_id": self.model_id, **asdict(self.profile)}
+        if d["trace"] is not None:
+            d["trace"] = list(d["trace"])
+        return d
 
 
 def load_synthetic(role: str, profile: str | None = None) -> SyntheticModel:

@@ -1,50 +1,140 @@
-"""Synthetic models: deterministic, i.i.d. acceptance at the profile's α, lossless through the real loops."""
+"""Synthetic models: deterministic by seed, acceptance at the profile's α (or its trace) through the real
+loops, lossless, compute time spent for real and reported."""
+from __future__ import annotations
+
+import statistics
 import time
 
+import numpy as np
 import pytest
 
+from lab import spec
 from lab.decoding import autoregressive_generate, speculative_generate
 from lab.models import ModelError
-from lab.models.synthetic import Profile, load_profile, load_synthetic, save_profile, spend
+from lab.models.synthetic import (Profile, SyntheticModel, known_profiles, load_profile, load_synthetic,
+                                  save_profile, spend)
+
+
+def _pair(**kw) -> tuple[SyntheticModel, SyntheticModel]:
+    base = dict(t_draft_ms=0, verify_a_ms=0, verify_b_ms=0, prefill_ms_per_token=0, alpha=0.7, seed=3)
+    prof = Profile(**{**base, **kw})
+    return SyntheticModel("draft", prof), SyntheticModel("target", prof)
 
 
 def test_shipped_profiles_load():
-    for name in ("embedded-cpu", "fast"):
+    assert {"embedded-cpu", "fast"} <= set(known_profiles())
+    for name in known_profiles():
         p = load_profile(name)
-        assert p.t_draft_ms > 0 and 0 < p.alpha < 1
+        assert p.t_draft_ms > 0 and 0 < p.alpha < 1 and p.verify_ms(4) > p.verify_ms(1)
+    emb = load_profile("embedded-cpu")
+    assert emb.vocab == 151936 and emb.verify_ms(1) == pytest.approx(295, abs=1)     # target ≈295 ms/token
 
 
-def test_per_position_acceptance_matches_alpha():
-    d, t = load_synthetic("draft", "fast"), load_synthetic("target", "fast")
-    hits = sum(d.token_at(i) == t.token_at(i) for i in range(20000))
-    assert hits / 20000 == pytest.approx(d.profile.alpha, abs=0.01)
-
-
-def test_speculative_over_synthetic_is_lossless_and_deterministic(tmp_path):
-    prof = Profile(t_draft_ms=0, verify_a_ms=0, verify_b_ms=0, prefill_ms_per_token=0, alpha=0.7, seed=3)
+def test_profile_roundtrip_with_trace(tmp_path):
+    prof = Profile(t_draft_ms=1.5, verify_a_ms=4, verify_b_ms=0.5, prefill_ms_per_token=0.1, alpha=0.6,
+                   vocab=50, seed=9, trace=(3, 0, 5))
     path = tmp_path / "p.yaml"
-    save_profile(prof, path)
-    d, t = load_synthetic("draft", str(path)), load_synthetic("target", str(path))
-    prompt = t.encode_prompt("a b c")
-    ref = autoregressive_generate(t, prompt, 300)
-    for k in (1, 3, 5, 15):
-        g = speculative_generate(d, t, prompt, 300, k_fn=lambda: k)
-        assert g.tokens == ref
-    g1 = speculative_generate(d, t, prompt, 300, k_fn=lambda: 4)
-    g2 = speculative_generate(d, t, prompt, 300, k_fn=lambda: 4)
-    assert g1.accepted == g2.accepted
+    save_profile(prof, path, provenance={"measured_by": "test"})
+    back = load_profile(str(path))
+    assert back.trace == (3, 0, 5) and back.t_draft_ms == 1.5 and back.vocab == 50 and back.name == "p"
 
 
-def test_bad_profile_is_named(tmp_path):
+def test_bad_profiles_are_named(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("t_draft_ms: 1\nverify_a_ms: 1\nverify_b_ms: 1\nprefill_ms_per_token: 1\nalpha: 2\n")
     with pytest.raises(ModelError, match="alpha"):
+        load_profile(str(p))
+    p.write_text("t_draft_ms: 1\nverify_a_ms: 1\nverify_b_ms: 1\nprefill_ms_per_token: 1\nalpha: 0.5\nspeed: 3\n")
+    with pytest.raises(ModelError, match="unknown key.*speed"):
+        load_profile(str(p))
+    p.write_text("t_draft_ms: 1\nverify_a_ms: 1\nverify_b_ms: 1\nprefill_ms_per_token: 1\nalpha: 0.5\ntrace: [1, -1]\n")
+    with pytest.raises(ModelError, match="trace"):
         load_profile(str(p))
     with pytest.raises(ModelError, match="no synthetic profile"):
         load_profile("nope")
 
 
-def test_spend_takes_the_time():
+def test_per_position_agreement_matches_alpha():
+    d, t = load_synthetic("draft", "fast"), load_synthetic("target", "fast")
+    hits = sum(d.token_at(i) == t.token_at(i) for i in range(20000))
+    assert hits / 20000 == pytest.approx(d.profile.alpha, abs=0.01)
+
+
+@pytest.mark.parametrize("alpha,k", [(0.8, 5), (0.5, 3), (0.9, 10)])
+def test_measured_acceptance_through_the_loop(alpha, k):
+    """Greedy speculative decoding over many cycles: accepted per cycle and tokens per cycle match the
+    i.i.d. model (E[n] = α(1 − α^K)/(1 − α), E[τ] = (1 − α^(K+1))/(1 − α))."""
+    d, t = _pair(alpha=alpha, seed=int(alpha * 100))
+    g = speculative_generate(d, t, [1, 2, 3], 20000, k_fn=lambda: k)
+    cycles = len(g.accepted)
+    mean_n = sum(g.accepted) / cycles
+    want_n = alpha * (1 - alpha ** k) / (1 - alpha)
+    print(f"\nα={alpha} K={k}: {cycles} cycles, accepted/cycle {mean_n:.3f} (model {want_n:.3f}), "
+          f"tokens/cycle {len(g.tokens) / cycles:.3f} (model {spec.expected_tokens(alpha, k):.3f})")
+    assert mean_n == pytest.approx(want_n, rel=0.04)
+    assert len(g.tokens) / cycles == pytest.approx(spec.expected_tokens(alpha, k), rel=0.03)
+
+
+def test_trace_driven_acceptance_is_replayed():
+    trace = (4, 0, 2, 7, 1)
+    d, t = _pair(trace=trace)
+    g = speculative_generate(d, t, [1, 2, 3], 200, k_fn=lambda: 8)          # K ≥ every count: exact replay
+    assert g.accepted[:3 * len(trace)] == list(trace) * 3
+    g3 = speculative_generate(d, t, [1, 2, 3], 200, k_fn=lambda: 3)         # shorter K: capped
+    assert max(g3.accepted) == 3 and 0 in g3.accepted
+
+
+def test_lossless_and_deterministic_by_seed():
+    d, t = _pair()
+    prompt = t.encode_prompt("a b c")
+    ref = autoregressive_generate(t, prompt, 300)
+    for k in (1, 3, 5, 15):
+        assert speculative_generate(d, t, prompt, 300, k_fn=lambda: k).tokens == ref
+    g1 = speculative_generate(d, t, prompt, 300, k_fn=lambda: 4)
+    g2 = speculative_generate(*_pair(), prompt, 300, k_fn=lambda: 4)          # fresh objects, same seed
+    assert g1.accepted == g2.accepted and g1.tokens == g2.tokens
+    g3 = speculative_generate(*_pair(seed=4), prompt, 300, k_fn=lambda: 4)
+    assert g3.tokens != g1.tokens and g3.accepted != g1.accepted
+
+
+def test_compute_is_spent_and_reported():
+    d, t = _pair(t_draft_ms=2.0, verify_a_ms=3.0, verify_b_ms=0.5, prefill_ms_per_token=0.1)
+    s = t.new_session()
+    s.prefill([1] * 10)
+    assert s.last_compute_ms >= 1.0
     t0 = time.perf_counter()
-    spend(5.0)
-    assert time.perf_counter() - t0 >= 0.005
+    s.extend([1, 2, 3, 4])
+    wall = (time.perf_counter() - t0) * 1000
+    assert t.forward_ms(4) == 3.0 + 0.5 * 4
+    assert s.last_compute_ms >= t.forward_ms(4) and wall >= s.last_compute_ms
+    assert s.compute_ms == pytest.approx(1.0 + 5.0, abs=2.0)
+
+
+def test_spend_accuracy():
+    """Prints the error of the waits the nodes rely on; asserts only that a wait is never short."""
+    for ms in (0.2, 1.0, 5.0, 20.0, 100.0):
+        errs = []
+        for _ in range(20 if ms < 50 else 5):
+            t0 = time.perf_counter()
+            spend(ms)
+            errs.append((time.perf_counter() - t0) * 1000 - ms)            # measured outside spend()
+        print(f"\nspend({ms:g} ms): error mean {statistics.mean(errs) * 1000:.1f} µs, "
+              f"max {max(errs) * 1000:.1f} µs", end="")
+        assert min(errs) >= 0
+    print()
+
+
+def test_session_errors():
+    d, _ = _pair()
+    s = d.new_session()
+    with pytest.raises(ModelError, match="before prefill"):
+        s.extend([1])
+    with pytest.raises(ModelError, match="at least one"):
+        s.prefill([])
+    s.prefill([1, 2])
+    assert s.extend([]).shape == (0, d.vocab_size)
+    with pytest.raises(ModelError, match="rollback"):
+        s.rollback(5)
+    with pytest.raises(ModelError, match="role"):
+        SyntheticModel("oracle", d.profile)
+    assert np.argmax(s.extend([3])[-1]) == d.token_at(3, 2)
