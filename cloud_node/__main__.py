@@ -18,7 +18,7 @@ import numpy as np
 import zmq
 
 from lab import protocol, spec
-from lab.decoding import TargetState, now_ms, speculative_generate
+from lab.decoding import TargetState, now_ms, speculative_generate, verify_rng
 from lab.models import ModelError, warm_up
 from lab.protocol import Message, ProtocolError
 
@@ -41,9 +41,10 @@ class CloudServer:
         h(msg, reply)
 
     def on_hello(self, msg: Message, reply) -> None:
-        if msg["tokenizer_hash"] != self.target.tokenizer_hash:
-            raise ProtocolError(f"tokenizer mismatch: edge {msg['draft_model']} has {msg['tokenizer_hash'][:12]}…, "
-                                f"cloud {self.target.model_id} has {self.target.tokenizer_hash[:12]}…")
+        # The edge names its draft; this side's draft (for cloud-spec) need not be the same model,
+        # but the tokenizers must be, or token ids mean different words.
+        protocol.check_hello(msg, "", self.target.model_id if msg["target_model"] else "",
+                             self.target.tokenizer_hash)
         reply(Message("hello_ok", msg.id, {"draft_model": self.draft.model_id if self.draft else "",
                                            "target_model": self.target.model_id,
                                            "tokenizer_hash": self.target.tokenizer_hash}))
@@ -75,7 +76,7 @@ class CloudServer:
                 q = spec.decode_q(msg["payload"], drafts, msg.arrays, self.target.vocab_size)
             except (KeyError, ValueError) as e:
                 raise ProtocolError(f"verify: payload {msg['payload']!r} does not match its arrays ({e})") from None
-        rng = np.random.default_rng([msg["seed"], msg["seq"]])
+        rng = verify_rng(msg["seed"], msg["seq"])
         n, tok = st.verify(drafts, temperature, rng, q)
         reply(Message("verdict", msg.id, {"query": msg["query"], "seq": msg["seq"], "n_accepted": n, "token": tok,
                                           "cloud_compute_ms": now_ms() - t0}))

@@ -230,7 +230,7 @@ class EdgeNode:
                                                       cloud_compute_ms=0.0, edge_compute_ms=ms))
                     seq += 1
                     continue
-                drafts, q = d.draft(k, temp, rng, first_logits=first)
+                drafts, q = d.draft(k, temp, rng, first_logits=first, payload=payload)
                 first = None
                 edge_ms = now_ms() - t0
                 arrays = {"tokens": ids(drafts)}
