@@ -1,0 +1,309 @@
+"""`python -m lab linkcheck`: does the emulated link deliver what it was configured to?
+
+No emulator in the peer list measures its own fidelity; this one does, on
+the machine at hand, for every backend the kernel supports.  One topology per
+backend is brought up and the link is *changed* between points (faster, and
+it exercises `Topology.change`).  At each point our own probes
+(`netns/probe.py`) measure from inside the namespaces and each measured
+figure is compared with the configuration:
+
+  rtt       RTT P50 within ±0.5 ms (netem) / ±1.5 ms (wire) at 0…500 ms
+  jitter    one-way delay std within 10 % of J/√3 (uniform ±J), per direction
+  loss      lost count per direction inside the exact 99 % binomial region
+  goodput   bulk TCP after warm-up within 5 % of the payload ceiling of the rate
+  asym      different delay and rate per direction, each direction on its own
+
+The plan is data (`plan()`), printed as it runs; the table comes last, then
+the worst deviation (relative to its tolerance); the exit code is non-zero if
+any row fails.  `quick=True` is a representative subset for CI (< 60 s).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from netns.link import LinkError, LinkPair, LinkSpec
+from netns.probe import run_goodput, run_udp_echo
+from netns.probe_stats import (
+    L2_HEADER_BYTES, binomial_acceptance, payload_ceiling_mbit, uniform_jitter_std_ms, wilson_interval,
+)
+
+RTT_TOLERANCE_MS = {"netem": 0.5, "wire": 1.5}
+JITTER_TOLERANCE_FRAC = 0.10
+GOODPUT_TOLERANCE_FRAC = 0.05
+LOSS_CONFIDENCE = 0.99
+# What tbf counts besides the IP packet depends on the device it sits on
+# (probe_stats.L2_HEADER_BYTES): netem shapes the veth, wire shapes its TUN devices.
+RATE_DEVICE = {"netem": "veth", "wire": "tun"}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One link configuration and what to measure on it."""
+    check: str                 # rtt | jitter | loss | goodput | asym
+    link: LinkPair
+    echo_count: int = 0        # UDP echo packets (0: no echo)
+    echo_interval_ms: float = 5.0
+    goodput_dirs: tuple[str, ...] = ()
+    measure_s: float = 4.0
+
+
+@dataclass(frozen=True)
+class Row:
+    check: str
+    backend: str
+    configured: str
+    measured: str
+    deviation: str
+    tolerance: str
+    ok: bool
+    severity: float            # |deviation| / tolerance: 1.0 is at the edge; the worst is reported
+
+
+def _sym(**kw) -> LinkPair:
+    return LinkPair.symmetric(LinkSpec(**kw))
+
+
+def plan(quick: bool) -> list[Point]:
+    """The points, in run order. Full: a few minutes per backend; quick: < 60 s."""
+    rtts = (0, 50) if quick else (0, 10, 50, 200, 500)
+    points = [Point("rtt", _sym(delay_ms=r / 2), echo_count=200 if quick else 300, echo_interval_ms=5.0)
+              for r in rtts]
+    points.append(Point("jitter", _sym(delay_ms=25, jitter_ms=10), echo_count=1500, echo_interval_ms=2.0))
+    for loss in ((5.0,) if quick else (1.0, 5.0)):
+        points.append(Point("loss", _sym(loss_pct=loss), echo_count=2000 if quick else 3000,
+                            echo_interval_ms=1.0))
+    goodput = ((10, 0), (100, 100)) if quick else ((1, 0), (10, 0), (100, 0), (1, 100), (10, 100), (100, 100))
+    for rate, rtt in goodput:
+        # Low rates get a longer window: a loss repaired near an edge of the window moves a
+        # whole window's worth of in-order bytes across it, which weighs more when few bytes flow.
+        points.append(Point("goodput", _sym(delay_ms=rtt / 2, rate_mbit=rate), goodput_dirs=("uplink",),
+                            measure_s=3.0 if quick else (6.0 if rate < 5 else 4.0)))
+    asym = LinkPair(uplink=LinkSpec(delay_ms=10, rate_mbit=5), downlink=LinkSpec(delay_ms=40, rate_mbit=20))
+    points.append(Point("asym", asym, echo_count=200, echo_interval_ms=5.0,
+                        goodput_dirs=("uplink", "downlink"), measure_s=3.0 if quick else 4.0))
+    return points
+
+
+# ------------------------------------------------------------------ judging one point
+
+def _rtt_rows(p: Point, backend: str, st) -> list[Row]:
+    tol = RTT_TOLERANCE_MS.get(backend, 1.5)
+    want = p.link.rtt_ms
+    dev = st.rtt_p50_ms - want
+    return [Row("rtt", backend, f"RTT {want:g} ms", f"P50 {st.rtt_p50_ms:.2f} ms", f"{dev:+.2f} ms",
+                f"±{tol:g} ms", abs(dev) <= tol, abs(dev) / tol)]
+
+
+def _oneway_rows(p: Point, backend: str, st) -> list[Row]:
+    tol = RTT_TOLERANCE_MS.get(backend, 1.5)
+    rows = []
+    for d, spec, ds in (("up", p.link.uplink, st.uplink), ("down", p.link.downlink, st.downlink)):
+        dev = ds.delay_p50_ms - spec.delay_ms
+        rows.append(Row(f"{p.check} delay {d}", backend, f"{spec.delay_ms:g} ms one-way",
+                        f"P50 {ds.delay_p50_ms:.2f} ms", f"{dev:+.2f} ms", f"±{tol:g} ms",
+                        abs(dev) <= tol, abs(dev) / tol))
+    return rows
+
+
+def _jitter_rows(p: Point, backend: str, st) -> list[Row]:
+    rows = []
+    for d, spec, ds in (("up", p.link.uplink, st.uplink), ("down", p.link.downlink, st.downlink)):
+        want = uniform_jitter_std_ms(spec.jitter_ms)
+        tol = JITTER_TOLERANCE_FRAC * want
+        dev = ds.delay_std_ms - want
+        rows.append(Row(f"jitter {d}", backend, f"±{spec.jitter_ms:g} ms: std {want:.2f}",
+                        f"std {ds.delay_std_ms:.2f} ms ({ds.reorders} reordered)", f"{dev:+.2f} ms",
+                        f"±{tol:.2f} ms", abs(dev) <= tol, abs(dev) / tol))
+    return rows
+
+
+def _loss_rows(p: Point, backend: str, st) -> list[Row]:
+    rows = []
+    for d, spec, ds in (("up", p.link.uplink, st.uplink), ("down", p.link.downlink, st.downlink)):
+        prob = spec.loss_pct / 100
+        lo, hi = binomial_acceptance(ds.sent, prob, LOSS_CONFIDENCE)
+        expect = ds.sent * prob
+        half = (expect - lo) if ds.lost < expect else (hi - expect)
+        severity = abs(ds.lost - expect) / half if half > 0 else (0.0 if ds.lost == expect else 9.99)
+        wlo, whi = wilson_interval(ds.lost, ds.sent, LOSS_CONFIDENCE) if ds.sent else (0.0, 1.0)
+        rows.append(Row(f"loss {d}", backend, f"{spec.loss_pct:g} % of {ds.sent}",
+                        f"{ds.loss_pct:.2f} % ({ds.lost}; 99 % CI {100 * wlo:.2f}–{100 * whi:.2f})",
+                        f"{ds.loss_pct - spec.loss_pct:+.2f} pp",
+                        f"{lo}–{hi} lost", lo <= ds.lost <= hi, severity))
+    return rows
+
+
+def _goodput_row(check: str, backend: str, spec: LinkSpec, run) -> Row:
+    l2 = L2_HEADER_BYTES[RATE_DEVICE.get(backend, "veth")]
+    ceiling = payload_ceiling_mbit(spec.rate_mbit, mss_bytes=run.mss_bytes, l2_header_bytes=l2)
+    dev = (run.goodput.mbit - ceiling) / ceiling
+    d = "up" if run.direction == "uplink" else "down"
+    dlv = "" if run.delivered_mbit is None else f"delivered {run.delivered_mbit:.3f}, "
+    return Row(f"goodput {d}" if check == "goodput" else f"{check} goodput {d}", backend,
+               f"{spec.rate_mbit:g} Mbit/s {spec.delay_ms * 2 if check == 'goodput' else spec.delay_ms:g} ms"
+               f"{'' if check == 'goodput' else ' one-way'}: {ceiling:.3f}",
+               f"{run.goodput.mbit:.3f} Mbit/s ({dlv}{run.retransmits} rtx)", f"{100 * dev:+.1f} %",
+               f"±{100 * GOODPUT_TOLERANCE_FRAC:g} %", abs(dev) <= GOODPUT_TOLERANCE_FRAC,
+               abs(dev) / GOODPUT_TOLERANCE_FRAC)
+
+
+def _scenario_rows(p: Point, backend: str, st) -> list[Row]:
+    """Everything the link configures, per direction: delay always, jitter and loss when set
+    (loss 0 is judged too: the region is then exactly 0 lost packets)."""
+    rows = [Row("rtt", backend, f"RTT {p.link.rtt_ms:g} ms", f"P50 {st.rtt_p50_ms:.2f} ms",
+                f"{st.rtt_p50_ms - p.link.rtt_ms:+.2f} ms", "(info)", True, 0.0)]
+    rows += _oneway_rows(p, backend, st)
+    if p.link.uplink.jitter_ms or p.link.downlink.jitter_ms:
+        rows += [r for r in _jitter_rows(p, backend, st) if "±0 ms" not in r.configured]
+    return rows + _loss_rows(p, backend, st)
+
+
+def measure_point(p: Point, backend: str, spawn, addrs: dict | None = None) -> list[Row]:
+    """Run the probes one point asks for, on a link already set to p.link.
+    addrs: {"edge_addr": …, "cloud_addr": …} (default: the lab's 198.18.0.1/.2)."""
+    addrs = addrs or {}
+    rows: list[Row] = []
+    spread = max(p.link.uplink.jitter_ms, p.link.downlink.jitter_ms)
+    if p.echo_count:
+        st = run_udp_echo(spawn, count=p.echo_count, interval_ms=p.echo_interval_ms,
+                          rtt_ms=p.link.rtt_ms, spread_ms=spread, **addrs)
+        if st.rtt_p50_ms is None:
+            raise LinkError("no UDP echo reply came back at all")
+        rows += {"rtt": _rtt_rows, "jitter": _jitter_rows, "loss": _loss_rows,
+                 "asym": _oneway_rows, "scenario": _scenario_rows}[p.check](p, backend, st)
+    for direction in p.goodput_dirs:
+        spec = p.link.uplink if direction == "uplink" else p.link.downlink
+        run = run_goodput(spawn, direction=direction, measure_s=p.measure_s, rtt_ms=p.link.rtt_ms, **addrs)
+        row = _goodput_row(p.check, backend, spec, run)
+        if spec.loss_pct or spec.jitter_ms or p.link.uplink.loss_pct or p.link.downlink.loss_pct:
+            # Under loss (or reordering by jitter) TCP cannot fill the rate: report, do not judge.
+            row = Row(row.check, row.backend, row.configured, row.measured, row.deviation, "(info)", True, 0.0)
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------ running and printing
+
+def _error_row(p: Point, backend: str, e: Exception) -> Row:
+    return Row(p.check, backend, p.link.describe(), f"error: {e}"[:120], "-", "-", False, 9.99)
+
+
+def _addrs() -> dict:
+    from netns.topology import CLOUD_ADDR, EDGE_ADDR
+    return {"edge_addr": EDGE_ADDR, "cloud_addr": CLOUD_ADDR}
+
+
+def check_backend(backend: str, points: list[Point], out: Callable[[str], None],
+                  prefix: str = "sdl-") -> list[Row]:
+    """Bring one topology up with `backend`, walk the points changing the link, tear down."""
+    from netns.topology import Topology   # lazy: probes and stats do not need the topology
+    rows: list[Row] = []
+    topo = Topology(backend=backend, congestion_control=None, prefix=prefix)
+    try:
+        t0 = time.monotonic()
+        topo.up(points[0].link)
+        out(f"{backend}: topology up in {1000 * (time.monotonic() - t0):.0f} ms "
+            f"({topo.edge_ns} ↔ {topo.cloud_ns}, backend {topo.backend_name})")
+        for i, p in enumerate(points):
+            t0 = time.monotonic()
+            change_note = ""
+            try:
+                if i > 0:
+                    change_ms = topo.change(p.link)
+                    change_note = f", change {change_ms:.1f} ms" if isinstance(change_ms, (int, float)) else ""
+                new = measure_point(p, topo.backend_name, topo.popen, _addrs())
+            except LinkError as e:
+                new = [_error_row(p, topo.backend_name, e)]
+            rows += new
+            summary = "; ".join(f"{r.check} {r.measured} {'ok' if r.ok else 'FAIL'}" for r in new)
+            out(f"  [{i + 1:2d}/{len(points)}] {p.check:7s} {p.link.describe():40s} "
+                f"{time.monotonic() - t0:5.1f} s{change_note}: {summary}")
+    finally:
+        topo.down()
+    return rows
+
+
+def format_table(rows: list[Row]) -> list[str]:
+    head = ("check", "backend", "configured", "measured", "deviation", "tolerance", "ok")
+    cells = [head] + [(r.check, r.backend, r.configured, r.measured, r.deviation, r.tolerance,
+                       "ok" if r.ok else "FAIL") for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return lines
+
+
+def run_linkcheck(backends: list[str] | None = None, quick: bool = False, out=print,
+                  prefix: str = "sdl-") -> int:
+    """Measure every backend in `backends` (None: all this kernel has); 0 if all rows pass, else 1."""
+    if backends is None:
+        from netns.backends import netem_available
+        backends = ["wire"] + (["netem"] if netem_available() else [])
+        out(f"backends on this kernel: {', '.join(backends)}"
+            + ("" if "netem" in backends else " (no sch_netem: the netem path is checked in the VM)"))
+    points = plan(quick)
+    out(f"linkcheck {'quick' if quick else 'full'}: {len(points)} points per backend")
+    t0 = time.monotonic()
+    rows: list[Row] = []
+    for b in backends:
+        try:
+            rows += check_backend(b, points, out, prefix=prefix)
+        except LinkError as e:
+            out(f"{b}: {e}")
+            rows.append(Row("topology", b, "up", f"error: {e}"[:120], "-", "-", False, 9.99))
+    out("")
+    for line in format_table(rows):
+        out(line)
+    failed = [r for r in rows if not r.ok]
+    if rows:
+        worst = max(rows, key=lambda r: r.severity)
+        out(f"\nworst deviation: {worst.check} ({worst.backend}) {worst.deviation} against "
+            f"{worst.tolerance} — {worst.severity:.2f}x its tolerance")
+    out(f"{len(rows) - len(failed)}/{len(rows)} within tolerance in {time.monotonic() - t0:.0f} s"
+        + ("" if not failed else f"; FAILED: {', '.join(f'{r.check} ({r.backend})' for r in failed)}"))
+    return 0 if rows and not failed else 1
+
+
+def probe_scenario_link(link: LinkPair, backend: str = "auto", congestion_control: str | None = None,
+                        name: str = "scenario", out=print, prefix: str = "sdl-") -> int:
+    """`python -m lab probe SCENARIO`: the scenario's link alone, measured like a linkcheck point
+    (delay, jitter, loss per direction; goodput per direction when the link is rate-limited)."""
+    from netns.topology import Topology
+    dirs = tuple(d for d, spec in (("uplink", link.uplink), ("downlink", link.downlink)) if spec.rate_mbit)
+    jitter = max(link.uplink.jitter_ms, link.downlink.jitter_ms)
+    lossy = max(link.uplink.loss_pct, link.downlink.loss_pct)
+    # Enough packets to see the configured loss (≈50 expected losses), bounded to ~10 s.
+    count = min(5000, max(500, int(50 / (lossy / 100)) if lossy else 500))
+    point = Point("scenario", link, echo_count=count, echo_interval_ms=2.0, goodput_dirs=dirs,
+                  measure_s=4.0)
+    topo = Topology(backend=backend, congestion_control=congestion_control, prefix=prefix)
+    t0 = time.monotonic()
+    try:
+        topo.up(link)
+        out(f"{name}: {link.describe()} — {topo.backend_name} backend; measuring "
+            f"({count} UDP echoes{', bulk TCP ' + ' and '.join(dirs) if dirs else ''}, jitter spread {jitter:g} ms)")
+        rows = measure_point(point, topo.backend_name, topo.popen, _addrs())
+    finally:
+        topo.down()
+    for line in format_table(rows):
+        out(line)
+    failed = [r for r in rows if not r.ok]
+    out(f"{len(rows) - len(failed)}/{len(rows)} within tolerance in {time.monotonic() - t0:.0f} s")
+    return 0 if not failed else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m netns.linkcheck", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backend", action="append", choices=sorted(RTT_TOLERANCE_MS),
+                    help="repeat for several (default: every backend this kernel has)")
+    ap.add_argument("--quick", action="store_true", help="a representative subset (< 60 s)")
+    a = ap.parse_args(argv)
+    return run_linkcheck(a.backend, a.quick)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""linkcheck's plan and judging, on synthetic measurements (no root, no network)."""
+from __future__ import annotations
+
+import math
+
+from netns.link import LinkPair, LinkSpec
+from netns.linkcheck import (
+    Point, _goodput_row, _jitter_rows, _loss_rows, _rtt_rows, format_table, plan,
+)
+from netns.probe import GoodputRun
+from netns.probe_stats import DirectionStats, EchoStats, Goodput, warmup_s
+
+
+def _echo(rtt=50.0, up=25.0, down=25.0, std_up=0.0, std_down=0.0, sent=1000, lost_up=0, lost_down=0):
+    u = DirectionStats(sent, sent - lost_up, up, up, std_up, 0)
+    d = DirectionStats(sent - lost_up, sent - lost_up - lost_down, down, down, std_down, 0)
+    return EchoStats(u, d, rtt, rtt, rtt)
+
+
+def test_plan_covers_the_brief_and_fits_the_time_budget():
+    full, quick = plan(False), plan(True)
+    assert sorted({p.link.rtt_ms for p in full if p.check == "rtt"}) == [0, 10, 50, 200, 500]
+    assert {(p.link.uplink.rate_mbit, p.link.rtt_ms) for p in full if p.check == "goodput"} == {
+        (r, t) for r in (1, 10, 100) for t in (0, 100)}
+    assert {p.link.uplink.loss_pct for p in full if p.check == "loss"} == {1.0, 5.0}
+    asym = [p for p in full if p.check == "asym"][0]
+    assert asym.link.uplink != asym.link.downlink and asym.goodput_dirs == ("uplink", "downlink")
+
+    def budget_s(points):   # probe time only; topology changes and process starts add ~0.5 s a point
+        t = 0.0
+        for p in points:
+            t += p.echo_count * p.echo_interval_ms / 1000 + 2 * p.link.rtt_ms / 1000
+            t += len(p.goodput_dirs) * (warmup_s(p.link.rtt_ms) + p.measure_s)
+        return t + 0.5 * len(points)
+    assert budget_s(quick) < 50
+    assert budget_s(full) < 180
+
+
+def test_rtt_tolerance_depends_on_backend():
+    p = Point("rtt", LinkPair.symmetric(LinkSpec(delay_ms=25)))
+    assert _rtt_rows(p, "wire", _echo(rtt=51.2))[0].ok
+    assert not _rtt_rows(p, "netem", _echo(rtt=51.2))[0].ok
+    row = _rtt_rows(p, "netem", _echo(rtt=50.25))[0]
+    assert row.ok and math.isclose(row.severity, 0.5)
+
+
+def test_jitter_judged_per_direction_against_j_over_root3():
+    p = Point("jitter", LinkPair.symmetric(LinkSpec(delay_ms=25, jitter_ms=10)))
+    want = 10 / math.sqrt(3)
+    up, down = _jitter_rows(p, "wire", _echo(std_up=want * 1.05, std_down=want * 1.2))
+    assert up.ok and not down.ok
+    assert up.check == "jitter up" and down.check == "jitter down"
+
+
+def test_loss_inside_and_outside_the_binomial_region():
+    p = Point("loss", LinkPair.symmetric(LinkSpec(loss_pct=5)))
+    up, down = _loss_rows(p, "wire", _echo(sent=3000, lost_up=150, lost_down=60))
+    assert up.ok and up.severity == 0.0
+    assert not down.ok        # 60 of 2850 is 2.1 %: far below 5 %
+    none = Point("loss", LinkPair.symmetric(LinkSpec()))
+    assert not _loss_rows(none, "wire", _echo(lost_up=1))[0].ok    # a lossless link loses nothing
+
+
+def _run(mbit, direction="uplink"):
+    return GoodputRun(direction, Goodput(mbit, 4.0, 1.0, int(mbit * 5e5), mbit), mbit, 1448, 0, "bbr", 1.0, (), {})
+
+
+def test_goodput_ceiling_depends_on_the_device_tbf_sits_on():
+    spec = LinkSpec(rate_mbit=10)
+    # wire shapes a TUN device (no L2 header): ceiling 9.653; netem a veth: 9.564.
+    assert _goodput_row("goodput", "wire", spec, _run(9.60)).ok
+    assert "9.653" in _goodput_row("goodput", "wire", spec, _run(9.60)).configured
+    assert "9.564" in _goodput_row("goodput", "netem", spec, _run(9.60)).configured
+    assert not _goodput_row("goodput", "netem", spec, _run(9.0)).ok
+
+
+def test_table_has_every_column_and_a_row_per_result():
+    p = Point("rtt", LinkPair.symmetric(LinkSpec(delay_ms=5)))
+    rows = _rtt_rows(p, "wire", _echo(rtt=10.3)) + _rtt_rows(p, "wire", _echo(rtt=20.0))
+    lines = format_table(rows)
+    assert lines[0].split(" | ")[0].strip() == "check"
+    assert [c.strip() for c in lines[0].split("|")] == [
+        "check", "backend", "configured", "measured", "deviation", "tolerance", "ok"]
+    assert lines[2].endswith("ok") and lines[3].endswith("FAIL")
+    assert len(lines) == 4
