@@ -7,12 +7,8 @@ TCPLossProbes, TCPTimeouts …), which is the communication tax.
 """
 from __future__ import annotations
 
-import json
-import os
-
-from pyroute2 import netns
-
 from netns.link import LinkError
+from netns.nsexec import in_namespace
 
 TCP_KEYS = ("RetransSegs", "InSegs", "OutSegs", "ActiveOpens", "PassiveOpens", "EstabResets", "InErrs",
             "TCPLossProbes", "TCPLossProbeRecovery", "TCPTimeouts", "TCPFastRetrans", "TCPSlowStartRetrans",
@@ -38,38 +34,17 @@ def parse_tcp_counters(snmp: str, netstat: str) -> dict[str, int]:
     return {k: both.get(k, 0) for k in TCP_KEYS}
 
 
+def _read_proc_net() -> list[str]:
+    with open("/proc/self/net/snmp") as f, open("/proc/self/net/netstat") as g:
+        return [f.read(), g.read()]
+
+
 def tcp_counters(ns: str) -> dict[str, int]:
-    """The namespace's TCP counters, read by a short child process that enters it."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        code = 0
-        try:
-            netns.setns(ns, flags=0)
-            with open("/proc/self/net/snmp") as f:
-                snmp = f.read()
-            with open("/proc/self/net/netstat") as f:
-                netstat = f.read()
-            os.write(w, json.dumps([snmp, netstat]).encode())
-        except OSError as e:
-            os.write(2, f"counters: {ns}: {e}\n".encode())
-            code = 1
-        finally:
-            os.close(w)
-            os._exit(code)
-    os.close(w)
-    chunks = []
-    while True:
-        b = os.read(r, 65536)
-        if not b:
-            break
-        chunks.append(b)
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        raise LinkError(f"cannot read TCP counters in namespace {ns} (does it exist?)")
-    snmp, netstat = json.loads(b"".join(chunks))
+    """The namespace's TCP counters, as a process inside it sees them."""
+    try:
+        snmp, netstat = in_namespace(ns, _read_proc_net)
+    except OSError as e:
+        raise LinkError(f"cannot read TCP counters in namespace {ns} (does it exist?): {e}") from None
     return parse_tcp_counters(snmp, netstat)
 
 

@@ -24,10 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-from pyroute2 import IPRoute, NetNS, netns
-from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2 import NetNS, netns
 
 from netns.link import LinkError, LinkPair, LinkSpec
+from netns.nsexec import in_namespace
 
 EDGE_ADDR, CLOUD_ADDR, PREFIX_LEN = "198.18.0.1", "198.18.0.2", 30
 LAB_PREFIX = "sdl-"
@@ -43,27 +43,19 @@ class TopologyError(LinkError):
     """The namespaces or devices could not be created or removed."""
 
 
+def _write_file(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
 def _write_sysctl_in(ns: str, name: str, value: str) -> None:
-    """Write a sysctl as seen from inside `ns` (a short child process enters the namespace)."""
-    path = "/proc/sys/" + name.replace(".", "/")
-    pid = os.fork()
-    if pid == 0:   # child: enter, write, exit — never returns into the caller's code
-        code = 0
-        try:
-            netns.setns(ns, flags=0)
-            with open(path, "w") as f:
-                f.write(value)
-        except OSError as e:
-            os.write(2, f"{ns}: {name}={value}: {e.strerror}\n".encode())
-            code = 1 if e.errno != 1 else 3   # 3: EPERM
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code == 3:
-        raise PermissionError(name)
-    if code:
-        raise TopologyError(f"cannot set {name}={value} in {ns}")
+    """Write a sysctl as seen from inside `ns`."""
+    try:
+        in_namespace(ns, _write_file, "/proc/sys/" + name.replace(".", "/"), value)
+    except PermissionError:
+        raise
+    except OSError as e:
+        raise TopologyError(f"cannot set {name}={value} in {ns}: {e.strerror}") from None
 
 
 def _read_sysctl(name: str) -> str:
@@ -372,31 +364,31 @@ class Topology:
         return data
 
 
-def offloads_off(ns: str, dev: str) -> None:
-    """GSO/TSO/GRO off: with them on, veth hands tbf 64 KB super-packets and rates go wrong."""
+OFFLOAD_FEATURES = ("tx-tcp-segmentation", "tx-tcp6-segmentation", "tx-generic-segmentation", "rx-gro",
+                    "generic-segmentation-offload", "generic-receive-offload", "tcp-segmentation-offload")
+
+
+def _offloads_off_here(dev: str) -> list[str]:
     from pyroute2.ethtool import Ethtool
 
-    with_ns_pid = os.fork()
-    if with_ns_pid == 0:
-        code = 0
-        try:
-            netns.setns(ns, flags=0)
-            et = Ethtool()
-            feats = et.get_features(dev)
-            for name in ("tx-tcp-segmentation", "tx-generic-segmentation", "rx-gro", "tx-tcp6-segmentation",
-                         "generic-segmentation-offload", "generic-receive-offload", "tcp-segmentation-offload"):
-                if name in feats.features:
-                    feats.features[name].enable = False
-            et.set_features(dev, feats)
-            et.close()
-        except Exception as e:    # report any failure from the child; the parent raises
-            os.write(2, f"offloads on {dev} in {ns}: {type(e).__name__}: {e}\n".encode())
-            code = 1
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(with_ns_pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        raise TopologyError(f"cannot switch offloads off on {dev} in {ns}")
+    et = Ethtool()
+    try:
+        feats = et.get_features(dev)
+        off = [n for n in OFFLOAD_FEATURES if n in feats.features]
+        for name in off:
+            feats.features[name].enable = False
+        et.set_features(dev, feats)
+        return off
+    finally:
+        et.close()
+
+
+def offloads_off(ns: str, dev: str) -> list[str]:
+    """GSO/TSO/GRO off: with them on, veth hands tbf 64 KB super-packets and rates go wrong."""
+    try:
+        return in_namespace(ns, _offloads_off_here, dev)
+    except (OSError, LinkError) as e:
+        raise TopologyError(f"cannot switch offloads off on {dev} in {ns}: {e}") from None
 
 
 def attach(prefix: str = LAB_PREFIX) -> Topology | None:

@@ -139,3 +139,22 @@ def test_netem_request_on_kernel_without_it_is_one_line():
     with pytest.raises(LinkError) as e:
         choose_backend("netem")
     assert "\n" not in str(e.value) and "sch_netem" in str(e.value) and "--backend wire" in str(e.value)
+
+
+def test_congestion_control_per_namespace_is_applied_and_recorded():
+    from netns.nsexec import in_namespace
+    from netns.topology import Topology
+
+    def read_cc():
+        with open("/proc/sys/net/ipv4/tcp_congestion_control") as f:
+            return f.read().strip()
+    t = Topology(backend=BACKEND, congestion_control="reno", prefix=PREFIX)
+    try:
+        t.up(sym(delay_ms=1))
+        assert t.read_back()["congestion_control"] == "reno"
+        assert in_namespace(t.edge_ns, read_cc) == "reno" and in_namespace(t.cloud_ns, read_cc) == "reno"
+    finally:
+        t.down()
+    with pytest.raises(LinkError, match="not available"):
+        Topology(backend=BACKEND, congestion_control="no-such-cc", prefix=PREFIX).up(sym(delay_ms=1))
+    assert not [n for n in ip_netns_list() if n.startswith(PREFIX)]
