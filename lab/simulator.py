@@ -1,0 +1,438 @@
+"""A whole scenario run, simulated: the same strategies, the same link, compute from a profile.
+
+The simulator replays what the edge and cloud nodes do (edge_node/__main__.py,
+cloud_node/__main__.py) message for message — hello, prefill, verify/verdict,
+generate/tokens, end — with compute times from a model profile instead of
+models, and the network from a link model (lab/netsim.py) instead of the
+kernel.  Nothing sleeps; a run of minutes simulates in milliseconds.
+
+    for query, cycles in simulate(load_scenario("lossy-5pct"), ["cloud-only", "fixed-k:5"],
+                                  load_profile("fast"), queries=10, seed=0, link_model="tcp"):
+        ...
+
+Records have the edge node's fields (queries.jsonl / cycles.jsonl) with
+`backend: "sim"`; `write_run` writes a results folder like a lab run.
+
+Timing mirrors the nodes' code (synthetic models spend the same times):
+prefill of n tokens = n·prefill_ms_per_token (the edge prefills the prompt,
+the cloud all of it but the last token), one draft forward = t_draft_ms
+(the first cycle of a query reuses the prefill's logits: K−1 forwards), a
+target pass over n tokens = verify_a_ms + verify_b_ms·n (verification scores
+K+1 tokens; cloud-only decodes one token per pass), and the cloud serves
+one message at a time.  Acceptance: "iid" draws K Bernoulli(α) trials per
+cycle from a seeded RNG and accepts the leading successes (E[τ] =
+(1 − α^(K+1))/(1 − α)); "synthetic" asks lab.models.synthetic's own
+per-position rule, so a simulated run accepts exactly what a lab run with
+the synthetic pair accepts (the fair comparison for validation).
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+from lab.metrics import tokens_per_s
+from lab.netsim import SimError, make_link_model
+from lab.prompts import load_prompts
+from lab.scenario import Scenario
+from lab.simwire import SIM_QID_SUFFIX, WireSizes
+from lab.strategies import CycleObservation, make_strategy
+from netns.link import LinkPair
+
+
+@dataclass(frozen=True)
+class ComputeProfile:
+    """Compute times of the pair, as lab/models/synthetic.py spends them."""
+    t_draft_ms: float
+    verify_a_ms: float
+    verify_b_ms: float
+    prefill_ms_per_token: float
+    alpha: float
+    vocab: int = 151_936
+    seed: int = 0
+    name: str = "custom"
+    target_token_ms: float | None = None      # one autoregressive target step; default verify_ms(1)
+
+    def verify_ms(self, n: int) -> float:
+        return self.verify_a_ms + self.verify_b_ms * n
+
+    def step_ms(self) -> float:
+        return self.verify_ms(1) if self.target_token_ms is None else self.target_token_ms
+
+    @classmethod
+    def of(cls, profile) -> "ComputeProfile":
+        """From a ComputeProfile, lab.models.synthetic.Profile (or any object with its fields), or a profile name."""
+        if isinstance(profile, cls):
+            return profile
+        if isinstance(profile, str):
+            from lab.models.synthetic import load_profile
+            profile = load_profile(profile)
+        try:
+            return cls(t_draft_ms=float(profile.t_draft_ms), verify_a_ms=float(profile.verify_a_ms),
+                       verify_b_ms=float(profile.verify_b_ms),
+                       prefill_ms_per_token=float(profile.prefill_ms_per_token), alpha=float(profile.alpha),
+                       vocab=int(getattr(profile, "vocab", 151_936)), seed=int(getattr(profile, "seed", 0)),
+                       name=str(getattr(profile, "name", "custom")))
+        except AttributeError as e:
+            raise SimError(f"profile {profile!r} lacks a field the simulator needs ({e})") from None
+
+
+# ------------------------------------------------------------------ acceptance
+
+class IidAcceptance:
+    def __init__(self, alpha: float, rng: random.Random):
+        self.alpha, self.rng = alpha, rng
+
+    def accepted(self, k: int, position: int) -> int:
+        n = 0
+        while n < k and self.rng.random() < self.alpha:
+            n += 1
+        return n
+
+
+class SyntheticAcceptance:
+    """lab.models.synthetic's own rule (SyntheticModel.agrees): whether the draft proposes the
+    target's token at a sequence position; the draft session's origin is the prompt length."""
+
+    def __init__(self, profile, prompt_len: int):
+        from lab.models.synthetic import SyntheticModel
+        self.draft, self.origin = SyntheticModel("draft", profile), prompt_len
+        self.cache: dict[int, bool] = {}
+
+    def hit(self, pos: int) -> bool:
+        h = self.cache.get(pos)
+        if h is None:
+            h = self.cache[pos] = bool(self.draft.agrees(pos, self.origin))
+        return h
+
+    def accepted(self, k: int, position: int) -> int:
+        n = 0
+        while n < k and self.hit(position + n):
+            n += 1
+        return n
+
+
+# ------------------------------------------------------------------ one run
+
+class _Run:
+    """The edge's clock and the cloud's, one link model, one strategy after another."""
+
+    def __init__(self, sc: Scenario, prof: ComputeProfile, workload: dict, link_model: str, seed: int,
+                 acceptance: str, synthetic_profile, tcp_options: dict, congestion_control: str | None,
+                 host_overhead_ms: float):
+        self.sc, self.p, self.w = sc, prof, workload
+        self.link = make_link_model(link_model, sc.timeline.link_at(0.0, sc.link),
+                                    congestion_control=congestion_control or sc.congestion_control, seed=seed,
+                                    changes=_link_changes(sc), **tcp_options)
+        self.link_model = link_model
+        self.overhead_ms = host_overhead_ms
+        self.sizes = WireSizes(prof.vocab)
+        self.t = 0.0                   # edge clock, ms since the run began
+        self.cloud_free = 0.0
+        self.next_id = 1
+        self.pending_end: tuple[int, str, int] | None = None
+        self.acceptance_mode, self.synthetic_profile, self.seed = acceptance, synthetic_profile, seed
+        self._hello()
+
+    def _arrive(self, handle: int) -> float:
+        """When the receiving node's code has the message: the link's delivery + host overhead."""
+        return self.link.delivered_at(handle) + self.overhead_ms
+
+    def _send(self, t_ms: float, direction: str, nbytes: int) -> float:
+        return self._arrive(self.link.submit(t_ms, direction, nbytes))
+
+    def _id(self) -> int:
+        mid, self.next_id = self.next_id, self.next_id + 1
+        return mid
+
+    def _hello(self) -> None:
+        mid = self._id()
+        r = self._send(self.t, "up", self.sizes.hello(mid).wire)
+        self.t = self._send(r, "down", self.sizes.hello_ok(mid).wire)
+
+    def _cloud(self, arrival: float, compute_ms: float) -> tuple[float, float]:
+        """(start, end) of a handler on the single-threaded cloud."""
+        start = max(arrival, self.cloud_free)
+        self.cloud_free = start + compute_ms
+        return start, self.cloud_free
+
+    def _flush_end(self) -> None:
+        """The previous query's `end` (never awaited by the edge) is answered once it arrives."""
+        if self.pending_end is None:
+            return
+        h, qid, mid = self.pending_end
+        self.pending_end = None
+        _, done = self._cloud(self._arrive(h), 0.0)
+        self.link.submit(done, "down", self.sizes.end_ok(mid, qid).wire)
+
+    def acceptance(self, strategy_name: str, index: int, prompt_len: int):
+        if self.acceptance_mode == "synthetic":
+            return SyntheticAcceptance(self.synthetic_profile, prompt_len)
+        return IidAcceptance(self.p.alpha, random.Random(f"{self.seed}:{strategy_name}:{index}"))
+
+    # -------------------------------------------------------------- one query
+    def query(self, strategy, prompt: dict, index: int, warmup: bool) -> tuple[dict, list[dict]]:
+        L = _prompt_tokens(prompt["prompt"])
+        seed = int(self.w["seed"]) * 100_003 + index
+        qid = f"{strategy.name}/{index}/{SIM_QID_SUFFIX}"
+        rec = {"scenario": self.sc.name, "strategy": strategy.name, "placement": strategy.placement,
+               "query_index": index, "prompt_id": prompt["id"], "warmup": warmup, "backend": "sim",
+               "link_model": self.link_model, "prompt_tokens": L, "temperature": self.w["temperature"],
+               "payload": self.w["payload"], "seed": seed, "edge_fallback": False, "fallback_reason": None}
+        cyc = {k: [] for k in ("k", "accepted", "cycle_ms", "network_ms", "cloud_compute_ms", "edge_compute_ms",
+                               "bytes_up", "bytes_down", "t_ms")}
+        t_submit = self.t
+        state = {"ttft": None, "out": 0}
+        before = self.link.stats()
+
+        def add_cycle(n_new, k, acc, cycle, edge_ms, cloud_ms, up=0, down=0):
+            if n_new and state["ttft"] is None:
+                state["ttft"] = self.t - t_submit
+            state["out"] += n_new
+            net = max(0.0, cycle - edge_ms - cloud_ms) if strategy.placement != "edge" else 0.0
+            for key, v in zip(cyc, (k, acc, cycle, net, cloud_ms, edge_ms, up, down, self.t - t_submit)):
+                cyc[key].append(v)
+            return net
+
+        acc = self.acceptance(strategy.name, index, L)
+        if strategy.placement == "edge":
+            self._edge_only(L, add_cycle)
+        elif strategy.placement in ("cloud", "cloud-spec"):
+            self._cloud_generate(strategy, qid, L, seed, acc, add_cycle, t_submit)
+        elif strategy.placement == "split":
+            self._split(strategy, qid, L, seed, acc, add_cycle, state)
+        else:
+            raise SimError(f"strategy {strategy.name!r} has placement {strategy.placement!r}, which the "
+                           f"simulator does not know (cloud, cloud-spec, edge, split)")
+        e2e = self.t - t_submit
+        n = min(state["out"], self.w["max_new_tokens"])
+        ttft = state["ttft"] if state["ttft"] is not None else e2e
+        rec.update({"ttft_ms": ttft, "e2e_ms": e2e, "n_tokens": n, "tokens_per_s": tokens_per_s(n, ttft, e2e)})
+        rec.update({f"{k}_per_cycle": v for k, v in cyc.items()})
+        after = self.link.stats()
+        rec["sim_tcp"] = {k: after[k] - before.get(k, 0) for k in after
+                          if k.endswith(("retransmits", "tlp", "rto", "lost")) and isinstance(after[k], int)}
+        cycles = [{"scenario": rec["scenario"], "strategy": rec["strategy"], "query_index": index, "warmup": warmup,
+                   "backend": "sim", "cycle": j, **{k: v[j] for k, v in cyc.items()}}
+                  for j in range(len(cyc["k"]))]
+        return rec, cycles
+
+    def _edge_only(self, L: int, add_cycle) -> None:
+        ms = self.p.prefill_ms_per_token * L
+        self.t += ms
+        add_cycle(1, 0, 0, ms, ms, 0.0)
+        for _ in range(self.w["max_new_tokens"] - 1):
+            self.t += self.p.t_draft_ms
+            add_cycle(1, 0, 0, self.p.t_draft_ms, self.p.t_draft_ms, 0.0)
+
+    def _cloud_generate(self, strategy, qid, L, seed, acc, add_cycle, t_submit) -> None:
+        p, w, sizes = self.p, self.w, self.sizes
+        spec_mode = strategy.placement == "cloud-spec"
+        k = strategy.next_k() if spec_mode else 0
+        mid = self._id()
+        up = sizes.generate(mid, qid, "spec" if spec_mode else "target", k, w, seed, L)
+        h = self.link.submit(self.t, "up", up.wire)
+        self._flush_end()
+        start, _ = self._cloud(self._arrive(h), 0.0)
+        tc = start + p.prefill_ms_per_token * (L - 1) + (p.prefill_ms_per_token * L if spec_mode else 0.0)
+        sends, t_last, produced, seq = [], start, 0, 0
+        while produced < w["max_new_tokens"]:
+            if spec_mode:
+                kk = max(1, min(k, w["max_new_tokens"] - produced))
+                tc += p.t_draft_ms * (kk - 1 if seq == 0 else kk) + p.verify_ms(kk + 1)
+                n = acc.accepted(kk, L + produced)
+                new = min(n + 1, w["max_new_tokens"] - produced)
+                extra = (kk, n)
+            else:
+                tc += p.step_ms()
+                new, extra = 1, None
+            produced += new
+            done = produced >= w["max_new_tokens"] and not spec_mode
+            size = sizes.tokens(mid, qid, seq, new, done, tc - t_last, extra)
+            sends.append((self.link.submit(tc, "down", size.wire), tc - t_last, size.payload, new, extra))
+            t_last, seq = tc, seq + 1
+        if spec_mode:
+            size = sizes.tokens(mid, qid, seq, 0, True, 0.0, (0, 0))
+            sends.append((self.link.submit(tc, "down", size.wire), 0.0, size.payload, 0, (0, 0)))
+        self.cloud_free = tc
+        t_prev, up_payload = t_submit, up.payload
+        for h, compute, size, new, extra in sends:
+            self.t = max(self._arrive(h), t_prev)
+            kk, n = extra or (0, 0)
+            add_cycle(new, kk, n, self.t - t_prev, 0.0, compute, up_payload, size)
+            up_payload, t_prev = 0, self.t
+
+    def _split(self, strategy, qid, L, seed, acc, add_cycle, state) -> None:
+        p, w, sizes = self.p, self.w, self.sizes
+        mid = self._id()
+        up0 = sizes.prefill(mid, qid, L)
+        h = self.link.submit(self.t, "up", up0.wire)
+        self._flush_end()
+        edge_ready = self.t + p.prefill_ms_per_token * L
+        _, done_at = self._cloud(self._arrive(h), p.prefill_ms_per_token * (L - 1))
+        down0 = sizes.prefill_ok(mid, qid, p.prefill_ms_per_token * (L - 1))
+        self.t = max(edge_ready, self._send(done_at, "down", down0.wire))
+        strategy.start_query()
+        seq, first, done = 0, True, False
+        while not done:
+            k = min(int(strategy.next_k()), w["max_new_tokens"] - state["out"])
+            t0 = self.t
+            if k <= 0:                                   # served by the edge alone, then the cloud re-prefills
+                ms = 0.0 if first else p.t_draft_ms
+                first = False
+                self.t += ms
+                add_cycle(1, 0, 0, ms, ms, 0.0)
+                done = state["out"] >= w["max_new_tokens"]
+                rid, n_ctx = self._id(), L + state["out"]
+                a = self._send(self.t, "up", sizes.prefill(rid, qid, n_ctx).wire)
+                _, c_end = self._cloud(a, p.prefill_ms_per_token * (n_ctx - 1))
+                ok = sizes.prefill_ok(rid, qid, p.prefill_ms_per_token * (n_ctx - 1))
+                self.t = self._send(c_end, "down", ok.wire)
+                strategy.observe(CycleObservation(k=0, accepted=0, cycle_ms=ms, network_ms=0.0,
+                                                  cloud_compute_ms=0.0, edge_compute_ms=ms))
+                seq += 1
+                continue
+            edge_ms = p.t_draft_ms * (k - 1 if first else k)
+            first = False
+            rid = self._id()
+            up = sizes.verify(rid, qid, seq, k, w, seed)
+            a = self._send(t0 + edge_ms, "up", up.wire)
+            verify = p.verify_ms(k + 1)
+            _, c_end = self._cloud(a, verify)
+            n = acc.accepted(k, L + state["out"])
+            down = sizes.verdict(rid, qid, seq, n, verify)
+            self.t = self._send(c_end, "down", down.wire)
+            up, down = up.payload, down.payload
+            if seq == 0:                                 # the nodes count the prefill exchange in cycle 0
+                up, down = up + up0.payload, down + down0.payload
+            new = min(n + 1, w["max_new_tokens"] - state["out"])
+            net = add_cycle(new, k, n, self.t - t0, edge_ms, verify, up, down)
+            done = state["out"] >= w["max_new_tokens"]
+            strategy.observe(CycleObservation(k=k, accepted=n, cycle_ms=self.t - t0, network_ms=net,
+                                              cloud_compute_ms=verify, edge_compute_ms=edge_ms,
+                                              bytes_up=up, bytes_down=down))
+            seq += 1
+        mid = self._id()
+        self.pending_end = (self.link.submit(self.t, "up", sizes.end(mid, qid).wire), qid, mid)
+
+
+def _prompt_tokens(prompt: str) -> int:
+    """Prompt length as lab.models.synthetic encodes it: a start token plus one per word."""
+    return 1 + len(prompt.split() or ["<empty>"])
+
+
+def _link_changes(sc: Scenario):
+    """The scenario's timeline as (t_ms, LinkPair), repetition unrolled lazily (it may be endless)."""
+    tl = sc.timeline
+    offset = 0.0
+    while tl.steps:
+        for step in tl.steps:
+            if offset or step.at_s:
+                yield (offset + step.at_s) * 1000.0, step.link
+        if not tl.repeat_every_s:
+            return
+        offset += tl.repeat_every_s
+
+
+# ------------------------------------------------------------------ the public entry points
+
+def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="fast", queries: int | None = None,
+             seed: int = 0, link_model: str = "tcp", *, warmup_queries: int | None = None,
+             max_new_tokens: int | None = None, payload: str | None = None, temperature: float | None = None,
+             prompts: str | None = None, acceptance: str = "auto", congestion_control: str | None = None,
+             tcp_options: dict | None = None, host_overhead_ms: float = 0.0) -> Iterator[tuple[dict, list[dict]]]:
+    """Yield (query record, cycle records) for every query of every strategy, in the edge node's order.
+
+    One connection carries the whole run, as in the lab.  `acceptance`: "iid", "synthetic", or "auto"
+    (synthetic when `profile` is a lab.models.synthetic profile or its name, iid otherwise).
+    `congestion_control`: what the lab run used (its meta.json records it; a scenario without
+    tcp.congestion_control gets the kernel's default, which may be bbr) — default the scenario's,
+    else cubic.  `tcp_options`: TcpLinkModel keyword arguments (config, shaper, l2_bytes).
+    `host_overhead_ms`: added to every message's arrival (zmq I/O thread, decoding, the relay) —
+    0 by default; if used, measure it on an unimpaired link, never fit it to the compared runs."""
+    prof = ComputeProfile.of(profile)
+    synthetic_profile = None
+    if acceptance in ("auto", "synthetic"):
+        if isinstance(profile, str):
+            from lab.models.synthetic import load_profile
+            synthetic_profile = load_profile(profile)
+        elif type(profile).__module__ == "lab.models.synthetic":
+            synthetic_profile = profile
+        if acceptance == "synthetic" and synthetic_profile is None:
+            raise SimError("acceptance 'synthetic' needs a lab.models.synthetic profile (or its name)")
+        acceptance = "synthetic" if synthetic_profile is not None else "iid"
+    elif acceptance != "iid":
+        raise SimError(f"acceptance must be iid, synthetic or auto, got {acceptance!r}")
+    w = asdict(scenario.workload)
+    for key, v in (("queries", queries), ("warmup_queries", warmup_queries), ("max_new_tokens", max_new_tokens),
+                   ("payload", payload), ("temperature", temperature), ("prompts", prompts)):
+        if v is not None:
+            w[key] = v
+    objs = [make_strategy(s) for s in (strategies or scenario.strategies)]
+    plist = load_prompts(w["prompts"])
+    run = _Run(scenario, prof, w, link_model, seed, acceptance, synthetic_profile,
+               (tcp_options or {}) if link_model == "tcp" else {}, congestion_control, float(host_overhead_ms))
+    for strat in objs:
+        for i in range(w["warmup_queries"] + w["queries"]):
+            yield run.query(strat, plist[i % len(plist)], i, warmup=i < w["warmup_queries"])
+    run._flush_end()
+
+
+def write_run(scenario: Scenario, out_dir: Path | None = None, **simulate_kwargs) -> Path:
+    """Simulate and write a results folder (meta.json, queries.jsonl, cycles.jsonl, summary.csv)."""
+    from lab import metrics
+    from lab.results import JsonlWriter, Meta, new_run_dir, read_jsonl
+
+    run_dir = new_run_dir(f"{scenario.name}-sim", Path(out_dir) if out_dir else None)
+    opts = {k: v for k, v in simulate_kwargs.items() if k != "profile"}
+    prof = ComputeProfile.of(simulate_kwargs.get("profile", "fast"))
+    meta = Meta(run_dir, {"scenario": scenario.to_dict(), "backend": "sim", "profile": asdict(prof),
+                          "options": json.loads(json.dumps(opts, default=str))})
+    t0 = time.perf_counter()
+    status = "failed"
+    try:
+        with JsonlWriter(run_dir / "queries.jsonl") as qw, JsonlWriter(run_dir / "cycles.jsonl") as cw:
+            for rec, cycles in simulate(scenario, **simulate_kwargs):
+                qw.write(rec)
+                for c in cycles:
+                    cw.write(c)
+        status = "complete"
+    finally:
+        meta.update(sim_wall_s=round(time.perf_counter() - t0, 3))
+        meta.finish(status)
+    df = metrics.summarize(read_jsonl(run_dir / "queries.jsonl"), scenario=scenario.name, backend="sim",
+                           models=f"synthetic:{prof.name}")
+    df.to_csv(run_dir / "summary.csv", index=False)
+    return run_dir
+
+
+GRID_RTT_MS = (0, 10, 25, 50, 100, 200, 500)
+GRID_RATE_MBIT = (100, 10, 1)
+GRID_STRATEGIES = ("cloud-only", "edge-only", "fixed-k:3", "fixed-k:5", "fixed-k:10", "fixed-k:15")
+
+
+def bench_grid(runs: int = 3, profile="fast", link_model: str = "tcp", out=print) -> float:
+    """Simulate the 21-point grid × the six baseline strategies × `runs`; print and return the wall time (target < 60 s)."""
+    from lab.scenario import parse_scenario
+
+    t0 = time.perf_counter()
+    n_queries = 0
+    for rtt in GRID_RTT_MS:
+        for rate in GRID_RATE_MBIT:
+            sc = parse_scenario({"name": f"grid-{rtt}ms-{rate}mbit",
+                                 "link": {"delay_ms": rtt / 2, "rate_mbit": rate},
+                                 "strategies": list(GRID_STRATEGIES)})
+            for r in range(runs):
+                for _ in simulate(sc, list(GRID_STRATEGIES), profile, seed=r, link_model=link_model):
+                    n_queries += 1
+    wall = time.perf_counter() - t0
+    out(f"bench_grid: {len(GRID_RTT_MS) * len(GRID_RATE_MBIT)} links × {len(GRID_STRATEGIES)} strategies × "
+        f"{runs} runs = {n_queries} queries simulated in {wall:.2f} s (target < 60 s) [{link_model}]")
+    return wall
+
+
+if __name__ == "__main__":
+    bench_grid()

@@ -1,0 +1,208 @@
+"""The simulator replays the nodes' exchanges: sizes, compute, acceptance and network time per cycle.
+
+Checks: message sizes equal lab/protocol.py's encoding; per-cycle accounting
+(cycle = draft + verify + network, with the nodes' compute formulas); the
+network time of a clean link is the RTT; loss shows up as retransmission
+delay with the TCP model and never with the sleep model; acceptance follows
+E[τ] (iid) or lab.models.synthetic exactly; timelines act; results folder.
+"""
+from __future__ import annotations
+
+import statistics
+
+import numpy as np
+import pytest
+
+from lab import protocol, spec
+from lab.decoding import speculative_generate
+from lab.metrics import SUMMARY_COLUMNS
+from lab.models.synthetic import Profile, SyntheticModel
+from lab.protocol import Message
+from lab.results import read_jsonl
+from lab.scenario import parse_scenario
+from lab.simulator import ComputeProfile, SimError, bench_grid, simulate, write_run
+from lab.simwire import WireSizes, zmtp_bytes
+
+PROF = ComputeProfile(t_draft_ms=2.0, verify_a_ms=4.0, verify_b_ms=0.5, prefill_ms_per_token=0.05, alpha=0.8,
+                      vocab=1000)
+
+
+def scenario(link: dict, **extra):
+    return parse_scenario({"name": "t", "link": link, **extra})
+
+
+def run(sc, strategies, **kw):
+    kw.setdefault("profile", PROF)
+    kw.setdefault("queries", 3)
+    return [q for q, _ in simulate(sc, strategies, **kw)]
+
+
+def cycles_of(records, strategy, key="network_ms_per_cycle"):
+    return [x for r in records if r["strategy"] == strategy and not r["warmup"] for x in r[key]]
+
+
+# ------------------------------------------------------------------ message sizes
+
+@pytest.mark.parametrize("payload,temp", [("tokens", 0.0), ("tokens+probs", 0.7), ("topk:8", 0.7), ("full", 0.7)])
+def test_wire_sizes_equal_the_protocol_encoding(payload, temp):
+    w = WireSizes(vocab=50)
+    k = 4
+    arrays = {"tokens": np.zeros(k, np.int32)}
+    if temp > 0:
+        arrays.update(spec.encode_q(payload, [1, 2, 3, 4], np.full((k, 50), 1 / 50)))
+    frames = protocol.encode(Message("verify", 17, {"query": "fixed-k:4/2/123456789012345", "seq": 3,
+                                                    "payload": payload, "temperature": temp, "seed": 5}, arrays))
+    size = w.verify(17, "fixed-k:4/2/123456789012345", 3, k, {"payload": payload, "temperature": temp}, 5)
+    assert size.payload == protocol.frames_size(frames)
+    assert size.wire == zmtp_bytes([len(f) for f in frames]) > size.payload
+    verdict = protocol.encode(Message("verdict", 17, {"query": "q", "seq": 3, "n_accepted": 2, "token": 25,
+                                                      "cloud_compute_ms": 4.500123}))
+    assert w.verdict(17, "q", 3, 2, 4.5).payload == protocol.frames_size(verdict)
+
+
+def test_full_payload_is_megabytes():
+    # BACKGROUND.md: vocab 151,936 × K × 2 bytes (fp16).
+    w = WireSizes(vocab=151_936)
+    size = w.verify(1, "q", 0, 5, {"payload": "full", "temperature": 1.0}, 0)
+    assert size.payload == pytest.approx(151_936 * 5 * 2, rel=0.001)
+    assert w.verify(1, "q", 0, 5, {"payload": "full", "temperature": 0.0}, 0).payload < 200  # greedy: ids only
+
+
+# ------------------------------------------------------------------ accounting on a clean link
+
+def test_split_cycle_is_draft_plus_verify_plus_rtt():
+    sc = scenario({"delay_ms": 25, "rate_mbit": 100})
+    for model in ("tcp", "sleep"):
+        recs = run(sc, ["fixed-k:5"], link_model=model, max_new_tokens=30)
+        for r in recs:
+            ks, cyc, net = r["k_per_cycle"], r["cycle_ms_per_cycle"], r["network_ms_per_cycle"]
+            for j, k in enumerate(ks):
+                edge = r["edge_compute_ms_per_cycle"][j]
+                assert edge == pytest.approx(PROF.t_draft_ms * (k - 1 if j == 0 else k))
+                assert r["cloud_compute_ms_per_cycle"][j] == pytest.approx(PROF.verify_ms(k + 1))
+                assert cyc[j] == pytest.approx(edge + PROF.verify_ms(k + 1) + net[j])
+                # A one-segment request and reply: exactly the RTT (tbf passes them at once);
+                # the sleep model adds size/rate (~0.03 ms at 100 Mbit/s).
+                assert net[j] == pytest.approx(50.0, abs=0.1)
+            assert r["n_tokens"] == 30 and sum(min(n + 1, 30) for n in r["accepted_per_cycle"]) >= 30
+
+
+def test_edge_only_never_touches_the_network():
+    sc = scenario({"delay_ms": 100, "loss_pct": 5})
+    r = run(sc, ["edge-only"], max_new_tokens=20)[0]
+    assert set(r["network_ms_per_cycle"]) == {0.0} and set(r["bytes_up_per_cycle"]) == {0}
+    L = r["prompt_tokens"]
+    assert r["e2e_ms"] == pytest.approx(PROF.prefill_ms_per_token * L + 19 * PROF.t_draft_ms)
+    assert r["ttft_ms"] == pytest.approx(PROF.prefill_ms_per_token * L)
+
+
+def test_cloud_only_streams_one_message_per_token():
+    sc = scenario({"delay_ms": 50})
+    r = run(sc, ["cloud-only"], max_new_tokens=10)[1]
+    L = r["prompt_tokens"]
+    assert len(r["cycle_ms_per_cycle"]) == 10 and r["n_tokens"] == 10
+    # TTFT: request up, prefill of L−1 tokens and one step in the cloud, the token down.
+    assert r["ttft_ms"] == pytest.approx(100 + PROF.prefill_ms_per_token * (L - 1) + PROF.verify_ms(1), abs=0.01)
+    assert r["e2e_ms"] == pytest.approx(r["ttft_ms"] + 9 * PROF.verify_ms(1), abs=0.01)
+
+
+# ------------------------------------------------------------------ loss, jitter, bandwidth, timeline
+
+def test_loss_appears_as_retransmission_delay_only_with_tcp():
+    sc = scenario({"delay_ms": 25, "loss_pct": 5, "rate_mbit": 10})
+    tcp = cycles_of(run(sc, ["fixed-k:3"], queries=30, link_model="tcp"), "fixed-k:3")
+    naive = cycles_of(run(sc, ["fixed-k:3"], queries=30, link_model="sleep"), "fixed-k:3")
+    assert statistics.median(tcp) == pytest.approx(50, abs=1)
+    assert np.percentile(tcp, 99) > 50 + 200                 # TLP/RTO ≥ 200 ms after a loss
+    assert max(naive) < 51
+
+
+def test_full_payload_at_1mbit_pays_serialization():
+    # temperature > 0 sends q in full: 3 × 1000 × 2 bytes per verify at 1 Mbit/s ≈ 48 ms + RTT.
+    sc = scenario({"delay_ms": 10, "rate_mbit": 1}, workload={"payload": "full", "temperature": 0.8})
+    net = cycles_of(run(sc, ["fixed-k:3"], queries=2, max_new_tokens=12), "fixed-k:3")
+    wire = 3 * 1000 * 2 + 100
+    assert statistics.median(net) > 20 + (wire - 3028) * 8 / 1e3
+    assert statistics.median(net) < 20 + (wire + 6 * 52) * 8 / 1e3 + 15
+
+
+def test_timeline_moves_the_network_time():
+    sc = parse_scenario({"name": "osc", "link": {"delay_ms": 5},
+                         "timeline": {"repeat_every_s": 2, "steps": [{"at_s": 0, "link": {"delay_ms": 5}},
+                                                                      {"at_s": 1, "link": {"delay_ms": 50}}]}})
+    net = cycles_of(run(sc, ["fixed-k:3"], queries=40, max_new_tokens=24), "fixed-k:3")
+    assert any(abs(x - 10) < 0.5 for x in net) and any(abs(x - 100) < 0.5 for x in net)
+
+
+def test_jitter_spreads_network_time():
+    sc = scenario({"delay_ms": 25, "jitter_ms": 10, "rate_mbit": 100})
+    net = cycles_of(run(sc, ["fixed-k:5"], queries=20), "fixed-k:5")
+    assert 30 <= min(net) < 40 and 60 < max(net) <= 70 and statistics.median(net) == pytest.approx(50, abs=5)
+
+
+# ------------------------------------------------------------------ acceptance
+
+def test_iid_acceptance_matches_expected_tokens_per_cycle():
+    sc = scenario({"delay_ms": 1})
+    recs = run(sc, ["fixed-k:5"], queries=20, max_new_tokens=400, acceptance="iid")
+    acc = cycles_of(recs, "fixed-k:5", "accepted_per_cycle")[:-40]       # drop cycles cut by max_new_tokens
+    assert statistics.mean(a + 1 for a in acc) == pytest.approx(spec.expected_tokens(0.8, 5), rel=0.05)
+
+
+def test_synthetic_acceptance_equals_the_synthetic_models():
+    prof = Profile(t_draft_ms=0, verify_a_ms=0, verify_b_ms=0, prefill_ms_per_token=0, alpha=0.7, seed=3,
+                   name="zero")
+    sc = scenario({"delay_ms": 5}, workload={"max_new_tokens": 40, "warmup_queries": 0})
+    rec = run(sc, ["fixed-k:4"], profile=prof, queries=1)[0]
+    d, t = SyntheticModel("draft", prof), SyntheticModel("target", prof)
+    from lab.prompts import load_prompts
+    ids = d.encode_prompt(load_prompts(None)[0]["prompt"])
+    gen = speculative_generate(d, t, ids, 40, k_fn=lambda: 4)
+    assert rec["accepted_per_cycle"] == gen.accepted and rec["k_per_cycle"] == gen.drafted
+
+
+def test_synthetic_acceptance_needs_a_synthetic_profile():
+    with pytest.raises(SimError, match="synthetic"):
+        run(scenario({}), ["fixed-k:3"], acceptance="synthetic")
+
+
+# ------------------------------------------------------------------ determinism and outputs
+
+def test_deterministic_by_seed():
+    sc = scenario({"delay_ms": 25, "jitter_ms": 5, "loss_pct": 5, "rate_mbit": 10})
+    a = run(sc, ["cloud-only", "fixed-k:3"], seed=4, queries=4)
+    b = run(sc, ["cloud-only", "fixed-k:3"], seed=4, queries=4)
+    c = run(sc, ["cloud-only", "fixed-k:3"], seed=5, queries=4)
+    assert a == b and a != c
+
+
+def test_write_run_produces_a_results_folder(tmp_path):
+    sc = scenario({"delay_ms": 10, "rate_mbit": 10}, strategies=["cloud-only", "edge-only", "fixed-k:3"])
+    d = write_run(sc, tmp_path, profile=PROF, queries=2, seed=0)
+    qs = read_jsonl(d / "queries.jsonl")
+    assert len(qs) == 3 * 3 and {q["backend"] for q in qs} == {"sim"}
+    assert len(read_jsonl(d / "cycles.jsonl")) == sum(len(q["k_per_cycle"]) for q in qs)
+    header = (d / "summary.csv").read_text().splitlines()[0].split(",")
+    assert header == SUMMARY_COLUMNS
+    assert '"status": "complete"' in (d / "meta.json").read_text()
+
+
+def test_bench_grid_runs(capsys):
+    wall = bench_grid(runs=1, profile=PROF)
+    assert wall > 0 and "bench_grid" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", __import__("lab.scenario", fromlist=["available"]).available())
+@pytest.mark.parametrize("link_model", ["tcp", "sleep"])
+def test_every_shipped_scenario_simulates(name, link_model):
+    from lab.scenario import load_scenario
+    sc = load_scenario(name)
+    recs = run(sc, ["cloud-only", "edge-only", "fixed-k:5", "cloud-spec"], queries=2, link_model=link_model,
+               max_new_tokens=16)
+    assert len(recs) == 4 * (2 + sc.workload.warmup_queries)
+    for r in recs:
+        assert r["n_tokens"] == 16 and r["e2e_ms"] >= r["ttft_ms"] > 0
+        assert all(x >= 0 for x in r["network_ms_per_cycle"])
+        if r["placement"] == "split":
+            assert min(r["network_ms_per_cycle"]) >= sc.link.rtt_ms - 2 * sc.link.uplink.jitter_ms - 1e-6 \
+                or sc.timeline.steps
