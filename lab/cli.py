@@ -143,6 +143,36 @@ def _scenario_with_link(sc, link):
     return replace(sc, link=link)
 
 
+def cmd_sim(args) -> int:
+    """The scenario in the simulator: same strategies, same LinkSpecs and timeline, no kernel."""
+    from lab.metrics import format_table
+    from lab.models import ModelError
+    from lab.netsim import SimError
+    from lab.simulator import write_run
+    import pandas as pd
+
+    sc = load_scenario(args.scenario)
+    sc = _scenario_with_link(sc, _link_overrides(args, sc.link))
+    models = args.models or "synthetic:fast"
+    if not models.startswith("synthetic"):
+        raise UsageError("the simulator takes --models synthetic[:PROFILE] (compute comes from a profile; "
+                         "python -m lab profile measures one for a real pair)")
+    profile = models.partition(":")[2] or "fast"
+    strategies = [s.strip() for s in args.strategies.split(",")] if args.strategies else None
+    try:
+        run_dir = write_run(sc, args.out, strategies=strategies, profile=profile, queries=args.queries,
+                            warmup_queries=args.warmup, max_new_tokens=args.max_new_tokens, payload=args.payload,
+                            temperature=args.temperature, prompts=args.prompts, seed=args.seed or 0,
+                            link_model=args.sim_link, congestion_control=args.congestion_control)
+    except (SimError, ModelError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    df = pd.read_csv(run_dir / "summary.csv")
+    print(f"{sc.name} — {sc.link.describe()} (simulated, {args.sim_link} link model, profile {profile})")
+    print(format_table(df))
+    print(f"\n{run_dir / 'summary.csv'}")
+    return EXIT_OK
+
+
 def cmd_models(args) -> int:
     from lab.models.embedded import fetch_main
     return fetch_main()
@@ -200,6 +230,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model precision (float32 for strict losslessness checks; bf16 ties can flip a token)")
     _add_link_flags(p)
     p.set_defaults(func=cmd_scenario)
+
+    p = sub.add_parser("sim", help="run a scenario in the simulator (seconds, no root)")
+    p.add_argument("scenario")
+    p.add_argument("--models", help="synthetic[:PROFILE] (default synthetic:fast)")
+    p.add_argument("--strategies")
+    p.add_argument("--queries", type=int)
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--payload")
+    p.add_argument("--prompts")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out")
+    p.add_argument("--sim-link", choices=["tcp", "sleep"], default="tcp",
+                   help="tcp: mechanistic link + Linux TCP; sleep: the naive RTT + size/rate model")
+    p.add_argument("--congestion-control", help="what the compared lab run used (default: the scenario's, else cubic)")
+    _add_link_flags(p)
+    p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser("models", help="fetch and verify the embedded model pair")
     p.add_argument("action", choices=["fetch"])
