@@ -249,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_link_flags(p)
     p.set_defaults(func=cmd_sim)
 
+    p = sub.add_parser("bench", help="benchmarks that print measured ratios (colocated)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda a: __import__("lab.bench", fromlist=["bench_main"]).bench_main(a.rest))
+
     p = sub.add_parser("models", help="fetch and verify the embedded model pair")
     p.add_argument("action", choices=["fetch"])
     p.set_defaults(func=cmd_models)
