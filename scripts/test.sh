@@ -20,4 +20,5 @@ stage() {  # stage NAME CMD...
 stage unit  $PY -m pytest tests/unit -q -p no:cacheprovider
 stage netns $PY -m pytest tests/netns -q -p no:cacheprovider
 stage e2e   $PY -m pytest tests/e2e -q -p no:cacheprovider
+stage linkcheck $PY -m lab linkcheck --quick
 echo "=== all stages passed in $(( $(date +%s) - start )) s"
