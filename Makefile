@@ -44,6 +44,11 @@ linkcheck: $(STAMP)
 doctor: $(STAMP)
 	$(PY) -m lab doctor
 
+# netem for real on a kernel without it: a Debian kernel under qemu (vm/run.py), the host's userland.
+vm-test: $(STAMP)
+	$(need_root)
+	$(PY) -m vm.run --timeout-s 1200 -- bash vm/test.sh
+
 clean-net: $(STAMP)
 	$(need_root)
 	$(PY) -m lab link down

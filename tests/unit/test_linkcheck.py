@@ -44,6 +44,13 @@ def test_rtt_tolerance_depends_on_backend():
     assert row.ok and math.isclose(row.severity, 0.5)
 
 
+def test_tcg_rows_get_the_emulation_allowance_and_keep_their_label():
+    p = Point("rtt", LinkPair.symmetric(LinkSpec(delay_ms=25)))
+    row = _rtt_rows(p, "netem+tcg", _echo(rtt=51.2))[0]
+    assert row.ok and row.backend == "netem+tcg" and row.tolerance == "±1.5 ms"
+    assert not _rtt_rows(p, "netem+tcg", _echo(rtt=51.6))[0].ok
+
+
 def test_jitter_judged_per_direction_against_j_over_root3():
     p = Point("jitter", LinkPair.symmetric(LinkSpec(delay_ms=25, jitter_ms=10)))
     want = 10 / math.sqrt(3)
