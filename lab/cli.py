@@ -173,6 +173,51 @@ def cmd_sim(args) -> int:
     return EXIT_OK
 
 
+def cmd_sweep(args) -> int:
+    """The experiment grid in the simulator (lab/sweep.py)."""
+    from lab.models import ModelError
+    from lab.netsim import SimError
+    from lab.strategies import StrategyError, make_strategy
+    from lab.sweep import STRATEGIES, _floats, grid, run_sweep
+
+    if not args.sim:
+        raise UsageError("sweep runs in the simulator: add --sim (a lab point is `python -m lab scenario`; "
+                         "`python -m lab validate` compares the two)")
+    models = args.models or "synthetic:embedded-cpu"
+    if not models.startswith("synthetic"):
+        raise UsageError("sweep --sim takes --models synthetic[:PROFILE] (python -m lab profile measures one)")
+    strategies = tuple(s.strip() for s in args.strategies.split(",")) if args.strategies else STRATEGIES
+    try:
+        for s in strategies:
+            make_strategy(s)
+        points = grid(args.full, rtt=_floats(args.rtt_ms) or grid.__defaults__[1],
+                      rate=_floats(args.rate_mbit) or grid.__defaults__[2],
+                      jitter=_floats(args.jitter_ms), loss=_floats(args.loss_pct))
+        run_sweep(points, strategies, runs=args.runs, profile=models.partition(":")[2] or "embedded-cpu",
+                  queries=args.queries, link_model=args.sim_link, out_dir=args.out)
+    except (StrategyError, SimError, ModelError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    return EXIT_OK
+
+
+def cmd_validate(args) -> int:
+    """The simulator against the kernel lab (lab/validate.py)."""
+    _need_root("validate")
+    from lab.validate import run_validation
+    return run_validation(args.scenarios, quick=args.quick, backend=args.backend, out_dir=args.out,
+                          calibrate_host=not args.no_calibration)
+
+
+def cmd_profile(args) -> int:
+    """Measure a real pair; write a synthetic profile that reproduces it (lab/profile.py)."""
+    from lab.models import ModelError
+    from lab.profile import profile_main
+    try:
+        return profile_main(args.models, args.out, args.max_new_tokens, args.prompts, args.dtype, args.limit)
+    except ModelError as e:
+        raise UsageError(str(e)) from None
+
+
 def cmd_models(args) -> int:
     from lab.models.embedded import fetch_main
     return fetch_main()
@@ -249,9 +294,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_link_flags(p)
     p.set_defaults(func=cmd_sim)
 
+    p = sub.add_parser("sweep", help="the experiment grid (RTT × rate [× jitter × loss]) in the simulator, in seconds")
+    p.add_argument("--sim", action="store_true", help="run in the simulator (required: the only mode)")
+    p.add_argument("--full", action="store_true", help="also jitter {0,10,25} ms × loss {0,1,5} %% (189 links)")
+    p.add_argument("--models", help="synthetic[:PROFILE] (default synthetic:embedded-cpu)")
+    p.add_argument("--strategies", help="comma-separated (default: cloud-only, edge-only, fixed-k:3/5/10/15)")
+    p.add_argument("--runs", type=int, default=3, help="runs per link and strategy (different link seeds)")
+    p.add_argument("--queries", type=int, help="measured queries per run (default: the workload's)")
+    p.add_argument("--rtt-ms", help="comma-separated RTTs (default 0,10,25,50,100,200,500)")
+    p.add_argument("--rate-mbit", help="comma-separated rates (default 100,10,1)")
+    p.add_argument("--jitter-ms", help="comma-separated ±jitter values")
+    p.add_argument("--loss-pct", help="comma-separated loss rates")
+    p.add_argument("--sim-link", choices=["tcp", "sleep"], default="tcp")
+    p.add_argument("--out", help="results base folder (default: results/)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("validate", help="the simulator vs the kernel lab: per-cycle network time and E2E, Δ per row")
+    p.add_argument("scenarios", nargs="*", help="scenario names/paths or default-set case names (default: all)")
+    p.add_argument("--quick", action="store_true", help="a representative subset (CI, a few minutes)")
+    p.add_argument("--backend", choices=BACKENDS)
+    p.add_argument("--out", help="results base folder (default: results/)")
+    p.add_argument("--no-calibration", action="store_true",
+                   help="give the simulator no host cost (the raw Δ; default: measure it on an unimpaired link)")
+    p.set_defaults(func=cmd_validate)
+
     p = sub.add_parser("bench", help="benchmarks that print measured ratios (colocated)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=lambda a: __import__("lab.bench", fromlist=["bench_main"]).bench_main(a.rest))
+
+    p = sub.add_parser("profile", help="measure the real pair here (t_draft, t_verify(K), prefill, α); write a synthetic profile")
+    p.add_argument("--models", default="embedded", help="embedded | DRAFT_ID,TARGET_ID")
+    p.add_argument("--out", help="profile YAML to write (default: lab/models/profiles/embedded-cpu.yaml)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="greedy tokens per prompt for α and the trace")
+    p.add_argument("--prompts", help="JSONL file of {\"id\", \"prompt\"} (default: the built-in set)")
+    p.add_argument("--limit", type=int, help="use only the first N prompts")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("models", help="fetch and verify the embedded model pair")
     p.add_argument("action", choices=["fetch"])

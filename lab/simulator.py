@@ -343,7 +343,8 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
              seed: int = 0, link_model: str = "tcp", *, warmup_queries: int | None = None,
              max_new_tokens: int | None = None, payload: str | None = None, temperature: float | None = None,
              prompts: str | None = None, acceptance: str = "auto", congestion_control: str | None = None,
-             tcp_options: dict | None = None, host_overhead_ms: float = 0.0) -> Iterator[tuple[dict, list[dict]]]:
+             tcp_options: dict | None = None, host_overhead_ms: float = 0.0,
+             compute: ComputeProfile | None = None) -> Iterator[tuple[dict, list[dict]]]:
     """Yield (query record, cycle records) for every query of every strategy, in the edge node's order.
 
     One connection carries the whole run, as in the lab.  `acceptance`: "iid", "synthetic", or "auto"
@@ -352,8 +353,10 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
     tcp.congestion_control gets the kernel's default, which may be bbr) — default the scenario's,
     else cubic.  `tcp_options`: TcpLinkModel keyword arguments (config, shaper, l2_bytes).
     `host_overhead_ms`: added to every message's arrival (zmq I/O thread, decoding, the relay) —
-    0 by default; if used, measure it on an unimpaired link, never fit it to the compared runs."""
-    prof = ComputeProfile.of(profile)
+    0 by default; if used, measure it on an unimpaired link, never fit it to the compared runs.
+    `compute`: compute times to use instead of `profile`'s (which still decides acceptance) — e.g.
+    the profile plus the host's measured overshoot (lab/validate.py calibrates it)."""
+    prof = compute if compute is not None else ComputeProfile.of(profile)
     synthetic_profile = None
     if acceptance in ("auto", "synthetic"):
         if isinstance(profile, str):

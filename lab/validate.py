@@ -1,0 +1,440 @@
+"""`python -m lab validate`: the simulator against the kernel lab, scenario by scenario.
+
+Each case runs twice with the same seeds, strategies and query count: once in
+the lab (real namespaces, kernel TCP, the synthetic pair sleeping its compute
+in the node processes) and once in the simulator (lab/simulator.py, with the
+congestion control the lab run recorded).  Compared, per strategy:
+
+  network   per-cycle network time (cycle minus the compute both sides report),
+            P50 and P95 over every measured cycle: |Δ| ≤ 5 ms
+  e2e       per-query end-to-end time, P50: |Δ| ≤ 3 %
+
+The naive `sleep` link model (RTT + jitter + size/rate, no loss, no TCP) is
+simulated beside ours and its Δ printed, not judged: it shows what a
+benchmark without a transport model gets wrong.
+
+Nothing is fitted to the cases.  The simulator's TCP constants are Linux's
+defaults.  What the host itself costs — a message through zmq, Python and
+the link's plumbing; the synthetic models' waits overshooting by tens of µs
+plus the nodes' bookkeeping — is measured once per invocation on an
+*unimpaired* link (no delay, no rate, no loss; its own seed; not one of the
+cases) and the same constants are given to the simulator for every case
+(`HostCalibration`, printed and saved).  `--no-calibration` shows the raw Δ.
+
+Rows are appended to `validation.csv` in the results folder as each case
+finishes (a long run interrupted keeps what it measured); the lab runs'
+folders are kept beside it for inspection.  Exit status 1 if any row fails.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from lab.scenario import Scenario, available, load_scenario, parse_scenario
+
+NETWORK_TOLERANCE_MS = 5.0
+E2E_TOLERANCE_FRAC = 0.03
+PROFILE = "fast"
+SIM_SEEDS = 8             # simulator runs pooled per case (link randomness differs by seed; workload the same)
+SPLIT = ("fixed-k:3", "fixed-k:5")
+GRID_RTT_MS = (0, 10, 25, 50, 100, 200, 500)
+GRID_RATE_MBIT = (100, 10, 1)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One scenario, the strategies compared on it and how much to run."""
+    scenario: Scenario
+    strategies: tuple[str, ...]
+    queries: int = 12
+    max_new_tokens: int = 48
+    payload: str = "tokens"
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.scenario.name + ("" if self.payload == "tokens" else f" [{self.payload}]")
+
+
+def _point(name: str, note: str = "", **link) -> Scenario:
+    return parse_scenario({"name": name, "description": note, "link": link})
+
+
+def _cycles_wanted(case: Case) -> int:
+    return case.queries * case.max_new_tokens
+
+
+def default_cases(quick: bool = False) -> list[Case]:
+    """The shipped scenarios, the 21-point grid, and loss/jitter/payload points.
+
+    Query counts are sized so a P95 rests on enough cycles: lossy points (whose P95 sits in
+    TCP's recovery tail) run more queries than clean ones."""
+    cloud_and_split = ("cloud-only",) + SPLIT
+    if quick:
+        return [
+            Case(load_scenario("lan"), cloud_and_split, queries=6),
+            Case(load_scenario("wan-50ms"), ("cloud-only", "fixed-k:5"), queries=6),
+            Case(load_scenario("slow-1mbit"), ("cloud-only", "fixed-k:5"), queries=4),
+            Case(load_scenario("jittery"), ("fixed-k:5",), queries=8),
+            Case(_point("loss-1pct-rtt20", "1 % loss each way, RTT 20 ms", delay_ms=10, loss_pct=1, rate_mbit=10),
+                 ("fixed-k:5",), queries=20),
+            Case(_point("full-10mbit-rtt20", "full payload, 10 Mbit/s", delay_ms=10, rate_mbit=10),
+                 ("fixed-k:3",), queries=4, payload="full"),
+        ]
+    cases = [Case(load_scenario(n), cloud_and_split, queries=40 if "loss" in n else 12) for n in available()]
+    for rtt in GRID_RTT_MS:
+        for rate in GRID_RATE_MBIT:
+            cases.append(Case(_point(f"grid-{rtt}ms-{rate}mbit", f"grid: RTT {rtt} ms, {rate} Mbit/s",
+                                     delay_ms=rtt / 2, rate_mbit=rate),
+                              ("cloud-only", "fixed-k:5"), queries=6 if rtt >= 200 else 10))
+    cases += [
+        Case(_point("loss-1pct-rtt50", "1 % loss each way", delay_ms=25, loss_pct=1, rate_mbit=10),
+             cloud_and_split, queries=40),
+        Case(_point("loss-5pct-rtt10", "5 % loss each way, short RTT", delay_ms=5, loss_pct=5, rate_mbit=10),
+             cloud_and_split, queries=40),
+        Case(_point("jitter-5ms-rtt20", "±5 ms jitter", delay_ms=10, jitter_ms=5, rate_mbit=100),
+             cloud_and_split, queries=20),
+        Case(_point("full-1mbit-rtt50", "full payload on 1 Mbit/s", delay_ms=25, rate_mbit=1),
+             ("fixed-k:3",), queries=3, payload="full"),
+        Case(_point("full-10mbit-rtt50", "full payload on 10 Mbit/s", delay_ms=25, rate_mbit=10),
+             ("fixed-k:3", "fixed-k:5"), queries=6, payload="full"),
+        Case(_point("topk-lossy", "topk:8 payload, 5 % loss", delay_ms=25, loss_pct=5, rate_mbit=10),
+             ("fixed-k:5",), queries=40, payload="topk:8"),
+    ]
+    return cases
+
+
+def select_cases(names: Iterable[str], quick: bool) -> list[Case]:
+    """Cases for the names given (scenario names/paths, or grid/point names of the default set)."""
+    names = list(names)
+    if not names:
+        return default_cases(quick)
+    known = {c.scenario.name: c for c in default_cases(False) + default_cases(True)}
+    out = []
+    for n in names:
+        if n in known:
+            out.append(known[n])
+        else:
+            sc = load_scenario(n)      # ScenarioError names the file and key
+            lossy = max(sc.link.uplink.loss_pct, sc.link.downlink.loss_pct) > 0
+            out.append(Case(sc, ("cloud-only",) + SPLIT, queries=40 if lossy else 12))
+    return out
+
+
+# ------------------------------------------------------------------ the host's own costs
+
+@dataclass(frozen=True)
+class HostCalibration:
+    """What this host adds to the profile's compute and to every message, measured on an unimpaired link."""
+    message_ms: float = 0.0        # per message, on top of the link (zmq, Python, relay/qdisc plumbing)
+    draft_extra_ms: float = 0.0    # per draft forward, on top of t_draft_ms
+    verify_extra_ms: float = 0.0   # per verification, on top of verify_ms(K + 1)
+    token_extra_ms: float = 0.0    # per cloud-only token, on top of the target step
+    cycles: int = 0                # how many cycles the figures rest on
+
+    def describe(self) -> str:
+        return (f"{self.message_ms:.3f} ms/message, +{self.draft_extra_ms:.3f} ms/draft forward, "
+                f"+{self.verify_extra_ms:.3f} ms/verify, +{self.token_extra_ms:.3f} ms/cloud token "
+                f"({self.cycles} cycles)")
+
+    def compute(self):
+        """The profile's compute times with the host's overshoot added (lab.simulator.ComputeProfile)."""
+        from lab.simulator import ComputeProfile
+        p = ComputeProfile.of(PROFILE)
+        return replace(p, t_draft_ms=p.t_draft_ms + self.draft_extra_ms,
+                       verify_a_ms=p.verify_a_ms + self.verify_extra_ms,
+                       target_token_ms=p.step_ms() + self.token_extra_ms)
+
+
+CALIBRATION_SEED = 1000
+
+
+def calibration_from(cycles: list[dict]) -> HostCalibration:
+    """Derive the host's costs from a lab run on an unimpaired link (the simulator gives 0 network there).
+
+    Split cycles after the first of each query (the first also carries the prefill exchange) hold one
+    message each way: half their network time is one message.  Compute overshoot is the median of what
+    the nodes report minus what the profile asked for."""
+    from lab.simulator import ComputeProfile
+    p = ComputeProfile.of(PROFILE)
+    split = [c for c in cycles if c["k"] > 0 and c["cycle"] > 0 and c["strategy"].startswith("fixed-k")]
+    tokens = [c for c in cycles if c["strategy"] == "cloud-only" and c["cycle"] > 0]
+    if not split or not tokens:
+        raise RuntimeError("the calibration run produced no split or cloud-only cycles to measure")
+    med = lambda xs: float(np.median(xs))     # noqa: E731
+    return HostCalibration(
+        message_ms=med([c["network_ms"] for c in split]) / 2,
+        draft_extra_ms=med([c["edge_compute_ms"] / c["k"] - p.t_draft_ms for c in split]),
+        verify_extra_ms=med([c["cloud_compute_ms"] - p.verify_ms(c["k"] + 1) for c in split]),
+        token_extra_ms=med([c["cloud_compute_ms"] - p.step_ms() for c in tokens]),
+        cycles=len(split) + len(tokens))
+
+
+def calibrate(backend: str | None, base: Path) -> HostCalibration:
+    """A lab run on an unimpaired link (its own seed, not a validation case) → HostCalibration."""
+    case = Case(_point("calibration-unimpaired", "host costs: no delay, no rate, no loss"),
+                ("cloud-only", "fixed-k:3"), queries=6)
+    run_dir = _lab_run(case, backend, base, seed=CALIBRATION_SEED)
+    from lab.results import read_jsonl
+    return calibration_from(_measured(read_jsonl(run_dir / "cycles.jsonl")))
+
+
+# ------------------------------------------------------------------ comparing
+
+@dataclass(frozen=True)
+class Row:
+    """One case × strategy.  Network figures in ms (per cycle), E2E per query.
+
+    `u50`, `u95`, `u_e2e`: half-widths of the lab side's 95 % bootstrap intervals (queries resampled):
+    how precisely this sample pins its own P50/P95/E2E P50.  The simulator side pools SIM_SEEDS runs,
+    so its own noise is smaller still."""
+    case: str
+    strategy: str
+    cycles: int
+    lab_p50: float
+    lab_p95: float
+    sim_p50: float
+    sim_p95: float
+    naive_p50: float
+    naive_p95: float
+    lab_e2e_p50: float
+    sim_e2e_p50: float
+    naive_e2e_p50: float
+    u50: float = 0.0
+    u95: float = 0.0
+    u_e2e: float = 0.0
+    lab_retrans: int | None = None
+
+    @property
+    def d50(self) -> float:
+        return self.sim_p50 - self.lab_p50
+
+    @property
+    def d95(self) -> float:
+        return self.sim_p95 - self.lab_p95
+
+    @property
+    def e2e_frac(self) -> float:
+        return (self.sim_e2e_p50 - self.lab_e2e_p50) / self.lab_e2e_p50 if self.lab_e2e_p50 else 0.0
+
+    @property
+    def naive_d50(self) -> float:
+        return self.naive_p50 - self.lab_p50
+
+    @property
+    def naive_d95(self) -> float:
+        return self.naive_p95 - self.lab_p95
+
+    @property
+    def naive_e2e_frac(self) -> float:
+        return (self.naive_e2e_p50 - self.lab_e2e_p50) / self.lab_e2e_p50 if self.lab_e2e_p50 else 0.0
+
+    @property
+    def strict(self) -> bool:
+        """Every Δ within its tolerance."""
+        return (abs(self.d50) <= NETWORK_TOLERANCE_MS and abs(self.d95) <= NETWORK_TOLERANCE_MS
+                and abs(self.e2e_frac) <= E2E_TOLERANCE_FRAC)
+
+    @property
+    def ok(self) -> bool:
+        """Within tolerance, or within tolerance plus what the lab sample itself cannot resolve.
+
+        A P95 in TCP's recovery tail, or an E2E median over a few dozen lossy queries, moves by more
+        than the tolerance between two lab runs of the same scenario; such a Δ says nothing about the
+        simulator.  Rows that pass only this way are marked `ok~` and counted separately."""
+        e2e_u = self.u_e2e / self.lab_e2e_p50 if self.lab_e2e_p50 else 0.0
+        return (abs(self.d50) <= NETWORK_TOLERANCE_MS + self.u50
+                and abs(self.d95) <= NETWORK_TOLERANCE_MS + self.u95
+                and abs(self.e2e_frac) <= E2E_TOLERANCE_FRAC + e2e_u)
+
+    @property
+    def verdict(self) -> str:
+        return "ok" if self.strict else "ok~" if self.ok else "FAIL"
+
+    @property
+    def severity(self) -> float:
+        """Worst |Δ| relative to its tolerance (1.0 = at the limit)."""
+        return max(abs(self.d50) / NETWORK_TOLERANCE_MS, abs(self.d95) / NETWORK_TOLERANCE_MS,
+                   abs(self.e2e_frac) / E2E_TOLERANCE_FRAC)
+
+    def as_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d.update(d50=self.d50, d95=self.d95, e2e_frac=self.e2e_frac, naive_d50=self.naive_d50,
+                 naive_d95=self.naive_d95, naive_e2e_frac=self.naive_e2e_frac, verdict=self.verdict)
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+def _p(values, q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+BOOTSTRAP = 400
+
+
+def bootstrap_halfwidths(per_query_net: list[list[float]], e2e: list[float], seed: int = 0) -> tuple[float, float, float]:
+    """95 % bootstrap half-widths of (network P50, network P95, E2E P50), resampling whole queries."""
+    n = len(e2e)
+    if n < 2:
+        return float("inf"), float("inf"), float("inf")
+    rng = np.random.default_rng(seed)
+    nets = [np.asarray(x, float) for x in per_query_net]
+    e2e_a = np.asarray(e2e, float)
+    p50, p95, m = [], [], []
+    for _ in range(BOOTSTRAP):
+        idx = rng.integers(0, n, n)
+        cyc = np.concatenate([nets[i] for i in idx])
+        p50.append(np.percentile(cyc, 50))
+        p95.append(np.percentile(cyc, 95))
+        m.append(np.median(e2e_a[idx]))
+    half = lambda xs: float(np.percentile(xs, 97.5) - np.percentile(xs, 2.5)) / 2     # noqa: E731
+    return half(p50), half(p95), half(m)
+
+
+def compare(case_label: str, strategy: str, lab: list[dict], sim: list[dict], naive: list[dict],
+            lab_retrans: int | None = None) -> Row:
+    """One row from the query records of each side (warm-up excluded by the caller); the per-cycle
+    network times are the records' `network_ms_per_cycle`."""
+    def pick(queries):
+        qs = [q for q in queries if q["strategy"] == strategy]
+        return [q["network_ms_per_cycle"] for q in qs], [q["e2e_ms"] for q in qs]
+
+    (ln, le), (sn, se), (nn, ne) = pick(lab), pick(sim), pick(naive)
+    flat = lambda per_query: [x for q in per_query for x in q]     # noqa: E731
+    lf, sf, nf = flat(ln), flat(sn), flat(nn)
+    u50, u95, ue = bootstrap_halfwidths(ln, le)
+    return Row(case_label, strategy, len(lf), _p(lf, 50), _p(lf, 95), _p(sf, 50), _p(sf, 95), _p(nf, 50),
+               _p(nf, 95), _p(le, 50), _p(se, 50), _p(ne, 50), u50, u95, ue, lab_retrans)
+
+
+def _measured(records: Iterable[dict]) -> list[dict]:
+    return [r for r in records if not r.get("warmup")]
+
+
+# ------------------------------------------------------------------ running
+
+def _lab_run(case: Case, backend: str | None, base: Path, seed: int = 0) -> Path:
+    from lab.runner import RunOptions, run_scenario
+
+    opts = RunOptions(models=f"synthetic:{PROFILE}", strategies=case.strategies, queries=case.queries,
+                      warmup_queries=1, max_new_tokens=case.max_new_tokens, payload=case.payload, seed=seed,
+                      backend=backend, out=str(base), progress=False)
+    run_dir = run_scenario(case.scenario, opts, out=lambda s: None)
+    status = json.loads((run_dir / "meta.json").read_text()).get("status")
+    if status != "complete":
+        raise RuntimeError(f"lab run of {case.label} ended {status!r} (see {run_dir})")
+    return run_dir
+
+
+def run_case(case: Case, backend: str | None, base: Path, calibration: HostCalibration = HostCalibration(),
+             out: Callable[[str], None] = print) -> list[Row]:
+    """Lab run + both simulations of one case; rows per strategy."""
+    from lab.results import read_jsonl
+    from lab.simulator import simulate
+
+    run_dir = _lab_run(case, backend, base)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    lab = _measured(read_jsonl(run_dir / "queries.jsonl"))
+    cc = meta.get("congestion_control")
+    sims = {}
+    for model in ("tcp", "sleep"):
+        sims[model] = [q for seed in range(SIM_SEEDS)
+                       for q, _ in simulate(case.scenario, list(case.strategies), PROFILE, queries=case.queries,
+                                            warmup_queries=1, max_new_tokens=case.max_new_tokens,
+                                            payload=case.payload, seed=seed, link_model=model,
+                                            acceptance="synthetic", congestion_control=cc,
+                                            compute=calibration.compute(), host_overhead_ms=calibration.message_ms)
+                       if not q["warmup"]]
+    retrans = meta.get("tcp_recovery_by_strategy") or {}
+    return [compare(case.label, s, lab, sims["tcp"], sims["sleep"], _retrans_of(retrans.get(s)))
+            for s in case.strategies]
+
+
+def _retrans_of(counters: dict | None) -> int | None:
+    """Kernel RetransSegs of one strategy (runner._retrans: both namespaces added up)."""
+    return None if not counters else int(counters.get("RetransSegs", 0))
+
+
+HEAD = ("case", "strategy", "cycles", "lab P50", "lab P95", "sim P50", "sim P95", "ΔP50", "ΔP95 (±lab)",
+        "E2E Δ (±lab)", "naive ΔP50", "naive ΔP95", "naive E2E Δ", "rtx", "ok")
+
+
+def format_row(r: Row) -> tuple[str, ...]:
+    e2e_u = 100 * r.u_e2e / r.lab_e2e_p50 if r.lab_e2e_p50 else 0.0
+    return (r.case, r.strategy, str(r.cycles), f"{r.lab_p50:.2f}", f"{r.lab_p95:.2f}", f"{r.sim_p50:.2f}",
+            f"{r.sim_p95:.2f}", f"{r.d50:+.2f}", f"{r.d95:+.2f} (±{r.u95:.1f})",
+            f"{100 * r.e2e_frac:+.1f} % (±{e2e_u:.1f})",
+            f"{r.naive_d50:+.2f}", f"{r.naive_d95:+.2f}", f"{100 * r.naive_e2e_frac:+.1f} %",
+            "-" if r.lab_retrans is None else str(r.lab_retrans), r.verdict)
+
+
+def format_table(rows: list[Row]) -> list[str]:
+    cells = [HEAD] + [format_row(r) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(HEAD))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return lines
+
+
+def run_validation(names: Iterable[str] = (), quick: bool = False, backend: str | None = None,
+                   out_dir: str | None = None, calibrate_host: bool = True,
+                   out: Callable[[str], None] = print) -> int:
+    """Run the cases, print the table (network times in ms), return 0 if every row is within tolerance."""
+    from lab.results import new_run_dir
+
+    cases = select_cases(names, quick)
+    base = new_run_dir("validate" + ("-quick" if quick else ""), Path(out_dir) if out_dir else None)
+    csv_path = base / "validation.csv"
+    out(f"validate: {len(cases)} cases ({sum(len(c.strategies) for c in cases)} rows), lab vs simulator "
+        f"(synthetic:{PROFILE}); tolerance |ΔP50|, |ΔP95| ≤ {NETWORK_TOLERANCE_MS:g} ms per-cycle network, "
+        f"E2E P50 ≤ {100 * E2E_TOLERANCE_FRAC:g} %")
+    out(f"results: {csv_path}")
+    rows: list[Row] = []
+    t0 = time.monotonic()
+    cal = HostCalibration()
+    if calibrate_host:
+        cal = calibrate(backend, base)
+        out(f"host calibration (unimpaired link, {time.monotonic() - t0:.0f} s): {cal.describe()}")
+    else:
+        out("host calibration: off (the simulator adds no host cost)")
+    (base / "calibration.json").write_text(json.dumps({**asdict(cal), "enabled": calibrate_host}, indent=1) + "\n")
+    with open(csv_path, "w", newline="") as f:
+        writer = None
+        for i, case in enumerate(cases, 1):
+            t = time.monotonic()
+            try:
+                new = run_case(case, backend, base, cal, out)
+            except Exception as e:     # noqa: BLE001 — one case's failure is a row, the rest still run
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+                out(f"  [{i:2d}/{len(cases)}] {case.label}: ERROR {type(e).__name__}: {e}")
+                new = [Row(case.label, s, 0, *([float("nan")] * 12)) for s in case.strategies]
+            for r in new:
+                if writer is None:
+                    writer = csv.DictWriter(f, fieldnames=list(r.as_dict()))
+                    writer.writeheader()
+                writer.writerow(r.as_dict())
+            f.flush()
+            rows += new
+            summary = "; ".join(f"{r.strategy} ΔP50 {r.d50:+.2f} ΔP95 {r.d95:+.2f} E2E {100 * r.e2e_frac:+.1f} %"
+                                f"{'' if r.strict else ' ' + r.verdict}" for r in new)
+            out(f"  [{i:2d}/{len(cases)}] {case.label:22s} {time.monotonic() - t:5.1f} s: {summary}")
+    out("")
+    for line in format_table(rows):
+        out(line)
+    failed = [r for r in rows if not r.ok]
+    worst = max(rows, key=lambda r: r.severity if r.severity == r.severity else float("inf"))
+    out(f"\nworst: {worst.case} {worst.strategy} — ΔP50 {worst.d50:+.2f} ms, ΔP95 {worst.d95:+.2f} ms, "
+        f"E2E {100 * worst.e2e_frac:+.1f} % ({worst.severity:.2f}x tolerance)")
+    loose = [r for r in rows if r.ok and not r.strict]
+    out(f"{len(rows) - len(failed) - len(loose)}/{len(rows)} rows within tolerance"
+        + (f", {len(loose)} more within tolerance + the lab sample's own 95 % uncertainty (ok~: "
+           f"{', '.join(f'{r.case} {r.strategy}' for r in loose)})" if loose else "")
+        + f", in {time.monotonic() - t0:.0f} s"
+        + ("" if not failed else f"; FAILED: {', '.join(f'{r.case} {r.strategy}' for r in failed)}"))
+    return 0 if rows and not failed else 1

@@ -1,0 +1,85 @@
+"""lab.validate's judging (pure, synthetic records) and its host calibration arithmetic."""
+import math
+
+import pytest
+
+from lab.simulator import ComputeProfile
+from lab.validate import (E2E_TOLERANCE_FRAC, NETWORK_TOLERANCE_MS, PROFILE, HostCalibration, Row,
+                          bootstrap_halfwidths, calibration_from, compare, default_cases, select_cases)
+
+
+def q(strategy, nets, e2e):
+    return {"strategy": strategy, "network_ms_per_cycle": list(nets), "e2e_ms": e2e}
+
+
+def test_compare_takes_percentiles_per_strategy_and_signs_delta_sim_minus_lab():
+    lab = [q("fixed-k:5", [50.0, 51.0, 52.0], 1000.0) for _ in range(10)] + [q("cloud-only", [0.0], 5.0)]
+    sim = [q("fixed-k:5", [50.0, 50.0, 50.0], 990.0) for _ in range(10)]
+    naive = [q("fixed-k:5", [40.0] * 3, 900.0) for _ in range(10)]
+    r = compare("c", "fixed-k:5", lab, sim, naive)
+    assert r.cycles == 30 and r.lab_p50 == 51.0 and r.sim_p50 == 50.0
+    assert r.d50 == -1.0 and r.e2e_frac == pytest.approx(-0.01) and r.naive_d50 == -11.0
+    assert r.strict and r.verdict == "ok"
+
+
+def _row(**kw):
+    base = dict(case="c", strategy="s", cycles=100, lab_p50=50.0, lab_p95=60.0, sim_p50=50.0, sim_p95=60.0,
+                naive_p50=50.0, naive_p95=50.0, lab_e2e_p50=1000.0, sim_e2e_p50=1000.0, naive_e2e_p50=900.0)
+    return Row(**{**base, **kw})
+
+
+def test_verdicts_strict_loose_and_fail():
+    assert _row(sim_p95=60.0 + NETWORK_TOLERANCE_MS).verdict == "ok"
+    assert _row(sim_p95=60.0 + NETWORK_TOLERANCE_MS + 0.01).verdict == "FAIL"
+    # The same Δ with a lab sample that cannot pin its own P95 to better than ±3 ms: ok~, not ok.
+    loose = _row(sim_p95=68.0, u95=3.0)
+    assert loose.ok and not loose.strict and loose.verdict == "ok~"
+    assert _row(sim_p95=68.1, u95=3.0).verdict == "FAIL"
+    # E2E: 3 % of the lab's median, widened by its own relative uncertainty.
+    assert _row(sim_e2e_p50=1000 * (1 + E2E_TOLERANCE_FRAC) - 0.01).verdict == "ok"
+    assert _row(sim_e2e_p50=1040.0).verdict == "FAIL"
+    assert _row(sim_e2e_p50=1040.0, u_e2e=15.0).verdict == "ok~"
+    # A case that errored has NaN figures: never ok.
+    assert _row(lab_p50=math.nan).verdict == "FAIL"
+
+
+def test_bootstrap_is_zero_for_identical_queries_and_wide_for_a_heavy_tail():
+    u50, u95, ue = bootstrap_halfwidths([[50.0, 51.0]] * 20, [1000.0] * 20)
+    assert (u50, u95, ue) == (0.0, 0.0, 0.0)
+    tail = [[50.0] * 9 + [330.0 if i % 2 else 50.0] for i in range(40)]   # 5 % of cycles in an RTO tail
+    _, u95, _ = bootstrap_halfwidths(tail, [1000.0 + 280 * (i % 2) for i in range(40)])
+    assert u95 > 50.0
+    assert bootstrap_halfwidths([[1.0]], [1.0]) == (math.inf, math.inf, math.inf)
+
+
+def test_calibration_from_an_unimpaired_run():
+    p = ComputeProfile.of(PROFILE)
+    cycles = []
+    for i in range(1, 11):
+        cycles.append({"strategy": "fixed-k:3", "k": 3, "cycle": i, "network_ms": 0.6,
+                       "edge_compute_ms": 3 * (p.t_draft_ms + 0.02), "cloud_compute_ms": p.verify_ms(4) + 0.1})
+        cycles.append({"strategy": "cloud-only", "k": 0, "cycle": i, "network_ms": 0.0,
+                       "edge_compute_ms": 0.0, "cloud_compute_ms": p.step_ms() + 0.03})
+    # First cycles carry the prefill exchange and are left out.
+    cycles.append({"strategy": "fixed-k:3", "k": 3, "cycle": 0, "network_ms": 9.0, "edge_compute_ms": 0.0,
+                   "cloud_compute_ms": 0.0})
+    cal = calibration_from(cycles)
+    assert cal.message_ms == pytest.approx(0.3)
+    assert cal.draft_extra_ms == pytest.approx(0.02)
+    assert cal.verify_extra_ms == pytest.approx(0.1)
+    assert cal.token_extra_ms == pytest.approx(0.03)
+    c = cal.compute()
+    assert c.verify_ms(4) == pytest.approx(p.verify_ms(4) + 0.1) and c.step_ms() == pytest.approx(p.step_ms() + 0.03)
+    with pytest.raises(RuntimeError, match="no split or cloud-only cycles"):
+        calibration_from([])
+
+
+def test_default_sets():
+    quick, full = default_cases(True), default_cases(False)
+    assert 4 <= len(quick) <= 8
+    names = {c.scenario.name for c in full}
+    # The shipped scenarios, the 21-point grid, and loss/jitter/payload points beyond them.
+    assert {"lan", "lossy-5pct", "jittery", "slow-1mbit", "sat-500ms", "oscillating"} <= names
+    assert sum(n.startswith("grid-") for n in names) == 21
+    assert any(c.payload == "full" for c in full) and any(c.scenario.link.uplink.loss_pct == 1 for c in full)
+    assert [c.scenario.name for c in select_cases(["grid-50ms-10mbit", "lan"], False)] == ["grid-50ms-10mbit", "lan"]
