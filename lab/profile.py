@@ -1,0 +1,154 @@
+"""`python -m lab profile`: measure a real model pair on this machine; write a synthetic profile.
+
+What is measured, one torch thread per model as the nodes run them:
+  t_draft_ms            one draft forward of one token after a prompt (median)
+  t_verify(n)           one target forward over n tokens, n in VERIFY_NS (median of repeats,
+                        rolled back after each), fitted as verify_a_ms + verify_b_ms·n
+  prefill_ms_per_token  the target's prompt prefill divided by the prompt length (median over
+                        prompts; the draft's is recorded beside it)
+  alpha, trace          greedy agreement of the draft with the target along the target's own
+                        greedy continuation of every prompt (teacher-forced): alpha is the
+                        agreeing fraction, trace the runs of agreement (lab.models.synthetic
+                        reads a trace as "n0 agreeing positions, one disagreeing, n1, …")
+
+The profile written reproduces the pair in the synthetic models and the
+simulator: the same compute times, and (with the trace) the same acceptance
+pattern at temperature 0.  The residuals of the verify fit are printed, so a
+non-linear t_verify(K) is visible rather than hidden.
+"""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+VERIFY_NS = (1, 2, 4, 6, 8, 11, 16)
+REPEATS = 3
+
+
+def _ms(fn) -> tuple[float, object]:
+    t = time.perf_counter()
+    r = fn()
+    return (time.perf_counter() - t) * 1000, r
+
+
+def fit_line(xs, ys) -> tuple[float, float]:
+    """Least-squares a + b·x; b clipped at 0 (a forward never gets cheaper with more tokens)."""
+    b, a = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
+    if b < 0:
+        return float(np.mean(ys)), 0.0
+    return float(a), float(b)
+
+
+def agreement_trace(agree: list[bool]) -> list[int]:
+    """Runs of agreement each ended by a disagreement: [T, T, F, T, F, F, T] → [2, 1, 0].
+
+    A trailing run with no disagreement after it is cut off by the end of the continuation, not by
+    the draft; it is left out (the prompts' traces are concatenated, each complete on its own)."""
+    trace, run = [], 0
+    for a in agree:
+        if a:
+            run += 1
+        else:
+            trace.append(run)
+            run = 0
+    return trace
+
+
+def measure_pair(draft, target, prompts: list[dict], max_new_tokens: int,
+                 out: Callable[[str], None] = print) -> dict:
+    """Everything the profile needs, measured; plus the raw figures for the record."""
+    prefill_t, prefill_d, t_draft, agree, trace = [], [], [], [], []
+    verify: dict[int, list[float]] = {n: [] for n in VERIFY_NS}
+    for i, p in enumerate(prompts, 1):
+        ids = target.encode_prompt(p["prompt"])
+        # The target's greedy continuation, one token per forward.
+        s = target.new_session()
+        ms, logits = _ms(lambda: s.prefill(ids))
+        prefill_t.append(ms / len(ids))
+        cont = [int(np.argmax(logits))]
+        for _ in range(max_new_tokens - 1):
+            cont.append(int(np.argmax(s.extend([cont[-1]])[-1])))
+        # t_verify(n): n tokens of the continuation after the prompt, rolled back each time.
+        s.rollback(len(ids))
+        for n in VERIFY_NS:
+            for _ in range(REPEATS):
+                ms, _ = _ms(lambda: s.extend((cont * (n // len(cont) + 1))[:n]))
+                verify[n].append(ms)
+                s.rollback(len(ids))
+        # The draft, teacher-forced along the target's path: does its argmax agree at each position?
+        d = draft.new_session()
+        ms, dl = _ms(lambda: d.prefill(ids))
+        prefill_d.append(ms / len(ids))
+        preds = [int(np.argmax(dl))]
+        for tok in cont[:-1]:
+            ms, lg = _ms(lambda: d.extend([tok]))
+            t_draft.append(ms)
+            preds.append(int(np.argmax(lg[-1])))
+        agree += [a == b for a, b in zip(preds, cont)]
+        trace += agreement_trace([a == b for a, b in zip(preds, cont)])
+        out(f"  [{i}/{len(prompts)}] {p['id']:14s} prompt {len(ids)} tokens, agreement "
+            f"{sum(a == b for a, b in zip(preds, cont))}/{len(cont)}")
+    ns = sorted(verify)
+    med = [statistics.median(verify[n]) for n in ns]
+    a, b = fit_line(ns, med)
+    return {"t_draft_ms": statistics.median(t_draft), "verify_a_ms": a, "verify_b_ms": b,
+            "prefill_ms_per_token": statistics.median(prefill_t), "alpha": float(np.mean(agree)),
+            "trace": trace, "verify_ms_by_n": dict(zip(ns, med)),
+            "draft_prefill_ms_per_token": statistics.median(prefill_d), "positions": len(agree)}
+
+
+def profile_main(models: str = "embedded", out_path: str | None = None, max_new_tokens: int = 32,
+                 prompts_file: str | None = None, dtype: str = "bfloat16", limit: int | None = None,
+                 out: Callable[[str], None] = print) -> int:
+    from lab.models import warm_up
+    from lab.models.select import load_role, parse_models, prepare
+    from lab.models.synthetic import PROFILE_DIR, Profile, load_profile, save_profile
+    from lab.prompts import load_prompts
+
+    kind, _, _ = parse_models(models)
+    if kind == "synthetic":
+        out("error: profile measures a real pair (embedded or DRAFT_ID,TARGET_ID); a synthetic pair "
+            "already is a profile")
+        return 2
+    prepare(models, dtype=dtype)
+    prompts = load_prompts(prompts_file)[:limit] if limit else load_prompts(prompts_file)
+    t0 = time.monotonic()
+    out(f"profile: {models} ({dtype}, 1 torch thread per model, as the nodes run), {len(prompts)} prompts × "
+        f"{max_new_tokens} tokens; t_verify(n) for n in {', '.join(map(str, VERIFY_NS))}")
+    draft = load_role(models, "draft", dtype=dtype, threads=1)
+    target = load_role(models, "target", dtype=dtype, threads=1)
+    warm_up(draft)
+    warm_up(target)
+    m = measure_pair(draft, target, prompts, max_new_tokens, out)
+    vocab = int(target.new_session().vocab_size)
+    prof = Profile(t_draft_ms=round(m["t_draft_ms"], 2), verify_a_ms=round(m["verify_a_ms"], 2),
+                   verify_b_ms=round(m["verify_b_ms"], 3), prefill_ms_per_token=round(m["prefill_ms_per_token"], 3),
+                   alpha=round(m["alpha"], 4), vocab=vocab, trace=tuple(m["trace"]) or None)
+    out("\nt_verify(n), measured vs the fit a + b·n:")
+    for n, ms in m["verify_ms_by_n"].items():
+        fit = prof.verify_ms(n)
+        out(f"  n={n:2d}  {ms:7.1f} ms   fit {fit:7.1f} ms   residual {ms - fit:+6.1f} ms")
+    out(f"t_draft {prof.t_draft_ms:.1f} ms/token; prefill {prof.prefill_ms_per_token:.2f} ms/token (target), "
+        f"{m['draft_prefill_ms_per_token']:.2f} (draft); alpha {prof.alpha:.3f} over {m['positions']} positions "
+        f"(trace of {len(prof.trace or ())} runs)")
+    path = Path(out_path) if out_path else PROFILE_DIR / ("embedded-cpu.yaml" if kind == "embedded" else "measured.yaml")
+    provenance = {"measured_by": "python -m lab profile", "models": models, "dtype": dtype, "threads_per_model": 1,
+                  "host": platform.node(), "cpu": platform.processor() or platform.machine(),
+                  "date": time.strftime("%Y-%m-%d %H:%M %Z"), "prompts": prompts_file or "built-in",
+                  "max_new_tokens": max_new_tokens,
+                  "verify_ms_by_n": {int(n): round(v, 2) for n, v in m["verify_ms_by_n"].items()},
+                  "draft_prefill_ms_per_token": round(m["draft_prefill_ms_per_token"], 3),
+                  "target_token_ms": round(prof.verify_ms(1), 2)}
+    save_profile(prof, path, provenance)
+    back = load_profile(str(path))
+    if replace(back, name="custom", source="") != replace(prof, name="custom", source=""):
+        out(f"error: {path} does not read back as the profile written")
+        return 1
+    out(f"\nwrote {path} in {time.monotonic() - t0:.0f} s (use: --models synthetic:{path.stem})")
+    return 0

@@ -1,0 +1,44 @@
+"""`python -m lab profile` measured on the synthetic pair, whose truth is known: the measurement must
+recover the profile it runs (compute times within timer noise, the agreement trace exactly)."""
+import pytest
+
+from lab.models.synthetic import Profile, load_synthetic, save_profile
+from lab.profile import agreement_trace, fit_line, measure_pair
+
+PROMPTS = [{"id": "a", "prompt": "one two three"}, {"id": "b", "prompt": "four five six seven"}]
+
+
+def test_agreement_trace_counts_complete_runs_only():
+    T, F = True, False
+    assert agreement_trace([T, T, F, T, F, F, T]) == [2, 1, 0]
+    assert agreement_trace([T, T, T]) == []
+    assert agreement_trace([F]) == [0]
+
+
+def test_fit_line_recovers_a_line_and_never_a_negative_slope():
+    a, b = fit_line([1, 2, 4, 8], [5.5, 6.0, 7.0, 9.0])
+    assert a == pytest.approx(5.0) and b == pytest.approx(0.5)
+    a, b = fit_line([1, 2, 3], [10.0, 9.0, 8.0])
+    assert b == 0.0 and a == pytest.approx(9.0)
+
+
+@pytest.fixture
+def pair(tmp_path):
+    prof = Profile(t_draft_ms=3.0, verify_a_ms=6.0, verify_b_ms=0.75, prefill_ms_per_token=0.5, alpha=0.8,
+                   vocab=500, seed=3, trace=(2, 0, 3))
+    path = tmp_path / "truth.yaml"
+    save_profile(prof, path)
+    return load_synthetic("draft", str(path)), load_synthetic("target", str(path)), prof
+
+
+def test_measure_pair_recovers_the_synthetic_profile(pair):
+    draft, target, truth = pair
+    m = measure_pair(draft, target, PROMPTS, max_new_tokens=16, out=lambda s: None)
+    # The trace pattern T T F | F | T T T F, read back exactly from each prompt's 16 positions.
+    assert m["trace"] == [2, 0, 3, 2, 0, 3] * 2
+    assert m["alpha"] == pytest.approx(10 / 16)
+    # Compute times: the synthetic models really wait them (sleep + spin), so only timer noise remains.
+    assert m["t_draft_ms"] == pytest.approx(truth.t_draft_ms, abs=0.5)
+    assert m["verify_b_ms"] == pytest.approx(truth.verify_b_ms, abs=0.15)
+    assert m["verify_a_ms"] == pytest.approx(truth.verify_a_ms, abs=0.8)
+    assert m["prefill_ms_per_token"] == pytest.approx(truth.prefill_ms_per_token, abs=0.3)
