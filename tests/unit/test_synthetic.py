@@ -27,7 +27,14 @@ def test_shipped_profiles_load():
         p = load_profile(name)
         assert p.t_draft_ms > 0 and 0 < p.alpha < 1 and p.verify_ms(4) > p.verify_ms(1)
     emb = load_profile("embedded-cpu")
-    assert emb.vocab == 151936 and emb.verify_ms(1) == pytest.approx(295, abs=1)     # target ≈295 ms/token
+    assert emb.vocab == 151936
+    # The shipped embedded profile is a measurement (python -m lab profile), and its fit a + b·n stays
+    # within 10 % of every t_verify(n) it records.
+    import yaml
+    prov = yaml.safe_load(open(emb.source))["provenance"]
+    assert prov["measured_by"] == "python -m lab profile"
+    for n, ms in prov["verify_ms_by_n"].items():
+        assert emb.verify_ms(int(n)) == pytest.approx(ms, rel=0.10)
 
 
 def test_profile_roundtrip_with_trace(tmp_path):
