@@ -6,6 +6,9 @@ On the same pair, prompts and thread count, in one process:
   plain        the target alone: target.generate (greedy)
 and prints tokens/s of each, the ratios, and whether the three produced the same token ids
 (at temperature 0 they should; bf16 can flip a near-tie, which is reported, not hidden).
+Then (as root) the distributed path on the `lan` scenario: `fixed-k:K` (draft in sdl-edge,
+target in sdl-cloud, every cycle over the kernel link) against `cloud-spec:K` (both in the
+cloud), one torch thread per node, same prompts — what splitting costs when the network is free.
 A benchmark, not a test: it prints measured figures and asserts nothing.
 """
 from __future__ import annotations
@@ -68,15 +71,63 @@ def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 
     return {"tokens_per_s": tps, "mismatches": mismatches}
 
 
+def bench_lan(models: str = "embedded", k: int = 5, max_new_tokens: int = 48, n_prompts: int = 3,
+              dtype: str = "bfloat16", out=print) -> dict | None:
+    """fixed-k:K over the lan link vs cloud-spec:K, in the lab (needs root)."""
+    import os
+
+    import pandas as pd
+
+    from lab.runner import RunOptions, run_scenario
+    from lab.scenario import load_scenario
+
+    if os.geteuid() != 0:
+        out("\nlan part skipped: the distributed run needs root (network namespaces): sudo … bench colocated")
+        return None
+    strategies = (f"fixed-k:{k}", f"cloud-spec:{k}")
+    opts = RunOptions(models=models, strategies=strategies, queries=n_prompts, warmup_queries=1,
+                      max_new_tokens=max_new_tokens, seed=0, dtype=dtype, progress=False)
+    out(f"\nlan: {' vs '.join(strategies)}, {n_prompts} queries each (+1 warm-up), one torch thread per node …")
+    run_dir = run_scenario(load_scenario("lan"), opts, out=lambda s: None)
+    df = pd.read_csv(run_dir / "summary.csv").set_index("strategy")
+    tps = {s: float(df.loc[s, "tokens_per_s_p50"]) for s in strategies}
+    for s, v in tps.items():
+        out(f"  {s:12s} {v:7.2f} tok/s p50  (E2E p50 {df.loc[s, 'e2e_ms_p50']:.0f} ms, "
+            f"net/cycle {df.loc[s, 'network_overhead_ratio']:.1%})")
+    out(f"  fixed-k over lan / cloud-spec = {tps[strategies[0]] / tps[strategies[1]]:.2f}x   (goal >= 0.95x)  [{run_dir}]")
+    return {"tokens_per_s": tps, "run_dir": str(run_dir)}
+
+
+def default_k(models: str, out=print) -> int:
+    """K for the benchmark: the throughput model's optimum (BACKGROUND.md, lab.spec.best_k at RTT 0)
+    for the measured embedded-cpu profile; otherwise cloud-spec's default."""
+    from lab import spec
+    from lab.strategies import COLOCATED_DEFAULT_K
+
+    if models != "embedded":
+        return COLOCATED_DEFAULT_K
+    from lab.models.synthetic import load_profile
+    prof = load_profile("embedded-cpu")
+    k, tps = spec.best_k(prof.alpha, prof.t_draft_ms, lambda k: prof.verify_ms(k + 1), rtt_ms=0.0)
+    out(f"K={k}: the throughput model's optimum for the measured embedded-cpu profile "
+        f"(α {prof.alpha:.2f}, t_draft {prof.t_draft_ms:.0f} ms, t_verify(K+1) {prof.verify_a_ms:.0f} + "
+        f"{prof.verify_b_ms:.1f}·(K+1) ms → {tps:.2f} tok/s predicted at 1 thread)")
+    return k
+
+
 def bench_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lab bench")
     ap.add_argument("what", choices=["colocated"])
     ap.add_argument("--models", default="embedded")
-    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--k", type=int, help="draft length (default: the throughput model's optimum for the profile)")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--prompts", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--no-lan", action="store_true", help="skip the distributed fixed-k over lan part")
     a = ap.parse_args(argv)
+    a.k = a.k or default_k(a.models)
     bench_colocated(a.models, a.k, a.max_new_tokens, a.prompts, a.threads, a.dtype)
+    if not a.no_lan:
+        bench_lan(a.models, a.k, a.max_new_tokens, a.prompts, a.dtype)
     return 0
