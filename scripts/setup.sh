@@ -10,6 +10,7 @@ command -v ip >/dev/null       || need_apt+=(iproute2)
 command -v tc >/dev/null       || need_apt+=(iproute2)
 command -v ethtool >/dev/null  || need_apt+=(ethtool)
 command -v depmod >/dev/null   || need_apt+=(kmod)
+command -v ping >/dev/null      || need_apt+=(iputils-ping)   # tests/netns cross-checks the probe RTT against ping
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=$(command -v python3 || true)
 if [ -z "$PY" ]; then need_apt+=(python3); fi
