@@ -53,11 +53,17 @@ def test_lan_synthetic_no_retransmissions(tmp_path):
     assert "fixed-k:3" in r.stdout and "TTFT" in r.stdout
 
 
+def _ctrl_c_as_in_a_terminal():
+    """SIGINT back to its default in the child: a suite started in the background (CI under `&`,
+    nohup) inherits SIGINT *ignored*, and Python then never turns it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_leaves_nothing_and_marks_the_run(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "lab", "scenario", "wan-50ms", "--models", "synthetic:fast",
                           "--strategies", "fixed-k:3,cloud-only", "--queries", "20", "--warmup", "0",
                           "--out", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+                         text=True, preexec_fn=_ctrl_c_as_in_a_terminal)
     try:
         deadline = time.monotonic() + 120
         run = None

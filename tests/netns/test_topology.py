@@ -99,7 +99,8 @@ def test_asymmetric_link_reads_back_per_direction(topo):
 
 
 CRASHER = """
-import sys, time, os
+import sys, time, os, signal
+signal.signal(signal.SIGINT, signal.default_int_handler)   # Ctrl-C as in a terminal, even if started ignored
 sys.path.insert(0, {root!r})
 from netns.topology import Topology
 from netns.link import LinkPair, LinkSpec
