@@ -7,7 +7,8 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8
 
 mount -t tmpfs -o mode=0755 tmpfs /run     # fresh: the host's /run/netns entries mean nothing here
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+# /tmp stays the overlay's (writes land in its tmpfs upper layer): a tmpfs mounted over it would hide
+# a checkout that lives under the host's /tmp (CI clones there).
 mkdir -p /dev/pts /dev/shm /dev/net /run/netns
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
