@@ -3,9 +3,10 @@
 Delayed ACKs as net/ipv4/tcp_input.c decides them (__tcp_ack_snd_check,
 tcp_event_data_recv, tcp_cleanup_rbuf) and tcp_timer.c fires them:
 quickack mode (16 ACKs) at the start and after the receiver was idle longer
-than an RTO; an immediate ACK for more than one rcv_mss unacknowledged, for
-out-of-order data (a SACK "dupack"), for a filled hole, and for a small
-pushed segment once the application has read it (outside ping-pong mode);
+than an RTO, and — leaving ping-pong mode — on a duplicate segment; an
+immediate ACK for more than one rcv_mss unacknowledged, for out-of-order
+data (a SACK "dupack"), for a filled hole, and for a small pushed segment
+once the application has read it (outside ping-pong mode);
 otherwise the delayed-ACK timer (ato: TCP_ATO_MIN = 40 ms, adapted to the
 inter-arrival gap) — unless data leaves first and carries the ACK.  An
 endpoint that answers within ato of receiving is in ping-pong (interactive)
@@ -41,7 +42,7 @@ class TcpReceiver:
             self.ts_recent = pkt.tsval
         if e <= self.rcv_nxt:                           # a duplicate: DSACK, ACK now
             self.dsack_pending = True
-            self.quick = max(self.quick, self.cfg.max_quickacks)
+            self._enter_quickack_mode()
             self._send_ack(now)
             return
         n = e - s
@@ -74,6 +75,15 @@ class TcpReceiver:
             if ato > self.cfg.ato_min_ms:
                 ato = min(ato, self.cfg.delack_max_ms if pingpong else 500.0, max(self.srtt_ms, self.cfg.ato_min_ms))
             self.net.schedule(timer_fire_ms(now, ato, self.cfg.hz), self._delack_timer, self.dack_gen)
+
+    def _enter_quickack_mode(self) -> None:
+        """tcp_enter_quickack_mode (a duplicate segment: our ACK was probably lost): quick ACKs,
+        out of ping-pong mode, ato back to TCP_ATO_MIN.  The next data segment from the peer is
+        therefore ACKed at once even when a reply follows within ato; the reply that follows
+        re-enters ping-pong (tcp_event_data_sent)."""
+        self.quick = max(self.quick, self.cfg.max_quickacks)
+        self.pingpong_cnt = 0                           # inet_csk_exit_pingpong_mode
+        self.ato = self.cfg.ato_min_ms
 
     def _data_recv_event(self, now: float) -> None:
         """tcp_event_data_recv: quickack at start and after a long gap; ato follows inter-arrivals."""

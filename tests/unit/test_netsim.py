@@ -267,3 +267,33 @@ def test_reordering_is_not_mistaken_for_heavy_loss():
     assert statistics.median(lat[5:]) < 100
     assert m.edge.min_rtt_ms >= 2 * (25 - 10) - 1e-6
     assert m.edge.stats["undo"] > 0
+
+
+def test_a_duplicate_segment_ends_ping_pong_for_one_quick_ack():
+    # tcp_enter_quickack_mode on a duplicate (tcp_data_queue): quick ACKs, ping-pong mode left,
+    # ato = TCP_ATO_MIN.  So the next request is ACKed at once (the requester's RTT sample is the
+    # path's, 20 ms, not 20 + the 6 ms reply delay) and the reply re-enters ping-pong.  The lab
+    # kernel does this after every TLP probe that repeats delivered data: one pure ACK, then
+    # piggybacking again.
+    m = TcpLinkModel(sym(delay_ms=10))
+    t = 0.0
+    for _ in range(20):
+        a = m.send(t, "up", 200)
+        t = m.send(a + 6.0, "down", 200) + 6.0
+    samples = []
+    sample = m.edge.rtt_sample
+    m.edge.rtt_sample = lambda rtt: (samples.append(rtt), sample(rtt))
+
+    def exchange(t):
+        a = m.send(t, "up", 200)
+        return m.send(a + 6.0, "down", 200) + 6.0, samples[-1]
+
+    t, piggybacked = exchange(t)
+    assert piggybacked == pytest.approx(26, abs=0.5)
+    m.edge._send_packet(m.edge.snd_una - 200, m.edge.snd_una, m.now)   # an old segment again
+    m.run_until(m.now + 30.0)
+    assert m.cloud.pingpong_cnt == 0 and m.cloud.ato == m.cfg.ato_min_ms
+    t, quick = exchange(max(t, m.now))
+    assert quick == pytest.approx(20, abs=0.5)
+    t, again = exchange(t)
+    assert again == pytest.approx(26, abs=0.5)
