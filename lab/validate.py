@@ -15,11 +15,17 @@ benchmark without a transport model gets wrong.
 
 Nothing is fitted to the cases.  The simulator's TCP constants are Linux's
 defaults.  What the host itself costs — a message through zmq, Python and
-the link's plumbing; the synthetic models' waits overshooting by tens of µs
-plus the nodes' bookkeeping — is measured once per invocation on an
-*unimpaired* link (no delay, no rate, no loss; its own seed; not one of the
-cases) and the same constants are given to the simulator for every case
-(`HostCalibration`, printed and saved).  `--no-calibration` shows the raw Δ.
+the link's plumbing, waking a process that was idle for a round trip; the
+synthetic models' waits overshooting by tens of µs plus the nodes'
+bookkeeping — is measured once per invocation on a link with delay only
+(CALIBRATION_DELAY_MS each way: no rate, no jitter, no loss; its own seed;
+not one of the cases) and the same constants are given to the simulator for
+every case (`HostCalibration`, printed and saved).  Delay, not a 0 ms link:
+a message that arrives after an idle wait costs more than one on a busy
+loop (measured: 0.195 ms/message at 0 ms, 0.34–0.6 ms in lossy runs at RTT
+50), and the kernel's loss-recovery timers fire on a 32 ms grid, so a
+per-cycle period error of a fraction of a millisecond accumulates between
+losses into a shifted recovery tail.  `--no-calibration` shows the raw Δ.
 
 Rows are appended to `validation.csv` in the results folder as each case
 finishes (a long run interrupted keeps what it measured); the lab runs'
@@ -153,14 +159,16 @@ class HostCalibration:
 
 
 CALIBRATION_SEED = 1000
+CALIBRATION_DELAY_MS = 15.0       # each way: RTT 30 ms, a link no case uses
 
 
-def calibration_from(cycles: list[dict]) -> HostCalibration:
-    """Derive the host's costs from a lab run on an unimpaired link (the simulator gives 0 network there).
+def calibration_from(cycles: list[dict], rtt_ms: float = 0.0) -> HostCalibration:
+    """Derive the host's costs from a lab run on a delay-only link of RTT `rtt_ms` (what the simulator
+    gives there: exactly the RTT per split cycle, nothing per streamed token).
 
     Split cycles after the first of each query (the first also carries the prefill exchange) hold one
-    message each way: half their network time is one message.  Compute overshoot is the median of what
-    the nodes report minus what the profile asked for."""
+    message each way: half of what their network time exceeds the RTT by is one message.  Compute
+    overshoot is the median of what the nodes report minus what the profile asked for."""
     from lab.simulator import ComputeProfile
     p = ComputeProfile.of(PROFILE)
     split = [c for c in cycles if c["k"] > 0 and c["cycle"] > 0 and c["strategy"].startswith("fixed-k")]
@@ -169,7 +177,7 @@ def calibration_from(cycles: list[dict]) -> HostCalibration:
         raise RuntimeError("the calibration run produced no split or cloud-only cycles to measure")
     med = lambda xs: float(np.median(xs))     # noqa: E731
     return HostCalibration(
-        message_ms=med([c["network_ms"] for c in split]) / 2,
+        message_ms=max(0.0, med([c["network_ms"] - rtt_ms for c in split]) / 2),
         draft_extra_ms=med([c["edge_compute_ms"] / c["k"] - p.t_draft_ms for c in split]),
         verify_extra_ms=med([c["cloud_compute_ms"] - p.verify_ms(c["k"] + 1) for c in split]),
         token_extra_ms=med([c["cloud_compute_ms"] - p.step_ms() for c in tokens]),
@@ -177,12 +185,12 @@ def calibration_from(cycles: list[dict]) -> HostCalibration:
 
 
 def calibrate(backend: str | None, base: Path) -> HostCalibration:
-    """A lab run on an unimpaired link (its own seed, not a validation case) → HostCalibration."""
-    case = Case(_point("calibration-unimpaired", "host costs: no delay, no rate, no loss"),
-                ("cloud-only", "fixed-k:3"), queries=6)
+    """A lab run on a delay-only link (its own seed, not a validation case) → HostCalibration."""
+    case = Case(_point("calibration-delay-only", "host costs: delay only, no rate, jitter or loss",
+                       delay_ms=CALIBRATION_DELAY_MS), ("cloud-only", "fixed-k:3"), queries=6)
     run_dir = _lab_run(case, backend, base, seed=CALIBRATION_SEED)
     from lab.results import read_jsonl
-    return calibration_from(_measured(read_jsonl(run_dir / "cycles.jsonl")))
+    return calibration_from(_measured(read_jsonl(run_dir / "cycles.jsonl")), rtt_ms=2 * CALIBRATION_DELAY_MS)
 
 
 # ------------------------------------------------------------------ comparing
@@ -191,9 +199,9 @@ def calibrate(backend: str | None, base: Path) -> HostCalibration:
 class Row:
     """One case × strategy.  Network figures in ms (per cycle), E2E per query.
 
-    `u50`, `u95`, `u_e2e`: half-widths of the lab side's 95 % bootstrap intervals (queries resampled):
-    how precisely this sample pins its own P50/P95/E2E P50.  The simulator side pools SIM_SEEDS runs,
-    so its own noise is smaller still."""
+    `u50`, `u95`, `u_e2e`: half-widths of the 95 % paired-bootstrap intervals of the Δs (queries
+    resampled, each with its lab run and its SIM_SEEDS simulated runs): how precisely samples of
+    this size pin the difference (see bootstrap_halfwidths)."""
     case: str
     strategy: str
     cycles: int
@@ -277,29 +285,38 @@ def _p(values, q: float) -> float:
 BOOTSTRAP = 400
 
 
-def bootstrap_halfwidths(per_query_net: list[list[float]], e2e: list[float], seed: int = 0) -> tuple[float, float, float]:
-    """95 % bootstrap half-widths of (network P50, network P95, E2E P50), resampling whole queries."""
-    n = len(e2e)
-    if n < 2:
+def bootstrap_halfwidths(lab: dict[int, tuple[list[float], float]], sim: dict[int, list[tuple[list[float], float]]],
+                         seed: int = 0) -> tuple[float, float, float]:
+    """95 % half-widths of the Δs (sim − lab) of network P50, network P95 and E2E P50 under a *paired*
+    bootstrap: query indices are resampled, and each drawn index brings its lab run and all of its
+    simulated runs.  Both sides run the same prompts with the same acceptance pattern, so what
+    differs between queries (prompt length, accepted counts) cancels and only the link's randomness
+    (which packets were lost, which jitter was drawn) is left as uncertainty.
+
+    lab: {query_index: (network_ms per cycle, e2e_ms)}; sim: {query_index: [(…, …) per seed]}."""
+    keys = sorted(set(lab) & set(sim))
+    if len(keys) < 2:
         return float("inf"), float("inf"), float("inf")
     rng = np.random.default_rng(seed)
-    nets = [np.asarray(x, float) for x in per_query_net]
-    e2e_a = np.asarray(e2e, float)
-    p50, p95, m = [], [], []
+    lab_net = [np.asarray(lab[k][0], float) for k in keys]
+    lab_e2e = np.asarray([lab[k][1] for k in keys], float)
+    sim_net = [np.concatenate([np.asarray(n, float) for n, _ in sim[k]]) for k in keys]
+    sim_e2e = [np.asarray([e for _, e in sim[k]], float) for k in keys]
+    d50, d95, de = [], [], []
     for _ in range(BOOTSTRAP):
-        idx = rng.integers(0, n, n)
-        cyc = np.concatenate([nets[i] for i in idx])
-        p50.append(np.percentile(cyc, 50))
-        p95.append(np.percentile(cyc, 95))
-        m.append(np.median(e2e_a[idx]))
+        idx = rng.integers(0, len(keys), len(keys))
+        ln, sn = np.concatenate([lab_net[i] for i in idx]), np.concatenate([sim_net[i] for i in idx])
+        d50.append(np.percentile(sn, 50) - np.percentile(ln, 50))
+        d95.append(np.percentile(sn, 95) - np.percentile(ln, 95))
+        de.append(np.median(np.concatenate([sim_e2e[i] for i in idx])) - np.median(lab_e2e[idx]))
     half = lambda xs: float(np.percentile(xs, 97.5) - np.percentile(xs, 2.5)) / 2     # noqa: E731
-    return half(p50), half(p95), half(m)
+    return half(d50), half(d95), half(de)
 
 
 def compare(case_label: str, strategy: str, lab: list[dict], sim: list[dict], naive: list[dict],
             lab_retrans: int | None = None) -> Row:
     """One row from the query records of each side (warm-up excluded by the caller); the per-cycle
-    network times are the records' `network_ms_per_cycle`."""
+    network times are the records' `network_ms_per_cycle`; `sim` may hold several runs (seeds)."""
     def pick(queries):
         qs = [q for q in queries if q["strategy"] == strategy]
         return [q["network_ms_per_cycle"] for q in qs], [q["e2e_ms"] for q in qs]
@@ -307,7 +324,12 @@ def compare(case_label: str, strategy: str, lab: list[dict], sim: list[dict], na
     (ln, le), (sn, se), (nn, ne) = pick(lab), pick(sim), pick(naive)
     flat = lambda per_query: [x for q in per_query for x in q]     # noqa: E731
     lf, sf, nf = flat(ln), flat(sn), flat(nn)
-    u50, u95, ue = bootstrap_halfwidths(ln, le)
+    lab_by = {q.get("query_index", i): (q["network_ms_per_cycle"], q["e2e_ms"])
+              for i, q in enumerate(q for q in lab if q["strategy"] == strategy)}
+    sim_by: dict[int, list] = {}
+    for i, q in enumerate(q for q in sim if q["strategy"] == strategy):
+        sim_by.setdefault(q.get("query_index", i), []).append((q["network_ms_per_cycle"], q["e2e_ms"]))
+    u50, u95, ue = bootstrap_halfwidths(lab_by, sim_by)
     return Row(case_label, strategy, len(lf), _p(lf, 50), _p(lf, 95), _p(sf, 50), _p(sf, 95), _p(nf, 50),
                _p(nf, 95), _p(le, 50), _p(se, 50), _p(ne, 50), u50, u95, ue, lab_retrans)
 
@@ -399,7 +421,8 @@ def run_validation(names: Iterable[str] = (), quick: bool = False, backend: str 
     cal = HostCalibration()
     if calibrate_host:
         cal = calibrate(backend, base)
-        out(f"host calibration (unimpaired link, {time.monotonic() - t0:.0f} s): {cal.describe()}")
+        out(f"host calibration (delay-only link, RTT {2 * CALIBRATION_DELAY_MS:g} ms, {time.monotonic() - t0:.0f} s): "
+            f"{cal.describe()}")
     else:
         out("host calibration: off (the simulator adds no host cost)")
     (base / "calibration.json").write_text(json.dumps({**asdict(cal), "enabled": calibrate_host}, indent=1) + "\n")
@@ -433,7 +456,7 @@ def run_validation(names: Iterable[str] = (), quick: bool = False, backend: str 
         f"E2E {100 * worst.e2e_frac:+.1f} % ({worst.severity:.2f}x tolerance)")
     loose = [r for r in rows if r.ok and not r.strict]
     out(f"{len(rows) - len(failed) - len(loose)}/{len(rows)} rows within tolerance"
-        + (f", {len(loose)} more within tolerance + the lab sample's own 95 % uncertainty (ok~: "
+        + (f", {len(loose)} more within tolerance + the samples' 95 % uncertainty of the Δ (ok~: "
            f"{', '.join(f'{r.case} {r.strategy}' for r in loose)})" if loose else "")
         + f", in {time.monotonic() - t0:.0f} s"
         + ("" if not failed else f"; FAILED: {', '.join(f'{r.case} {r.strategy}' for r in failed)}"))

@@ -8,8 +8,11 @@ from lab.validate import (E2E_TOLERANCE_FRAC, NETWORK_TOLERANCE_MS, PROFILE, Hos
                           bootstrap_halfwidths, calibration_from, compare, default_cases, select_cases)
 
 
-def q(strategy, nets, e2e):
-    return {"strategy": strategy, "network_ms_per_cycle": list(nets), "e2e_ms": e2e}
+def q(strategy, nets, e2e, index=None):
+    r = {"strategy": strategy, "network_ms_per_cycle": list(nets), "e2e_ms": e2e}
+    if index is not None:
+        r["query_index"] = index
+    return r
 
 
 def test_compare_takes_percentiles_per_strategy_and_signs_delta_sim_minus_lab():
@@ -43,27 +46,31 @@ def test_verdicts_strict_loose_and_fail():
     assert _row(lab_p50=math.nan).verdict == "FAIL"
 
 
-def test_bootstrap_is_zero_for_identical_queries_and_wide_for_a_heavy_tail():
-    u50, u95, ue = bootstrap_halfwidths([[50.0, 51.0]] * 20, [1000.0] * 20)
-    assert (u50, u95, ue) == (0.0, 0.0, 0.0)
-    tail = [[50.0] * 9 + [330.0 if i % 2 else 50.0] for i in range(40)]   # 5 % of cycles in an RTO tail
-    _, u95, _ = bootstrap_halfwidths(tail, [1000.0 + 280 * (i % 2) for i in range(40)])
-    assert u95 > 50.0
-    assert bootstrap_halfwidths([[1.0]], [1.0]) == (math.inf, math.inf, math.inf)
+def test_paired_bootstrap_cancels_what_both_sides_share_and_keeps_link_randomness():
+    # Queries differ a lot (prompt length), identically on both sides: no uncertainty in the Δ.
+    lab = {i: ([50.0, 51.0], 1000.0 + 300 * i) for i in range(20)}
+    sim = {i: [([50.0, 51.0], 1000.0 + 300 * i)] * 3 for i in range(20)}
+    assert bootstrap_halfwidths(lab, sim) == (0.0, 0.0, 0.0)
+    # Losses hit different queries on each side (5 % of cycles in an RTO tail): the P95's Δ is loose.
+    lab = {i: ([50.0] * 9 + [330.0 if i % 2 else 50.0], 1000.0 + 280 * (i % 2)) for i in range(40)}
+    sim = {i: [([50.0] * 9 + [330.0 if (i + s) % 3 == 0 else 50.0], 1000.0) for s in range(3)] for i in range(40)}
+    _, u95, ue = bootstrap_halfwidths(lab, sim)
+    assert u95 > 50.0 and ue > 50.0
+    assert bootstrap_halfwidths({0: ([1.0], 1.0)}, {0: [([1.0], 1.0)]}) == (math.inf, math.inf, math.inf)
 
 
-def test_calibration_from_an_unimpaired_run():
+def test_calibration_from_a_delay_only_run():
     p = ComputeProfile.of(PROFILE)
     cycles = []
     for i in range(1, 11):
-        cycles.append({"strategy": "fixed-k:3", "k": 3, "cycle": i, "network_ms": 0.6,
+        cycles.append({"strategy": "fixed-k:3", "k": 3, "cycle": i, "network_ms": 30.6,
                        "edge_compute_ms": 3 * (p.t_draft_ms + 0.02), "cloud_compute_ms": p.verify_ms(4) + 0.1})
         cycles.append({"strategy": "cloud-only", "k": 0, "cycle": i, "network_ms": 0.0,
                        "edge_compute_ms": 0.0, "cloud_compute_ms": p.step_ms() + 0.03})
     # First cycles carry the prefill exchange and are left out.
     cycles.append({"strategy": "fixed-k:3", "k": 3, "cycle": 0, "network_ms": 9.0, "edge_compute_ms": 0.0,
                    "cloud_compute_ms": 0.0})
-    cal = calibration_from(cycles)
+    cal = calibration_from(cycles, rtt_ms=30.0)
     assert cal.message_ms == pytest.approx(0.3)
     assert cal.draft_extra_ms == pytest.approx(0.02)
     assert cal.verify_extra_ms == pytest.approx(0.1)
