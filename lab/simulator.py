@@ -128,7 +128,8 @@ class _Run:
                                     congestion_control=congestion_control or sc.congestion_control, seed=seed,
                                     changes=_link_changes(sc), **tcp_options)
         self.link_model = link_model
-        self.overhead_ms = host_overhead_ms
+        self.overhead = host_overhead_ms          # ms, or a function of the direction's one-way delay
+        self._overhead_of: dict[int, float] = {}   # link handle → host overhead its arrival gets
         self.sizes = WireSizes(prof.vocab)
         self.t = 0.0                   # edge clock, ms since the run began
         self.cloud_free = 0.0
@@ -137,12 +138,22 @@ class _Run:
         self.acceptance_mode, self.synthetic_profile, self.seed = acceptance, synthetic_profile, seed
         self._hello()
 
+    def _submit(self, t_ms: float, direction: str, nbytes: int) -> int:
+        """Hand a message to the link model; remember the host overhead its arrival will get."""
+        h = self.link.submit(t_ms, direction, nbytes)
+        oh = self.overhead
+        if callable(oh):
+            link = self.sc.timeline.link_at(t_ms / 1000.0, self.sc.link)
+            oh = oh((link.uplink if direction == "up" else link.downlink).delay_ms)
+        self._overhead_of[h] = float(oh)
+        return h
+
     def _arrive(self, handle: int) -> float:
         """When the receiving node's code has the message: the link's delivery + host overhead."""
-        return self.link.delivered_at(handle) + self.overhead_ms
+        return self.link.delivered_at(handle) + self._overhead_of.get(handle, 0.0)
 
     def _send(self, t_ms: float, direction: str, nbytes: int) -> float:
-        return self._arrive(self.link.submit(t_ms, direction, nbytes))
+        return self._arrive(self._submit(t_ms, direction, nbytes))
 
     def _id(self) -> int:
         mid, self.next_id = self.next_id, self.next_id + 1
@@ -166,7 +177,7 @@ class _Run:
         h, qid, mid = self.pending_end
         self.pending_end = None
         _, done = self._cloud(self._arrive(h), 0.0)
-        self.link.submit(done, "down", self.sizes.end_ok(mid, qid).wire)
+        self._submit(done, "down", self.sizes.end_ok(mid, qid).wire)
 
     def acceptance(self, strategy_name: str, index: int, prompt_len: int):
         if self.acceptance_mode == "synthetic":
@@ -234,7 +245,7 @@ class _Run:
         k = strategy.next_k() if spec_mode else 0
         mid = self._id()
         up = sizes.generate(mid, qid, "spec" if spec_mode else "target", k, w, seed, L)
-        h = self.link.submit(self.t, "up", up.wire)
+        h = self._submit(self.t, "up", up.wire)
         self._flush_end()
         start, _ = self._cloud(self._arrive(h), 0.0)
         tc = start + p.prefill_ms_per_token * (L - 1) + (p.prefill_ms_per_token * L if spec_mode else 0.0)
@@ -252,11 +263,11 @@ class _Run:
             produced += new
             done = produced >= w["max_new_tokens"] and not spec_mode
             size = sizes.tokens(mid, qid, seq, new, done, tc - t_last, extra)
-            sends.append((self.link.submit(tc, "down", size.wire), tc - t_last, size.payload, new, extra))
+            sends.append((self._submit(tc, "down", size.wire), tc - t_last, size.payload, new, extra))
             t_last, seq = tc, seq + 1
         if spec_mode:
             size = sizes.tokens(mid, qid, seq, 0, True, 0.0, (0, 0))
-            sends.append((self.link.submit(tc, "down", size.wire), 0.0, size.payload, 0, (0, 0)))
+            sends.append((self._submit(tc, "down", size.wire), 0.0, size.payload, 0, (0, 0)))
         self.cloud_free = tc
         t_prev, up_payload = t_submit, up.payload
         for h, compute, size, new, extra in sends:
@@ -269,7 +280,7 @@ class _Run:
         p, w, sizes = self.p, self.w, self.sizes
         mid = self._id()
         up0 = sizes.prefill(mid, qid, L)
-        h = self.link.submit(self.t, "up", up0.wire)
+        h = self._submit(self.t, "up", up0.wire)
         self._flush_end()
         edge_ready = self.t + p.prefill_ms_per_token * L
         _, done_at = self._cloud(self._arrive(h), p.prefill_ms_per_token * (L - 1))
@@ -316,7 +327,7 @@ class _Run:
                                               bytes_up=up, bytes_down=down))
             seq += 1
         mid = self._id()
-        self.pending_end = (self.link.submit(self.t, "up", sizes.end(mid, qid).wire), qid, mid)
+        self.pending_end = (self._submit(self.t, "up", sizes.end(mid, qid).wire), qid, mid)
 
 
 def _prompt_tokens(prompt: str) -> int:
@@ -343,7 +354,7 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
              seed: int = 0, link_model: str = "tcp", *, warmup_queries: int | None = None,
              max_new_tokens: int | None = None, payload: str | None = None, temperature: float | None = None,
              prompts: str | None = None, acceptance: str = "auto", congestion_control: str | None = None,
-             tcp_options: dict | None = None, host_overhead_ms: float = 0.0,
+             tcp_options: dict | None = None, host_overhead_ms=0.0,
              compute: ComputeProfile | None = None) -> Iterator[tuple[dict, list[dict]]]:
     """Yield (query record, cycle records) for every query of every strategy, in the edge node's order.
 
@@ -352,8 +363,9 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
     `congestion_control`: what the lab run used (its meta.json records it; a scenario without
     tcp.congestion_control gets the kernel's default, which may be bbr) — default the scenario's,
     else cubic.  `tcp_options`: TcpLinkModel keyword arguments (config, shaper, l2_bytes).
-    `host_overhead_ms`: added to every message's arrival (zmq I/O thread, decoding, the relay) —
-    0 by default; if used, measure it on an unimpaired link, never fit it to the compared runs.
+    `host_overhead_ms`: added to every message's arrival (zmq I/O thread, decoding, the relay, waking
+    an idle receiver) — 0 by default; a number, or a function of the one-way delay the message
+    crosses (ms → ms); if used, measure it on unimpaired links, never fit it to the compared runs.
     `compute`: compute times to use instead of `profile`'s (which still decides acceptance) — e.g.
     the profile plus the host's measured overshoot (lab/validate.py calibrates it)."""
     prof = compute if compute is not None else ComputeProfile.of(profile)
@@ -377,7 +389,8 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
     objs = [make_strategy(s) for s in (strategies or scenario.strategies)]
     plist = load_prompts(w["prompts"])
     run = _Run(scenario, prof, w, link_model, seed, acceptance, synthetic_profile,
-               (tcp_options or {}) if link_model == "tcp" else {}, congestion_control, float(host_overhead_ms))
+               (tcp_options or {}) if link_model == "tcp" else {}, congestion_control,
+               host_overhead_ms if callable(host_overhead_ms) else float(host_overhead_ms))
     for strat in objs:
         for i in range(w["warmup_queries"] + w["queries"]):
             yield run.query(strat, plist[i % len(plist)], i, warmup=i < w["warmup_queries"])

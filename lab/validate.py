@@ -17,15 +17,19 @@ Nothing is fitted to the cases.  The simulator's TCP constants are Linux's
 defaults.  What the host itself costs — a message through zmq, Python and
 the link's plumbing, waking a process that was idle for a round trip; the
 synthetic models' waits overshooting by tens of µs plus the nodes'
-bookkeeping — is measured once per invocation on a link with delay only
-(CALIBRATION_DELAY_MS each way: no rate, no jitter, no loss; its own seed;
-not one of the cases) and the same constants are given to the simulator for
-every case (`HostCalibration`, printed and saved).  Delay, not a 0 ms link:
-a message that arrives after an idle wait costs more than one on a busy
-loop (measured: 0.195 ms/message at 0 ms, 0.34–0.6 ms in lossy runs at RTT
-50), and the kernel's loss-recovery timers fire on a 32 ms grid, so a
-per-cycle period error of a fraction of a millisecond accumulates between
-losses into a shifted recovery tail.  `--no-calibration` shows the raw Δ.
+bookkeeping — is measured once per invocation on two unimpaired links (no
+rate, no jitter, no loss; their own seed): 0 ms and CALIBRATION_DELAY_MS
+each way.  The same constants go to the simulator for every case
+(`HostCalibration`, printed and saved); a message's host cost is
+interpolated in the one-way delay it crosses between the two measurements
+(flat beyond).  Why two: a message that arrives after the receiver idled for
+a propagation delay costs more than one on a 0 ms link (measured here:
+≈0.2 ms/message at 0 ms, ≈0.37 ms at 15 ms), and the kernel's loss-recovery
+timers fire on a 32 ms grid, so a per-cycle period error of a fraction of a
+millisecond accumulates between losses into a shifted recovery tail.  On
+0 ms links (`lan`, the grid's RTT-0 row) the network time *is* host cost, so
+those rows check the calibration and the compute model, not the link model.
+`--no-calibration` shows the raw Δ.
 
 Rows are appended to `validation.csv` in the results folder as each case
 finishes (a long run interrupted keeps what it measured); the lab runs'
@@ -138,14 +142,25 @@ def select_cases(names: Iterable[str], quick: bool) -> list[Case]:
 @dataclass(frozen=True)
 class HostCalibration:
     """What this host adds to the profile's compute and to every message, measured on an unimpaired link."""
-    message_ms: float = 0.0        # per message, on top of the link (zmq, Python, relay/qdisc plumbing)
+    message_ms: float = 0.0        # per message crossing CALIBRATION_DELAY_MS (zmq, Python, relay, idle wake-up)
+    message_ms_0: float | None = None   # per message on a 0 ms link (None: message_ms at every delay)
     draft_extra_ms: float = 0.0    # per draft forward, on top of t_draft_ms
     verify_extra_ms: float = 0.0   # per verification, on top of verify_ms(K + 1)
     token_extra_ms: float = 0.0    # per cloud-only token, on top of the target step
     cycles: int = 0                # how many cycles the figures rest on
 
+    def message_overhead_ms(self, one_way_delay_ms: float) -> float:
+        """Host cost of one message crossing a link of this one-way delay: linear between the two
+        calibration links, flat beyond the delayed one."""
+        if self.message_ms_0 is None:
+            return self.message_ms
+        f = min(1.0, max(0.0, one_way_delay_ms / CALIBRATION_DELAY_MS))
+        return self.message_ms_0 + f * (self.message_ms - self.message_ms_0)
+
     def describe(self) -> str:
-        return (f"{self.message_ms:.3f} ms/message, +{self.draft_extra_ms:.3f} ms/draft forward, "
+        at0 = "" if self.message_ms_0 is None else f"{self.message_ms_0:.3f} ms/message at 0 ms, "
+        return (f"{at0}{self.message_ms:.3f} ms/message at {CALIBRATION_DELAY_MS:g} ms one-way, "
+                f"+{self.draft_extra_ms:.3f} ms/draft forward, "
                 f"+{self.verify_extra_ms:.3f} ms/verify, +{self.token_extra_ms:.3f} ms/cloud token "
                 f"({self.cycles} cycles)")
 
@@ -185,12 +200,16 @@ def calibration_from(cycles: list[dict], rtt_ms: float = 0.0) -> HostCalibration
 
 
 def calibrate(backend: str | None, base: Path) -> HostCalibration:
-    """A lab run on a delay-only link (its own seed, not a validation case) → HostCalibration."""
-    case = Case(_point("calibration-delay-only", "host costs: delay only, no rate, jitter or loss",
-                       delay_ms=CALIBRATION_DELAY_MS), ("cloud-only", "fixed-k:3"), queries=6)
-    run_dir = _lab_run(case, backend, base, seed=CALIBRATION_SEED)
+    """Lab runs on a 0 ms and a delay-only link (their own seed) → HostCalibration."""
     from lab.results import read_jsonl
-    return calibration_from(_measured(read_jsonl(run_dir / "cycles.jsonl")), rtt_ms=2 * CALIBRATION_DELAY_MS)
+    cals = []
+    for delay in (0.0, CALIBRATION_DELAY_MS):
+        case = Case(_point(f"calibration-{delay:g}ms", "host costs: delay only, no rate, jitter or loss",
+                           delay_ms=delay), ("cloud-only", "fixed-k:3"), queries=6)
+        run_dir = _lab_run(case, backend, base, seed=CALIBRATION_SEED)
+        cals.append(calibration_from(_measured(read_jsonl(run_dir / "cycles.jsonl")), rtt_ms=2 * delay))
+    at0, delayed = cals
+    return replace(delayed, message_ms_0=at0.message_ms, cycles=at0.cycles + delayed.cycles)
 
 
 # ------------------------------------------------------------------ comparing
@@ -370,7 +389,8 @@ def run_case(case: Case, backend: str | None, base: Path, calibration: HostCalib
                                             warmup_queries=1, max_new_tokens=case.max_new_tokens,
                                             payload=case.payload, seed=seed, link_model=model,
                                             acceptance="synthetic", congestion_control=cc,
-                                            compute=calibration.compute(), host_overhead_ms=calibration.message_ms)
+                                            compute=calibration.compute(),
+                                            host_overhead_ms=calibration.message_overhead_ms)
                        if not q["warmup"]]
     retrans = meta.get("tcp_recovery_by_strategy") or {}
     return [compare(case.label, s, lab, sims["tcp"], sims["sleep"], _retrans_of(retrans.get(s)))
@@ -421,8 +441,8 @@ def run_validation(names: Iterable[str] = (), quick: bool = False, backend: str 
     cal = HostCalibration()
     if calibrate_host:
         cal = calibrate(backend, base)
-        out(f"host calibration (delay-only link, RTT {2 * CALIBRATION_DELAY_MS:g} ms, {time.monotonic() - t0:.0f} s): "
-            f"{cal.describe()}")
+        out(f"host calibration (unimpaired links, 0 and {CALIBRATION_DELAY_MS:g} ms each way, "
+            f"{time.monotonic() - t0:.0f} s): {cal.describe()}")
     else:
         out("host calibration: off (the simulator adds no host cost)")
     (base / "calibration.json").write_text(json.dumps({**asdict(cal), "enabled": calibrate_host}, indent=1) + "\n")

@@ -90,3 +90,27 @@ def test_default_sets():
     assert sum(n.startswith("grid-") for n in names) == 21
     assert any(c.payload == "full" for c in full) and any(c.scenario.link.uplink.loss_pct == 1 for c in full)
     assert [c.scenario.name for c in select_cases(["grid-50ms-10mbit", "lan"], False)] == ["grid-50ms-10mbit", "lan"]
+
+
+def test_message_overhead_interpolates_between_the_two_calibration_links():
+    from lab.validate import CALIBRATION_DELAY_MS
+    cal = HostCalibration(message_ms=0.4, message_ms_0=0.2)
+    assert cal.message_overhead_ms(0) == pytest.approx(0.2)
+    assert cal.message_overhead_ms(CALIBRATION_DELAY_MS / 2) == pytest.approx(0.3)
+    assert cal.message_overhead_ms(250) == pytest.approx(0.4)
+    assert HostCalibration(message_ms=0.4).message_overhead_ms(0) == 0.4
+
+
+def test_simulator_applies_a_delay_dependent_host_overhead():
+    from lab.scenario import parse_scenario
+    from lab.simulator import simulate
+    sc = parse_scenario({"name": "t", "link": {"delay_ms": 10}})
+
+    def net(overhead):
+        return [x for rec, _ in simulate(sc, ["fixed-k:3"], "fast", queries=2, warmup_queries=0,
+                                         host_overhead_ms=overhead, acceptance="synthetic")
+                for x in rec["network_ms_per_cycle"][1:]]
+    base = net(0.0)
+    assert all(b == pytest.approx(20.0) for b in base)
+    # One message each way per cycle, each charged f(10 ms one-way) = 0.35 ms.
+    assert all(x == pytest.approx(20.7) for x in net(lambda d: 0.035 * d))
