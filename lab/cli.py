@@ -202,10 +202,11 @@ def cmd_sweep(args) -> int:
 
 def cmd_validate(args) -> int:
     """The simulator against the kernel lab (lab/validate.py)."""
-    _need_root("validate")
+    if not args.rejudge:
+        _need_root("validate")
     from lab.validate import run_validation
     return run_validation(args.scenarios, quick=args.quick, backend=args.backend, out_dir=args.out,
-                          calibrate_host=not args.no_calibration)
+                          calibrate_host=not args.no_calibration, rejudge=args.rejudge)
 
 
 def cmd_profile(args) -> int:
@@ -315,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS)
     p.add_argument("--out", help="results base folder (default: results/)")
     p.add_argument("--no-calibration", action="store_true",
-                   help="give the simulator no host cost (the raw Δ; default: measure it on an unimpaired link)")
+                   help="give the simulator no host cost (the raw Δ; default: measure it on unimpaired links)")
+    p.add_argument("--rejudge", metavar="DIR", help="judge the lab runs of an earlier validation folder again (no lab run)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("bench", help="benchmarks that print measured ratios (colocated)", add_help=False)

@@ -218,9 +218,10 @@ def calibrate(backend: str | None, base: Path) -> HostCalibration:
 class Row:
     """One case × strategy.  Network figures in ms (per cycle), E2E per query.
 
-    `u50`, `u95`, `u_e2e`: half-widths of the 95 % paired-bootstrap intervals of the Δs (queries
-    resampled, each with its lab run and its SIM_SEEDS simulated runs): how precisely samples of
-    this size pin the difference (see bootstrap_halfwidths)."""
+    `u50`, `u95`, `u_e2e`: how far the lab's quantile could be, towards the simulator's value, and
+    still be consistent with the lab's own sample: the distance to the edge of its 95 %
+    distribution-free interval (quantile_interval; cycles for the network, queries for E2E).  The
+    simulator side pools SIM_SEEDS runs, so its own sampling noise is much smaller."""
     case: str
     strategy: str
     cycles: int
@@ -301,35 +302,30 @@ def _p(values, q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
-BOOTSTRAP = 400
+CONFIDENCE = 0.95
 
 
-def bootstrap_halfwidths(lab: dict[int, tuple[list[float], float]], sim: dict[int, list[tuple[list[float], float]]],
-                         seed: int = 0) -> tuple[float, float, float]:
-    """95 % half-widths of the Δs (sim − lab) of network P50, network P95 and E2E P50 under a *paired*
-    bootstrap: query indices are resampled, and each drawn index brings its lab run and all of its
-    simulated runs.  Both sides run the same prompts with the same acceptance pattern, so what
-    differs between queries (prompt length, accepted counts) cancels and only the link's randomness
-    (which packets were lost, which jitter was drawn) is left as uncertainty.
+def quantile_interval(values, q: float, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Distribution-free confidence interval of the population's q-quantile from a sample: the order
+    statistics whose ranks a Binomial(n, q) puts around it.  Exact for i.i.d. samples whatever the
+    shape — which matters here: E2E under loss comes in clusters (0, 1, 2 … recoveries per query, each
+    ≈ an RTO), and a median near a cluster boundary jumps by a whole recovery between two samples."""
+    from scipy.stats import binom
 
-    lab: {query_index: (network_ms per cycle, e2e_ms)}; sim: {query_index: [(…, …) per seed]}."""
-    keys = sorted(set(lab) & set(sim))
-    if len(keys) < 2:
-        return float("inf"), float("inf"), float("inf")
-    rng = np.random.default_rng(seed)
-    lab_net = [np.asarray(lab[k][0], float) for k in keys]
-    lab_e2e = np.asarray([lab[k][1] for k in keys], float)
-    sim_net = [np.concatenate([np.asarray(n, float) for n, _ in sim[k]]) for k in keys]
-    sim_e2e = [np.asarray([e for _, e in sim[k]], float) for k in keys]
-    d50, d95, de = [], [], []
-    for _ in range(BOOTSTRAP):
-        idx = rng.integers(0, len(keys), len(keys))
-        ln, sn = np.concatenate([lab_net[i] for i in idx]), np.concatenate([sim_net[i] for i in idx])
-        d50.append(np.percentile(sn, 50) - np.percentile(ln, 50))
-        d95.append(np.percentile(sn, 95) - np.percentile(ln, 95))
-        de.append(np.median(np.concatenate([sim_e2e[i] for i in idx])) - np.median(lab_e2e[idx]))
-    half = lambda xs: float(np.percentile(xs, 97.5) - np.percentile(xs, 2.5)) / 2     # noqa: E731
-    return half(d50), half(d95), half(de)
+    x = np.sort(np.asarray(values, float))
+    n = len(x)
+    if n == 0:
+        return float("nan"), float("nan")
+    a = (1 - confidence) / 2
+    lo = int(binom.ppf(a, n, q / 100))            # rank of the lower bound (0-based after the -1 below)
+    hi = int(binom.ppf(1 - a, n, q / 100)) + 1
+    return float(x[max(lo - 1, 0)]), float(x[min(hi - 1, n - 1)])
+
+
+def _room(lab_value: float, sim_value: float, interval: tuple[float, float]) -> float:
+    """How far the lab's own sample lets its quantile move towards the simulator's value."""
+    lo, hi = interval
+    return max(0.0, hi - lab_value) if sim_value >= lab_value else max(0.0, lab_value - lo)
 
 
 def compare(case_label: str, strategy: str, lab: list[dict], sim: list[dict], naive: list[dict],
@@ -343,14 +339,12 @@ def compare(case_label: str, strategy: str, lab: list[dict], sim: list[dict], na
     (ln, le), (sn, se), (nn, ne) = pick(lab), pick(sim), pick(naive)
     flat = lambda per_query: [x for q in per_query for x in q]     # noqa: E731
     lf, sf, nf = flat(ln), flat(sn), flat(nn)
-    lab_by = {q.get("query_index", i): (q["network_ms_per_cycle"], q["e2e_ms"])
-              for i, q in enumerate(q for q in lab if q["strategy"] == strategy)}
-    sim_by: dict[int, list] = {}
-    for i, q in enumerate(q for q in sim if q["strategy"] == strategy):
-        sim_by.setdefault(q.get("query_index", i), []).append((q["network_ms_per_cycle"], q["e2e_ms"]))
-    u50, u95, ue = bootstrap_halfwidths(lab_by, sim_by)
-    return Row(case_label, strategy, len(lf), _p(lf, 50), _p(lf, 95), _p(sf, 50), _p(sf, 95), _p(nf, 50),
-               _p(nf, 95), _p(le, 50), _p(se, 50), _p(ne, 50), u50, u95, ue, lab_retrans)
+    lab50, lab95, sim50, sim95, lab_e, sim_e = _p(lf, 50), _p(lf, 95), _p(sf, 50), _p(sf, 95), _p(le, 50), _p(se, 50)
+    u50 = _room(lab50, sim50, quantile_interval(lf, 50))
+    u95 = _room(lab95, sim95, quantile_interval(lf, 95))
+    ue = _room(lab_e, sim_e, quantile_interval(le, 50))
+    return Row(case_label, strategy, len(lf), lab50, lab95, sim50, sim95, _p(nf, 50), _p(nf, 95), lab_e, sim_e,
+               _p(ne, 50), u50, u95, ue, lab_retrans)
 
 
 def _measured(records: Iterable[dict]) -> list[dict]:
@@ -375,10 +369,14 @@ def _lab_run(case: Case, backend: str | None, base: Path, seed: int = 0) -> Path
 def run_case(case: Case, backend: str | None, base: Path, calibration: HostCalibration = HostCalibration(),
              out: Callable[[str], None] = print) -> list[Row]:
     """Lab run + both simulations of one case; rows per strategy."""
+    return judge(case, _lab_run(case, backend, base), calibration)
+
+
+def judge(case: Case, run_dir: Path, calibration: HostCalibration) -> list[Row]:
+    """Both simulations of a case against its lab run (a results folder); rows per strategy."""
     from lab.results import read_jsonl
     from lab.simulator import simulate
 
-    run_dir = _lab_run(case, backend, base)
     meta = json.loads((run_dir / "meta.json").read_text())
     lab = _measured(read_jsonl(run_dir / "queries.jsonl"))
     cc = meta.get("congestion_control")
@@ -423,15 +421,32 @@ def format_table(rows: list[Row]) -> list[str]:
     return lines
 
 
+def _saved_run(base: Path, case: Case) -> Path:
+    """The newest lab run of `case` inside an earlier validation folder."""
+    found = sorted(d for d in base.glob(f"*-{case.scenario.name}") if (d / "meta.json").exists())
+    if not found:
+        raise FileNotFoundError(f"no lab run of {case.scenario.name} in {base}")
+    return found[-1]
+
+
 def run_validation(names: Iterable[str] = (), quick: bool = False, backend: str | None = None,
-                   out_dir: str | None = None, calibrate_host: bool = True,
+                   out_dir: str | None = None, calibrate_host: bool = True, rejudge: str | None = None,
                    out: Callable[[str], None] = print) -> int:
-    """Run the cases, print the table (network times in ms), return 0 if every row is within tolerance."""
+    """Run the cases, print the table (network times in ms), return 0 if every row is within tolerance.
+
+    rejudge: an earlier validation folder — its lab runs and host calibration are judged again
+    (simulations redone, no lab run), into validation-rejudged.csv there."""
     from lab.results import new_run_dir
 
     cases = select_cases(names, quick)
-    base = new_run_dir("validate" + ("-quick" if quick else ""), Path(out_dir) if out_dir else None)
-    csv_path = base / "validation.csv"
+    if rejudge:
+        base = Path(rejudge)
+        saved = json.loads((base / "calibration.json").read_text())
+        saved.pop("enabled", None)
+        csv_path = base / "validation-rejudged.csv"
+    else:
+        base = new_run_dir("validate" + ("-quick" if quick else ""), Path(out_dir) if out_dir else None)
+        csv_path = base / "validation.csv"
     out(f"validate: {len(cases)} cases ({sum(len(c.strategies) for c in cases)} rows), lab vs simulator "
         f"(synthetic:{PROFILE}); tolerance |ΔP50|, |ΔP95| ≤ {NETWORK_TOLERANCE_MS:g} ms per-cycle network, "
         f"E2E P50 ≤ {100 * E2E_TOLERANCE_FRAC:g} %")
@@ -439,19 +454,23 @@ def run_validation(names: Iterable[str] = (), quick: bool = False, backend: str 
     rows: list[Row] = []
     t0 = time.monotonic()
     cal = HostCalibration()
-    if calibrate_host:
+    if rejudge:
+        cal = HostCalibration(**saved)
+        out(f"re-judging the lab runs in {base} with their host calibration: {cal.describe()}")
+    elif calibrate_host:
         cal = calibrate(backend, base)
         out(f"host calibration (unimpaired links, 0 and {CALIBRATION_DELAY_MS:g} ms each way, "
             f"{time.monotonic() - t0:.0f} s): {cal.describe()}")
     else:
         out("host calibration: off (the simulator adds no host cost)")
-    (base / "calibration.json").write_text(json.dumps({**asdict(cal), "enabled": calibrate_host}, indent=1) + "\n")
+    if not rejudge:
+        (base / "calibration.json").write_text(json.dumps({**asdict(cal), "enabled": calibrate_host}, indent=1) + "\n")
     with open(csv_path, "w", newline="") as f:
         writer = None
         for i, case in enumerate(cases, 1):
             t = time.monotonic()
             try:
-                new = run_case(case, backend, base, cal, out)
+                new = judge(case, _saved_run(base, case), cal) if rejudge else run_case(case, backend, base, cal, out)
             except Exception as e:     # noqa: BLE001 — one case's failure is a row, the rest still run
                 if isinstance(e, KeyboardInterrupt):
                     raise
