@@ -33,11 +33,14 @@ from netns.probe_stats import (
 
 RTT_TOLERANCE_MS = {"netem": 0.5, "wire": 1.5}
 # Inside a software-emulated guest (qemu TCG, `make vm-test`) every timer fires late and every
-# wake-up costs more: measured there, netem 25 ms each way gives RTT 50.8–51.6 ms and one-way
-# delays come out +0.2–0.4 ms (DESIGN.md "The VM").  Rows measured with `--tcg` are labelled
-# "<backend>+tcg" and get this much more RTT tolerance (half of it per one-way delay); netem's
-# own ±0.5 ms is a claim about real hardware only.
-TCG_RTT_ALLOWANCE_MS = 1.0
+# wake-up costs more, by an amount that depends on how busy the host is: over seven VM runs on the
+# 2-core CI host, netem 25 ms each way gave RTT P50 50.74–52.20 ms (+0.7 to +2.2 ms; DESIGN.md saw
+# 50.8–51.6) and one-way delays +0.2–0.5 ms.  Rows measured with `--tcg` are labelled
+# "<backend>+tcg" and get this much more RTT tolerance (half of it per one-way delay); netem's own
+# ±0.5 ms is a claim about real hardware only.  What the VM run can still show at this tolerance:
+# the netem qdiscs carry the configured delay, jitter, loss and rate (a wrong unit or a missing
+# qdisc is off by far more).
+TCG_RTT_ALLOWANCE_MS = 2.0
 JITTER_TOLERANCE_FRAC = 0.10
 GOODPUT_TOLERANCE_FRAC = 0.05
 LOSS_CONFIDENCE = 0.99

@@ -5,6 +5,7 @@
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 PY="$REPO/.venv/bin/python"      # the repo's venv, by absolute path (the guest's PATH has the host's python3)
 cd "$REPO" || exit 126
+export SDLAB_TCG=1                 # timing cross-checks in tests/netns add the TCG allowance (netns/linkcheck.py)
 echo "== vm-test: kernel $(uname -r), $(nproc) vCPUs (TCG), $(grep -c . /proc/modules) modules loaded"
 echo "== SDLAB_BACKEND=netem pytest tests/netns"
 SDLAB_BACKEND=netem "$PY" -m pytest tests/netns -q -p no:cacheprovider -rs

@@ -20,6 +20,7 @@ if os.geteuid() != 0:
 from pyroute2 import NetNS, netns  # noqa: E402
 
 from netns.link import LinkError  # noqa: E402
+from netns.linkcheck import TCG_RTT_ALLOWANCE_MS  # noqa: E402
 from netns.probe import _argv, run_goodput, run_udp_echo  # noqa: E402
 from netns.probe_stats import L2_HEADER_BYTES, payload_ceiling_mbit  # noqa: E402
 
@@ -110,7 +111,10 @@ def test_probe_rtt_agrees_with_ping(link):
                        capture_output=True, text=True, timeout=30)
     avg_ms = float(r.stdout.rsplit("=", 1)[1].split("/")[1])
     print(f"\nprobe RTT P50 {st.rtt_p50_ms:.3f} ms, ping avg {avg_ms:.3f} ms")
-    assert abs(st.rtt_p50_ms - avg_ms) < 0.5
+    # In the TCG guest of `make vm-test` a Python echo costs ≈1 ms more than ping's C loop:
+    # the same labelled allowance as linkcheck --tcg.
+    tol = 0.5 + (TCG_RTT_ALLOWANCE_MS if os.environ.get("SDLAB_TCG") == "1" else 0.0)
+    assert abs(st.rtt_p50_ms - avg_ms) < tol
 
 
 @pytest.mark.parametrize("direction", ["uplink", "downlink"])
