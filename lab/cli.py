@@ -190,8 +190,7 @@ def cmd_sweep(args) -> int:
     try:
         for s in strategies:
             make_strategy(s)
-        points = grid(args.full, rtt=_floats(args.rtt_ms) or grid.__defaults__[1],
-                      rate=_floats(args.rate_mbit) or grid.__defaults__[2],
+        points = grid(args.full, rtt=_floats(args.rtt_ms), rate=_floats(args.rate_mbit),
                       jitter=_floats(args.jitter_ms), loss=_floats(args.loss_pct))
         run_sweep(points, strategies, runs=args.runs, profile=models.partition(":")[2] or "embedded-cpu",
                   queries=args.queries, link_model=args.sim_link, out_dir=args.out)

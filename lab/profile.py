@@ -126,7 +126,7 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
     warm_up(draft)
     warm_up(target)
     m = measure_pair(draft, target, prompts, max_new_tokens, out)
-    vocab = int(target.new_session().vocab_size)
+    vocab = int(target.vocab_size)
     prof = Profile(t_draft_ms=round(m["t_draft_ms"], 2), verify_a_ms=round(m["verify_a_ms"], 2),
                    verify_b_ms=round(m["verify_b_ms"], 3), prefill_ms_per_token=round(m["prefill_ms_per_token"], 3),
                    alpha=round(m["alpha"], 4), vocab=vocab, trace=tuple(m["trace"]) or None)

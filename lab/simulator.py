@@ -425,27 +425,21 @@ def write_run(scenario: Scenario, out_dir: Path | None = None, **simulate_kwargs
     return run_dir
 
 
-GRID_RTT_MS = (0, 10, 25, 50, 100, 200, 500)
-GRID_RATE_MBIT = (100, 10, 1)
-GRID_STRATEGIES = ("cloud-only", "edge-only", "fixed-k:3", "fixed-k:5", "fixed-k:10", "fixed-k:15")
-
-
 def bench_grid(runs: int = 3, profile="fast", link_model: str = "tcp", out=print) -> float:
-    """Simulate the 21-point grid × the six baseline strategies × `runs`; print and return the wall time (target < 60 s)."""
-    from lab.scenario import parse_scenario
+    """Simulate the 21-point grid × the six baseline strategies × `runs` (lab/sweep.py's grid);
+    print and return the wall time (target < 60 s)."""
+    from lab.sweep import STRATEGIES, grid
 
     t0 = time.perf_counter()
+    points = grid()
     n_queries = 0
-    for rtt in GRID_RTT_MS:
-        for rate in GRID_RATE_MBIT:
-            sc = parse_scenario({"name": f"grid-{rtt}ms-{rate}mbit",
-                                 "link": {"delay_ms": rtt / 2, "rate_mbit": rate},
-                                 "strategies": list(GRID_STRATEGIES)})
-            for r in range(runs):
-                for _ in simulate(sc, list(GRID_STRATEGIES), profile, seed=r, link_model=link_model):
-                    n_queries += 1
+    for p in points:
+        sc = p.scenario(STRATEGIES)
+        for r in range(runs):
+            for _ in simulate(sc, list(STRATEGIES), profile, seed=r, link_model=link_model):
+                n_queries += 1
     wall = time.perf_counter() - t0
-    out(f"bench_grid: {len(GRID_RTT_MS) * len(GRID_RATE_MBIT)} links × {len(GRID_STRATEGIES)} strategies × "
+    out(f"bench_grid: {len(points)} links × {len(STRATEGIES)} strategies × "
         f"{runs} runs = {n_queries} queries simulated in {wall:.2f} s (target < 60 s) [{link_model}]")
     return wall
 

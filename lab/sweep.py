@@ -53,10 +53,16 @@ class GridPoint:
             link["jitter_ms"] = self.jitter_ms
         if self.loss_pct:
             link["loss_pct"] = self.loss_pct
-        return parse_scenario({"name": self.name, "link": link, "strategies": list(strategies)})
+        return parse_scenario({"name": self.name, "link": link, "strategies": list(strategies),
+                               "description": f"grid: RTT {self.rtt_ms:g} ms, {self.rate_mbit:g} Mbit/s"
+                                              f"{f', ±{self.jitter_ms:g} ms' if self.jitter_ms else ''}"
+                                              f"{f', {self.loss_pct:g} % loss' if self.loss_pct else ''}"})
 
 
-def grid(full: bool = False, rtt=RTT_MS, rate=RATE_MBIT, jitter=None, loss=None) -> list[GridPoint]:
+def grid(full: bool = False, rtt=None, rate=None, jitter=None, loss=None) -> list[GridPoint]:
+    """The grid's links; an axis left None takes BACKGROUND.md's values (jitter and loss only with full)."""
+    rtt = rtt if rtt is not None else RTT_MS
+    rate = rate if rate is not None else RATE_MBIT
     jitter = jitter if jitter is not None else (JITTER_MS if full else (0,))
     loss = loss if loss is not None else (LOSS_PCT if full else (0,))
     return [GridPoint(*p) for p in itertools.product(rtt, rate, jitter, loss)]

@@ -47,6 +47,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from lab.scenario import Scenario, available, load_scenario, parse_scenario
+from lab.sweep import grid
+from netns.linkcheck import text_table
 
 NETWORK_TOLERANCE_MS = 5.0
 E2E_TOLERANCE_FRAC = 0.03
@@ -57,8 +59,6 @@ SPLIT = ("fixed-k:3", "fixed-k:5")
 # apart; with 40 queries the lab's median landed in the neighbouring cluster in 2 of 3 such rows
 # (Δ 15–27 %, inside the lab's own 95 % interval).  120 narrows that interval by √3.
 LOSSY_QUERIES = 120
-GRID_RTT_MS = (0, 10, 25, 50, 100, 200, 500)
-GRID_RATE_MBIT = (100, 10, 1)
 
 
 @dataclass(frozen=True)
@@ -102,11 +102,9 @@ def default_cases(quick: bool = False) -> list[Case]:
                  ("fixed-k:3",), queries=4, payload="full"),
         ]
     cases = [Case(load_scenario(n), cloud_and_split, queries=LOSSY_QUERIES if "loss" in n else 12) for n in available()]
-    for rtt in GRID_RTT_MS:
-        for rate in GRID_RATE_MBIT:
-            cases.append(Case(_point(f"grid-{rtt}ms-{rate}mbit", f"grid: RTT {rtt} ms, {rate} Mbit/s",
-                                     delay_ms=rtt / 2, rate_mbit=rate),
-                              ("cloud-only", "fixed-k:5"), queries=6 if rtt >= 200 else 10))
+    grid_strategies = ("cloud-only", "fixed-k:5")
+    cases += [Case(p.scenario(grid_strategies), grid_strategies, queries=6 if p.rtt_ms >= 200 else 10)
+              for p in grid()]
     cases += [
         Case(_point("loss-1pct-rtt50", "1 % loss each way", delay_ms=25, loss_pct=1, rate_mbit=10),
              cloud_and_split, queries=40),
@@ -418,11 +416,7 @@ def format_row(r: Row) -> tuple[str, ...]:
 
 
 def format_table(rows: list[Row]) -> list[str]:
-    cells = [HEAD] + [format_row(r) for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(HEAD))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return lines
+    return text_table(HEAD, [format_row(r) for r in rows])
 
 
 def _saved_run(base: Path, case: Case) -> Path:

@@ -103,9 +103,10 @@ def _base(backend: str) -> str:
     return backend.split("+")[0]
 
 
-def rtt_tolerance_ms(backend: str) -> float:
-    """RTT tolerance for a row label: the backend's own, plus TCG_RTT_ALLOWANCE_MS for "<backend>+tcg"."""
-    extra = TCG_RTT_ALLOWANCE_MS if backend.endswith("+tcg") else 0.0
+def rtt_tolerance_ms(backend: str, one_way: bool = False) -> float:
+    """Delay tolerance for a row label: the backend's own (the same for an RTT and a one-way delay),
+    plus TCG_RTT_ALLOWANCE_MS for "<backend>+tcg" (half of it for a one-way delay)."""
+    extra = TCG_RTT_ALLOWANCE_MS / (2 if one_way else 1) if backend.endswith("+tcg") else 0.0
     return RTT_TOLERANCE_MS.get(_base(backend), 1.5) + extra
 
 
@@ -118,8 +119,7 @@ def _rtt_rows(p: Point, backend: str, st) -> list[Row]:
 
 
 def _oneway_rows(p: Point, backend: str, st) -> list[Row]:
-    extra = TCG_RTT_ALLOWANCE_MS / 2 if backend.endswith("+tcg") else 0.0
-    tol = RTT_TOLERANCE_MS.get(_base(backend), 1.5) + extra
+    tol = rtt_tolerance_ms(backend, one_way=True)
     rows = []
     for d, spec, ds in (("up", p.link.uplink, st.uplink), ("down", p.link.downlink, st.downlink)):
         dev = ds.delay_p50_ms - spec.delay_ms
@@ -248,14 +248,19 @@ def check_backend(backend: str, points: list[Point], out: Callable[[str], None],
     return rows
 
 
-def format_table(rows: list[Row]) -> list[str]:
-    head = ("check", "backend", "configured", "measured", "deviation", "tolerance", "ok")
-    cells = [head] + [(r.check, r.backend, r.configured, r.measured, r.deviation, r.tolerance,
-                       "ok" if r.ok else "FAIL") for r in rows]
+def text_table(head: tuple[str, ...], body: list[tuple[str, ...]]) -> list[str]:
+    """Left-aligned columns separated by " | ", a dashed rule under the header (linkcheck, validate)."""
+    cells = [head] + list(body)
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return lines
+
+
+def format_table(rows: list[Row]) -> list[str]:
+    head = ("check", "backend", "configured", "measured", "deviation", "tolerance", "ok")
+    return text_table(head, [(r.check, r.backend, r.configured, r.measured, r.deviation, r.tolerance,
+                              "ok" if r.ok else "FAIL") for r in rows])
 
 
 def run_linkcheck(backends: list[str] | None = None, quick: bool = False, out=print,
