@@ -382,19 +382,21 @@ def judge(case: Case, run_dir: Path, calibration: HostCalibration) -> list[Row]:
     meta = json.loads((run_dir / "meta.json").read_text())
     lab = _measured(read_jsonl(run_dir / "queries.jsonl"))
     cc = meta.get("congestion_control")
+    w = meta["workload"]          # what the lab run did (a re-judged run may predate today's case sizes)
+    strategies = list(meta["strategies"])
     sims = {}
     for model in ("tcp", "sleep"):
         sims[model] = [q for seed in range(SIM_SEEDS)
-                       for q, _ in simulate(case.scenario, list(case.strategies), PROFILE, queries=case.queries,
-                                            warmup_queries=1, max_new_tokens=case.max_new_tokens,
-                                            payload=case.payload, seed=seed, link_model=model,
+                       for q, _ in simulate(case.scenario, strategies, PROFILE, queries=w["queries"],
+                                            warmup_queries=w["warmup_queries"], max_new_tokens=w["max_new_tokens"],
+                                            payload=w["payload"], seed=seed, link_model=model,
                                             acceptance="synthetic", congestion_control=cc,
                                             compute=calibration.compute(),
                                             host_overhead_ms=calibration.message_overhead_ms)
                        if not q["warmup"]]
     retrans = meta.get("tcp_recovery_by_strategy") or {}
     return [compare(case.label, s, lab, sims["tcp"], sims["sleep"], _retrans_of(retrans.get(s)))
-            for s in case.strategies]
+            for s in strategies]
 
 
 def _retrans_of(counters: dict | None) -> int | None:
