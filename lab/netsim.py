@@ -38,6 +38,7 @@ from typing import Callable, Iterable, Protocol
 
 from lab.tcpcc import CONGESTION_CONTROLS, TcpConfig
 from lab.tcpsim import Packet, TcpEndpoint
+from netns import pairedloss
 from netns.link import LinkPair, LinkSpec
 from netns.tbf import FRAME_BYTES as TBF_FRAME_BYTES
 
@@ -113,11 +114,12 @@ class Path:
         self.tokens, self.t_free = tokens - size, t
         return t
 
-    def carry(self, t_depart: float) -> float | None:
-        """Delay line: Bernoulli loss, the `limit` of packets in flight, then delay ± jitter."""
+    def carry(self, t_depart: float, loss_u: Callable[[], float] | None = None) -> float | None:
+        """Delay line: Bernoulli loss, the `limit` of packets in flight, then delay ± jitter.
+        `loss_u`: where the packet's loss draw comes from (netns/pairedloss.py), else the path's rng."""
         spec, in_line = self.spec, self.in_line
         self.counts["packets"] += 1
-        if spec.loss_pct and self.rng.random() * 100.0 < spec.loss_pct:
+        if spec.loss_pct and (loss_u or self.rng.random)() * 100.0 < spec.loss_pct:
             self.counts["lost"] += 1
             return None
         while in_line and in_line[0] <= t_depart:
@@ -168,7 +170,8 @@ class TcpLinkModel:
 
     def __init__(self, link: LinkPair, congestion_control: str = "cubic", seed: int = 0,
                  header_bytes: int = 52, l2_bytes: int = 0, config: TcpConfig | None = None,
-                 shaper: str = "tbf", changes: Iterable[tuple[float, LinkPair]] = ()):
+                 shaper: str = "tbf", changes: Iterable[tuple[float, LinkPair]] = (),
+                 loss_seed: int | None = None):
         cc = congestion_control or "cubic"
         if cc not in CONGESTION_CONTROLS:
             raise SimError(f"congestion control {cc!r} is not modelled (modelled: "
@@ -195,6 +198,13 @@ class TcpLinkModel:
         self._next_handle = 0
         self._changes = iter(changes)                  # (t_ms, LinkPair) in time order; may be endless
         self._schedule_next_change()
+        # Paired loss (netns/pairedloss.py): each packet's loss draw keyed by the message it carries,
+        # as the lab's wire relay keys it for the same seed.
+        self.loss_seed = loss_seed
+        self._streams = {d: pairedloss.MessageStream() for d in DIRECTIONS}
+        self._data_ord = {d: pairedloss.Ordinals() for d in DIRECTIONS}
+        self._ack_ord = {d: pairedloss.Ordinals() for d in DIRECTIONS}
+        self.lost_keys: dict[str, list[tuple]] = {d: [] for d in DIRECTIONS}
 
     # -------------------------------------------------------------- event engine
     def schedule(self, t: float, fn: Callable, *args) -> None:
@@ -242,7 +252,16 @@ class TcpLinkModel:
         path.counts["bytes"] += pkt.wire_bytes
         if is_data:
             path.queue_data(t_dep, pkt.wire_bytes)
-        due = path.carry(t_dep)
+        loss_u = None
+        if self.loss_seed is not None:
+            d = self._dir_of[ep.name]
+            key = (pairedloss.data_key(self._streams[d], self._data_ord[d], pkt.seq) if pkt.end > pkt.seq else
+                   pairedloss.ack_key(self._streams[pairedloss.REVERSE[d]], self._ack_ord[d], pkt.ack))
+            loss_u = lambda: pairedloss.keyed_uniform(self.loss_seed, d, key)     # noqa: E731
+            lost_before = path.counts["lost"]
+        due = path.carry(t_dep, loss_u)
+        if loss_u is not None and path.counts["lost"] > lost_before:
+            self.lost_keys[d].append(key)
         if due is not None:
             peer = self.cloud if ep is self.edge else self.edge
             self.schedule(due, peer.on_packet, pkt)
@@ -273,6 +292,7 @@ class TcpLinkModel:
 
     def _write(self, now: float, h: int, sender: TcpEndpoint, nbytes: int) -> None:
         msg = self._messages[h]
+        self._streams[msg[0]].add_message(sender.write_seq, sender.write_seq + nbytes)   # before any segment leaves
         msg[1] = sender.app_write(now, nbytes)
         self._pending[msg[0]].append(h)
 
@@ -351,11 +371,13 @@ class SleepLinkModel:
 
 
 def make_link_model(kind: str, link: LinkPair, *, congestion_control: str | None = None, seed: int = 0,
-                    changes: Iterable[tuple[float, LinkPair]] = (), **tcp_options) -> LinkModel:
-    """"tcp" (the mechanistic model) or "sleep" (the naive one)."""
+                    changes: Iterable[tuple[float, LinkPair]] = (), loss_seed: int | None = None,
+                    **tcp_options) -> LinkModel:
+    """"tcp" (the mechanistic model) or "sleep" (the naive one, which loses nothing).
+    `loss_seed`: key each packet's loss draw (netns/pairedloss.py) as the wire relay does for that seed."""
     if kind == "tcp":
         return TcpLinkModel(link, congestion_control=congestion_control or "cubic", seed=seed, changes=changes,
-                            **tcp_options)
+                            loss_seed=loss_seed, **tcp_options)
     if kind == "sleep":
         return SleepLinkModel(link, seed=seed, changes=changes)
     raise SimError(f"link model must be 'tcp' or 'sleep', got {kind!r}")

@@ -162,6 +162,7 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
                           "strategies": strategies, "models": opts.models})
     out(f"results: {run_dir}")
     topo = Topology(backend=opts.backend or sc.backend, congestion_control=sc.congestion_control)
+    topo.loss_seed = int(workload["seed"])     # the wire relay keys loss draws as the simulator does (pairedloss)
     cloud = edge = timeline = None
     status = "failed"
     retrans: dict[str, dict] = {}
@@ -170,6 +171,7 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
         t = time.monotonic()
         topo.up(sc.timeline.link_at(0.0, sc.link))
         meta.update(backend=topo.backend_name, congestion_control=topo.congestion_control,
+                    paired_loss_seed=topo.loss_seed if topo.backend_name == "wire" else None,
                     link_read_back=topo.read_back(), link_up_ms=round((time.monotonic() - t) * 1e3, 1))
         out(f"link up ({topo.backend_name}, TCP {topo.congestion_control}): {sc.link.describe()}")
 
@@ -227,6 +229,7 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
             elif kind == "error":
                 raise RunError(f"edge node: {ev.get('message')}")
         bar.close()
+        _save_paired_loss(topo, run_dir)
         status = "complete"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -243,6 +246,21 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
         _write_summary(run_dir, sc, topo.backend_name or "?", opts.models, retrans, complete=(status == "complete"),
                        out=out)
     return run_dir
+
+
+def _save_paired_loss(topo, run_dir: Path) -> None:
+    """The wire relay's paired-loss record (messages seen, first transmissions lost) → paired_loss.json,
+    for `validate` to show how closely the simulator's loss draws matched the lab's."""
+    if topo.backend_name != "wire":
+        return
+    from netns.link import LinkError
+    try:
+        record = topo.backend.stats().get("paired_loss")
+    except LinkError as e:
+        print(f"note: could not read the relay's paired-loss record: {e}", file=sys.stderr)
+        return
+    if record:
+        (run_dir / "paired_loss.json").write_text(json.dumps(record) + "\n")
 
 
 def _progress(total: int, enabled: bool):

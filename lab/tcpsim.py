@@ -382,14 +382,20 @@ class TcpEndpoint(TcpReceiver, LossRecovery):
                 if rs is None or s.rs_delivered >= rs.rs_delivered:
                     rs = s
                 if not s.ever_retrans:
-                    if s.end < self.fack:
+                    # Reordering: a never-retransmitted segment below what was SACKed *before this ACK*
+                    # (tcp_sacktag_write_queue sorts an ACK's blocks and compares with prior_fack, so two
+                    # blocks of one ACK — the receiver lists the newest first — are not reordering).
+                    if s.seq < prior_fack:
                         self.reord_seen = True
                     if sack_rtt is None:
                         sack_rtt = now - s.t_xmit
                 self.fack = max(self.fack, s.end)
         self.stats["acks"] += 1
-        if pkt.dsack:                                   # a spurious retransmission: tolerate more reordering
-            self.reord_seen, self.reo_wnd_steps = True, min(self.reo_wnd_steps + 1, 255)
+        if pkt.dsack:                                   # a retransmission was spurious (tcp_dsack_seen)
+            # RACK widens its reordering window only for DSACKs that reordering may have caused: not before
+            # any reordering was seen, not for a TLP probe's (timer-driven).  A DSACK is not reordering.
+            if self.reord_seen and not (self.tlp_high_seq and self.tlp_retrans):
+                self.reo_wnd_steps = min(self.reo_wnd_steps + 1, 255)
             self.undo_retrans = max(self.undo_retrans - 1, 0)
         advanced = ack > prior_una
         if not advanced and not delivered:

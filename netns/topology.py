@@ -173,6 +173,7 @@ class Topology:
         self.backend = None
         self.congestion_control: str | None = None
         self.relay: subprocess.Popen | None = None
+        self.loss_seed: int | None = None     # wire backend: pair its loss draws with the simulator's (pairedloss)
         self.link: LinkPair | None = None
         self.timings_ms: dict[str, float] = {}
         self._up = False

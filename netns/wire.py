@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import fcntl
+import functools
 import heapq
 import json
 import os
@@ -35,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 
 from netns.link import LinkError, LinkPair, LinkSpec
+from netns.pairedloss import PacketKeyer, keyed_uniform
 
 TUNSETIFF = 0x400454CA
 IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
@@ -43,6 +45,7 @@ READ_BATCH = 512               # packets read per device per loop turn (fairness
 MAX_PACKET = 65536
 IDLE_WAKE_S = 0.2
 CONTROL_TIMEOUT_S = 3.0
+MAX_LOST_KEYS = 4000           # first transmissions of lost message segments remembered per direction
 PR_SET_TIMERSLACK, PR_SET_PDEATHSIG = 29, 1
 
 
@@ -75,11 +78,12 @@ class DelayLine:
     _last_seq_out: int = -1
     _seq: int = 0
 
-    def admit(self, now_ns: int) -> tuple[int, int] | None:
-        """(due_ns, seq) for an arriving packet, or None if it is dropped."""
+    def admit(self, now_ns: int, loss_u=None) -> tuple[int, int] | None:
+        """(due_ns, seq) for an arriving packet, or None if it is dropped.  `loss_u`: a function giving
+        this packet's loss draw (paired loss, netns/pairedloss.py); default the line's generator."""
         self.stats.received += 1
         spec = self.spec
-        if spec.loss_pct and self.rng.random() * 100.0 < spec.loss_pct:
+        if spec.loss_pct and (loss_u or self.rng.random)() * 100.0 < spec.loss_pct:
             self.stats.lost += 1
             return None
         if self.in_flight >= spec.effective_limit_pkts():
@@ -153,7 +157,12 @@ class Relay:
     """The loop: read both TUNs, schedule, write at due time, answer control messages."""
 
     def __init__(self, edge_fd: int, cloud_fd: int, link: LinkPair, control_path: str, seed: int | None):
+        """With a seed, loss is paired (netns/pairedloss.py): each packet's draw is keyed by the message
+        it carries, so the simulator with the same seed loses the same messages' packets."""
         rng = random.Random(seed)
+        self.loss_seed = seed
+        self.keyer = PacketKeyer() if seed is not None else None
+        self.lost_keys: dict[str, list] = {"up": [], "down": []}
         self.fds = {"up": (edge_fd, cloud_fd), "down": (cloud_fd, edge_fd)}
         self.lines = {"up": DelayLine(link.uplink, random.Random(rng.random())),
                       "down": DelayLine(link.downlink, random.Random(rng.random()))}
@@ -176,7 +185,15 @@ class Relay:
                 pkt = os.read(src, MAX_PACKET)
             except BlockingIOError:
                 return
-            verdict = line.admit(now_ns)
+            loss_u = None
+            if self.keyer is not None:
+                key = self.keyer.key(direction, pkt)
+                loss_u = functools.partial(keyed_uniform, self.loss_seed, direction, key)
+                lost = line.stats.lost
+            verdict = line.admit(now_ns, loss_u)
+            if loss_u is not None and line.stats.lost > lost and key[0] == "d" and key[3] == 0:
+                if len(self.lost_keys[direction]) < MAX_LOST_KEYS:
+                    self.lost_keys[direction].append(key[1:3])
             if verdict is not None:
                 due, seq = verdict
                 heapq.heappush(self.heap, (due, seq, direction, pkt))
@@ -219,11 +236,21 @@ class Relay:
             return {"ok": True, "pid": os.getpid(), "link": self.link.to_dict(),
                     "in_flight": {d: l.in_flight for d, l in self.lines.items()},
                     "uplink": self.lines["up"].stats.to_dict(), "downlink": self.lines["down"].stats.to_dict(),
-                    "uptime_s": round(time.monotonic() - self.started, 3)}
+                    "uptime_s": round(time.monotonic() - self.started, 3),
+                    **({"paired_loss": self._paired()} if self.keyer is not None else {})}
         if cmd == "stop":
             self.running = False
             return {"ok": True}
         raise KeyError(f"unknown command {cmd!r}")
+
+    def _paired(self) -> dict:
+        """Paired-loss bookkeeping: the ZMTP messages seen per direction (of the busiest connection) and
+        the (message, bucket) of every first transmission lost."""
+        flows = self.keyer.flows.values()
+        busiest = max(flows, key=lambda f: len(f.stream["up"].starts) + len(f.stream["down"].starts), default=None)
+        return {"seed": self.loss_seed,
+                "messages": {d: len(busiest.stream[d].starts) if busiest else 0 for d in ("up", "down")},
+                "lost_first_tx": self.lost_keys}
 
     def run(self) -> None:
         edge_fd, cloud_fd = self.fds["up"]
@@ -340,7 +367,8 @@ class WireBackend:
             ipr.tc("replace" if tbf else "add", "tbf", idx, **opts)
 
     def apply(self, link: LinkPair) -> None:
-        self.topo.start_relay(link, detach=getattr(self.topo, "detach", False))
+        self.topo.start_relay(link, detach=getattr(self.topo, "detach", False),
+                              seed=getattr(self.topo, "loss_seed", None))
         self._shape(link)
 
     def change(self, link: LinkPair) -> None:
