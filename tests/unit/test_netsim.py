@@ -297,3 +297,20 @@ def test_a_duplicate_segment_ends_ping_pong_for_one_quick_ack():
     assert quick == pytest.approx(20, abs=0.5)
     t, again = exchange(t)
     assert again == pytest.approx(26, abs=0.5)
+
+
+def test_loss_without_reordering_never_widens_racks_window():
+    """A streamed run over a lossy link that cannot reorder (no jitter): SACK blocks of one ACK arrive
+    newest first and TLP probes draw DSACKs, but neither is reordering (tcp_sacktag_write_queue compares
+    with prior_fack; tcp_dsack_seen ignores DSACKs before reordering and for TLP probes), so RACK keeps
+    reo_wnd at 0 once enough is SACKed — a wider window would add min_rtt/4 to every recovery."""
+    spec = LinkSpec(delay_ms=25, loss_pct=5, rate_mbit=10)
+    m = TcpLinkModel(LinkPair(spec, spec), congestion_control="bbr", seed=3)
+    t = 0.0
+    for _ in range(60):                     # cloud-only shape: a request, then 48 tokens 4.5 ms apart
+        t = m.send(t, "up", 250)
+        hs = [m.submit(t + 4.5 * i, "down", 150) for i in range(48)]
+        t = max(m.delivered_at(h) for h in hs) + 1.0
+    assert m.stats()["cloud_fast_recovery"] + m.stats()["cloud_tlp"] > 10     # there was loss to recover
+    for ep in (m.edge, m.cloud):
+        assert not ep.reord_seen and ep.reo_wnd_steps == 1
