@@ -31,6 +31,7 @@ history); callers run request → reply chains in time order.
 """
 from __future__ import annotations
 
+import functools
 import heapq
 import random
 from collections import deque
@@ -38,7 +39,7 @@ from typing import Callable, Iterable, Protocol
 
 from lab.tcpcc import CONGESTION_CONTROLS, TcpConfig
 from lab.tcpsim import Packet, TcpEndpoint
-from netns import pairedloss
+from netns import paired
 from netns.link import LinkPair, LinkSpec
 from netns.tbf import FRAME_BYTES as TBF_FRAME_BYTES
 
@@ -114,12 +115,13 @@ class Path:
         self.tokens, self.t_free = tokens - size, t
         return t
 
-    def carry(self, t_depart: float, loss_u: Callable[[], float] | None = None) -> float | None:
+    def carry(self, t_depart: float, draw: Callable[[str], float] | None = None) -> float | None:
         """Delay line: Bernoulli loss, the `limit` of packets in flight, then delay ± jitter.
-        `loss_u`: where the packet's loss draw comes from (netns/pairedloss.py), else the path's rng."""
+        `draw`: the packet's own uniform numbers, draw("loss") and draw("jitter") (paired draws,
+        netns/paired.py); else the path's generator."""
         spec, in_line = self.spec, self.in_line
         self.counts["packets"] += 1
-        if spec.loss_pct and (loss_u or self.rng.random)() * 100.0 < spec.loss_pct:
+        if spec.loss_pct and (draw("loss") if draw else self.rng.random()) * 100.0 < spec.loss_pct:
             self.counts["lost"] += 1
             return None
         while in_line and in_line[0] <= t_depart:
@@ -129,7 +131,8 @@ class Path:
             return None
         delay = spec.delay_ms
         if spec.jitter_ms:
-            delay += self.rng.uniform(-spec.jitter_ms, spec.jitter_ms)
+            u = draw("jitter") if draw else self.rng.random()
+            delay += spec.jitter_ms * (2.0 * u - 1.0)
         due = t_depart + max(0.0, delay)
         heapq.heappush(in_line, due)
         if due < self.last_due:
@@ -171,7 +174,7 @@ class TcpLinkModel:
     def __init__(self, link: LinkPair, congestion_control: str = "cubic", seed: int = 0,
                  header_bytes: int = 52, l2_bytes: int = 0, config: TcpConfig | None = None,
                  shaper: str = "tbf", changes: Iterable[tuple[float, LinkPair]] = (),
-                 loss_seed: int | None = None):
+                 paired_seed: int | None = None):
         cc = congestion_control or "cubic"
         if cc not in CONGESTION_CONTROLS:
             raise SimError(f"congestion control {cc!r} is not modelled (modelled: "
@@ -198,12 +201,12 @@ class TcpLinkModel:
         self._next_handle = 0
         self._changes = iter(changes)                  # (t_ms, LinkPair) in time order; may be endless
         self._schedule_next_change()
-        # Paired loss (netns/pairedloss.py): each packet's loss draw keyed by the message it carries,
+        # Paired draws (netns/paired.py): each packet's loss and jitter keyed by the message it carries,
         # as the lab's wire relay keys it for the same seed.
-        self.loss_seed = loss_seed
-        self._streams = {d: pairedloss.MessageStream() for d in DIRECTIONS}
-        self._data_ord = {d: pairedloss.Ordinals() for d in DIRECTIONS}
-        self._ack_ord = {d: pairedloss.Ordinals() for d in DIRECTIONS}
+        self.paired_seed = paired_seed
+        self._streams = {d: paired.MessageStream() for d in DIRECTIONS}
+        self._data_ord = {d: paired.Ordinals() for d in DIRECTIONS}
+        self._ack_ord = {d: paired.Ordinals() for d in DIRECTIONS}
         self.lost_keys: dict[str, list[tuple]] = {d: [] for d in DIRECTIONS}
 
     # -------------------------------------------------------------- event engine
@@ -252,15 +255,15 @@ class TcpLinkModel:
         path.counts["bytes"] += pkt.wire_bytes
         if is_data:
             path.queue_data(t_dep, pkt.wire_bytes)
-        loss_u = None
-        if self.loss_seed is not None:
+        draw = None
+        if self.paired_seed is not None:
             d = self._dir_of[ep.name]
-            key = (pairedloss.data_key(self._streams[d], self._data_ord[d], pkt.seq) if pkt.end > pkt.seq else
-                   pairedloss.ack_key(self._streams[pairedloss.REVERSE[d]], self._ack_ord[d], pkt.ack))
-            loss_u = lambda: pairedloss.keyed_uniform(self.loss_seed, d, key)     # noqa: E731
+            key = (paired.data_key(self._streams[d], self._data_ord[d], pkt.seq) if pkt.end > pkt.seq else
+                   paired.ack_key(self._streams[paired.REVERSE[d]], self._ack_ord[d], pkt.ack))
+            draw = functools.partial(paired.packet_draw, self.paired_seed, d, key)
             lost_before = path.counts["lost"]
-        due = path.carry(t_dep, loss_u)
-        if loss_u is not None and path.counts["lost"] > lost_before:
+        due = path.carry(t_dep, draw)
+        if draw is not None and path.counts["lost"] > lost_before:
             self.lost_keys[d].append(key)
         if due is not None:
             peer = self.cloud if ep is self.edge else self.edge
@@ -371,13 +374,13 @@ class SleepLinkModel:
 
 
 def make_link_model(kind: str, link: LinkPair, *, congestion_control: str | None = None, seed: int = 0,
-                    changes: Iterable[tuple[float, LinkPair]] = (), loss_seed: int | None = None,
+                    changes: Iterable[tuple[float, LinkPair]] = (), paired_seed: int | None = None,
                     **tcp_options) -> LinkModel:
     """"tcp" (the mechanistic model) or "sleep" (the naive one, which loses nothing).
-    `loss_seed`: key each packet's loss draw (netns/pairedloss.py) as the wire relay does for that seed."""
+    `paired_seed`: key each packet's loss and jitter draws (netns/paired.py) as the wire relay does for that seed."""
     if kind == "tcp":
         return TcpLinkModel(link, congestion_control=congestion_control or "cubic", seed=seed, changes=changes,
-                            loss_seed=loss_seed, **tcp_options)
+                            paired_seed=paired_seed, **tcp_options)
     if kind == "sleep":
         return SleepLinkModel(link, seed=seed, changes=changes)
     raise SimError(f"link model must be 'tcp' or 'sleep', got {kind!r}")

@@ -162,7 +162,7 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
                           "strategies": strategies, "models": opts.models})
     out(f"results: {run_dir}")
     topo = Topology(backend=opts.backend or sc.backend, congestion_control=sc.congestion_control)
-    topo.loss_seed = int(workload["seed"])     # the wire relay keys loss draws as the simulator does (pairedloss)
+    topo.paired_seed = int(workload["seed"])     # the wire relay keys loss and jitter draws as the simulator does (netns/paired.py)
     cloud = edge = timeline = None
     status = "failed"
     retrans: dict[str, dict] = {}
@@ -171,7 +171,7 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
         t = time.monotonic()
         topo.up(sc.timeline.link_at(0.0, sc.link))
         meta.update(backend=topo.backend_name, congestion_control=topo.congestion_control,
-                    paired_loss_seed=topo.loss_seed if topo.backend_name == "wire" else None,
+                    paired_seed=topo.paired_seed if topo.backend_name == "wire" else None,
                     link_read_back=topo.read_back(), link_up_ms=round((time.monotonic() - t) * 1e3, 1))
         out(f"link up ({topo.backend_name}, TCP {topo.congestion_control}): {sc.link.describe()}")
 

@@ -122,11 +122,11 @@ class _Run:
 
     def __init__(self, sc: Scenario, prof: ComputeProfile, workload: dict, link_model: str, seed: int,
                  acceptance: str, synthetic_profile, tcp_options: dict, congestion_control: str | None,
-                 host_overhead_ms: float, loss_seed: int | None = None):
+                 host_overhead_ms: float, paired_seed: int | None = None):
         self.sc, self.p, self.w = sc, prof, workload
         self.link = make_link_model(link_model, sc.timeline.link_at(0.0, sc.link),
                                     congestion_control=congestion_control or sc.congestion_control, seed=seed,
-                                    changes=_link_changes(sc), loss_seed=loss_seed, **tcp_options)
+                                    changes=_link_changes(sc), paired_seed=paired_seed, **tcp_options)
         self.link_model = link_model
         self.overhead = host_overhead_ms          # ms, or a function of the direction's one-way delay
         self._overhead_of: dict[int, float] = {}   # link handle → host overhead its arrival gets
@@ -355,7 +355,7 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
              max_new_tokens: int | None = None, payload: str | None = None, temperature: float | None = None,
              prompts: str | None = None, acceptance: str = "auto", congestion_control: str | None = None,
              tcp_options: dict | None = None, host_overhead_ms=0.0,
-             compute: ComputeProfile | None = None, loss_seed: int | None = None,
+             compute: ComputeProfile | None = None, paired_seed: int | None = None,
              link_out: list | None = None) -> Iterator[tuple[dict, list[dict]]]:
     """Yield (query record, cycle records) for every query of every strategy, in the edge node's order.
 
@@ -369,9 +369,9 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
     crosses (ms → ms); if used, measure it on unimpaired links, never fit it to the compared runs.
     `compute`: compute times to use instead of `profile`'s (which still decides acceptance) — e.g.
     the profile plus the host's measured overshoot (lab/validate.py calibrates it).
-    `loss_seed`: the seed of each packet's loss draw, keyed by the message it carries
-    (netns/pairedloss.py) — default `seed`, so a simulation and a wire-backend lab run with the same
-    workload seed lose the same messages' packets; jitter stays drawn from `seed`.
+    `paired_seed`: the seed of each packet's loss and jitter draws, keyed by the message it carries
+    (netns/paired.py) — default `seed`, so a simulation and a wire-backend lab run with the same
+    workload seed lose and delay the same messages' packets alike.
     `link_out`: a list the run's link model is appended to (its stats and lost_keys after the run)."""
     prof = compute if compute is not None else ComputeProfile.of(profile)
     synthetic_profile = None
@@ -396,7 +396,7 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
     run = _Run(scenario, prof, w, link_model, seed, acceptance, synthetic_profile,
                (tcp_options or {}) if link_model == "tcp" else {}, congestion_control,
                host_overhead_ms if callable(host_overhead_ms) else float(host_overhead_ms),
-               seed if loss_seed is None else loss_seed)
+               seed if paired_seed is None else paired_seed)
     if link_out is not None:
         link_out.append(run.link)
     for strat in objs:

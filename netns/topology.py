@@ -173,7 +173,7 @@ class Topology:
         self.backend = None
         self.congestion_control: str | None = None
         self.relay: subprocess.Popen | None = None
-        self.loss_seed: int | None = None     # wire backend: pair its loss draws with the simulator's (pairedloss)
+        self.paired_seed: int | None = None     # wire backend: pair its loss and jitter draws with the simulator's (netns/paired.py)
         self.link: LinkPair | None = None
         self.timings_ms: dict[str, float] = {}
         self._up = False

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 
 from netns.link import LinkError, LinkPair, LinkSpec
-from netns.pairedloss import PacketKeyer, keyed_uniform
+from netns.paired import PacketKeyer, packet_draw
 
 TUNSETIFF = 0x400454CA
 IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
@@ -78,9 +78,11 @@ class DelayLine:
     _last_seq_out: int = -1
     _seq: int = 0
 
-    def admit(self, now_ns: int, loss_u=None) -> tuple[int, int] | None:
-        """(due_ns, seq) for an arriving packet, or None if it is dropped.  `loss_u`: a function giving
-        this packet's loss draw (paired loss, netns/pairedloss.py); default the line's generator."""
+    def admit(self, now_ns: int, draw=None) -> tuple[int, int] | None:
+        """(due_ns, seq) for an arriving packet, or None if it is dropped.  `draw`: this packet's own
+        uniform numbers, draw("loss") and draw("jitter") (paired draws, netns/paired.py); default
+        the line's generator."""
+        loss_u = (lambda: draw("loss")) if draw else None
         self.stats.received += 1
         spec = self.spec
         if spec.loss_pct and (loss_u or self.rng.random)() * 100.0 < spec.loss_pct:
@@ -91,7 +93,8 @@ class DelayLine:
             return None
         delay_ms = spec.delay_ms
         if spec.jitter_ms:
-            delay_ms += self.rng.uniform(-spec.jitter_ms, spec.jitter_ms)
+            u = draw("jitter") if draw else self.rng.random()
+            delay_ms += spec.jitter_ms * (2.0 * u - 1.0)
         self.in_flight += 1
         self._seq += 1
         return now_ns + int(max(0.0, delay_ms) * 1e6), self._seq
@@ -157,10 +160,10 @@ class Relay:
     """The loop: read both TUNs, schedule, write at due time, answer control messages."""
 
     def __init__(self, edge_fd: int, cloud_fd: int, link: LinkPair, control_path: str, seed: int | None):
-        """With a seed, loss is paired (netns/pairedloss.py): each packet's draw is keyed by the message
+        """With a seed, loss is paired (netns/paired.py): each packet's draw is keyed by the message
         it carries, so the simulator with the same seed loses the same messages' packets."""
         rng = random.Random(seed)
-        self.loss_seed = seed
+        self.paired_seed = seed
         self.keyer = PacketKeyer() if seed is not None else None
         self.lost_keys: dict[str, list] = {"up": [], "down": []}
         self.fds = {"up": (edge_fd, cloud_fd), "down": (cloud_fd, edge_fd)}
@@ -185,13 +188,13 @@ class Relay:
                 pkt = os.read(src, MAX_PACKET)
             except BlockingIOError:
                 return
-            loss_u = None
+            draw = None
             if self.keyer is not None:
                 key = self.keyer.key(direction, pkt)
-                loss_u = functools.partial(keyed_uniform, self.loss_seed, direction, key)
+                draw = functools.partial(packet_draw, self.paired_seed, direction, key)
                 lost = line.stats.lost
-            verdict = line.admit(now_ns, loss_u)
-            if loss_u is not None and line.stats.lost > lost and key[0] == "d" and key[3] == 0:
+            verdict = line.admit(now_ns, draw)
+            if draw is not None and line.stats.lost > lost and key[0] == "d" and key[3] == 0:
                 if len(self.lost_keys[direction]) < MAX_LOST_KEYS:
                     self.lost_keys[direction].append(key[1:3])
             if verdict is not None:
@@ -248,7 +251,7 @@ class Relay:
         the (message, bucket) of every first transmission lost."""
         flows = self.keyer.flows.values()
         busiest = max(flows, key=lambda f: len(f.stream["up"].starts) + len(f.stream["down"].starts), default=None)
-        return {"seed": self.loss_seed,
+        return {"seed": self.paired_seed,
                 "messages": {d: len(busiest.stream[d].starts) if busiest else 0 for d in ("up", "down")},
                 "lost_first_tx": self.lost_keys}
 
@@ -368,7 +371,7 @@ class WireBackend:
 
     def apply(self, link: LinkPair) -> None:
         self.topo.start_relay(link, detach=getattr(self.topo, "detach", False),
-                              seed=getattr(self.topo, "loss_seed", None))
+                              seed=getattr(self.topo, "paired_seed", None))
         self._shape(link)
 
     def change(self, link: LinkPair) -> None:

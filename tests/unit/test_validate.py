@@ -99,6 +99,12 @@ def test_default_sets():
     assert sum(n.startswith("grid-") for n in names) == 21
     assert any(c.payload == "full" for c in full) and any(c.scenario.link.uplink.loss_pct == 1 for c in full)
     assert [c.scenario.name for c in select_cases(["grid-50ms-10mbit", "lan"], False)] == ["grid-50ms-10mbit", "lan"]
+    # a name in both sets gets the set asked for
+    full_jittery = select_cases(["jittery"], False)[0]
+    quick_jittery = select_cases(["jittery"], True)[0]
+    assert full_jittery == next(c for c in full if c.scenario.name == "jittery")
+    assert quick_jittery == next(c for c in default_cases(True) if c.scenario.name == "jittery")
+    assert full_jittery != quick_jittery
 
 
 def test_message_overhead_interpolates_between_the_two_calibration_links():

@@ -1,40 +1,43 @@
-"""Paired loss: the same per-packet loss decisions in the lab's relay and in the simulator.
+"""Paired draws: the same per-packet loss and jitter in the lab's relay and in the simulator.
 
 Validation compares the simulator with the kernel lab.  Under 5 % loss a
 query's end-to-end time is dominated by how many of its packets are lost
 (each loss costs a recovery, ≈ an RTO), so two independent loss draws give
-medians that differ by a whole recovery from sampling alone — hundreds of
-queries per strategy would be needed before a 3 % comparison says anything
-about the model.  The standard cure in simulation studies is common random
-numbers: give both systems the same random input and compare what each
-makes of it.
+medians that differ by a whole recovery from sampling alone — with the fast
+profile, hundreds to thousands of queries per strategy before a 3 %
+comparison says anything about the model.  Jitter does the same on a smaller
+scale (a streamed answer ends when its last packet, ± jitter, arrives).  The
+standard cure in simulation studies is common random numbers: give both
+systems the same random input and compare what each makes of it.
 
-Here a packet's loss is decided by a keyed hash instead of the next draw of
-a generator: u = H(seed, direction, key) in [0, 1), lost iff u·100 < loss_pct.
+Here a packet's draws come from a keyed hash instead of the next output of
+a generator: u = H(seed, direction, key) in [0, 1), lost iff u·100 <
+loss_pct; its jitter is uniform from H(seed, direction, key + ("jitter",)).
 The key names the packet by what it carries, not by when it is sent:
 
   ("d", m, b, r)   a TCP segment with data whose first byte is in message m
                    (ZMTP messages on that direction of the connection, counted
                    from 0), b = that byte's offset in the message // KEY_BUCKET,
                    r = how many earlier transmissions had the same (m, b): a
-                   retransmission is a new packet with a new draw
+                   retransmission is a new packet with new draws
   ("a", m, r)      a pure ACK: m = how many of the reverse direction's
                    messages it acknowledges completely, r = the ordinal among
                    pure ACKs with the same m
   ("p", off, r)    data before the first message (ZMTP greeting, READY)
-  ("n", i)         anything else (SYN, FIN, RST, ICMP, non-ZMTP streams: the
-                   i-th such packet of the direction)
+  ("s", b, r)      data of a stream that is not ZMTP, by offset bucket
+  ("n", i)         anything else (SYN, FIN, RST, ICMP: the i-th such packet of
+                   the direction)
 
 Every packet of a run gets a distinct key, and the hash makes the draws
-independent and uniform, so the loss process is still Bernoulli(loss_pct)
-per packet — what netem does, what the scenario says.  Because the key
-names the message, the relay (which parses the ZMTP stream it forwards) and
-the simulator (which knows its messages) draw the same u for "the first
-transmission of the verify request of cycle 7" even when their timing or
-their ACK pattern differ; a disagreement (say, one extra retransmission in
-one of them) changes that packet's draw only, and the next message is in
-step again.  `python -m lab validate` reports how many of the lab's lost
-data segments the simulator lost too.
+independent and uniform, so loss is still Bernoulli(loss_pct) per packet and
+jitter still uniform per packet — what netem does, what the scenario says.
+Because the key names the message, the relay (which parses the ZMTP stream
+it forwards) and the simulator (which knows its messages) draw the same
+numbers for "the first transmission of the verify request of cycle 7" even
+when their timing or their ACK pattern differ; a disagreement (say, one
+extra retransmission in one of them) changes that packet's draws only, and
+the next message is in step again.  `python -m lab validate` reports how
+many of the lab's lost first transmissions the simulator lost too.
 
 Pure, no dependencies beyond the standard library: the relay imports it.
 """
@@ -49,6 +52,11 @@ ZMTP_GREETING = 64                 # ZMTP 3.x greeting length
 ZMTP_MORE, ZMTP_LONG, ZMTP_COMMAND = 0x01, 0x02, 0x04
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 PRUNE_AT = 4096                    # ordinal entries kept per stream before the oldest are dropped
+
+
+def packet_draw(seed: int, direction: str, key: tuple, what: str) -> float:
+    """A packet's uniform number for `what`: "loss" (keyed_uniform of its key) or "jitter"."""
+    return keyed_uniform(seed, direction, key if what == "loss" else key + (what,))
 
 
 def keyed_uniform(seed: int, direction: str, key: tuple) -> float:

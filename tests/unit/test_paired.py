@@ -1,10 +1,10 @@
-"""Paired loss (netns/pairedloss.py): the ZMTP message index, packet keys, and the loss process."""
+"""Paired loss (netns/paired.py): the ZMTP message index, packet keys, and the loss process."""
 import random
 import struct
 
 import pytest
 
-from netns import pairedloss as pl
+from netns import paired as pl
 from netns.link import LinkPair, LinkSpec
 
 
@@ -110,13 +110,13 @@ def test_relay_keyer_names_segments_by_message_as_the_simulator_does():
     assert a1 == ("a", 2, 0) and a2 == ("a", 2, 1)
 
 
-def test_simulated_link_with_a_loss_seed_loses_the_same_first_transmissions_as_itself():
-    """Same loss seed, different jitter seeds: the lost first transmissions are the same messages."""
+def test_simulated_link_with_a_paired_seed_is_independent_of_its_own_generator():
+    """Same paired seed, different generator seeds: the same first transmissions are lost."""
     from lab.netsim import TcpLinkModel
     spec = LinkSpec(delay_ms=10, jitter_ms=2, loss_pct=5)
     runs = []
     for seed in (1, 2):
-        m = TcpLinkModel(LinkPair(spec, spec), seed=seed, loss_seed=9)
+        m = TcpLinkModel(LinkPair(spec, spec), seed=seed, paired_seed=9)
         t = 0.0
         for i in range(400):
             t = m.send(t, "up", 200) + 1.0
@@ -126,14 +126,24 @@ def test_simulated_link_with_a_loss_seed_loses_the_same_first_transmissions_as_i
     assert runs[0] == runs[1]
 
 
-def test_relay_delay_line_uses_the_keyed_draw_when_given():
+def test_relay_delay_line_uses_the_packets_own_draws_when_given():
     from netns.wire import DelayLine
-    line = DelayLine(LinkSpec(delay_ms=5, loss_pct=5), random.Random(0))
-    assert line.admit(0, lambda: 0.049) is None                 # 4.9 < 5: lost, whatever the generator says
-    assert line.admit(0, lambda: 0.051) is not None
-    assert line.stats.lost == 1 and line.stats.received == 2
+    line = DelayLine(LinkSpec(delay_ms=5, jitter_ms=2, loss_pct=5), random.Random(0))
+    assert line.admit(0, {"loss": 0.049, "jitter": 0.5}.get) is None        # 4.9 < 5: lost
+    due, _ = line.admit(0, {"loss": 0.051, "jitter": 1.0}.get)
+    assert due == int(7.0 * 1e6)                                             # delay + jitter·(2u − 1)
+    due, _ = line.admit(0, {"loss": 0.9, "jitter": 0.0}.get)
+    assert due == int(3.0 * 1e6)
+    assert line.stats.lost == 1 and line.stats.received == 3
     clean = DelayLine(LinkSpec(delay_ms=5), random.Random(0))
-    assert clean.admit(0, lambda: 0.0) is not None              # no loss configured: the draw is not used
+    assert clean.admit(0, {"loss": 0.0, "jitter": 0.0}.get) is not None     # no loss configured: not used
+
+
+def test_packet_draws_for_loss_and_jitter_are_distinct_and_reproducible():
+    key = ("d", 3, 0, 0)
+    assert pl.packet_draw(1, "up", key, "loss") == pl.keyed_uniform(1, "up", key)
+    assert pl.packet_draw(1, "up", key, "jitter") != pl.packet_draw(1, "up", key, "loss")
+    assert pl.packet_draw(1, "up", key, "jitter") == pl.packet_draw(1, "up", key, "jitter")
 
 
 def test_validate_counts_the_lab_losses_the_simulator_drew_too(tmp_path):
