@@ -34,16 +34,19 @@ Nothing is fitted to the cases.  The simulator's TCP constants are Linux's
 defaults.  What the host itself costs — a message through zmq, Python and
 the link's plumbing, waking a process that was idle for a round trip; the
 synthetic models' waits overshooting by tens of µs plus the nodes'
-bookkeeping — is measured once per invocation on two unimpaired links (no
-rate, no jitter, no loss; their own seed): 0 ms and CALIBRATION_DELAY_MS
-each way.  The same constants go to the simulator for every case
-(`HostCalibration`, printed and saved); a message's host cost is
-interpolated in the one-way delay it crosses between the two measurements
-(flat beyond).  Why two: a message that arrives after the receiver idled for
-a propagation delay costs more than one on a 0 ms link (measured here:
-≈0.2 ms/message at 0 ms, ≈0.37 ms at 15 ms), and the kernel's loss-recovery
-timers fire on a 32 ms grid, so a per-cycle period error of a fraction of a
-millisecond accumulates between losses into a shifted recovery tail.  On
+bookkeeping — is measured once per invocation on unimpaired links (no
+rate, no jitter, no loss; their own seed) of CALIBRATION_DELAYS_MS each way
+(0, 15 and 60 ms: delays no case uses).  The same measurements go to the
+simulator for every case (`HostCalibration`, printed and saved), linear in
+the one-way delay between the calibration links and flat beyond: a
+message's host cost by the delay it crosses, the compute overshoot by the
+case's mean one-way delay.  Why by delay: a node that idled for a round trip
+wakes up slower — measured here ≈0.27 ms/message at 0 ms, ≈0.55 at 15 ms,
+≈0.8 from 50 ms up, and the compute overshoot doubles between 0 and 15 ms —
+and the kernel's loss-recovery timers sit on jiffy and timer-wheel grids
+(RTO = srtt + 200 ms rounded up to 4 ms; at RTT 50 ms a few tenths of a
+millisecond of srtt decide between 256 and 260 ms), so a fraction of a
+millisecond per cycle moves a recovery tail.  On
 0 ms links (`lan`, the grid's RTT-0 row) the network time *is* host cost, so
 those rows check the calibration and the compute model, not the link model.
 `--no-calibration` shows the raw Δ.
@@ -160,44 +163,76 @@ def select_cases(names: Iterable[str], quick: bool) -> list[Case]:
 # ------------------------------------------------------------------ the host's own costs
 
 @dataclass(frozen=True)
-class HostCalibration:
-    """What this host adds to the profile's compute and to every message, measured on an unimpaired link."""
-    message_ms: float = 0.0        # per message crossing CALIBRATION_DELAY_MS (zmq, Python, relay, idle wake-up)
-    message_ms_0: float | None = None   # per message on a 0 ms link (None: message_ms at every delay)
+class HostCosts:
+    """What this host adds, measured on one unimpaired link (`calibration_from`)."""
+    message_ms: float = 0.0        # per message (zmq, Python, relay, waking a receiver that idled)
     draft_extra_ms: float = 0.0    # per draft forward, on top of t_draft_ms
     verify_extra_ms: float = 0.0   # per verification, on top of verify_ms(K + 1)
     token_extra_ms: float = 0.0    # per cloud-only token, on top of the target step
     cycles: int = 0                # how many cycles the figures rest on
 
+
+@dataclass(frozen=True)
+class HostCalibration:
+    """The host's costs as a function of the one-way delay: measured on a few unimpaired links
+    (CALIBRATION_DELAYS_MS), linear between them, flat beyond the first and the last."""
+    points: tuple[tuple[float, HostCosts], ...] = ()     # (one-way delay in ms, costs), ascending
+
+    def at(self, one_way_delay_ms: float) -> HostCosts:
+        pts = self.points
+        if not pts:
+            return HostCosts()
+        if one_way_delay_ms <= pts[0][0]:
+            return pts[0][1]
+        for (d0, c0), (d1, c1) in zip(pts, pts[1:]):
+            if one_way_delay_ms <= d1:
+                f = (one_way_delay_ms - d0) / (d1 - d0)
+                mix = lambda a, b: a + f * (b - a)     # noqa: E731
+                return HostCosts(*(mix(getattr(c0, k), getattr(c1, k)) for k in
+                                   ("message_ms", "draft_extra_ms", "verify_extra_ms", "token_extra_ms")))
+        return pts[-1][1]
+
     def message_overhead_ms(self, one_way_delay_ms: float) -> float:
-        """Host cost of one message crossing a link of this one-way delay: linear between the two
-        calibration links, flat beyond the delayed one."""
-        if self.message_ms_0 is None:
-            return self.message_ms
-        f = min(1.0, max(0.0, one_way_delay_ms / CALIBRATION_DELAY_MS))
-        return self.message_ms_0 + f * (self.message_ms - self.message_ms_0)
+        """Host cost of one message crossing a link of this one-way delay."""
+        return self.at(one_way_delay_ms).message_ms
+
+    def compute(self, one_way_delay_ms: float):
+        """The profile's compute times plus the host's overshoot on a link of this one-way delay
+        (lab.simulator.ComputeProfile): a node that waited a round trip wakes up slower."""
+        from lab.simulator import ComputeProfile
+        p, c = ComputeProfile.of(PROFILE), self.at(one_way_delay_ms)
+        return replace(p, t_draft_ms=p.t_draft_ms + c.draft_extra_ms,
+                       verify_a_ms=p.verify_a_ms + c.verify_extra_ms,
+                       target_token_ms=p.step_ms() + c.token_extra_ms)
 
     def describe(self) -> str:
-        at0 = "" if self.message_ms_0 is None else f"{self.message_ms_0:.3f} ms/message at 0 ms, "
-        return (f"{at0}{self.message_ms:.3f} ms/message at {CALIBRATION_DELAY_MS:g} ms one-way, "
-                f"+{self.draft_extra_ms:.3f} ms/draft forward, "
-                f"+{self.verify_extra_ms:.3f} ms/verify, +{self.token_extra_ms:.3f} ms/cloud token "
-                f"({self.cycles} cycles)")
+        return "; ".join(f"{d:g} ms one-way: {c.message_ms:.3f} ms/message, +{c.draft_extra_ms:.3f} ms/draft "
+                         f"forward, +{c.verify_extra_ms:.3f} ms/verify, +{c.token_extra_ms:.3f} ms/cloud token"
+                         for d, c in self.points) + f" ({sum(c.cycles for _, c in self.points)} cycles)"
 
-    def compute(self):
-        """The profile's compute times with the host's overshoot added (lab.simulator.ComputeProfile)."""
-        from lab.simulator import ComputeProfile
-        p = ComputeProfile.of(PROFILE)
-        return replace(p, t_draft_ms=p.t_draft_ms + self.draft_extra_ms,
-                       verify_a_ms=p.verify_a_ms + self.verify_extra_ms,
-                       target_token_ms=p.step_ms() + self.token_extra_ms)
+    def to_json(self) -> dict:
+        return {"points": [{"one_way_ms": d, **asdict(c)} for d, c in self.points]}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "HostCalibration":
+        """Also reads the two-link form earlier versions saved (message_ms_0 at 0 ms, the rest at 15 ms)."""
+        if "points" in doc:
+            return cls(tuple((float(p.pop("one_way_ms")), HostCosts(**p)) for p in map(dict, doc["points"])))
+        extras = {k: doc.get(k, 0.0) for k in ("draft_extra_ms", "verify_extra_ms", "token_extra_ms")}
+        delayed = HostCosts(message_ms=doc.get("message_ms", 0.0), cycles=doc.get("cycles", 0), **extras)
+        if doc.get("message_ms_0") is None:
+            return cls(((15.0, delayed),))
+        return cls(((0.0, replace(delayed, message_ms=doc["message_ms_0"], cycles=0)), (15.0, delayed)))
 
 
 CALIBRATION_SEED = 1000
-CALIBRATION_DELAY_MS = 15.0       # each way: RTT 30 ms, a link no case uses
+# One-way delays of the calibration links — links no case uses.  The host's costs grow with how long a
+# node idled before a message arrives (measured here: ≈0.27 ms/message at 0 ms, ≈0.55 at 15 ms, ≈0.8
+# from 50 ms up, as the grid rows' lab network time shows); three points follow that curve.
+CALIBRATION_DELAYS_MS = (0.0, 15.0, 60.0)
 
 
-def calibration_from(cycles: list[dict], rtt_ms: float = 0.0) -> HostCalibration:
+def calibration_from(cycles: list[dict], rtt_ms: float = 0.0) -> HostCosts:
     """Derive the host's costs from a lab run on a delay-only link of RTT `rtt_ms` (what the simulator
     gives there: exactly the RTT per split cycle, nothing per streamed token).
 
@@ -211,7 +246,7 @@ def calibration_from(cycles: list[dict], rtt_ms: float = 0.0) -> HostCalibration
     if not split or not tokens:
         raise RuntimeError("the calibration run produced no split or cloud-only cycles to measure")
     med = lambda xs: float(np.median(xs))     # noqa: E731
-    return HostCalibration(
+    return HostCosts(
         message_ms=max(0.0, med([c["network_ms"] - rtt_ms for c in split]) / 2),
         draft_extra_ms=med([c["edge_compute_ms"] / c["k"] - p.t_draft_ms for c in split]),
         verify_extra_ms=med([c["cloud_compute_ms"] - p.verify_ms(c["k"] + 1) for c in split]),
@@ -220,16 +255,21 @@ def calibration_from(cycles: list[dict], rtt_ms: float = 0.0) -> HostCalibration
 
 
 def calibrate(backend: str | None, base: Path) -> HostCalibration:
-    """Lab runs on a 0 ms and a delay-only link (their own seed) → HostCalibration."""
+    """Lab runs on the delay-only calibration links (their own seed) → HostCalibration."""
     from lab.results import read_jsonl
-    cals = []
-    for delay in (0.0, CALIBRATION_DELAY_MS):
+    points = []
+    for delay in CALIBRATION_DELAYS_MS:
         case = Case(_point(f"calibration-{delay:g}ms", "host costs: delay only, no rate, jitter or loss",
                            delay_ms=delay), ("cloud-only", "fixed-k:3"), queries=6)
         run_dir = _lab_run(case, backend, base, seed=CALIBRATION_SEED)
-        cals.append(calibration_from(_measured(read_jsonl(run_dir / "cycles.jsonl")), rtt_ms=2 * delay))
-    at0, delayed = cals
-    return replace(delayed, message_ms_0=at0.message_ms, cycles=at0.cycles + delayed.cycles)
+        points.append((delay, calibration_from(_measured(read_jsonl(run_dir / "cycles.jsonl")), rtt_ms=2 * delay)))
+    return HostCalibration(tuple(points))
+
+
+def _one_way_ms(sc: Scenario) -> float:
+    """The mean one-way delay a case starts with (what its nodes idle for, per direction)."""
+    link = sc.timeline.link_at(0.0, sc.link)
+    return (link.uplink.delay_ms + link.downlink.delay_ms) / 2
 
 
 # ------------------------------------------------------------------ comparing
@@ -413,7 +453,7 @@ def judge(case: Case, run_dir: Path, calibration: HostCalibration) -> list[Row]:
                                             warmup_queries=w["warmup_queries"], max_new_tokens=w["max_new_tokens"],
                                             payload=w["payload"], seed=seed, link_model=model,
                                             acceptance="synthetic", congestion_control=cc,
-                                            compute=calibration.compute(),
+                                            compute=calibration.compute(_one_way_ms(case.scenario)),
                                             host_overhead_ms=calibration.message_overhead_ms,
                                             paired_seed=paired_seed,
                                             link_out=links if model == "tcp" and seed == 0 else None)
@@ -483,7 +523,6 @@ def run_validation(names: Iterable[str] = (), quick: bool = False, backend: str 
     if rejudge:
         base = Path(rejudge)
         saved = json.loads((base / "calibration.json").read_text())
-        saved.pop("enabled", None)
         csv_path = base / "validation-rejudged.csv"
     else:
         base = new_run_dir("validate" + ("-quick" if quick else ""), Path(out_dir) if out_dir else None)
@@ -496,16 +535,16 @@ def run_validation(names: Iterable[str] = (), quick: bool = False, backend: str 
     t0 = time.monotonic()
     cal = HostCalibration()
     if rejudge:
-        cal = HostCalibration(**saved)
+        cal = HostCalibration.from_json(saved)
         out(f"re-judging the lab runs in {base} with their host calibration: {cal.describe()}")
     elif calibrate_host:
         cal = calibrate(backend, base)
-        out(f"host calibration (unimpaired links, 0 and {CALIBRATION_DELAY_MS:g} ms each way, "
+        out(f"host calibration (unimpaired links, {', '.join(f'{d:g}' for d in CALIBRATION_DELAYS_MS)} ms each way, "
             f"{time.monotonic() - t0:.0f} s): {cal.describe()}")
     else:
         out("host calibration: off (the simulator adds no host cost)")
     if not rejudge:
-        (base / "calibration.json").write_text(json.dumps({**asdict(cal), "enabled": calibrate_host}, indent=1) + "\n")
+        (base / "calibration.json").write_text(json.dumps({**cal.to_json(), "enabled": calibrate_host}, indent=1) + "\n")
     with open(csv_path, "w", newline="") as f:
         writer = None
         for i, case in enumerate(cases, 1):

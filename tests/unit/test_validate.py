@@ -84,7 +84,7 @@ def test_calibration_from_a_delay_only_run():
     assert cal.draft_extra_ms == pytest.approx(0.02)
     assert cal.verify_extra_ms == pytest.approx(0.1)
     assert cal.token_extra_ms == pytest.approx(0.03)
-    c = cal.compute()
+    c = HostCalibration(((15.0, cal),)).compute(15.0)
     assert c.verify_ms(4) == pytest.approx(p.verify_ms(4) + 0.1) and c.step_ms() == pytest.approx(p.step_ms() + 0.03)
     with pytest.raises(RuntimeError, match="no split or cloud-only cycles"):
         calibration_from([])
@@ -107,13 +107,24 @@ def test_default_sets():
     assert full_jittery != quick_jittery
 
 
-def test_message_overhead_interpolates_between_the_two_calibration_links():
-    from lab.validate import CALIBRATION_DELAY_MS
-    cal = HostCalibration(message_ms=0.4, message_ms_0=0.2)
+def test_host_costs_interpolate_between_the_calibration_links_and_stay_flat_beyond():
+    from lab.validate import HostCosts
+    cal = HostCalibration(((0.0, HostCosts(message_ms=0.2, verify_extra_ms=0.1)),
+                           (15.0, HostCosts(message_ms=0.5, verify_extra_ms=0.3)),
+                           (60.0, HostCosts(message_ms=0.8, verify_extra_ms=0.3))))
     assert cal.message_overhead_ms(0) == pytest.approx(0.2)
-    assert cal.message_overhead_ms(CALIBRATION_DELAY_MS / 2) == pytest.approx(0.3)
-    assert cal.message_overhead_ms(250) == pytest.approx(0.4)
-    assert HostCalibration(message_ms=0.4).message_overhead_ms(0) == 0.4
+    assert cal.message_overhead_ms(7.5) == pytest.approx(0.35)
+    assert cal.message_overhead_ms(37.5) == pytest.approx(0.65)
+    assert cal.message_overhead_ms(250) == pytest.approx(0.8)
+    p = ComputeProfile.of(PROFILE)
+    assert cal.compute(7.5).verify_ms(4) == pytest.approx(p.verify_ms(4) + 0.2)
+    assert HostCalibration().message_overhead_ms(10) == 0.0
+    assert HostCalibration().compute(10).verify_ms(4) == p.verify_ms(4)
+    # saved and read back; the two-link form of earlier versions still reads
+    assert HostCalibration.from_json(cal.to_json()) == cal
+    old = HostCalibration.from_json({"message_ms": 0.4, "message_ms_0": 0.2, "draft_extra_ms": 0.01,
+                                     "verify_extra_ms": 0.1, "token_extra_ms": 0.0, "cycles": 9, "enabled": True})
+    assert old.message_overhead_ms(7.5) == pytest.approx(0.3) and old.at(100).draft_extra_ms == 0.01
 
 
 def test_simulator_applies_a_delay_dependent_host_overhead():
