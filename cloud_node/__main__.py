@@ -155,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--no-draft", action="store_true", help="serve without a draft model (no cloud-spec)")
     ap.add_argument("--max-message-bytes", type=int, default=protocol.MAX_MESSAGE_BYTES)
+    ap.add_argument("--cpus", help="pin to these CPUs, e.g. 1 (the runner gives each node its own)")
     a = ap.parse_args(argv)
+    from lab.affinity import pin
+    pin(a.cpus)                    # before the models' and zmq's threads start
     t0 = time.monotonic()
     from lab.models.select import load_role
     try:

@@ -122,6 +122,7 @@ class EdgeNode:
         cyc = {k: [] for k in ("k", "accepted", "cycle_ms", "network_ms", "cloud_compute_ms", "edge_compute_ms",
                                "bytes_up", "bytes_down", "t_ms")}
         t_submit = now_ms()
+        rec["t_start_mono_ms"] = round(t_submit, 3)   # the kernel timers' clock (validate pairs its phase)
         out: list[int] = []
         state = {"ttft": None}
 
@@ -290,7 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workload", required=True, help="JSON: queries, warmup_queries, max_new_tokens, ...")
     ap.add_argument("--reply-timeout-s", type=float, default=20.0)
     ap.add_argument("--standalone", action="store_true", help="no runner on stdin: do not wait for 'go'")
+    ap.add_argument("--cpus", help="pin to these CPUs, e.g. 0 (the runner gives each node its own)")
     a = ap.parse_args(argv)
+    from lab.affinity import pin
+    pin(a.cpus)                    # before the models' and zmq's threads start
     from lab.models.select import load_role
     from lab.prompts import load_prompts
     workload = json.loads(a.workload)

@@ -204,6 +204,9 @@ class TcpLinkModel:
         # Paired draws (netns/paired.py): each packet's loss and jitter keyed by the message it carries,
         # as the lab's wire relay keys it for the same seed.
         self.paired_seed = paired_seed
+        # What the kernel's jiffies read when the simulation clock reads 0 (ms): timers fire on the jiffy and
+        # timer-wheel grids of that clock.  validate sets it per query from the lab run (clock_phase).
+        self.clock_offset_ms = 0.0
         self._streams = {d: paired.MessageStream() for d in DIRECTIONS}
         self._data_ord = {d: paired.Ordinals() for d in DIRECTIONS}
         self._ack_ord = {d: paired.Ordinals() for d in DIRECTIONS}

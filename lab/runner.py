@@ -29,6 +29,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from lab.affinity import format_cpus, node_cpus
+from netns.counters import jiffy_grid_ms
 from lab.results import Meta, new_run_dir, read_jsonl
 from lab.scenario import Scenario
 
@@ -59,6 +61,7 @@ class RunOptions:
     dtype: str = "bfloat16"
     reply_timeout_s: float = 20.0
     progress: bool = True
+    pin_cpus: bool = True          # edge and cloud on disjoint CPUs when the host has enough (lab/affinity.py)
 
 
 def effective_workload(sc: Scenario, opts: RunOptions) -> dict:
@@ -172,19 +175,24 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
         topo.up(sc.timeline.link_at(0.0, sc.link))
         meta.update(backend=topo.backend_name, congestion_control=topo.congestion_control,
                     paired_seed=topo.paired_seed if topo.backend_name == "wire" else None,
+                    jiffy_grid_ms=jiffy_grid_ms(),
                     link_read_back=topo.read_back(), link_up_ms=round((time.monotonic() - t) * 1e3, 1))
         out(f"link up ({topo.backend_name}, TCP {topo.congestion_control}): {sc.link.describe()}")
 
         node_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(opts.threads_per_node)}
         common = ["--models", opts.models, "--threads", str(opts.threads_per_node), "--dtype", opts.dtype]
-        cloud = _Proc("cloud", topo.popen("cloud", [_python(), "-m", "cloud_node",
+        cpus = node_cpus(opts.threads_per_node) if opts.pin_cpus else {}
+        meta.update(node_cpus={k: sorted(v) for k, v in cpus.items()} or None)
+        pin = {k: ["--cpus", format_cpus(v)] for k, v in cpus.items()}
+        cloud = _Proc("cloud", topo.popen("cloud", [_python(), "-m", "cloud_node", *pin.get("cloud", []),
                                                     "--bind", f"tcp://{CLOUD_ADDR}:{CLOUD_PORT}", *common],
                                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=node_env))
         line = cloud.readline(READY_TIMEOUT_S)
         if not line or json.loads(line).get("event") != "ready":
             raise RunError(f"cloud node did not become ready (got {line!r}); see its output above")
         meta.update(cloud=json.loads(line))
-        edge_args = [_python(), "-m", "edge_node", "--cloud", f"tcp://{CLOUD_ADDR}:{CLOUD_PORT}", *common,
+        edge_args = [_python(), "-m", "edge_node", *pin.get("edge", []),
+                     "--cloud", f"tcp://{CLOUD_ADDR}:{CLOUD_PORT}", *common,
                      "--strategies", ",".join(strategies), "--out", str(run_dir), "--scenario", sc.name,
                      "--backend", topo.backend_name, "--workload", json.dumps(workload),
                      "--reply-timeout-s", str(opts.reply_timeout_s)]

@@ -32,7 +32,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from lab.metrics import tokens_per_s
 from lab.netsim import SimError, make_link_model
@@ -356,7 +356,8 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
              prompts: str | None = None, acceptance: str = "auto", congestion_control: str | None = None,
              tcp_options: dict | None = None, host_overhead_ms=0.0,
              compute: ComputeProfile | None = None, paired_seed: int | None = None,
-             link_out: list | None = None) -> Iterator[tuple[dict, list[dict]]]:
+             link_out: list | None = None,
+             clock_phase: Callable[[str, int], float | None] | None = None) -> Iterator[tuple[dict, list[dict]]]:
     """Yield (query record, cycle records) for every query of every strategy, in the edge node's order.
 
     One connection carries the whole run, as in the lab.  `acceptance`: "iid", "synthetic", or "auto"
@@ -372,7 +373,10 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
     `paired_seed`: the seed of each packet's loss and jitter draws, keyed by the message it carries
     (netns/paired.py) — default `seed`, so a simulation and a wire-backend lab run with the same
     workload seed lose and delay the same messages' packets alike.
-    `link_out`: a list the run's link model is appended to (its stats and lost_keys after the run)."""
+    `link_out`: a list the run's link model is appended to (its stats and lost_keys after the run).
+    `clock_phase(strategy, index)`: where the kernel's jiffy grid stood when that query started in a lab
+    run (ms past a jiffies multiple of 512, lab/validate.py reads it), so the simulated TCP timers fire on
+    the same grid phase as the lab's; None leaves the clock as it is."""
     prof = compute if compute is not None else ComputeProfile.of(profile)
     synthetic_profile = None
     if acceptance in ("auto", "synthetic"):
@@ -401,6 +405,9 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
         link_out.append(run.link)
     for strat in objs:
         for i in range(w["warmup_queries"] + w["queries"]):
+            phase = clock_phase(strat.name, i) if clock_phase else None
+            if phase is not None:
+                run.link.clock_offset_ms = phase - run.t
             yield run.query(strat, plist[i % len(plist)], i, warmup=i < w["warmup_queries"])
     run._flush_end()
 

@@ -74,7 +74,8 @@ class TcpReceiver:
             ato = self.ato
             if ato > self.cfg.ato_min_ms:
                 ato = min(ato, self.cfg.delack_max_ms if pingpong else 500.0, max(self.srtt_ms, self.cfg.ato_min_ms))
-            self.net.schedule(timer_fire_ms(now, ato, self.cfg.hz), self._delack_timer, self.dack_gen)
+            off = self.net.clock_offset_ms
+            self.net.schedule(timer_fire_ms(now + off, ato, self.cfg.hz) - off, self._delack_timer, self.dack_gen)
 
     def _enter_quickack_mode(self) -> None:
         """tcp_enter_quickack_mode (a duplicate segment: our ACK was probably lost): quick ACKs,

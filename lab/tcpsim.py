@@ -134,7 +134,9 @@ class TcpEndpoint(TcpReceiver, LossRecovery):
         self.timer_gen += 1
         self.timer_kind = kind
         if kind is not None:
-            self.net.schedule(timer_fire_ms(now, timeout_ms, self.cfg.hz), self.on_timer, kind, self.timer_gen)
+            off = self.net.clock_offset_ms
+            self.net.schedule(timer_fire_ms(now + off, timeout_ms, self.cfg.hz) - off, self.on_timer, kind,
+                              self.timer_gen)
 
     def _rto_backed_off(self) -> float:
         return min(self.rto_ms * (1 << min(self.backoff, 20)), self.cfg.rto_max_ms)

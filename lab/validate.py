@@ -447,6 +447,7 @@ def judge(case: Case, run_dir: Path, calibration: HostCalibration) -> list[Row]:
     # recorded it as paired_loss_seed
     paired_seed = meta.get("paired_seed", meta.get("paired_loss_seed"))
     sims, links = {}, []
+    phase = clock_phases(meta, read_jsonl(run_dir / "queries.jsonl"))
     for model in ("tcp", "sleep"):
         sims[model] = [q for seed in range(SIM_SEEDS)
                        for q, _ in simulate(case.scenario, strategies, PROFILE, queries=w["queries"],
@@ -456,12 +457,34 @@ def judge(case: Case, run_dir: Path, calibration: HostCalibration) -> list[Row]:
                                             compute=calibration.compute(_one_way_ms(case.scenario)),
                                             host_overhead_ms=calibration.message_overhead_ms,
                                             paired_seed=paired_seed,
-                                            link_out=links if model == "tcp" and seed == 0 else None)
+                                            link_out=links if model == "tcp" and seed == 0 else None,
+                                            clock_phase=phase)
                        if not q["warmup"]]
     paired = paired_loss_match(run_dir, links[0]) if paired_seed is not None and links else ""
     retrans = meta.get("tcp_recovery_by_strategy") or {}
     return [compare(case.label, s, lab, sims["tcp"], sims["sleep"], _retrans_of(retrans.get(s)), paired)
             for s in strategies]
+
+
+JIFFY_GRID_PERIOD_MS = 512 * 4.0      # jiffies % 512 at HZ=250: covers the wheel's first three levels
+
+
+def clock_phases(meta: dict, queries: list[dict]):
+    """(strategy, index) → where the kernel's jiffy grid stood when the lab started that query (ms into a
+    JIFFY_GRID_PERIOD_MS period), for simulate(clock_phase=…); None if the run did not record it.
+
+    The kernel fires a TCP timer of ≥ 63 jiffies (an RTO: srtt + 200 ms) on an absolute 8-jiffy boundary
+    (32 ms); when a cycle lasts about two such buckets (fixed-k:3 on RTT 50 ms: ≈63 ms) the phase stays
+    put for many cycles, and the lab's recovery times cluster where its clock happens to stand.  Giving
+    the simulator the same phase per query pairs that too."""
+    grid = meta.get("jiffy_grid_ms")
+    if grid is None:
+        return None
+    starts = {(q["strategy"], q["query_index"]): q["t_start_mono_ms"] for q in queries if "t_start_mono_ms" in q}
+    if not starts:
+        return None
+    return lambda strategy, index: (None if (strategy, index) not in starts
+                                    else (starts[(strategy, index)] - grid) % JIFFY_GRID_PERIOD_MS)
 
 
 def paired_loss_match(run_dir: Path, link) -> str:

@@ -63,3 +63,38 @@ def qdisc_stats(ipr) -> list[dict]:
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after.get(k, 0) - before.get(k, 0) for k in after}
+
+
+TIMER_LIST = "/proc/timer_list"
+
+
+def jiffy_grid_ms(hz: int = 250, path: str = TIMER_LIST) -> float | None:
+    """A CLOCK_MONOTONIC time (ms) at which jiffies was a multiple of 512, or None if unreadable.
+
+    The kernel's timer wheel fires a timer of ≥ 63 jiffies on a boundary of 8 jiffies (32 ms at HZ=250),
+    of ≥ 504 jiffies on one of 64, counted in absolute jiffies; jiffies tick at CLOCK_MONOTONIC multiples
+    of the tick (tick_init_jiffy_update).  /proc/timer_list prints `now at <ns>` and `jiffies: <n>`;
+    read twice, and kept only if both reads agree (jiffies can lag on an idle machine)."""
+    tick_ns = 1_000_000_000 // hz
+    grid = []
+    for _ in range(2):
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            return None
+        now = jiffies = None
+        for line in text.splitlines():
+            if now is None and line.startswith("now at "):
+                now = int(line.split()[2])
+            elif jiffies is None and line.startswith("jiffies:"):
+                jiffies = int(line.split()[1])
+            if now is not None and jiffies is not None:
+                break
+        if now is None or jiffies is None:
+            return None
+        period = 512 * tick_ns
+        grid.append(((now // tick_ns) * tick_ns - (jiffies % 512) * tick_ns) % period)
+    if abs(grid[0] - grid[1]) > tick_ns // 2:
+        return None
+    return grid[1] / 1e6

@@ -140,3 +140,30 @@ def test_simulator_applies_a_delay_dependent_host_overhead():
     assert all(b == pytest.approx(20.0) for b in base)
     # One message each way per cycle, each charged f(10 ms one-way) = 0.35 ms.
     assert all(x == pytest.approx(20.7) for x in net(lambda d: 0.035 * d))
+
+
+def test_clock_phases_place_each_query_on_the_kernels_jiffy_grid():
+    from lab.validate import JIFFY_GRID_PERIOD_MS, clock_phases
+    queries = [{"strategy": "fixed-k:3", "query_index": 0, "t_start_mono_ms": 10_000.0},
+               {"strategy": "fixed-k:3", "query_index": 1, "t_start_mono_ms": 10_000.0 + JIFFY_GRID_PERIOD_MS + 5}]
+    phase = clock_phases({"jiffy_grid_ms": 1_000.0}, queries)
+    assert phase("fixed-k:3", 0) == pytest.approx((10_000.0 - 1_000.0) % JIFFY_GRID_PERIOD_MS)
+    assert phase("fixed-k:3", 1) == pytest.approx((phase("fixed-k:3", 0) + 5) % JIFFY_GRID_PERIOD_MS)
+    assert phase("cloud-only", 0) is None
+    assert clock_phases({}, queries) is None                        # older runs: the clock is left alone
+
+
+def test_the_simulators_timers_follow_the_clock_phase_they_are_given():
+    """Recovery timers fire on the jiffy/timer-wheel grid of the clock: a shifted phase moves the lossy
+    queries' end times, not the loss-free ones."""
+    from lab.scenario import load_scenario
+    from lab.simulator import simulate
+    sc = load_scenario("lossy-5pct")
+    def e2e(phase):
+        return [q["e2e_ms"] for q, _ in simulate(sc, ["fixed-k:3"], queries=12, clock_phase=lambda s, i: phase)]
+    a, b = e2e(0.0), e2e(17.0)
+    assert a != b
+    clean = load_scenario("wan-50ms")
+    same = [[q["e2e_ms"] for q, _ in simulate(clean, ["fixed-k:3"], queries=4, clock_phase=lambda s, i: ph)]
+            for ph in (0.0, 17.0)]
+    assert same[0] == pytest.approx(same[1], abs=1e-6)

@@ -1,0 +1,45 @@
+"""CPU placement of the node processes.
+
+The edge and the cloud are different machines; on one host the lab gives
+each node its own core, so a message wakes a process on another core every
+time instead of sometimes on its own core and sometimes on the other's.
+Left to the scheduler, the per-message host cost on a 0 ms link came out
+bimodal here (≈0.2 or ≈0.45 ms per message, from one run to the next and
+even between two strategies of one run), which is what `lan`'s network time
+is made of.
+"""
+from __future__ import annotations
+
+import os
+
+
+def node_cpus(threads_per_node: int) -> dict[str, set[int]]:
+    """{"edge": …, "cloud": …}: disjoint CPU sets when the host has room for both, else {} (no pinning)."""
+    try:
+        avail = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return {}
+    if len(avail) < 2 * threads_per_node:
+        return {}
+    return {"edge": set(avail[:threads_per_node]), "cloud": set(avail[-threads_per_node:])}
+
+
+def format_cpus(cpus: set[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def parse_cpus(text: str) -> set[int]:
+    """'0,3' → {0, 3}; the node's --cpus argument."""
+    try:
+        cpus = {int(c) for c in text.split(",") if c.strip()}
+    except ValueError:
+        raise ValueError(f"--cpus takes comma-separated CPU numbers, got {text!r}") from None
+    if not cpus:
+        raise ValueError("--cpus is empty")
+    return cpus
+
+
+def pin(text: str | None) -> None:
+    """Pin this process (and the threads it starts afterwards) to the CPUs in `text`, if given."""
+    if text:
+        os.sched_setaffinity(0, parse_cpus(text))
