@@ -136,6 +136,7 @@ class _Run:
         self.next_id = 1
         self.pending_end: tuple[int, str, int] | None = None
         self.acceptance_mode, self.synthetic_profile, self.seed = acceptance, synthetic_profile, seed
+        self.cycle_phase = None        # cycle → the lab's jiffy-grid phase at its start (simulate's clock_phase)
         self._hello()
 
     def _submit(self, t_ms: float, direction: str, nbytes: int) -> int:
@@ -291,6 +292,9 @@ class _Run:
         while not done:
             k = min(int(strategy.next_k()), w["max_new_tokens"] - state["out"])
             t0 = self.t
+            phase = self.cycle_phase(seq) if self.cycle_phase and seq else None
+            if phase is not None:
+                self.link.clock_offset_ms = phase - t0
             if k <= 0:                                   # served by the edge alone, then the cloud re-prefills
                 ms = 0.0 if first else p.t_draft_ms
                 first = False
@@ -374,9 +378,9 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
     (netns/paired.py) — default `seed`, so a simulation and a wire-backend lab run with the same
     workload seed lose and delay the same messages' packets alike.
     `link_out`: a list the run's link model is appended to (its stats and lost_keys after the run).
-    `clock_phase(strategy, index)`: where the kernel's jiffy grid stood when that query started in a lab
-    run (ms past a jiffies multiple of 512, lab/validate.py reads it), so the simulated TCP timers fire on
-    the same grid phase as the lab's; None leaves the clock as it is."""
+    `clock_phase(strategy, index, cycle)`: where the kernel's jiffy grid stood when that query (cycle None)
+    or that split cycle started in a lab run (ms past a jiffies multiple of 512; lab/validate.py reads
+    it), so the simulated TCP timers fire on the same grid phase as the lab's; None leaves the clock."""
     prof = compute if compute is not None else ComputeProfile.of(profile)
     synthetic_profile = None
     if acceptance in ("auto", "synthetic"):
@@ -405,9 +409,10 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
         link_out.append(run.link)
     for strat in objs:
         for i in range(w["warmup_queries"] + w["queries"]):
-            phase = clock_phase(strat.name, i) if clock_phase else None
+            phase = clock_phase(strat.name, i, None) if clock_phase else None
             if phase is not None:
                 run.link.clock_offset_ms = phase - run.t
+            run.cycle_phase = (lambda c, s=strat.name, i=i: clock_phase(s, i, c)) if clock_phase else None
             yield run.query(strat, plist[i % len(plist)], i, warmup=i < w["warmup_queries"])
     run._flush_end()
 

@@ -20,11 +20,14 @@ the simulator, given the same seed, draws the same numbers for the same
 messages: both systems see the same losses and delays and the Δ is what each
 makes of them — TCP recovery, timing, queueing.  The `paired` column counts
 the lab's lost first transmissions the simulator lost too (the relay records
-them; message counts must agree for the keys to line up).  What stays
-unpaired: the phase of the kernel's timer wheel (a timer of ≥ 63 jiffies
-fires on an 8-jiffy = 32 ms boundary, wherever that falls for the lab's
-clock) and the host's own noise.  netem draws its own loss and jitter, so on
-that backend lossy rows compare two independent samples.
+them; message counts must agree for the keys to line up).  The kernel's
+timer grid is paired too: a TCP timer of ≥ 63 jiffies (every RTO) fires on
+an absolute 8-jiffy (32 ms) boundary, so where the lab's clock stood decides
+a recovery's length to within 32 ms; the runner records the jiffy grid
+(/proc/timer_list) and each query's start, and the simulator fires its
+timers on the same phase at the start of each cycle (clock_phases).  What
+stays unpaired is the host's own noise.  netem draws its own loss and
+jitter, so on that backend lossy rows compare two independent samples.
 
 The naive `sleep` link model (RTT + jitter + size/rate, no loss, no TCP) is
 simulated beside ours and its Δ printed, not judged: it shows what a
@@ -447,7 +450,7 @@ def judge(case: Case, run_dir: Path, calibration: HostCalibration) -> list[Row]:
     # recorded it as paired_loss_seed
     paired_seed = meta.get("paired_seed", meta.get("paired_loss_seed"))
     sims, links = {}, []
-    phase = clock_phases(meta, read_jsonl(run_dir / "queries.jsonl"))
+    phase = clock_phases(meta, read_jsonl(run_dir / "queries.jsonl"), read_jsonl(run_dir / "cycles.jsonl"))
     for model in ("tcp", "sleep"):
         sims[model] = [q for seed in range(SIM_SEEDS)
                        for q, _ in simulate(case.scenario, strategies, PROFILE, queries=w["queries"],
@@ -469,22 +472,32 @@ def judge(case: Case, run_dir: Path, calibration: HostCalibration) -> list[Row]:
 JIFFY_GRID_PERIOD_MS = 512 * 4.0      # jiffies % 512 at HZ=250: covers the wheel's first three levels
 
 
-def clock_phases(meta: dict, queries: list[dict]):
-    """(strategy, index) → where the kernel's jiffy grid stood when the lab started that query (ms into a
-    JIFFY_GRID_PERIOD_MS period), for simulate(clock_phase=…); None if the run did not record it.
+def clock_phases(meta: dict, queries: list[dict], cycles: list[dict] = ()):
+    """(strategy, index, cycle) → where the kernel's jiffy grid stood when the lab started that query
+    (cycle None) or that cycle (ms into a JIFFY_GRID_PERIOD_MS period), for simulate(clock_phase=…); None
+    if the run did not record it.
 
     The kernel fires a TCP timer of ≥ 63 jiffies (an RTO: srtt + 200 ms) on an absolute 8-jiffy boundary
     (32 ms); when a cycle lasts about two such buckets (fixed-k:3 on RTT 50 ms: ≈63 ms) the phase stays
-    put for many cycles, and the lab's recovery times cluster where its clock happens to stand.  Giving
-    the simulator the same phase per query pairs that too."""
+    put for many cycles, and the lab's recovery times cluster where its clock happens to stand (the
+    simulator's P95 of lossy-5pct fixed-k:3 moves over 16 ms with the phase).  Giving the simulator the
+    lab's phase pairs that too — per cycle, because a per-cycle host-cost error of a few tenths of a ms
+    adds up to a different phase by a query's middle.  Only the phase is taken from the lab: each
+    cycle's start modulo the grid, never a duration.  Cycle 0 (which includes the prefill exchange)
+    takes the query's start."""
     grid = meta.get("jiffy_grid_ms")
     if grid is None:
         return None
-    starts = {(q["strategy"], q["query_index"]): q["t_start_mono_ms"] for q in queries if "t_start_mono_ms" in q}
+    starts = {(q["strategy"], q["query_index"], None): q["t_start_mono_ms"]
+              for q in queries if "t_start_mono_ms" in q}
     if not starts:
         return None
-    return lambda strategy, index: (None if (strategy, index) not in starts
-                                    else (starts[(strategy, index)] - grid) % JIFFY_GRID_PERIOD_MS)
+    for c in cycles:
+        t0 = starts.get((c["strategy"], c["query_index"], None))
+        if t0 is not None and c["cycle"] > 0:
+            starts[(c["strategy"], c["query_index"], c["cycle"])] = t0 + c["t_ms"] - c["cycle_ms"]
+    return lambda strategy, index, cycle=None: (None if (strategy, index, cycle) not in starts
+                                                else (starts[(strategy, index, cycle)] - grid) % JIFFY_GRID_PERIOD_MS)
 
 
 def paired_loss_match(run_dir: Path, link) -> str:

@@ -160,10 +160,10 @@ def test_the_simulators_timers_follow_the_clock_phase_they_are_given():
     from lab.simulator import simulate
     sc = load_scenario("lossy-5pct")
     def e2e(phase):
-        return [q["e2e_ms"] for q, _ in simulate(sc, ["fixed-k:3"], queries=12, clock_phase=lambda s, i: phase)]
+        return [q["e2e_ms"] for q, _ in simulate(sc, ["fixed-k:3"], queries=12, clock_phase=lambda s, i, c: phase)]
     a, b = e2e(0.0), e2e(17.0)
     assert a != b
     clean = load_scenario("wan-50ms")
-    same = [[q["e2e_ms"] for q, _ in simulate(clean, ["fixed-k:3"], queries=4, clock_phase=lambda s, i: ph)]
+    same = [[q["e2e_ms"] for q, _ in simulate(clean, ["fixed-k:3"], queries=4, clock_phase=lambda s, i, c: ph)]
             for ph in (0.0, 17.0)]
     assert same[0] == pytest.approx(same[1], abs=1e-6)
