@@ -171,7 +171,7 @@ class HostCosts:
     message_ms: float = 0.0        # per message (zmq, Python, relay, waking a receiver that idled)
     draft_extra_ms: float = 0.0    # per draft forward, on top of t_draft_ms
     verify_extra_ms: float = 0.0   # per verification, on top of verify_ms(K + 1)
-    token_extra_ms: float = 0.0    # per cloud-only token, on top of the target step
+    token_extra_ms: float = 0.0    # per streamed token: the gap between tokens minus the target step
     cycles: int = 0                # how many cycles the figures rest on
 
 
@@ -241,7 +241,9 @@ def calibration_from(cycles: list[dict], rtt_ms: float = 0.0) -> HostCosts:
 
     Split cycles after the first of each query (the first also carries the prefill exchange) hold one
     message each way: half of what their network time exceeds the RTT by is one message.  Compute
-    overshoot is the median of what the nodes report minus what the profile asked for."""
+    overshoot is the median of what the nodes report minus what the profile asked for; a streamed
+    token's is the median gap between tokens minus the profile's step (the cloud's bookkeeping and
+    send between two steps belong to the stream's pace, and no compute report includes them)."""
     from lab.simulator import ComputeProfile
     p = ComputeProfile.of(PROFILE)
     split = [c for c in cycles if c["k"] > 0 and c["cycle"] > 0 and c["strategy"].startswith("fixed-k")]
@@ -253,7 +255,7 @@ def calibration_from(cycles: list[dict], rtt_ms: float = 0.0) -> HostCosts:
         message_ms=max(0.0, med([c["network_ms"] - rtt_ms for c in split]) / 2),
         draft_extra_ms=med([c["edge_compute_ms"] / c["k"] - p.t_draft_ms for c in split]),
         verify_extra_ms=med([c["cloud_compute_ms"] - p.verify_ms(c["k"] + 1) for c in split]),
-        token_extra_ms=med([c["cloud_compute_ms"] - p.step_ms() for c in tokens]),
+        token_extra_ms=med([c["cycle_ms"] - p.step_ms() for c in tokens]),
         cycles=len(split) + len(tokens))
 
 
@@ -267,6 +269,17 @@ def calibrate(backend: str | None, base: Path) -> HostCalibration:
         run_dir = _lab_run(case, backend, base, seed=CALIBRATION_SEED)
         points.append((delay, calibration_from(_measured(read_jsonl(run_dir / "cycles.jsonl")), rtt_ms=2 * delay)))
     return HostCalibration(tuple(points))
+
+
+def recalibrate_from_saved(base: Path) -> HostCalibration | None:
+    """The calibration recomputed (with today's calibration_from) from the calibration runs an earlier
+    validation folder kept; None if it has none of them."""
+    from lab.results import read_jsonl
+    points = []
+    for run_dir in sorted(base.glob("*-calibration-*ms")):
+        delay = float(run_dir.name.rsplit("calibration-", 1)[1][:-2])
+        points.append((delay, calibration_from(_measured(read_jsonl(run_dir / "cycles.jsonl")), rtt_ms=2 * delay)))
+    return HostCalibration(tuple(sorted(points))) if points else None
 
 
 def _one_way_ms(sc: Scenario) -> float:
@@ -571,8 +584,10 @@ def run_validation(names: Iterable[str] = (), quick: bool = False, backend: str 
     t0 = time.monotonic()
     cal = HostCalibration()
     if rejudge:
-        cal = HostCalibration.from_json(saved)
-        out(f"re-judging the lab runs in {base} with their host calibration: {cal.describe()}")
+        recomputed = recalibrate_from_saved(base) if saved.get("enabled", True) else None
+        cal = recomputed or HostCalibration.from_json(saved)
+        out(f"re-judging the lab runs in {base} with their host calibration "
+            f"({'recomputed from its calibration runs' if recomputed else 'as saved'}): {cal.describe()}")
     elif calibrate_host:
         cal = calibrate(backend, base)
         out(f"host calibration (unimpaired links, {', '.join(f'{d:g}' for d in CALIBRATION_DELAYS_MS)} ms each way, "

@@ -74,7 +74,7 @@ def test_calibration_from_a_delay_only_run():
     for i in range(1, 11):
         cycles.append({"strategy": "fixed-k:3", "k": 3, "cycle": i, "network_ms": 30.6,
                        "edge_compute_ms": 3 * (p.t_draft_ms + 0.02), "cloud_compute_ms": p.verify_ms(4) + 0.1})
-        cycles.append({"strategy": "cloud-only", "k": 0, "cycle": i, "network_ms": 0.0,
+        cycles.append({"strategy": "cloud-only", "k": 0, "cycle": i, "network_ms": 0.0, "cycle_ms": p.step_ms() + 0.05,
                        "edge_compute_ms": 0.0, "cloud_compute_ms": p.step_ms() + 0.03})
     # First cycles carry the prefill exchange and are left out.
     cycles.append({"strategy": "fixed-k:3", "k": 3, "cycle": 0, "network_ms": 9.0, "edge_compute_ms": 0.0,
@@ -83,9 +83,9 @@ def test_calibration_from_a_delay_only_run():
     assert cal.message_ms == pytest.approx(0.3)
     assert cal.draft_extra_ms == pytest.approx(0.02)
     assert cal.verify_extra_ms == pytest.approx(0.1)
-    assert cal.token_extra_ms == pytest.approx(0.03)
+    assert cal.token_extra_ms == pytest.approx(0.05)                 # the stream's pace, not the compute report
     c = HostCalibration(((15.0, cal),)).compute(15.0)
-    assert c.verify_ms(4) == pytest.approx(p.verify_ms(4) + 0.1) and c.step_ms() == pytest.approx(p.step_ms() + 0.03)
+    assert c.verify_ms(4) == pytest.approx(p.verify_ms(4) + 0.1) and c.step_ms() == pytest.approx(p.step_ms() + 0.05)
     with pytest.raises(RuntimeError, match="no split or cloud-only cycles"):
         calibration_from([])
 
@@ -167,3 +167,21 @@ def test_the_simulators_timers_follow_the_clock_phase_they_are_given():
     same = [[q["e2e_ms"] for q, _ in simulate(clean, ["fixed-k:3"], queries=4, clock_phase=lambda s, i, c: ph)]
             for ph in (0.0, 17.0)]
     assert same[0] == pytest.approx(same[1], abs=1e-6)
+
+
+def test_rejudge_recomputes_the_calibration_from_the_saved_calibration_runs(tmp_path):
+    import json
+    from lab.validate import recalibrate_from_saved
+    p = ComputeProfile.of(PROFILE)
+    for delay, extra in ((0, 0.2), (15, 0.5)):
+        d = tmp_path / f"20261125T000000Z-calibration-{delay}ms"
+        d.mkdir()
+        rows = [{"strategy": "fixed-k:3", "k": 3, "cycle": i, "network_ms": 2 * delay + 2 * extra,
+                 "edge_compute_ms": 3 * p.t_draft_ms, "cloud_compute_ms": p.verify_ms(4)} for i in range(1, 5)]
+        rows += [{"strategy": "cloud-only", "k": 0, "cycle": i, "network_ms": 0.0, "cycle_ms": p.step_ms(),
+                  "edge_compute_ms": 0.0, "cloud_compute_ms": p.step_ms()} for i in range(1, 5)]
+        (d / "cycles.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cal = recalibrate_from_saved(tmp_path)
+    assert [d for d, _ in cal.points] == [0.0, 15.0]
+    assert cal.message_overhead_ms(0) == pytest.approx(0.2) and cal.message_overhead_ms(15) == pytest.approx(0.5)
+    assert recalibrate_from_saved(tmp_path / "nothing-here") is None
