@@ -8,11 +8,20 @@ from netns.link import LinkPair, LinkSpec
 
 PREFIX = os.environ.get("SDLAB_TEST_PREFIX", "sdl-t-")
 BACKEND = os.environ.get("SDLAB_BACKEND", "auto")
-# In the software-emulated guest of `make vm-test` (SDLAB_TCG=1) timers fire late and a Python
-# round trip costs more: RTT checks get linkcheck's labelled TCG allowance on top of their tolerance.
-TCG_SLACK_MS = 0.0
-if os.environ.get("SDLAB_TCG") == "1":
-    from netns.linkcheck import TCG_RTT_ALLOWANCE_MS as TCG_SLACK_MS      # noqa: E402
+# In the software-emulated guest of `make vm-test` (SDLAB_TCG=1) timers fire late and a Python TCP
+# round trip costs more, and more so on longer delays: measured +0.4 to +2.2 ms (November runs), and on a
+# quiet host +4.3 ms at RTT 30 ms and +7.6 ms at RTT 80 ms (2026-11-25).  These tests check that the
+# netem backend does what it is told (a change takes effect mid-connection, asymmetric delays); its
+# precision is linkcheck's job (kernel ping, labelled allowance).  On the host the slack is 0.
+TCG = os.environ.get("SDLAB_TCG") == "1"
+
+
+def tcg_slack_ms(rtt_ms: float) -> float:
+    """Extra RTT tolerance inside the TCG guest: linkcheck's allowance plus 10 % of the RTT."""
+    if not TCG:
+        return 0.0
+    from netns.linkcheck import TCG_RTT_ALLOWANCE_MS
+    return TCG_RTT_ALLOWANCE_MS + 0.1 * rtt_ms
 
 
 def pytest_collection_modifyitems(config, items):

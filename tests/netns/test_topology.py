@@ -12,7 +12,7 @@ import pytest
 from netns.counters import tcp_counters
 from netns.link import LinkError
 from netns.topology import CLOUD_ADDR, EDGE_ADDR, cleanup_stale
-from tests.netns.conftest import BACKEND, PREFIX, TCG_SLACK_MS, ip_netns_list, sym
+from tests.netns.conftest import BACKEND, PREFIX, ip_netns_list, sym, tcg_slack_ms
 
 pytestmark = pytest.mark.root
 PINGPONG = str(Path(__file__).with_name("tcp_pingpong.py"))
@@ -54,7 +54,7 @@ def test_up_read_back_measure_down(topo):
     res = pingpong(topo, count=30)
     rtts = [r for _, r in res["samples"]]
     assert res["broke"] is None and len(rtts) == 30
-    assert median(rtts) == pytest.approx(20, abs=2.0 + TCG_SLACK_MS)
+    assert median(rtts) == pytest.approx(20, abs=2.0 + tcg_slack_ms(20))
     topo.down()
     assert not [n for n in ip_netns_list() if n.startswith(PREFIX)]
 
@@ -67,8 +67,8 @@ def test_change_mid_connection_keeps_tcp_and_rtt_follows(topo):
     assert res["broke"] is None, res["broke"]
     rtts = [r for _, r in res["samples"]]
     assert len(rtts) == 80
-    assert median(rtts[:20]) == pytest.approx(10, abs=2.0 + TCG_SLACK_MS)
-    assert median(rtts[-20:]) == pytest.approx(80, abs=3.0 + TCG_SLACK_MS)
+    assert median(rtts[:20]) == pytest.approx(10, abs=2.0 + tcg_slack_ms(10))
+    assert median(rtts[-20:]) == pytest.approx(80, abs=3.0 + tcg_slack_ms(80))
     print(f"change applied in {took[0]:.2f} ms")
 
 
@@ -95,7 +95,7 @@ def test_asymmetric_link_reads_back_per_direction(topo):
     assert rb["uplink"]["rate_mbit"] == pytest.approx(5, rel=0.01)
     assert rb["downlink"]["rate_mbit"] == pytest.approx(50, rel=0.01)
     res = pingpong(topo, count=20)
-    assert median([r for _, r in res["samples"]]) == pytest.approx(30, abs=2.0 + TCG_SLACK_MS)
+    assert median([r for _, r in res["samples"]]) == pytest.approx(30, abs=2.0 + tcg_slack_ms(30))
 
 
 CRASHER = """
