@@ -30,9 +30,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from lab.affinity import format_cpus, node_cpus
-from netns.counters import jiffy_grid_ms
 from lab.results import Meta, new_run_dir, read_jsonl
 from lab.scenario import Scenario
+from lab.tcpcc import TcpConfig
+from netns.counters import jiffy_grid_ms
 
 CLOUD_PORT = 5555
 READY_TIMEOUT_S = 600          # first load of the embedded pair converts it (minutes); later ~seconds
@@ -175,7 +176,7 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
         topo.up(sc.timeline.link_at(0.0, sc.link))
         meta.update(backend=topo.backend_name, congestion_control=topo.congestion_control,
                     paired_seed=topo.paired_seed if topo.backend_name == "wire" else None,
-                    jiffy_grid_ms=jiffy_grid_ms(),
+                    jiffy_grid_ms=jiffy_grid_ms(TcpConfig.hz),
                     link_read_back=topo.read_back(), link_up_ms=round((time.monotonic() - t) * 1e3, 1))
         out(f"link up ({topo.backend_name}, TCP {topo.congestion_control}): {sc.link.describe()}")
 

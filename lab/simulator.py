@@ -136,8 +136,14 @@ class _Run:
         self.next_id = 1
         self.pending_end: tuple[int, str, int] | None = None
         self.acceptance_mode, self.synthetic_profile, self.seed = acceptance, synthetic_profile, seed
-        self.cycle_phase = None        # cycle → the lab's jiffy-grid phase at its start (simulate's clock_phase)
+        self.clock_phase = None        # cycle (None: the query) → the lab's jiffy-grid phase at its start
         self._hello()
+
+    def _align_clock(self, cycle: int | None) -> None:
+        """Put the link's timer grid where the lab's stood when this query (cycle None) or cycle began."""
+        phase = self.clock_phase(cycle) if self.clock_phase else None
+        if phase is not None:
+            self.link.clock_offset_ms = phase - self.t
 
     def _submit(self, t_ms: float, direction: str, nbytes: int) -> int:
         """Hand a message to the link model; remember the host overhead its arrival will get."""
@@ -291,10 +297,9 @@ class _Run:
         seq, first, done = 0, True, False
         while not done:
             k = min(int(strategy.next_k()), w["max_new_tokens"] - state["out"])
+            if seq:
+                self._align_clock(seq)
             t0 = self.t
-            phase = self.cycle_phase(seq) if self.cycle_phase and seq else None
-            if phase is not None:
-                self.link.clock_offset_ms = phase - t0
             if k <= 0:                                   # served by the edge alone, then the cloud re-prefills
                 ms = 0.0 if first else p.t_draft_ms
                 first = False
@@ -361,7 +366,7 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
              tcp_options: dict | None = None, host_overhead_ms=0.0,
              compute: ComputeProfile | None = None, paired_seed: int | None = None,
              link_out: list | None = None,
-             clock_phase: Callable[[str, int], float | None] | None = None) -> Iterator[tuple[dict, list[dict]]]:
+             clock_phase: Callable[[str, int, int | None], float | None] | None = None) -> Iterator[tuple[dict, list[dict]]]:
     """Yield (query record, cycle records) for every query of every strategy, in the edge node's order.
 
     One connection carries the whole run, as in the lab.  `acceptance`: "iid", "synthetic", or "auto"
@@ -409,10 +414,8 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
         link_out.append(run.link)
     for strat in objs:
         for i in range(w["warmup_queries"] + w["queries"]):
-            phase = clock_phase(strat.name, i, None) if clock_phase else None
-            if phase is not None:
-                run.link.clock_offset_ms = phase - run.t
-            run.cycle_phase = (lambda c, s=strat.name, i=i: clock_phase(s, i, c)) if clock_phase else None
+            run.clock_phase = (lambda c, s=strat.name, i=i: clock_phase(s, i, c)) if clock_phase else None
+            run._align_clock(None)
             yield run.query(strat, plist[i % len(plist)], i, warmup=i < w["warmup_queries"])
     run._flush_end()
 

@@ -71,7 +71,10 @@ import numpy as np
 
 from lab.scenario import Scenario, available, load_scenario, parse_scenario
 from lab.sweep import grid
+from lab.tcpcc import TcpConfig
+from netns.counters import JIFFY_GRID
 from netns.linkcheck import text_table
+from netns.paired import first_transmission
 
 NETWORK_TOLERANCE_MS = 5.0
 E2E_TOLERANCE_FRAC = 0.03
@@ -261,24 +264,27 @@ def calibration_from(cycles: list[dict], rtt_ms: float = 0.0) -> HostCosts:
 
 def calibrate(backend: str | None, base: Path) -> HostCalibration:
     """Lab runs on the delay-only calibration links (their own seed) → HostCalibration."""
-    from lab.results import read_jsonl
     points = []
     for delay in CALIBRATION_DELAYS_MS:
         case = Case(_point(f"calibration-{delay:g}ms", "host costs: delay only, no rate, jitter or loss",
                            delay_ms=delay), ("cloud-only", "fixed-k:3"), queries=6)
-        run_dir = _lab_run(case, backend, base, seed=CALIBRATION_SEED)
-        points.append((delay, calibration_from(_measured(read_jsonl(run_dir / "cycles.jsonl")), rtt_ms=2 * delay)))
+        points.append((delay, _costs_of(_lab_run(case, backend, base, seed=CALIBRATION_SEED), delay)))
     return HostCalibration(tuple(points))
+
+
+def _costs_of(run_dir: Path, one_way_ms: float) -> HostCosts:
+    """calibration_from of a calibration run's measured cycles (a delay-only link of this one-way delay)."""
+    from lab.results import read_jsonl
+    return calibration_from(_measured(read_jsonl(run_dir / "cycles.jsonl")), rtt_ms=2 * one_way_ms)
 
 
 def recalibrate_from_saved(base: Path) -> HostCalibration | None:
     """The calibration recomputed (with today's calibration_from) from the calibration runs an earlier
     validation folder kept; None if it has none of them."""
-    from lab.results import read_jsonl
     points = []
     for run_dir in sorted(base.glob("*-calibration-*ms")):
         delay = float(run_dir.name.rsplit("calibration-", 1)[1][:-2])
-        points.append((delay, calibration_from(_measured(read_jsonl(run_dir / "cycles.jsonl")), rtt_ms=2 * delay)))
+        points.append((delay, _costs_of(run_dir, delay)))
     return HostCalibration(tuple(sorted(points))) if points else None
 
 
@@ -455,7 +461,8 @@ def judge(case: Case, run_dir: Path, calibration: HostCalibration) -> list[Row]:
     from lab.simulator import simulate
 
     meta = json.loads((run_dir / "meta.json").read_text())
-    lab = _measured(read_jsonl(run_dir / "queries.jsonl"))
+    queries = read_jsonl(run_dir / "queries.jsonl")
+    lab = _measured(queries)
     cc = meta.get("congestion_control")
     w = meta["workload"]          # what the lab run did (a re-judged run may predate today's case sizes)
     strategies = list(meta["strategies"])
@@ -463,7 +470,7 @@ def judge(case: Case, run_dir: Path, calibration: HostCalibration) -> list[Row]:
     # recorded it as paired_loss_seed
     paired_seed = meta.get("paired_seed", meta.get("paired_loss_seed"))
     sims, links = {}, []
-    phase = clock_phases(meta, read_jsonl(run_dir / "queries.jsonl"), read_jsonl(run_dir / "cycles.jsonl"))
+    phase = clock_phases(meta, queries, read_jsonl(run_dir / "cycles.jsonl"))
     for model in ("tcp", "sleep"):
         sims[model] = [q for seed in range(SIM_SEEDS)
                        for q, _ in simulate(case.scenario, strategies, PROFILE, queries=w["queries"],
@@ -482,7 +489,7 @@ def judge(case: Case, run_dir: Path, calibration: HostCalibration) -> list[Row]:
             for s in strategies]
 
 
-JIFFY_GRID_PERIOD_MS = 512 * 4.0      # jiffies % 512 at HZ=250: covers the wheel's first three levels
+JIFFY_GRID_PERIOD_MS = JIFFY_GRID * 1000.0 / TcpConfig.hz     # netns.counters.jiffy_grid_ms's period
 
 
 def clock_phases(meta: dict, queries: list[dict], cycles: list[dict] = ()):
@@ -524,7 +531,7 @@ def paired_loss_match(run_dir: Path, link) -> str:
     common = total = 0
     for d in ("up", "down"):
         lab = {tuple(k) for k in rec["lost_first_tx"][d]}
-        sim = {k[1:3] for k in link.lost_keys[d] if k[0] == "d" and k[3] == 0}
+        sim = {first_transmission(k) for k in link.lost_keys[d]} - {None}
         common, total = common + len(lab & sim), total + len(lab)
     return f"{common}/{total}" if total else ""
 

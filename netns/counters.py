@@ -66,16 +66,18 @@ def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 
 
 TIMER_LIST = "/proc/timer_list"
+JIFFY_GRID = 512        # jiffies: the period of the timer wheel's first three levels' boundaries (8, 64, 512)
 
 
-def jiffy_grid_ms(hz: int = 250, path: str = TIMER_LIST) -> float | None:
-    """A CLOCK_MONOTONIC time (ms) at which jiffies was a multiple of 512, or None if unreadable.
+def jiffy_grid_ms(hz: int, path: str = TIMER_LIST) -> float | None:
+    """A CLOCK_MONOTONIC time (ms) at which jiffies was a multiple of JIFFY_GRID, or None if unreadable.
 
     The kernel's timer wheel fires a timer of ≥ 63 jiffies on a boundary of 8 jiffies (32 ms at HZ=250),
     of ≥ 504 jiffies on one of 64, counted in absolute jiffies; jiffies tick at CLOCK_MONOTONIC multiples
     of the tick (tick_init_jiffy_update).  /proc/timer_list prints `now at <ns>` and `jiffies: <n>`;
     read twice, and kept only if both reads agree (jiffies can lag on an idle machine)."""
     tick_ns = 1_000_000_000 // hz
+    period = JIFFY_GRID * tick_ns
     grid = []
     for _ in range(2):
         try:
@@ -93,8 +95,7 @@ def jiffy_grid_ms(hz: int = 250, path: str = TIMER_LIST) -> float | None:
                 break
         if now is None or jiffies is None:
             return None
-        period = 512 * tick_ns
-        grid.append(((now // tick_ns) * tick_ns - (jiffies % 512) * tick_ns) % period)
+        grid.append(((now // tick_ns) * tick_ns - (jiffies % JIFFY_GRID) * tick_ns) % period)
     if abs(grid[0] - grid[1]) > tick_ns // 2:
         return None
     return grid[1] / 1e6

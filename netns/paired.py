@@ -170,6 +170,12 @@ def data_key(stream: MessageStream, ordinals: Ordinals, offset: int) -> tuple:
     return base + (ordinals.next(base),)
 
 
+def first_transmission(key: tuple) -> tuple[int, int] | None:
+    """(message, bucket) if `key` names the first transmission of a message's data, else None: what
+    the relay records of its losses and validate compares with the simulator's."""
+    return (key[1], key[2]) if key[0] == "d" and key[3] == 0 else None
+
+
 def ack_key(reverse: MessageStream, ordinals: Ordinals, ack_offset: int) -> tuple:
     base = ("a", reverse.complete_before(ack_offset))
     return base + (ordinals.next(base),)

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 
 from netns.link import LinkError, LinkPair, LinkSpec
-from netns.paired import PacketKeyer, packet_draw
+from netns.paired import PacketKeyer, first_transmission, packet_draw
 
 TUNSETIFF = 0x400454CA
 IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
@@ -82,10 +82,9 @@ class DelayLine:
         """(due_ns, seq) for an arriving packet, or None if it is dropped.  `draw`: this packet's own
         uniform numbers, draw("loss") and draw("jitter") (paired draws, netns/paired.py); default
         the line's generator."""
-        loss_u = (lambda: draw("loss")) if draw else None
         self.stats.received += 1
         spec = self.spec
-        if spec.loss_pct and (loss_u or self.rng.random)() * 100.0 < spec.loss_pct:
+        if spec.loss_pct and (draw("loss") if draw else self.rng.random()) * 100.0 < spec.loss_pct:
             self.stats.lost += 1
             return None
         if self.in_flight >= spec.effective_limit_pkts():
@@ -194,9 +193,10 @@ class Relay:
                 draw = functools.partial(packet_draw, self.paired_seed, direction, key)
                 lost = line.stats.lost
             verdict = line.admit(now_ns, draw)
-            if draw is not None and line.stats.lost > lost and key[0] == "d" and key[3] == 0:
-                if len(self.lost_keys[direction]) < MAX_LOST_KEYS:
-                    self.lost_keys[direction].append(key[1:3])
+            if draw is not None and line.stats.lost > lost and len(self.lost_keys[direction]) < MAX_LOST_KEYS:
+                first = first_transmission(key)
+                if first is not None:
+                    self.lost_keys[direction].append(first)
             if verdict is not None:
                 due, seq = verdict
                 heapq.heappush(self.heap, (due, seq, direction, pkt))
