@@ -11,7 +11,7 @@ congestion control the lab run recorded).  Compared, per strategy:
 
 Paired draws.  Under 5 % loss a query's E2E is mostly how many of its packets
 were lost, each costing a recovery (≈ an RTO), so two independent loss
-samples give medians a whole recovery apart: with the fast profile a 3 %
+samples give medians a whole recovery apart: with a fast synthetic profile a 3 %
 comparison of independent samples would need thousands of queries per
 strategy.  The wire relay therefore draws each packet's loss and jitter from
 a hash of the run's seed and the message the packet carries
@@ -78,7 +78,7 @@ from netns.paired import first_transmission
 
 NETWORK_TOLERANCE_MS = 5.0
 E2E_TOLERANCE_FRAC = 0.03
-PROFILE = "fast"
+PROFILE = "validation"     # lab/models/profiles/validation.yaml: why not fast.yaml is written there
 SIM_SEEDS = 8             # simulator runs pooled per case (link randomness differs by seed; workload the same)
 SPLIT = ("fixed-k:3", "fixed-k:5")
 # Queries per strategy on 5 %-loss links, whose per-cycle P95 sits in TCP's recovery tail: enough
