@@ -55,7 +55,10 @@ those rows check the calibration and the compute model, not the link model.
 That host cost also moves between runs (by ±25 % on a shared VM), so the
 synthetic pair validate runs (profiles/validation.yaml) computes long enough
 that it cannot move a 0 ms row's E2E by the 3 % tolerance on its own.
-`--no-calibration` shows the raw Δ.
+`--no-calibration` shows the raw Δ.  The `host` column says how much slower
+the host ran during a case than during the calibration (the edge's draft
+forwards' overshoot, ms each; host_drift): shown, not judged, not given to
+the simulator — it tells a host's Δ from the link model's.
 
 Rows are appended to `validation.csv` in the results folder as each case
 finishes (a long run interrupted keeps what it measured); the lab runs'
@@ -324,6 +327,7 @@ class Row:
     u_e2e: float = 0.0
     lab_retrans: int | None = None
     paired: str = ""         # paired loss: lab's lost first transmissions the simulator lost too, "common/lab"
+    host_drift_ms: float | None = None   # the case's draft-forward overshoot minus the calibration's (host_drift)
 
     @property
     def d50(self) -> float:
@@ -415,7 +419,7 @@ def _room(lab_value: float, sim_value: float, interval: tuple[float, float]) -> 
 
 
 def compare(case_label: str, strategy: str, lab: list[dict], sim: list[dict], naive: list[dict],
-            lab_retrans: int | None = None, paired: str = "") -> Row:
+            lab_retrans: int | None = None, paired: str = "", host_drift_ms: float | None = None) -> Row:
     """One row from the query records of each side (warm-up excluded by the caller); the per-cycle
     network times are the records' `network_ms_per_cycle`; `sim` may hold several runs (seeds)."""
     def pick(queries):
@@ -430,7 +434,7 @@ def compare(case_label: str, strategy: str, lab: list[dict], sim: list[dict], na
     u95 = _room(lab95, sim95, quantile_interval(lf, 95))
     ue = _room(lab_e, sim_e, quantile_interval(le, 50))
     return Row(case_label, strategy, len(lf), lab50, lab95, sim50, sim95, _p(nf, 50), _p(nf, 95), lab_e, sim_e,
-               _p(ne, 50), u50, u95, ue, lab_retrans, paired)
+               _p(ne, 50), u50, u95, ue, lab_retrans, paired, host_drift_ms)
 
 
 def _measured(records: Iterable[dict]) -> list[dict]:
@@ -488,8 +492,25 @@ def judge(case: Case, run_dir: Path, calibration: HostCalibration) -> list[Row]:
                        if not q["warmup"]]
     paired = paired_loss_match(run_dir, links[0]) if paired_seed is not None and links else ""
     retrans = meta.get("tcp_recovery_by_strategy") or {}
-    return [compare(case.label, s, lab, sims["tcp"], sims["sleep"], _retrans_of(retrans.get(s)), paired)
+    drift = host_drift(_measured(read_jsonl(run_dir / "cycles.jsonl")), calibration, _one_way_ms(case.scenario))
+    return [compare(case.label, s, lab, sims["tcp"], sims["sleep"], _retrans_of(retrans.get(s)), paired, drift)
             for s in strategies]
+
+
+def host_drift(cycles: list[dict], calibration: HostCalibration, one_way_ms: float) -> float | None:
+    """How much slower (ms per draft forward, + = slower) the host ran during a case's lab run than
+    during the calibration: the median overshoot of the edge's draft forwards minus the calibration's
+    at that delay.  Shown, not judged, and not given to the simulator — a hint for reading a row: a
+    shared VM's host costs move between runs, and they move together (per message, per forward), so a
+    Δ that comes with a drift of a few hundredths of a ms per forward is the host's, not the link
+    model's.  None without split cycles or calibration."""
+    from lab.simulator import ComputeProfile
+    split = [c for c in cycles if c["k"] > 0 and c["cycle"] > 0 and c["strategy"].startswith("fixed-k")]
+    if not split or not calibration.points:
+        return None
+    t_draft = ComputeProfile.of(PROFILE).t_draft_ms
+    lab = float(np.median([c["edge_compute_ms"] / c["k"] - t_draft for c in split]))
+    return lab - calibration.at(one_way_ms).draft_extra_ms
 
 
 JIFFY_GRID_PERIOD_MS = JIFFY_GRID * 1000.0 / TcpConfig.hz     # netns.counters.jiffy_grid_ms's period
@@ -545,7 +566,7 @@ def _retrans_of(counters: dict | None) -> int | None:
 
 
 HEAD = ("case", "strategy", "cycles", "lab P50", "lab P95", "sim P50", "sim P95", "ΔP50", "ΔP95 (±lab)",
-        "E2E Δ (±lab)", "naive ΔP50", "naive ΔP95", "naive E2E Δ", "rtx", "paired", "ok")
+        "E2E Δ (±lab)", "naive ΔP50", "naive ΔP95", "naive E2E Δ", "rtx", "paired", "host", "ok")
 
 
 def format_row(r: Row) -> tuple[str, ...]:
@@ -554,7 +575,8 @@ def format_row(r: Row) -> tuple[str, ...]:
             f"{r.sim_p95:.2f}", f"{r.d50:+.2f}", f"{r.d95:+.2f} (±{r.u95:.1f})",
             f"{100 * r.e2e_frac:+.1f} % (±{e2e_u:.1f})",
             f"{r.naive_d50:+.2f}", f"{r.naive_d95:+.2f}", f"{100 * r.naive_e2e_frac:+.1f} %",
-            "-" if r.lab_retrans is None else str(r.lab_retrans), r.paired or "-", r.verdict)
+            "-" if r.lab_retrans is None else str(r.lab_retrans), r.paired or "-",
+            "-" if r.host_drift_ms is None else f"{r.host_drift_ms:+.3f}", r.verdict)
 
 
 def format_table(rows: list[Row]) -> list[str]:
@@ -627,7 +649,9 @@ def run_validation(names: Iterable[str] = (), quick: bool = False, backend: str 
             summary = "; ".join(f"{r.strategy} ΔP50 {r.d50:+.2f} ΔP95 {r.d95:+.2f} E2E {100 * r.e2e_frac:+.1f} %"
                                 f"{'' if r.strict else ' ' + r.verdict}" for r in new)
             paired = f"; paired loss {new[0].paired}" if new and new[0].paired else ""
-            out(f"  [{i:2d}/{len(cases)}] {case.label:22s} {time.monotonic() - t:5.1f} s: {summary}{paired}")
+            drift = new[0].host_drift_ms if new else None
+            host = "" if drift is None else f"; host {drift:+.3f} ms/forward vs calibration"
+            out(f"  [{i:2d}/{len(cases)}] {case.label:22s} {time.monotonic() - t:5.1f} s: {summary}{paired}{host}")
     out("")
     for line in format_table(rows):
         out(line)

@@ -185,3 +185,18 @@ def test_rejudge_recomputes_the_calibration_from_the_saved_calibration_runs(tmp_
     assert [d for d, _ in cal.points] == [0.0, 15.0]
     assert cal.message_overhead_ms(0) == pytest.approx(0.2) and cal.message_overhead_ms(15) == pytest.approx(0.5)
     assert recalibrate_from_saved(tmp_path / "nothing-here") is None
+
+
+def test_host_drift_is_the_cases_draft_overshoot_minus_the_calibrations_at_its_delay():
+    from lab.validate import HostCosts, host_drift
+
+    p = ComputeProfile.of(PROFILE)
+    cal = HostCalibration(((0.0, HostCosts(draft_extra_ms=0.10)), (60.0, HostCosts(draft_extra_ms=0.30))))
+    split = [{"strategy": "fixed-k:3", "cycle": j, "k": 3, "edge_compute_ms": 3 * (p.t_draft_ms + 0.25)}
+             for j in range(1, 6)]
+    first = {"strategy": "fixed-k:3", "cycle": 0, "k": 3, "edge_compute_ms": 99.0}       # carries the prefill
+    stream = {"strategy": "cloud-only", "cycle": 3, "k": 0, "edge_compute_ms": 0.0}
+    assert host_drift(split + [first, stream], cal, 30.0) == pytest.approx(0.25 - 0.20)
+    assert host_drift(split, cal, 0.0) == pytest.approx(0.15)
+    assert host_drift([stream], cal, 0.0) is None                # nothing to measure it on
+    assert host_drift(split, HostCalibration(), 0.0) is None     # nothing to compare with
