@@ -2,7 +2,8 @@
 
 server: echo every message back.  client: send `count` messages of `size`
 bytes every `interval_ms`, print one JSON line with the send time and RTT
-of each (CLOCK_MONOTONIC ms) and whether the connection ever broke.
+of each (CLOCK_MONOTONIC ms) and whether the connection ever broke (with
+--say-half, a line `half` first, as soon as half the samples are in).
 """
 import argparse
 import json
@@ -56,6 +57,8 @@ def client(a):
             s.sendall(len(payload).to_bytes(4, "big") + payload)
             recv_exact(s, 4 + min(16, a.size))
             out.append([t0 * 1e3, (time.monotonic() - t0) * 1e3])
+            if a.say_half and len(out) == a.count // 2:
+                print("half", flush=True)
             t_next += a.interval_ms / 1000
     except (ConnectionError, OSError) as e:
         broke = str(e)
@@ -72,6 +75,7 @@ if __name__ == "__main__":
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--interval-ms", type=float, default=20)
     ap.add_argument("--timeout-s", type=float, default=20)
+    ap.add_argument("--say-half", action="store_true", help="client: print a line `half` once half the samples are in")
     a = ap.parse_args()
     (server if a.role == "server" else client)(a)
     sys.exit(0)

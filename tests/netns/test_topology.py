@@ -1,6 +1,7 @@
 """The link for real: up, read back, measure, change mid-connection, loss → retransmissions, down, cleanup."""
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -19,16 +20,25 @@ PINGPONG = str(Path(__file__).with_name("tcp_pingpong.py"))
 
 
 def pingpong(topo, *, count, interval_ms=20, size=64, change=None, port=47100):
-    """Run the TCP request/response pair; optionally call change() half-way. Returns the client's JSON."""
+    """Run the TCP request/response pair; optionally call change() half-way. Returns the client's JSON.
+
+    Half-way is when the client says half its samples are in, not a wall-clock wait: in the TCG guest
+    the client's interpreter took long enough to start that a timed change landed before sample 20."""
     srv = topo.popen("cloud", [sys.executable, PINGPONG, "server", "--addr", CLOUD_ADDR, "--port", str(port)],
                      stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(0.3)
         cli = topo.popen("edge", [sys.executable, PINGPONG, "client", "--addr", CLOUD_ADDR, "--port", str(port),
-                                  "--count", str(count), "--interval-ms", str(interval_ms), "--size", str(size)],
+                                  "--count", str(count), "--interval-ms", str(interval_ms), "--size", str(size)]
+                         + (["--say-half"] if change is not None else []),
                          stdout=subprocess.PIPE, text=True)
         if change is not None:
-            time.sleep(count * interval_ms / 2000)
+            ready, _, _ = select.select([cli.stdout], [], [], 60)
+            line = cli.stdout.readline() if ready else ""
+            if line.strip() != "half":
+                cli.kill()
+                cli.wait(5)
+                pytest.fail(f"the ping-pong client never got half-way through its {count} samples ({line!r})")
             change()
         out, _ = cli.communicate(timeout=60)
         return json.loads(out)
