@@ -36,6 +36,15 @@ def test_plan_covers_the_brief_and_fits_the_time_budget():
     assert budget_s(full) < 180
 
 
+def test_a_tcg_plan_caps_goodput_rates_the_emulated_guest_cannot_fill():
+    from netns.linkcheck import TCG_MAX_RATE_MBIT
+    assert {(p.link.uplink.rate_mbit, p.link.rtt_ms) for p in plan(True, tcg=True) if p.check == "goodput"} == {
+        (10, 0), (TCG_MAX_RATE_MBIT, 100)}
+    full = [(p.link.uplink.rate_mbit, p.link.rtt_ms) for p in plan(False, tcg=True) if p.check == "goodput"]
+    assert len(full) == len(set(full)) and max(r for r, _ in full) == TCG_MAX_RATE_MBIT
+    assert [p.check for p in plan(True, tcg=True)] == [p.check for p in plan(True)]   # same points otherwise
+
+
 def test_rtt_tolerance_depends_on_backend():
     p = Point("rtt", LinkPair.symmetric(LinkSpec(delay_ms=25)))
     assert _rtt_rows(p, "wire", _echo(rtt=51.2))[0].ok
