@@ -94,8 +94,10 @@ def test_unshaped_veth_rtt_below_1ms_and_no_loss(link):
     st = run_udp_echo(link.spawn, count=400, interval_ms=2.0)
     print(f"\nunshaped veth: RTT P50 {st.rtt_p50_ms:.3f} ms P99 {st.rtt_p99_ms:.3f} ms; "
           f"one-way up {st.uplink.delay_p50_ms:.3f} down {st.downlink.delay_p50_ms:.3f} ms")
-    assert st.rtt_p50_ms < 1.0
-    assert 0 <= st.uplink.delay_p50_ms < 1.0 and 0 <= st.downlink.delay_p50_ms < 1.0
+    # the TCG guest of `make vm-test` adds linkcheck's allowance (measured there: RTT P50 1.15 ms once)
+    tcg = TCG_RTT_ALLOWANCE_MS if os.environ.get("SDLAB_TCG") == "1" else 0.0
+    assert st.rtt_p50_ms < 1.0 + tcg
+    assert 0 <= st.uplink.delay_p50_ms < 1.0 + tcg / 2 and 0 <= st.downlink.delay_p50_ms < 1.0 + tcg / 2
     # The two one-way halves come from stamps in two processes: they must add up to the RTT.
     assert st.uplink.delay_p50_ms + st.downlink.delay_p50_ms == pytest.approx(st.rtt_p50_ms, abs=0.1)
     assert (st.uplink.sent, st.uplink.lost, st.downlink.lost) == (400, 0, 0)
