@@ -38,8 +38,9 @@ def test_plan_covers_the_brief_and_fits_the_time_budget():
 
 def test_a_tcg_plan_caps_goodput_rates_the_emulated_guest_cannot_fill():
     from netns.linkcheck import TCG_MAX_RATE_MBIT
-    assert {(p.link.uplink.rate_mbit, p.link.rtt_ms) for p in plan(True, tcg=True) if p.check == "goodput"} == {
-        (10, 0), (TCG_MAX_RATE_MBIT, 100)}
+    tcg_goodput = [p for p in plan(True, tcg=True) if p.check == "goodput"]
+    assert {(p.link.uplink.rate_mbit, p.link.rtt_ms) for p in tcg_goodput} == {(10, 0), (TCG_MAX_RATE_MBIT, 100)}
+    assert all(p.measure_s > q.measure_s for p, q in zip(tcg_goodput, [p for p in plan(True) if p.check == "goodput"]))
     full = [(p.link.uplink.rate_mbit, p.link.rtt_ms) for p in plan(False, tcg=True) if p.check == "goodput"]
     assert len(full) == len(set(full)) and max(r for r, _ in full) == TCG_MAX_RATE_MBIT
     assert [p.check for p in plan(True, tcg=True)] == [p.check for p in plan(True)]   # same points otherwise
@@ -55,9 +56,12 @@ def test_rtt_tolerance_depends_on_backend():
 
 def test_tcg_rows_get_the_emulation_allowance_and_keep_their_label():
     p = Point("rtt", LinkPair.symmetric(LinkSpec(delay_ms=25)))
-    row = _rtt_rows(p, "netem+tcg", _echo(rtt=52.2))[0]
-    assert row.ok and row.backend == "netem+tcg" and row.tolerance == "±2.5 ms"
-    assert not _rtt_rows(p, "netem+tcg", _echo(rtt=52.6))[0].ok
+    from netns.linkcheck import TCG_RTT_ALLOWANCE_MS
+    limit = 0.5 + TCG_RTT_ALLOWANCE_MS                 # netem's own ±0.5 ms plus the emulation allowance
+    row = _rtt_rows(p, "netem+tcg", _echo(rtt=50 + limit - 0.3))[0]
+    assert row.ok and row.backend == "netem+tcg" and row.tolerance == f"±{limit:g} ms"
+    assert not _rtt_rows(p, "netem+tcg", _echo(rtt=50 + limit + 0.1))[0].ok
+    assert not _rtt_rows(p, "netem", _echo(rtt=50.6))[0].ok    # real hardware keeps ±0.5 ms
 
 
 def test_jitter_judged_per_direction_against_j_over_root3():
