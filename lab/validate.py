@@ -244,6 +244,18 @@ CALIBRATION_SEED = 1000
 CALIBRATION_DELAYS_MS = (0.0, 15.0, 60.0)
 
 
+def _split_cycles(cycles: Iterable[dict]) -> list[dict]:
+    """fixed-k cycles after a query's first (the first also carries the prefill exchange)."""
+    return [c for c in cycles if c["k"] > 0 and c["cycle"] > 0 and c["strategy"].startswith("fixed-k")]
+
+
+def _draft_overshoot_ms(split: list[dict]) -> float:
+    """Median of what the edge reports per draft forward minus what the profile asked for."""
+    from lab.simulator import ComputeProfile
+    t_draft = ComputeProfile.of(PROFILE).t_draft_ms
+    return float(np.median([c["edge_compute_ms"] / c["k"] - t_draft for c in split]))
+
+
 def calibration_from(cycles: list[dict], rtt_ms: float = 0.0) -> HostCosts:
     """Derive the host's costs from a lab run on a delay-only link of RTT `rtt_ms` (what the simulator
     gives there: exactly the RTT per split cycle, nothing per streamed token).
@@ -255,14 +267,14 @@ def calibration_from(cycles: list[dict], rtt_ms: float = 0.0) -> HostCosts:
     send between two steps belong to the stream's pace, and no compute report includes them)."""
     from lab.simulator import ComputeProfile
     p = ComputeProfile.of(PROFILE)
-    split = [c for c in cycles if c["k"] > 0 and c["cycle"] > 0 and c["strategy"].startswith("fixed-k")]
+    split = _split_cycles(cycles)
     tokens = [c for c in cycles if c["strategy"] == "cloud-only" and c["cycle"] > 0]
     if not split or not tokens:
         raise RuntimeError("the calibration run produced no split or cloud-only cycles to measure")
     med = lambda xs: float(np.median(xs))     # noqa: E731
     return HostCosts(
         message_ms=max(0.0, med([c["network_ms"] - rtt_ms for c in split]) / 2),
-        draft_extra_ms=med([c["edge_compute_ms"] / c["k"] - p.t_draft_ms for c in split]),
+        draft_extra_ms=_draft_overshoot_ms(split),
         verify_extra_ms=med([c["cloud_compute_ms"] - p.verify_ms(c["k"] + 1) for c in split]),
         token_extra_ms=med([c["cycle_ms"] - p.step_ms() for c in tokens]),
         cycles=len(split) + len(tokens))
@@ -477,7 +489,8 @@ def judge(case: Case, run_dir: Path, calibration: HostCalibration) -> list[Row]:
     # recorded it as paired_loss_seed
     paired_seed = meta.get("paired_seed", meta.get("paired_loss_seed"))
     sims, links = {}, []
-    phase = clock_phases(meta, queries, read_jsonl(run_dir / "cycles.jsonl"))
+    cycles = read_jsonl(run_dir / "cycles.jsonl")
+    phase = clock_phases(meta, queries, cycles)
     for model in ("tcp", "sleep"):
         sims[model] = [q for seed in range(SIM_SEEDS)
                        for q, _ in simulate(case.scenario, strategies, PROFILE, queries=w["queries"],
@@ -492,7 +505,7 @@ def judge(case: Case, run_dir: Path, calibration: HostCalibration) -> list[Row]:
                        if not q["warmup"]]
     paired = paired_loss_match(run_dir, links[0]) if paired_seed is not None and links else ""
     retrans = meta.get("tcp_recovery_by_strategy") or {}
-    drift = host_drift(_measured(read_jsonl(run_dir / "cycles.jsonl")), calibration, _one_way_ms(case.scenario))
+    drift = host_drift(_measured(cycles), calibration, _one_way_ms(case.scenario))
     return [compare(case.label, s, lab, sims["tcp"], sims["sleep"], _retrans_of(retrans.get(s)), paired, drift)
             for s in strategies]
 
@@ -504,13 +517,10 @@ def host_drift(cycles: list[dict], calibration: HostCalibration, one_way_ms: flo
     shared VM's host costs move between runs, and they move together (per message, per forward), so a
     Δ that comes with a drift of a few hundredths of a ms per forward is the host's, not the link
     model's.  None without split cycles or calibration."""
-    from lab.simulator import ComputeProfile
-    split = [c for c in cycles if c["k"] > 0 and c["cycle"] > 0 and c["strategy"].startswith("fixed-k")]
+    split = _split_cycles(cycles)
     if not split or not calibration.points:
         return None
-    t_draft = ComputeProfile.of(PROFILE).t_draft_ms
-    lab = float(np.median([c["edge_compute_ms"] / c["k"] - t_draft for c in split]))
-    return lab - calibration.at(one_way_ms).draft_extra_ms
+    return _draft_overshoot_ms(split) - calibration.at(one_way_ms).draft_extra_ms
 
 
 JIFFY_GRID_PERIOD_MS = JIFFY_GRID * 1000.0 / TcpConfig.hz     # netns.counters.jiffy_grid_ms's period
