@@ -20,9 +20,9 @@ if os.geteuid() != 0:
 from pyroute2 import NetNS, netns  # noqa: E402
 
 from netns.link import LinkError  # noqa: E402
-from netns.linkcheck import TCG_RTT_ALLOWANCE_MS  # noqa: E402
 from netns.probe import _argv, run_goodput, run_udp_echo  # noqa: E402
 from netns.probe_stats import L2_HEADER_BYTES, payload_ceiling_mbit  # noqa: E402
+from tests.netns.conftest import tcg_slack_ms  # noqa: E402
 
 EDGE, CLOUD = "198.18.0.1", "198.18.0.2"
 
@@ -95,7 +95,7 @@ def test_unshaped_veth_rtt_below_1ms_and_no_loss(link):
     print(f"\nunshaped veth: RTT P50 {st.rtt_p50_ms:.3f} ms P99 {st.rtt_p99_ms:.3f} ms; "
           f"one-way up {st.uplink.delay_p50_ms:.3f} down {st.downlink.delay_p50_ms:.3f} ms")
     # the TCG guest of `make vm-test` adds linkcheck's allowance (measured there: RTT P50 1.15 ms once)
-    tcg = TCG_RTT_ALLOWANCE_MS if os.environ.get("SDLAB_TCG") == "1" else 0.0
+    tcg = tcg_slack_ms(0.0)
     assert st.rtt_p50_ms < 1.0 + tcg
     assert 0 <= st.uplink.delay_p50_ms < 1.0 + tcg / 2 and 0 <= st.downlink.delay_p50_ms < 1.0 + tcg / 2
     # The two one-way halves come from stamps in two processes: they must add up to the RTT.
@@ -115,7 +115,7 @@ def test_probe_rtt_agrees_with_ping(link):
     print(f"\nprobe RTT P50 {st.rtt_p50_ms:.3f} ms, ping avg {avg_ms:.3f} ms")
     # In the TCG guest of `make vm-test` a Python echo costs ≈1 ms more than ping's C loop:
     # the same labelled allowance as linkcheck --tcg.
-    tol = 0.5 + (TCG_RTT_ALLOWANCE_MS if os.environ.get("SDLAB_TCG") == "1" else 0.0)
+    tol = 0.5 + tcg_slack_ms(0.0)
     assert abs(st.rtt_p50_ms - avg_ms) < tol
 
 
