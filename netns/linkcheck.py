@@ -28,7 +28,8 @@ from typing import Callable
 from netns.link import LinkError, LinkPair, LinkSpec
 from netns.probe import run_goodput, run_udp_echo
 from netns.probe_stats import (
-    L2_HEADER_BYTES, binomial_acceptance, payload_ceiling_mbit, uniform_jitter_std_ms, wilson_interval,
+    L2_HEADER_BYTES, binomial_acceptance, payload_ceiling_mbit, uniform_jitter_iqr_ms, uniform_jitter_std_ms,
+    wilson_interval,
 )
 
 RTT_TOLERANCE_MS = {"netem": 0.5, "wire": 1.5}
@@ -51,6 +52,11 @@ TCG_RTT_ALLOWANCE_MS = 3.0
 TCG_MAX_RATE_MBIT = 10
 TCG_WINDOW_FACTOR = 2
 JITTER_TOLERANCE_FRAC = 0.10
+# A TCG guest also delays a few packets by several milliseconds at random (unshaped veth there: RTT
+# P50 1.75 ms, P99 8.3 ms), and the std, a sum of squares, is at their mercy: ±10 ms jitter read
+# std 5.74-5.99 ms in five VM runs and 6.90 / 7.60 in a sixth, on a busier host.  On "+tcg" rows the
+# jitter is judged by the interquartile range instead (uniform ±J: J), which a few percent of late
+# packets move by a few percent (5 % at +15 ms: +5 %), with the same ±10 %; the std is still shown.
 GOODPUT_TOLERANCE_FRAC = 0.05
 LOSS_CONFIDENCE = 0.99
 # What tbf counts besides the IP packet depends on the device it sits on
@@ -143,14 +149,21 @@ def _oneway_rows(p: Point, backend: str, st) -> list[Row]:
 
 
 def _jitter_rows(p: Point, backend: str, st) -> list[Row]:
+    """The per-direction spread of the one-way delay against uniform ±J: the std (J/√3), or on
+    "+tcg" rows the interquartile range (J), which TCG's occasional late packets barely move."""
     rows = []
+    robust = backend.endswith("+tcg")
     for d, spec, ds in (("up", p.link.uplink, st.uplink), ("down", p.link.downlink, st.downlink)):
-        want = uniform_jitter_std_ms(spec.jitter_ms)
+        if robust:
+            want, got, what = uniform_jitter_iqr_ms(spec.jitter_ms), ds.delay_iqr_ms, "IQR"
+            measured = f"IQR {got:.2f} ms, std {ds.delay_std_ms:.2f} ({ds.reorders} reordered)"
+        else:
+            want, got, what = uniform_jitter_std_ms(spec.jitter_ms), ds.delay_std_ms, "std"
+            measured = f"std {got:.2f} ms ({ds.reorders} reordered)"
         tol = JITTER_TOLERANCE_FRAC * want
-        dev = ds.delay_std_ms - want
-        rows.append(Row(f"jitter {d}", backend, f"±{spec.jitter_ms:g} ms: std {want:.2f}",
-                        f"std {ds.delay_std_ms:.2f} ms ({ds.reorders} reordered)", f"{dev:+.2f} ms",
-                        f"±{tol:.2f} ms", abs(dev) <= tol, abs(dev) / tol))
+        dev = got - want
+        rows.append(Row(f"jitter {d}", backend, f"±{spec.jitter_ms:g} ms: {what} {want:.2f}",
+                        measured, f"{dev:+.2f} ms", f"±{tol:.2f} ms", abs(dev) <= tol, abs(dev) / tol))
     return rows
 
 
@@ -287,7 +300,7 @@ def run_linkcheck(backends: list[str] | None = None, quick: bool = False, out=pr
     points = plan(quick, tcg)
     if tcg:
         out(f"software-emulated guest (TCG): RTT tolerance +{TCG_RTT_ALLOWANCE_MS:g} ms "
-            f"(+{TCG_RTT_ALLOWANCE_MS / 2:g} ms one-way) for TCG's late timers, goodput rates capped at "
+            f"(+{TCG_RTT_ALLOWANCE_MS / 2:g} ms one-way) for TCG's late timers, jitter judged by its IQR, goodput rates capped at "
             f"{TCG_MAX_RATE_MBIT} Mbit/s (the guest's CPU is slower than the links); rows are labelled <backend>+tcg")
     out(f"linkcheck {'quick' if quick else 'full'}: {len(points)} points per backend")
     t0 = time.monotonic()

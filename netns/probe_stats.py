@@ -60,6 +60,11 @@ def uniform_jitter_std_ms(jitter_ms: float) -> float:
     return jitter_ms / math.sqrt(3)
 
 
+def uniform_jitter_iqr_ms(jitter_ms: float) -> float:
+    """Interquartile range of a delay drawn uniformly from [d - J, d + J]: J (half the width)."""
+    return float(jitter_ms)
+
+
 def count_reorders(order: list[float]) -> int:
     """Arrivals that came after a later-sent packet: items smaller than the running maximum.
 
@@ -136,6 +141,9 @@ class DirectionStats:
     delay_p95_ms: float | None
     delay_std_ms: float | None
     reorders: int
+    # P75 - P25 of the one-way delay: a spread that a few late outliers barely move
+    # (uniform jitter ±J gives J), judged instead of the std inside a TCG guest
+    delay_iqr_ms: float | None = None
 
     @property
     def lost(self) -> int:
@@ -153,13 +161,18 @@ class EchoStats:
     rtt_p50_ms: float | None
     rtt_p95_ms: float | None
     rtt_p99_ms: float | None
+    # P50 over the echoed probes of (one-way up + one-way down): the RTT less the
+    # reflector's turnaround, per probe.  The sum of the two directions' P50s is not
+    # this when the delays are skewed (a software-emulated guest's late timers).
+    halves_p50_ms: float | None = None
 
     def to_dict(self) -> dict:
-        d = {"rtt_p50_ms": self.rtt_p50_ms, "rtt_p95_ms": self.rtt_p95_ms, "rtt_p99_ms": self.rtt_p99_ms}
+        d = {"rtt_p50_ms": self.rtt_p50_ms, "rtt_p95_ms": self.rtt_p95_ms, "rtt_p99_ms": self.rtt_p99_ms,
+             "halves_p50_ms": self.halves_p50_ms}
         for name, s in (("uplink", self.uplink), ("downlink", self.downlink)):
             d[name] = {"sent": s.sent, "received": s.received, "lost": s.lost, "loss_pct": s.loss_pct,
                        "delay_p50_ms": s.delay_p50_ms, "delay_p95_ms": s.delay_p95_ms,
-                       "delay_std_ms": s.delay_std_ms, "reorders": s.reorders}
+                       "delay_std_ms": s.delay_std_ms, "delay_iqr_ms": s.delay_iqr_ms, "reorders": s.reorders}
         return d
 
 
@@ -170,7 +183,8 @@ def _direction(sent: int, delays_ns: list[int], arrival_order: list[float]) -> D
         delay_p50_ms=percentile(ms, 50) if ms else None,
         delay_p95_ms=percentile(ms, 95) if ms else None,
         delay_std_ms=sample_std(ms) if ms else None,
-        reorders=count_reorders(arrival_order))
+        reorders=count_reorders(arrival_order),
+        delay_iqr_ms=percentile(ms, 75) - percentile(ms, 25) if ms else None)
 
 
 def analyse_echo(sent: list[list[int]], reflected: list[list[int]], replies: list[list[int]]) -> EchoStats:
@@ -200,11 +214,13 @@ def analyse_echo(sent: list[list[int]], reflected: list[list[int]], replies: lis
     down = _direction(len(seen_up), [r[4] - r[3] for r in down_rows],
                       [r[3] for r in down_rows])
     rtts = [(r[4] - r[1]) / NS_PER_MS for r in down_rows]
+    halves = [(seen_up[r[0]][1] - send_time[r[0]] + r[4] - r[3]) / NS_PER_MS for r in down_rows]
     return EchoStats(
         uplink=up, downlink=down,
         rtt_p50_ms=percentile(rtts, 50) if rtts else None,
         rtt_p95_ms=percentile(rtts, 95) if rtts else None,
-        rtt_p99_ms=percentile(rtts, 99) if rtts else None)
+        rtt_p99_ms=percentile(rtts, 99) if rtts else None,
+        halves_p50_ms=percentile(halves, 50) if halves else None)
 
 
 # ------------------------------------------------------------------ TCP goodput

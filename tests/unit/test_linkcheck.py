@@ -72,6 +72,29 @@ def test_jitter_judged_per_direction_against_j_over_root3():
     assert up.check == "jitter up" and down.check == "jitter down"
 
 
+def test_tcg_jitter_is_judged_by_the_iqr_which_late_outliers_barely_move():
+    import random
+    from netns.probe_stats import analyse_echo
+    p = Point("jitter", LinkPair.symmetric(LinkSpec(delay_ms=25, jitter_ms=10)))
+    rng = random.Random(3)
+    n, ms = 1500, 1_000_000
+    # uniform ±10 ms each way; 5 % of the uplink packets another 15 ms late (a busy TCG host)
+    up = [25 + rng.uniform(-10, 10) + (15 if rng.random() < 0.05 else 0) for _ in range(n)]
+    down = [25 + rng.uniform(-10, 10) for _ in range(n)]
+    sent = [[i, i * 2 * ms] for i in range(n)]
+    refl = [[i, t + int(u * ms), t + int(u * ms)] for (i, t), u in zip(sent, up)]
+    replies = [[i, t, r, r, r + int(d * ms)] for (i, t), (_, r, _), d in zip(sent, refl, down)]
+    st = analyse_echo(sent, refl, replies)
+    host_up, host_down = _jitter_rows(p, "netem", st)
+    tcg_up, tcg_down = _jitter_rows(p, "netem+tcg", st)
+    assert not host_up.ok and host_down.ok        # the std reads the outliers: real hardware has none
+    assert tcg_up.ok and tcg_down.ok               # the IQR does not
+    assert tcg_up.configured == "±10 ms: IQR 10.00" and "std" in tcg_up.measured
+    # … and still catches a wrong jitter: ±5 ms where ±10 was configured
+    half = [[i, t, r, r, r + int((25 + rng.uniform(-5, 5)) * ms)] for (i, t), (_, r, _) in zip(sent, refl)]
+    assert not _jitter_rows(p, "netem+tcg", analyse_echo(sent, refl, half))[1].ok
+
+
 def test_loss_inside_and_outside_the_binomial_region():
     p = Point("loss", LinkPair.symmetric(LinkSpec(loss_pct=5)))
     up, down = _loss_rows(p, "wire", _echo(sent=3000, lost_up=150, lost_down=60))

@@ -125,6 +125,17 @@ def test_analyse_echo_per_direction_delay_and_loss():
     assert st.uplink.reorders == 0 and st.downlink.reorders == 0
 
 
+def test_analyse_echo_halves_add_up_probe_by_probe():
+    # Skewed delays, late in one direction when early in the other (as TCG's late timers make them):
+    # the P50s of the two directions do not add up to the RTT's P50, the per-probe sums do.
+    up = [0.3, 0.3, 0.3, 2.0, 2.0] * 20
+    down = [2.0, 2.0, 0.3, 0.3, 0.3] * 20
+    st = analyse_echo(*_echo_logs(up, down))
+    assert st.uplink.delay_p50_ms + st.downlink.delay_p50_ms == pytest.approx(0.6)
+    assert st.rtt_p50_ms == pytest.approx(2.305)
+    assert st.halves_p50_ms == pytest.approx(2.3)          # the RTT less the 5 µs turnaround
+
+
 def test_analyse_echo_reordering_and_duplicates():
     n = 10
     sent, reflected, replies = _echo_logs([1.0] * n, [1.0] * n, swap_down=(2, 3))
