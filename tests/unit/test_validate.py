@@ -200,3 +200,72 @@ def test_host_drift_is_the_cases_draft_overshoot_minus_the_calibrations_at_its_d
     assert host_drift(split, cal, 0.0) == pytest.approx(0.15)
     assert host_drift([stream], cal, 0.0) is None                # nothing to measure it on
     assert host_drift(split, HostCalibration(), 0.0) is None     # nothing to compare with
+
+
+def test_rejudge_takes_the_newest_calibration_made_before_each_case(tmp_path):
+    import json
+    from lab.validate import recalibrate_from_saved
+    p = ComputeProfile.of(PROFILE)
+    for stamp, extra in (("20261125T000000Z", 0.2), ("20261125T000500Z", 0.6)):   # calibrated again at 00:05
+        d = tmp_path / f"{stamp}-calibration-0ms"
+        d.mkdir()
+        rows = [{"strategy": "fixed-k:3", "k": 3, "cycle": i, "network_ms": 2 * extra,
+                 "edge_compute_ms": 3 * p.t_draft_ms, "cloud_compute_ms": p.verify_ms(4)} for i in range(1, 5)]
+        rows += [{"strategy": "cloud-only", "k": 0, "cycle": i, "network_ms": 0.0, "cycle_ms": p.step_ms(),
+                  "edge_compute_ms": 0.0, "cloud_compute_ms": p.step_ms()} for i in range(1, 5)]
+        (d / "cycles.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert recalibrate_from_saved(tmp_path, before="20261125T000200Z-lan").message_overhead_ms(0) == pytest.approx(0.2)
+    assert recalibrate_from_saved(tmp_path, before="20261125T000600Z-lan").message_overhead_ms(0) == pytest.approx(0.6)
+    assert recalibrate_from_saved(tmp_path, before="20261124T235900Z-lan") is None
+
+
+def test_a_case_whose_host_drifted_is_run_again_after_a_new_calibration(tmp_path, monkeypatch):
+    import csv
+    import json
+    import lab.validate as v
+
+    cases = [v.Case(v._point("steady"), ("fixed-k:3",)), v.Case(v._point("drifted"), ("fixed-k:3",))]
+    calls = {"calibrate": 0, "runs": []}
+    # the drifted case's first run: host +0.07 ms/forward and E2E −5 %; its second: +0.01 and −1 %
+    outcome = {("steady", 1): (0.01, 990.0), ("drifted", 1): (0.07, 950.0), ("drifted", 2): (0.01, 990.0)}
+
+    def fake_calibrate(backend, base):
+        calls["calibrate"] += 1
+        return HostCalibration(((0.0, v.HostCosts(message_ms=0.1 * calls["calibrate"])),))
+
+    def fake_run_case(case, backend, base, cal, out):
+        name = case.scenario.name
+        calls["runs"].append((name, cal.message_overhead_ms(0)))
+        drift, sim_e2e = outcome[(name, sum(n == name for n, _ in calls["runs"]))]
+        return [_row(case=name, strategy="fixed-k:3", sim_e2e_p50=sim_e2e, host_drift_ms=drift)]
+
+    monkeypatch.setattr(v, "select_cases", lambda names, quick: cases)
+    monkeypatch.setattr(v, "calibrate", fake_calibrate)
+    monkeypatch.setattr(v, "run_case", fake_run_case)
+    lines = []
+    assert v.run_validation(out_dir=str(tmp_path), out=lines.append) == 0
+    # the steady case once with the first calibration; the drifted one again with a second
+    assert calls["runs"] == [("steady", 0.1), ("drifted", 0.1), ("drifted", pytest.approx(0.2))]
+    base = next(tmp_path.iterdir())
+    written = list(csv.DictReader(open(base / "validation.csv")))
+    assert [(r["case"], r["rerun"], r["verdict"]) for r in written] == [
+        ("steady", "", "ok"), ("drifted", "superseded", "superseded"), ("drifted", "rerun", "ok")]
+    assert len(json.loads((base / "calibration.json").read_text())["later"]) == 1
+    text = "\n".join(lines)
+    assert "calibrating again" in text and "2/2 rows within tolerance" in text
+    # a second run that fails is judged like any other: no third try
+    outcome[("drifted", 2)] = (0.07, 950.0)
+    calls["runs"].clear()
+    calls["calibrate"] = 0
+    assert v.run_validation(out_dir=str(tmp_path), out=lines.append) == 1
+    assert [n for n, _ in calls["runs"]] == ["steady", "drifted", "drifted"]
+
+
+def test_rejudge_refuses_a_run_made_with_another_profile(tmp_path):
+    import json
+    from lab.validate import _check_profile
+    (tmp_path / "meta.json").write_text(json.dumps({"models": "synthetic:fast"}))
+    with pytest.raises(RuntimeError, match="synthetic:fast.*synthetic:" + PROFILE):
+        _check_profile(tmp_path)
+    (tmp_path / "meta.json").write_text(json.dumps({"models": f"synthetic:{PROFILE}"}))
+    _check_profile(tmp_path)
