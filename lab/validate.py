@@ -661,7 +661,7 @@ def run_validation(names: Iterable[str] = (), quick: bool = False, backend: str 
     cal = HostCalibration()
     recalibrated = False
     if rejudge:
-        recalibrated = saved.get("enabled", True) and recalibrate_from_saved(base) is not None
+        recalibrated = saved.get("enabled", True) and any(base.glob("*-calibration-*ms"))
         cal = HostCalibration.from_json(saved)
         out(f"re-judging the lab runs in {base} with their host calibration "
             f"({'recomputed from the calibration runs made before each' if recalibrated else 'as saved'})")
@@ -699,8 +699,8 @@ def run_validation(names: Iterable[str] = (), quick: bool = False, backend: str 
                 if rejudge:
                     run_dir = _saved_run(base, case)
                     _check_profile(run_dir)
-                    new = judge(case, run_dir, (recalibrate_from_saved(base, before=run_dir.name)
-                                                if recalibrated else cal))
+                    new = judge(case, run_dir, (recalibrate_from_saved(base, before=run_dir.name) or cal)
+                                if recalibrated else cal)
                 else:
                     new = run_case(case, backend, base, cal, out)
                     drift = _drift_of(new)
@@ -718,9 +718,9 @@ def run_validation(names: Iterable[str] = (), quick: bool = False, backend: str 
                         out(f"{tag} host calibration again ({time.monotonic() - t:.0f} s): {cal.describe()}")
                         t = time.monotonic()
                         new = [replace(r, rerun="rerun") for r in run_case(case, backend, base, cal, out)]
-                        reruns.append(f"{case.label} (host {drift:+.3f} → "
-                                      f"{_drift_of(new):+.3f} ms/forward)" if _drift_of(new) is not None
-                                      else case.label)
+                        after = _drift_of(new)
+                        reruns.append(case.label if after is None else
+                                      f"{case.label} (host {drift:+.3f} → {after:+.3f} ms/forward)")
             except Exception as e:     # noqa: BLE001 — one case's failure is a row, the rest still run
                 if isinstance(e, KeyboardInterrupt):
                     raise

@@ -214,7 +214,7 @@ def analyse_echo(sent: list[list[int]], reflected: list[list[int]], replies: lis
     down = _direction(len(seen_up), [r[4] - r[3] for r in down_rows],
                       [r[3] for r in down_rows])
     rtts = [(r[4] - r[1]) / NS_PER_MS for r in down_rows]
-    halves = [(seen_up[r[0]][1] - send_time[r[0]] + r[4] - r[3]) / NS_PER_MS for r in down_rows]
+    halves = [(r[2] - r[1] + r[4] - r[3]) / NS_PER_MS for r in down_rows]     # each reply's own four stamps
     return EchoStats(
         uplink=up, downlink=down,
         rtt_p50_ms=percentile(rtts, 50) if rtts else None,
