@@ -452,12 +452,16 @@ class GoodputRun:
 
 def run_goodput(spawn: Spawn, *, direction: str = "uplink", measure_s: float = 4.0, rtt_ms: float = 0.0,
                 cc: str | None = None, edge_addr: str = EDGE_ADDR_DEFAULT,
-                cloud_addr: str = CLOUD_ADDR_DEFAULT, port: int = TCP_PORT) -> GoodputRun:
+                cloud_addr: str = CLOUD_ADDR_DEFAULT, port: int = TCP_PORT,
+                skip_s: float | None = None) -> GoodputRun:
     """Bulk TCP in one direction; goodput over `measure_s` seconds after a warm-up
-    of max(1 s, 10 RTTs) (slow start / BBR startup), counted at the receiver."""
+    (slow start / BBR startup; default max(1 s, 10 RTTs), or `skip_s`), counted at the receiver."""
     if direction not in ("uplink", "downlink"):
         raise LinkError(f"direction must be 'uplink' or 'downlink', got {direction!r}")
-    skip_s = warmup_s(rtt_ms)
+    if skip_s is None:
+        skip_s = warmup_s(rtt_ms)
+    elif skip_s < 0:
+        raise LinkError(f"skip_s must be >= 0, got {skip_s}")
     duration_s = math.ceil((skip_s + measure_s) / BIN_S) * BIN_S
     rx_side, tx_side, rx_addr = (("cloud", "edge", cloud_addr) if direction == "uplink"
                                  else ("edge", "cloud", edge_addr))

@@ -98,8 +98,8 @@ def binomial_acceptance(n: int, p: float, confidence: float = 0.99) -> tuple[int
 
     This is the test linkcheck applies: a link configured for p% loss passes
     when the measured lost count falls inside, so a correct emulator fails
-    only 1 % of the time and a 2x wrong one fails almost always (given enough
-    packets)."""
+    only 1 - confidence of the time and a 2x wrong one fails almost always
+    (given enough packets)."""
     if n < 0 or not 0 <= p <= 1:
         raise LinkError(f"binomial_acceptance needs n >= 0 and 0 <= p <= 1, got n={n} p={p}")
     tail = (1 - confidence) / 2

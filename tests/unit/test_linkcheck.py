@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from netns.link import LinkPair, LinkSpec
 from netns.linkcheck import (
     Point, _goodput_row, _jitter_rows, _loss_rows, _rtt_rows, format_table, plan,
@@ -44,6 +46,19 @@ def test_a_tcg_plan_caps_goodput_rates_the_emulated_guest_cannot_fill():
     full = [(p.link.uplink.rate_mbit, p.link.rtt_ms) for p in plan(False, tcg=True) if p.check == "goodput"]
     assert len(full) == len(set(full)) and max(r for r, _ in full) == TCG_MAX_RATE_MBIT
     assert [p.check for p in plan(True, tcg=True)] == [p.check for p in plan(True)]   # same points otherwise
+
+
+def test_a_tcg_plan_caps_the_asymmetric_rates_too_and_waits_longer_for_slow_start():
+    from netns.linkcheck import TCG_MAX_RATE_MBIT, TCG_WINDOW_FACTOR
+    host, tcg = ([p for p in plan(True, tcg=t) if p.goodput_dirs] for t in (False, True))
+    h_asym, t_asym = host[-1], tcg[-1]
+    assert h_asym.link.downlink.rate_mbit > TCG_MAX_RATE_MBIT                     # the host point is faster
+    assert t_asym.link.downlink.rate_mbit == TCG_MAX_RATE_MBIT and t_asym.link.uplink.rate_mbit == 5
+    assert (t_asym.link.uplink.delay_ms, t_asym.link.downlink.delay_ms) == (10, 40)   # delays untouched
+    for h, t in zip(host, tcg):
+        assert h.skip_s is None                                                   # the probe's default warm-up
+        assert t.skip_s == pytest.approx(TCG_WINDOW_FACTOR * warmup_s(t.link.rtt_ms))
+        assert t.measure_s == pytest.approx(TCG_WINDOW_FACTOR * h.measure_s)
 
 
 def test_rtt_tolerance_depends_on_backend():
