@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 from netns.link import LinkError, LinkPair, LinkSpec
@@ -109,8 +109,11 @@ def plan(quick: bool, tcg: bool = False) -> list[Point]:
     window TCG_WINDOW_FACTOR times as long (its slow start ends late)."""
     slow = TCG_WINDOW_FACTOR if tcg else 1
 
-    def cap(spec: LinkSpec) -> LinkSpec:
-        return replace(spec, rate_mbit=min(spec.rate_mbit, TCG_MAX_RATE_MBIT)) if tcg and spec.rate_mbit else spec
+    def rate(mbit: float) -> float:            # the guest's cap, every goodput rate alike
+        return min(mbit, TCG_MAX_RATE_MBIT) if tcg else mbit
+
+    def skip(rtt_ms: float) -> float | None:   # None: run_goodput's own warm-up
+        return slow * warmup_s(rtt_ms) if tcg else None
 
     rtts = (0, 50) if quick else (0, 10, 50, 200, 500)
     points = [Point("rtt", _sym(delay_ms=r / 2), echo_count=200 if quick else 300, echo_interval_ms=5.0)
@@ -120,17 +123,15 @@ def plan(quick: bool, tcg: bool = False) -> list[Point]:
         points.append(Point("loss", _sym(loss_pct=loss), echo_count=2000 if quick else 3000,
                             echo_interval_ms=1.0))
     goodput = ((10, 0), (100, 100)) if quick else ((1, 0), (10, 0), (100, 0), (1, 100), (10, 100), (100, 100))
-    if tcg:
-        goodput = tuple(dict.fromkeys((min(rate, TCG_MAX_RATE_MBIT), rtt) for rate, rtt in goodput))
-    for rate, rtt in goodput:
+    for mbit, rtt in dict.fromkeys((rate(m), r) for m, r in goodput):     # capped points can coincide
         # Low rates get a longer window: a loss repaired near an edge of the window moves a
         # whole window's worth of in-order bytes across it, which weighs more when few bytes flow.
-        window = 3.0 if quick else (6.0 if rate < 5 else 4.0)
-        points.append(Point("goodput", _sym(delay_ms=rtt / 2, rate_mbit=rate), goodput_dirs=("uplink",),
-                            measure_s=window * slow, skip_s=slow * warmup_s(rtt) if tcg else None))
-    asym = LinkPair(uplink=cap(LinkSpec(delay_ms=10, rate_mbit=5)), downlink=cap(LinkSpec(delay_ms=40, rate_mbit=20)))
+        window = 3.0 if quick else (6.0 if mbit < 5 else 4.0)
+        points.append(Point("goodput", _sym(delay_ms=rtt / 2, rate_mbit=mbit), goodput_dirs=("uplink",),
+                            measure_s=window * slow, skip_s=skip(rtt)))
+    asym = LinkPair(uplink=LinkSpec(delay_ms=10, rate_mbit=rate(5)), downlink=LinkSpec(delay_ms=40, rate_mbit=rate(20)))
     points.append(Point("asym", asym, echo_count=200, echo_interval_ms=5.0, goodput_dirs=("uplink", "downlink"),
-                        measure_s=(3.0 if quick else 4.0) * slow, skip_s=slow * warmup_s(asym.rtt_ms) if tcg else None))
+                        measure_s=(3.0 if quick else 4.0) * slow, skip_s=skip(asym.rtt_ms)))
     return points
 
 
