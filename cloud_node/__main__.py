@@ -17,10 +17,10 @@ import time
 import numpy as np
 import zmq
 
-from lab import protocol, spec
-from lab.decoding import TargetState, now_ms, speculative_generate, verify_rng
+from lab.core import protocol, spec
+from lab.core.decoding import TargetState, now_ms, speculative_generate, verify_rng
 from lab.models import ModelError, warm_up
-from lab.protocol import Message, ProtocolError
+from lab.core.protocol import Message, ProtocolError
 
 POLL_MS = 200
 MAX_QUERIES = 64          # sessions kept at once; the oldest is dropped beyond this

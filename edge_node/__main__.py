@@ -18,13 +18,13 @@ import time
 import numpy as np
 import zmq
 
-from lab import protocol, spec
-from lab.decoding import DraftState, now_ms
+from lab.core import protocol, spec
+from lab.core.decoding import DraftState, now_ms
 from lab.models import warm_up
 from lab.metrics import tokens_per_s
-from lab.protocol import Message, ProtocolError, ids
+from lab.core.protocol import Message, ProtocolError, ids
 from lab.results import JsonlWriter
-from lab.strategies import CycleObservation, make_strategy
+from lab.core.strategies import CycleObservation, make_strategy
 
 GO_TIMEOUT_S = 60
 

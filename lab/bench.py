@@ -1,7 +1,7 @@
 """`python -m lab bench colocated`: our co-located speculation against the obvious references.
 
 On the same pair, prompts and thread count, in one process:
-  cloud-spec   lab.decoding.speculative_generate (draft + target co-located, K fixed)
+  cloud-spec   lab.core.decoding.speculative_generate (draft + target co-located, K fixed)
   assisted     Hugging Face assisted generation: target.generate(assistant_model=draft)
   plain        the target alone: target.generate (greedy)
 and prints tokens/s of each, the ratios, and whether the three produced the same token ids
@@ -17,6 +17,8 @@ import argparse
 import time
 
 from lab.prompts import load_prompts
+from lab.sim.simulator import simulate
+from lab.sweep import STRATEGIES, grid
 
 
 def _tps(n_tokens: int, seconds: float) -> float:
@@ -26,7 +28,7 @@ def _tps(n_tokens: int, seconds: float) -> float:
 def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 48, n_prompts: int = 3,
                     threads: int = 2, dtype: str = "bfloat16", out=print) -> dict:
     import torch
-    from lab.decoding import speculative_generate
+    from lab.core.decoding import speculative_generate
     from lab.models import warm_up
     from lab.models.select import load_role
 
@@ -99,10 +101,10 @@ def bench_lan(models: str = "embedded", k: int = 5, max_new_tokens: int = 48, n_
 
 
 def default_k(models: str, out=print) -> int:
-    """K for the benchmark: the throughput model's optimum (BACKGROUND.md, lab.spec.best_k at RTT 0)
+    """K for the benchmark: the throughput model's optimum (BACKGROUND.md, lab.core.spec.best_k at RTT 0)
     for the measured embedded-cpu profile; otherwise cloud-spec's default."""
-    from lab import spec
-    from lab.strategies import COLOCATED_DEFAULT_K
+    from lab.core import spec
+    from lab.core.strategies import COLOCATED_DEFAULT_K
 
     if models != "embedded":
         return COLOCATED_DEFAULT_K
@@ -115,9 +117,26 @@ def default_k(models: str, out=print) -> int:
     return k
 
 
+def bench_grid(runs: int = 3, profile="fast", link_model: str = "tcp", out=print) -> float:
+    """Simulate the 21-point grid × the six baseline strategies × `runs` (lab/sweep.py's grid);
+    print and return the wall time (target < 60 s)."""
+    t0 = time.perf_counter()
+    points = grid()
+    n_queries = 0
+    for p in points:
+        sc = p.scenario(STRATEGIES)
+        for r in range(runs):
+            for _ in simulate(sc, list(STRATEGIES), profile, seed=r, link_model=link_model):
+                n_queries += 1
+    wall = time.perf_counter() - t0
+    out(f"bench_grid: {len(points)} links × {len(STRATEGIES)} strategies × "
+        f"{runs} runs = {n_queries} queries simulated in {wall:.2f} s (target < 60 s) [{link_model}]")
+    return wall
+
+
 def bench_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lab bench")
-    ap.add_argument("what", choices=["colocated"])
+    ap.add_argument("what", choices=["colocated", "sim"])
     ap.add_argument("--models", default="embedded")
     ap.add_argument("--k", type=int, help="draft length (default: the throughput model's optimum for the profile)")
     ap.add_argument("--max-new-tokens", type=int, default=48)
@@ -126,6 +145,9 @@ def bench_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--no-lan", action="store_true", help="skip the distributed fixed-k over lan part")
     a = ap.parse_args(argv)
+    if a.what == "sim":
+        bench_grid()
+        return 0
     a.k = a.k or default_k(a.models)
     bench_colocated(a.models, a.k, a.max_new_tokens, a.prompts, a.threads, a.dtype)
     if not a.no_lan:

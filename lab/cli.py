@@ -92,14 +92,14 @@ def cmd_link(args) -> int:
 
 def cmd_linkcheck(args) -> int:
     _need_root("linkcheck")
-    from netns.linkcheck import run_linkcheck
+    from netns.fidelity.linkcheck import run_linkcheck
     backends = [args.backend] if args.backend and args.backend != "auto" else None
     return run_linkcheck(backends=backends, quick=args.quick)
 
 
 def cmd_probe(args) -> int:
     _need_root("probe")
-    from netns.probe import probe_scenario_link
+    from netns.fidelity.linkcheck import probe_scenario_link
     sc = load_scenario(args.scenario)
     return probe_scenario_link(sc.link, backend=args.backend or sc.backend,
                                congestion_control=sc.congestion_control, name=sc.name)
@@ -111,7 +111,7 @@ def cmd_scenario(args) -> int:
     from lab.models.select import parse_models, prepare
     from lab.prompts import PromptError, load_prompts
     from lab.runner import RunError, RunOptions, run_scenario
-    from lab.strategies import StrategyError, make_strategy
+    from lab.core.strategies import StrategyError, make_strategy
 
     sc = load_scenario(args.scenario)
     sc = _scenario_with_link(sc, _link_overrides(args, sc.link))
@@ -147,8 +147,8 @@ def cmd_sim(args) -> int:
     """The scenario in the simulator: same strategies, same LinkSpecs and timeline, no kernel."""
     from lab.metrics import format_table
     from lab.models import ModelError
-    from lab.netsim import SimError
-    from lab.simulator import write_run
+    from lab.sim.netsim import SimError
+    from lab.sim.simulator import write_run
     import pandas as pd
 
     sc = load_scenario(args.scenario)
@@ -176,8 +176,8 @@ def cmd_sim(args) -> int:
 def cmd_sweep(args) -> int:
     """The experiment grid in the simulator (lab/sweep.py)."""
     from lab.models import ModelError
-    from lab.netsim import SimError
-    from lab.strategies import StrategyError, make_strategy
+    from lab.sim.netsim import SimError
+    from lab.core.strategies import StrategyError, make_strategy
     from lab.sweep import STRATEGIES, _floats, grid, run_sweep
 
     if not args.sim:

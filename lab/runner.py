@@ -32,7 +32,7 @@ from pathlib import Path
 from lab.affinity import format_cpus, node_cpus
 from lab.results import Meta, new_run_dir, read_jsonl
 from lab.scenario import Scenario
-from lab.tcpcc import TcpConfig
+from lab.sim.tcpcc import TcpConfig
 from netns.counters import jiffy_grid_ms
 
 CLOUD_PORT = 5555

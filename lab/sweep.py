@@ -74,7 +74,7 @@ def run_sweep(points: list[GridPoint], strategies=STRATEGIES, runs: int = 3, pro
     """Simulate every point × strategy × run; write summary.csv and best.csv; return the folder."""
     from lab import metrics
     from lab.results import Meta, new_run_dir
-    from lab.simulator import simulate
+    from lab.sim.simulator import simulate
 
     run_dir = new_run_dir("sweep-sim", Path(out_dir) if out_dir else None)
     meta = Meta(run_dir, {"backend": "sim", "link_model": link_model, "profile": profile, "runs": runs,
@@ -119,7 +119,7 @@ def best_by_link(df: pd.DataFrame) -> pd.DataFrame:
     """Per link: the lossless strategy (one whose output is the target's) with the lowest median (over
     runs) E2E P50, its margin over the runner-up, and edge-only's E2E beside it — edge-only is faster
     where the network is bad but answers with the draft model's quality, so it is shown, not ranked."""
-    from lab.strategies import make_strategy
+    from lab.core.strategies import make_strategy
 
     keys = ["rtt_ms", "rate_mbit", "jitter_ms", "loss_pct"]
     agg = df.groupby(keys + ["strategy"], sort=False)["e2e_ms_p50"].median().reset_index()

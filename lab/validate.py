@@ -2,7 +2,7 @@
 
 Each case runs twice with the same seeds, strategies and query count: once in
 the lab (real namespaces, kernel TCP, the synthetic pair sleeping its compute
-in the node processes) and once in the simulator (lab/simulator.py, with the
+in the node processes) and once in the simulator (lab/sim/simulator.py, with the
 congestion control the lab run recorded).  Compared, per strategy:
 
   network   per-cycle network time (cycle minus the compute both sides report),
@@ -80,9 +80,9 @@ import numpy as np
 
 from lab.scenario import Scenario, available, load_scenario, parse_scenario
 from lab.sweep import grid
-from lab.tcpcc import TcpConfig
+from lab.sim.tcpcc import TcpConfig
 from netns.counters import JIFFY_GRID
-from netns.linkcheck import text_table
+from netns.fidelity.linkcheck import text_table
 from netns.paired import first_transmission
 
 NETWORK_TOLERANCE_MS = 5.0
@@ -220,8 +220,8 @@ class HostCalibration:
 
     def compute(self, one_way_delay_ms: float):
         """The profile's compute times plus the host's overshoot on a link of this one-way delay
-        (lab.simulator.ComputeProfile): a node that waited a round trip wakes up slower."""
-        from lab.simulator import ComputeProfile
+        (lab.sim.simulator.ComputeProfile): a node that waited a round trip wakes up slower."""
+        from lab.sim.simulator import ComputeProfile
         p, c = ComputeProfile.of(PROFILE), self.at(one_way_delay_ms)
         return replace(p, t_draft_ms=p.t_draft_ms + c.draft_extra_ms,
                        verify_a_ms=p.verify_a_ms + c.verify_extra_ms,
@@ -261,7 +261,7 @@ def _split_cycles(cycles: Iterable[dict]) -> list[dict]:
 
 def _draft_overshoot_ms(split: list[dict]) -> float:
     """Median of what the edge reports per draft forward minus what the profile asked for."""
-    from lab.simulator import ComputeProfile
+    from lab.sim.simulator import ComputeProfile
     t_draft = ComputeProfile.of(PROFILE).t_draft_ms
     return float(np.median([c["edge_compute_ms"] / c["k"] - t_draft for c in split]))
 
@@ -275,7 +275,7 @@ def calibration_from(cycles: list[dict], rtt_ms: float = 0.0) -> HostCosts:
     overshoot is the median of what the nodes report minus what the profile asked for; a streamed
     token's is the median gap between tokens minus the profile's step (the cloud's bookkeeping and
     send between two steps belong to the stream's pace, and no compute report includes them)."""
-    from lab.simulator import ComputeProfile
+    from lab.sim.simulator import ComputeProfile
     p = ComputeProfile.of(PROFILE)
     split = _split_cycles(cycles)
     tokens = [c for c in cycles if c["strategy"] == "cloud-only" and c["cycle"] > 0]
@@ -492,7 +492,7 @@ def run_case(case: Case, backend: str | None, base: Path, calibration: HostCalib
 def judge(case: Case, run_dir: Path, calibration: HostCalibration) -> list[Row]:
     """Both simulations of a case against its lab run (a results folder); rows per strategy."""
     from lab.results import read_jsonl
-    from lab.simulator import simulate
+    from lab.sim.simulator import simulate
 
     meta = json.loads((run_dir / "meta.json").read_text())
     queries = read_jsonl(run_dir / "queries.jsonl")

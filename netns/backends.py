@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from netns.capabilities import netem_in, probe_kernel
 from netns.link import LinkError
+from netns.netem import NetemBackend
+from netns.wire import WireBackend
 
 BACKEND_NAMES = ("netem", "wire")
 
 
 @lru_cache(maxsize=1)
 def netem_available() -> bool:
-    from netns.capabilities import netem_in, probe_kernel
     return netem_in(probe_kernel())
 
 
@@ -32,12 +34,7 @@ def choose_backend(requested: str) -> str:
 
 def make_backend(name: str, topology, attached: bool = False):
     if name == "wire":
-        from netns.wire import WireBackend
         return WireBackend(topology, attached=attached)
     if name == "netem":
-        try:
-            from netns.netem import NetemBackend
-        except ImportError as e:
-            raise LinkError(f"the netem backend is not available in this checkout ({e})") from None
         return NetemBackend(topology)
     raise LinkError(f"unknown backend {name!r}")

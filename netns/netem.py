@@ -40,6 +40,7 @@ import os
 from dataclasses import dataclass, field
 
 from netns.link import LinkError, LinkPair, LinkSpec
+from netns.names import VETH_CLOUD, VETH_EDGE
 from netns.tbf import tbf_options
 
 PLACEMENTS = ("ifb", "egress")
@@ -123,7 +124,6 @@ def tbf_op_options(spec: LinkSpec, rtt_ms: float) -> dict | None:
 
 def shaping_devices(topo_ns: tuple[str, str], placement: str) -> dict[str, tuple[str, str]]:
     """direction → (namespace, device) carrying that direction's netem + tbf."""
-    from netns.topology import VETH_CLOUD, VETH_EDGE
 
     edge_ns, cloud_ns = topo_ns
     if placement == "egress":
@@ -136,7 +136,6 @@ def shaping_devices(topo_ns: tuple[str, str], placement: str) -> dict[str, tuple
 def plan(link: LinkPair, edge_ns: str, cloud_ns: str, placement: str = DEFAULT_PLACEMENT,
          current: LinkPair | None = None) -> list[QdiscOp]:
     """The requests that take the kernel from `current` (None: fresh veth, nothing shaped) to `link`."""
-    from netns.topology import VETH_CLOUD, VETH_EDGE
 
     devices = shaping_devices((edge_ns, cloud_ns), placement)
     ops: list[QdiscOp] = []
@@ -241,7 +240,6 @@ def one_segment_per_skb(topo) -> None:
     point).  sk_setup_caps() caps a socket's segments per skb at the
     device's gso_max_segs, so 1 makes every skb one segment before any qdisc.
     """
-    from netns.topology import VETH_CLOUD, VETH_EDGE
 
     for ns, dev in ((topo.edge_ns, VETH_EDGE), (topo.cloud_ns, VETH_CLOUD)):
         ipr = topo.ipr(ns)

@@ -26,13 +26,12 @@ from pathlib import Path
 
 from pyroute2 import NetNS, netns
 
+from netns.backends import choose_backend, make_backend
 from netns.link import LinkError, LinkPair, LinkSpec
+from netns.names import (CLOUD_ADDR, EDGE_ADDR, LAB_PREFIX, PREFIX_LEN, RUN_DIR, TUN_IFNAME,  # noqa: F401
+                         VETH_CLOUD, VETH_EDGE)
 from netns.nsexec import in_namespace
 
-EDGE_ADDR, CLOUD_ADDR, PREFIX_LEN = "198.18.0.1", "198.18.0.2", 30
-LAB_PREFIX = "sdl-"
-RUN_DIR = Path("/run/sdlab")
-VETH_EDGE, VETH_CLOUD = "sdl-e0", "sdl-c0"
 RELAY_READY_TIMEOUT_S = 10.0
 PR_SET_PDEATHSIG = 1
 # Socket buffers big enough for the largest BDP in the grid (500 ms × 100 Mbit/s ≈ 6 MB, ×2 for cwnd growth).
@@ -182,7 +181,6 @@ class Topology:
 
     # -------------------------------------------------------------- lifecycle
     def up(self, link: LinkPair, detach: bool = False) -> None:
-        from netns.backends import choose_backend, make_backend
 
         t0 = time.monotonic()
         RUN_DIR.mkdir(parents=True, exist_ok=True)
@@ -296,7 +294,6 @@ class Topology:
 
     def start_relay(self, link: LinkPair, detach: bool, seed: int | None = None) -> None:
         """The wire relay process: creates the TUN devices and runs the delay line."""
-        from netns.wire import TUN_IFNAME
 
         argv = [sys.executable, "-m", "netns.wire", "--edge-ns", self.edge_ns, "--cloud-ns", self.cloud_ns,
                 "--control", str(self.control_path), "--link", json.dumps(link.to_dict())]
@@ -397,7 +394,6 @@ def attach(prefix: str = LAB_PREFIX) -> Topology | None:
     owner = _read_owner(prefix)
     if owner is None or f"{prefix}edge" not in netns.listnetns():
         return None
-    from netns.backends import make_backend
 
     t = Topology(backend=owner["backend"], congestion_control=owner.get("cc"), prefix=prefix)
     t.backend_name, t.congestion_control = owner["backend"], owner.get("cc")

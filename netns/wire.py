@@ -36,11 +36,11 @@ import time
 from dataclasses import dataclass, field
 
 from netns.link import LinkError, LinkPair, LinkSpec
+from netns.names import TUN_IFNAME
 from netns.paired import PacketKeyer, first_transmission, packet_draw
 
 TUNSETIFF = 0x400454CA
 IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
-TUN_IFNAME = "sdl-t0"
 READ_BATCH = 512               # packets read per device per loop turn (fairness between directions)
 MAX_PACKET = 65536
 IDLE_WAKE_S = 0.2

@@ -20,7 +20,7 @@ def tcg_slack_ms(rtt_ms: float) -> float:
     """Extra RTT tolerance inside the TCG guest: linkcheck's allowance plus 10 % of the RTT."""
     if not TCG:
         return 0.0
-    from netns.linkcheck import TCG_RTT_ALLOWANCE_MS
+    from netns.fidelity.linkcheck import TCG_RTT_ALLOWANCE_MS
     return TCG_RTT_ALLOWANCE_MS + 0.1 * rtt_ms
 
 

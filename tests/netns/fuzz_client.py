@@ -9,8 +9,8 @@ import sys
 
 import zmq
 
-from lab import protocol
-from lab.protocol import Message, ids
+from lab.core import protocol
+from lab.core.protocol import Message, ids
 
 
 def main(url: str, n: int, token_hash: str) -> None:

@@ -20,8 +20,8 @@ if os.geteuid() != 0:
 from pyroute2 import NetNS, netns  # noqa: E402
 
 from netns.link import LinkError  # noqa: E402
-from netns.probe import _argv, run_goodput, run_udp_echo  # noqa: E402
-from netns.probe_stats import L2_HEADER_BYTES, payload_ceiling_mbit  # noqa: E402
+from netns.fidelity.probe import _argv, run_goodput, run_udp_echo  # noqa: E402
+from netns.fidelity.probe_stats import L2_HEADER_BYTES, payload_ceiling_mbit  # noqa: E402
 from tests.netns.conftest import tcg_slack_ms  # noqa: E402
 
 EDGE, CLOUD = "198.18.0.1", "198.18.0.2"

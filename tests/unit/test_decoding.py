@@ -8,8 +8,8 @@ import copy
 import numpy as np
 import pytest
 
-from lab import protocol, spec
-from lab.decoding import (DraftState, TargetState, autoregressive_generate, speculative_generate,
+from lab.core import protocol, spec
+from lab.core.decoding import (DraftState, TargetState, autoregressive_generate, speculative_generate,
                           verify_rng)
 
 torch = pytest.importorskip("torch")

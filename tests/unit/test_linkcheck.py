@@ -6,11 +6,11 @@ import math
 import pytest
 
 from netns.link import LinkPair, LinkSpec
-from netns.linkcheck import (
+from netns.fidelity.linkcheck import (
     Point, _goodput_row, _jitter_rows, _loss_rows, _rtt_rows, format_table, plan,
 )
-from netns.probe import GoodputRun
-from netns.probe_stats import DirectionStats, EchoStats, Goodput, warmup_s
+from netns.fidelity.probe import GoodputRun
+from netns.fidelity.probe_stats import DirectionStats, EchoStats, Goodput, warmup_s
 
 
 def _echo(rtt=50.0, up=25.0, down=25.0, std_up=0.0, std_down=0.0, sent=1000, lost_up=0, lost_down=0):
@@ -39,7 +39,7 @@ def test_plan_covers_the_brief_and_fits_the_time_budget():
 
 
 def test_a_tcg_plan_caps_goodput_rates_the_emulated_guest_cannot_fill():
-    from netns.linkcheck import TCG_MAX_RATE_MBIT
+    from netns.fidelity.linkcheck import TCG_MAX_RATE_MBIT
     tcg_goodput = [p for p in plan(True, tcg=True) if p.check == "goodput"]
     assert {(p.link.uplink.rate_mbit, p.link.rtt_ms) for p in tcg_goodput} == {(10, 0), (TCG_MAX_RATE_MBIT, 100)}
     assert all(p.measure_s > q.measure_s for p, q in zip(tcg_goodput, [p for p in plan(True) if p.check == "goodput"]))
@@ -49,7 +49,7 @@ def test_a_tcg_plan_caps_goodput_rates_the_emulated_guest_cannot_fill():
 
 
 def test_a_tcg_plan_caps_the_asymmetric_rates_too_and_waits_longer_for_slow_start():
-    from netns.linkcheck import TCG_MAX_RATE_MBIT, TCG_WINDOW_FACTOR
+    from netns.fidelity.linkcheck import TCG_MAX_RATE_MBIT, TCG_WINDOW_FACTOR
     host, tcg = ([p for p in plan(True, tcg=t) if p.goodput_dirs] for t in (False, True))
     h_asym, t_asym = host[-1], tcg[-1]
     assert h_asym.link.downlink.rate_mbit > TCG_MAX_RATE_MBIT                     # the host point is faster
@@ -71,7 +71,7 @@ def test_rtt_tolerance_depends_on_backend():
 
 def test_tcg_rows_get_the_emulation_allowance_and_keep_their_label():
     p = Point("rtt", LinkPair.symmetric(LinkSpec(delay_ms=25)))
-    from netns.linkcheck import TCG_RTT_ALLOWANCE_MS
+    from netns.fidelity.linkcheck import TCG_RTT_ALLOWANCE_MS
     limit = 0.5 + TCG_RTT_ALLOWANCE_MS                 # netem's own ±0.5 ms plus the emulation allowance
     row = _rtt_rows(p, "netem+tcg", _echo(rtt=50 + limit - 0.3))[0]
     assert row.ok and row.backend == "netem+tcg" and row.tolerance == f"±{limit:g} ms"
@@ -89,7 +89,7 @@ def test_jitter_judged_per_direction_against_j_over_root3():
 
 def test_tcg_jitter_is_judged_by_the_iqr_which_late_outliers_barely_move():
     import random
-    from netns.probe_stats import analyse_echo
+    from netns.fidelity.probe_stats import analyse_echo
     p = Point("jitter", LinkPair.symmetric(LinkSpec(delay_ms=25, jitter_ms=10)))
     rng = random.Random(3)
     n, ms = 1500, 1_000_000

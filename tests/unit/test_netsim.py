@@ -12,8 +12,8 @@ import statistics
 
 import pytest
 
-from lab.netsim import SimError, SleepLinkModel, TcpLinkModel, make_link_model, tbf_burst_bytes
-from lab.tcpsim import TcpConfig, timer_fire_ms
+from lab.sim.netsim import SimError, SleepLinkModel, TcpLinkModel, make_link_model, tbf_burst_bytes
+from lab.sim.tcpsim import TcpConfig, timer_fire_ms
 from netns.link import LinkPair, LinkSpec
 
 MSS, HDR = 1448, 52

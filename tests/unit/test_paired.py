@@ -112,7 +112,7 @@ def test_relay_keyer_names_segments_by_message_as_the_simulator_does():
 
 def test_simulated_link_with_a_paired_seed_is_independent_of_its_own_generator():
     """Same paired seed, different generator seeds: the same first transmissions are lost."""
-    from lab.netsim import TcpLinkModel
+    from lab.sim.netsim import TcpLinkModel
     spec = LinkSpec(delay_ms=10, jitter_ms=2, loss_pct=5)
     runs = []
     for seed in (1, 2):

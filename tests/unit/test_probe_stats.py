@@ -7,7 +7,7 @@ import random
 import pytest
 
 from netns.link import LinkError
-from netns.probe_stats import (
+from netns.fidelity.probe_stats import (
     analyse_echo, binomial_acceptance, delivered_mbit, count_reorders, deviation_pct, payload_ceiling_mbit,
     percentile, sample_std, steady_goodput, uniform_jitter_std_ms, warmup_s, wilson_interval,
 )

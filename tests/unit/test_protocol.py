@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from lab import spec
-from lab.protocol import (MAX_HEADER_BYTES, MAX_MESSAGE_BYTES, SCHEMA, Message, ProtocolError, check_hello,
+from lab.core import spec
+from lab.core.protocol import (MAX_HEADER_BYTES, MAX_MESSAGE_BYTES, SCHEMA, Message, ProtocolError, check_hello,
                           decode, encode, frames_size, ids)
 
 

@@ -1,6 +1,6 @@
 """The simulator replays the nodes' exchanges: sizes, compute, acceptance and network time per cycle.
 
-Checks: message sizes equal lab/protocol.py's encoding; per-cycle accounting
+Checks: message sizes equal lab/core/protocol.py's encoding; per-cycle accounting
 (cycle = draft + verify + network, with the nodes' compute formulas); the
 network time of a clean link is the RTT; loss shows up as retransmission
 delay with the TCP model and never with the sleep model; acceptance follows
@@ -13,15 +13,16 @@ import statistics
 import numpy as np
 import pytest
 
-from lab import protocol, spec
-from lab.decoding import speculative_generate
+from lab.core import protocol, spec
+from lab.core.decoding import speculative_generate
 from lab.metrics import SUMMARY_COLUMNS
 from lab.models.synthetic import Profile, SyntheticModel
-from lab.protocol import Message
+from lab.core.protocol import Message
 from lab.results import read_jsonl
 from lab.scenario import parse_scenario
-from lab.simulator import ComputeProfile, SimError, bench_grid, simulate, write_run
-from lab.simwire import WireSizes, zmtp_bytes
+from lab.bench import bench_grid
+from lab.sim.simulator import ComputeProfile, SimError, simulate, write_run
+from lab.sim.simwire import WireSizes, zmtp_bytes
 
 PROF = ComputeProfile(t_draft_ms=2.0, verify_a_ms=4.0, verify_b_ms=0.5, prefill_ms_per_token=0.05, alpha=0.8,
                       vocab=1000)

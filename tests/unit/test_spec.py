@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lab import spec
+from lab.core import spec
 
 scipy_stats = pytest.importorskip("scipy.stats")
 

@@ -1,7 +1,7 @@
 """The strategy registry: names resolve, parameters are checked, baselines behave as documented."""
 import pytest
 
-from lab.strategies import CycleObservation, StrategyError, known_strategies, make_strategy
+from lab.core.strategies import CycleObservation, StrategyError, known_strategies, make_strategy
 
 
 @pytest.mark.parametrize("spec, placement, k", [

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from lab import spec
-from lab.decoding import autoregressive_generate, speculative_generate
+from lab.core import spec
+from lab.core.decoding import autoregressive_generate, speculative_generate
 from lab.models import ModelError
 from lab.models.synthetic import (Profile, SyntheticModel, known_profiles, load_profile, load_synthetic,
                                   save_profile, spend)

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from lab.simulator import ComputeProfile
+from lab.sim.simulator import ComputeProfile
 from lab.validate import (E2E_TOLERANCE_FRAC, NETWORK_TOLERANCE_MS, PROFILE, HostCalibration, Row,
                           calibration_from, quantile_interval, compare, default_cases, select_cases)
 
@@ -129,7 +129,7 @@ def test_host_costs_interpolate_between_the_calibration_links_and_stay_flat_beyo
 
 def test_simulator_applies_a_delay_dependent_host_overhead():
     from lab.scenario import parse_scenario
-    from lab.simulator import simulate
+    from lab.sim.simulator import simulate
     sc = parse_scenario({"name": "t", "link": {"delay_ms": 10}})
 
     def net(overhead):
@@ -157,7 +157,7 @@ def test_the_simulators_timers_follow_the_clock_phase_they_are_given():
     """Recovery timers fire on the jiffy/timer-wheel grid of the clock: a shifted phase moves the lossy
     queries' end times, not the loss-free ones."""
     from lab.scenario import load_scenario
-    from lab.simulator import simulate
+    from lab.sim.simulator import simulate
     sc = load_scenario("lossy-5pct")
     def e2e(phase):
         return [q["e2e_ms"] for q, _ in simulate(sc, ["fixed-k:3"], queries=12, clock_phase=lambda s, i, c: phase)]

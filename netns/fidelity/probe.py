@@ -3,7 +3,7 @@
 Why not ping/iperf: the lab must measure its link the same way on every host
 (no extra tools), per direction, and with the numbers it needs (one-way delay,
 per-direction loss, reordering, goodput after warm-up).  Each probe role is a
-small program, `python -m netns.probe <role> ...`, started inside a namespace
+small program, `python -m netns.fidelity.probe <role> ...`, started inside a namespace
 with `Topology.popen`; it prints ONE JSON object on stdout and exits.  Every
 socket operation has a timeout and every role is bounded in packets and time.
 
@@ -17,7 +17,7 @@ All stamps are CLOCK_MONOTONIC nanoseconds: network namespaces share the
 host's clock, so edge and cloud stamps are directly comparable and give
 one-way delays.  The orchestrating functions (`run_udp_echo`, `run_goodput`)
 run in the root namespace, start the pair, collect both JSON results and
-hand the raw logs to the pure statistics in `netns/probe_stats.py`.
+hand the raw logs to the pure statistics in `netns/fidelity/probe_stats.py`.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from netns.link import LinkError
-from netns.probe_stats import EchoStats, Goodput, analyse_echo, delivered_mbit, steady_goodput, warmup_s
+from netns.fidelity.probe_stats import EchoStats, Goodput, analyse_echo, delivered_mbit, steady_goodput, warmup_s
 
 EDGE_ADDR_DEFAULT = "198.18.0.1"
 CLOUD_ADDR_DEFAULT = "198.18.0.2"
@@ -315,7 +315,7 @@ ROLES = {"udp-reflect": role_udp_reflect, "udp-echo": role_udp_echo,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m netns.probe", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m netns.fidelity.probe", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="role", required=True)
     p = sub.add_parser("udp-reflect")
     p.add_argument("--bind", default=CLOUD_ADDR_DEFAULT)
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
 # ------------------------------------------------------------------ orchestration (root namespace)
 
 def _argv(role: str, **opts) -> list[str]:
-    argv = [sys.executable, "-m", "netns.probe", role]
+    argv = [sys.executable, "-m", "netns.fidelity.probe", role]
     for k, v in opts.items():
         if v is not None:
             argv += [f"--{k.replace('_', '-')}", str(v)]
@@ -479,13 +479,6 @@ def run_goodput(spawn: Spawn, *, direction: str = "uplink", measure_s: float = 4
     return GoodputRun(direction=direction, goodput=g, delivered_mbit=dlv, mss_bytes=sink["mss"], retransmits=source["total_retrans"],
                       cc=source["cc"], srtt_ms=source["rtt_us"] / 1000, bins_bytes=tuple(sink["bins_bytes"]),
                       sysctls={"tcp_rmem": sink["tcp_rmem"], "tcp_wmem": source["tcp_wmem"]})
-
-
-def probe_scenario_link(link, backend: str = "auto", congestion_control: str | None = None,
-                        name: str = "scenario", out=print) -> int:
-    """`python -m lab probe SCENARIO`; the work (topology + judging) is in netns/linkcheck.py."""
-    from netns.linkcheck import probe_scenario_link as run   # lazy: linkcheck imports this module
-    return run(link, backend=backend, congestion_control=congestion_control, name=name, out=out)
 
 
 if __name__ == "__main__":

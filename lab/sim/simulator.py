@@ -3,7 +3,7 @@
 The simulator replays what the edge and cloud nodes do (edge_node/__main__.py,
 cloud_node/__main__.py) message for message — hello, prefill, verify/verdict,
 generate/tokens, end — with compute times from a model profile instead of
-models, and the network from a link model (lab/netsim.py) instead of the
+models, and the network from a link model (lab/sim/netsim.py) instead of the
 kernel.  Nothing sleeps; a run of minutes simulates in milliseconds.
 
     for query, cycles in simulate(load_scenario("lossy-5pct"), ["cloud-only", "fixed-k:5"],
@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from lab.metrics import tokens_per_s
-from lab.netsim import SimError, make_link_model
+from lab.sim.netsim import SimError, make_link_model
 from lab.prompts import load_prompts
 from lab.scenario import Scenario
-from lab.simwire import SIM_QID_SUFFIX, WireSizes
-from lab.strategies import CycleObservation, make_strategy
+from lab.sim.simwire import SIM_QID_SUFFIX, WireSizes
+from lab.core.strategies import CycleObservation, make_strategy
 from netns.link import LinkPair
 
 
@@ -446,26 +446,3 @@ def write_run(scenario: Scenario, out_dir: Path | None = None, **simulate_kwargs
                            models=f"synthetic:{prof.name}")
     df.to_csv(run_dir / "summary.csv", index=False)
     return run_dir
-
-
-def bench_grid(runs: int = 3, profile="fast", link_model: str = "tcp", out=print) -> float:
-    """Simulate the 21-point grid × the six baseline strategies × `runs` (lab/sweep.py's grid);
-    print and return the wall time (target < 60 s)."""
-    from lab.sweep import STRATEGIES, grid
-
-    t0 = time.perf_counter()
-    points = grid()
-    n_queries = 0
-    for p in points:
-        sc = p.scenario(STRATEGIES)
-        for r in range(runs):
-            for _ in simulate(sc, list(STRATEGIES), profile, seed=r, link_model=link_model):
-                n_queries += 1
-    wall = time.perf_counter() - t0
-    out(f"bench_grid: {len(points)} links × {len(STRATEGIES)} strategies × "
-        f"{runs} runs = {n_queries} queries simulated in {wall:.2f} s (target < 60 s) [{link_model}]")
-    return wall
-
-
-if __name__ == "__main__":
-    bench_grid()

@@ -22,13 +22,9 @@ tcp_process_tlp_ack, tcp_enter_loss) and tcp_output.c/tcp_timer.c
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
-from lab.tcpcc import CWR, INFINITE_SSTHRESH, LOSS, OPEN, RECOVERY, REO, RTO, TLP
-
-
-if TYPE_CHECKING:
-    from lab.tcpsim import Segment
+from lab.sim.tcpcc import CWR, INFINITE_SSTHRESH, LOSS, OPEN, RECOVERY, REO, RTO, TLP
+from lab.sim.tcpseg import Segment
 
 
 class LossRecovery:

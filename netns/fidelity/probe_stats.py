@@ -1,6 +1,6 @@
 """Pure statistics behind the link probes: no sockets, no clocks, no processes.
 
-The probes in `netns/probe.py` record raw timestamps and byte counts; every
+The probes in `netns/fidelity/probe.py` record raw timestamps and byte counts; every
 judgement about them (percentiles, per-direction one-way delay, loss and its
 binomial interval, reordering, steady-state goodput, the payload ceiling of a
 rate) lives here so that it can be checked by unit tests against values worked

@@ -2,7 +2,7 @@
 
 The simulator needs the byte count of every message the nodes exchange, for
 every payload mode — including `full` (K × vocab fp16: megabytes), which it
-must not allocate per cycle.  The count is lab/protocol.py's encoding (a
+must not allocate per cycle.  The count is lab/core/protocol.py's encoding (a
 compact JSON header frame, then one frame per array) plus ZMTP 3 framing
 (libzmq: one flags byte and a 1-byte length for frames up to 255 bytes, an
 8-byte length above).  tests/unit/test_simulator.py checks these counts
@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from lab.protocol import PROTOCOL_VERSION
+from lab.core.protocol import PROTOCOL_VERSION
 
 SIM_QID_SUFFIX = "123456789012345"          # stands in for time.monotonic_ns() in the query id (15 digits)
 ZMTP_SHORT_MAX = 255

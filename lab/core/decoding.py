@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lab import spec
+from lab.core import spec
 
 
 VERIFY_SALT = 0x7E51F1          # non-zero: keeps verify streams apart from default_rng(seed)

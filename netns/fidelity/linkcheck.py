@@ -4,7 +4,7 @@ No emulator in the peer list measures its own fidelity; this one does, on
 the machine at hand, for every backend the kernel supports.  One topology per
 backend is brought up and the link is *changed* between points (faster, and
 it exercises `Topology.change`).  At each point our own probes
-(`netns/probe.py`) measure from inside the namespaces and each measured
+(`netns/fidelity/probe.py`) measure from inside the namespaces and each measured
 figure is compared with the configuration:
 
   rtt       RTT P50 within ±0.5 ms (netem) / ±1.5 ms (wire) at 0…500 ms
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from netns.link import LinkError, LinkPair, LinkSpec
-from netns.probe import run_goodput, run_udp_echo
-from netns.probe_stats import (
+from netns.fidelity.probe import run_goodput, run_udp_echo
+from netns.fidelity.probe_stats import (
     L2_HEADER_BYTES, binomial_acceptance, payload_ceiling_mbit, uniform_jitter_iqr_ms, uniform_jitter_std_ms,
     warmup_s, wilson_interval,
 )
@@ -374,7 +374,7 @@ def probe_scenario_link(link: LinkPair, backend: str = "auto", congestion_contro
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m netns.linkcheck", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m netns.fidelity.linkcheck", description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", action="append", choices=sorted(RTT_TOLERANCE_MS),
                     help="repeat for several (default: every backend this kernel has)")
     ap.add_argument("--quick", action="store_true", help="a representative subset (< 60 s)")

@@ -14,12 +14,10 @@ mode; a delayed-ACK timer that fires there ends it.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
-from lab.tcpcc import timer_fire_ms
+from lab.sim.tcpcc import timer_fire_ms
 
-if TYPE_CHECKING:
-    from lab.tcpsim import Packet
+from lab.sim.tcpseg import Packet
 
 
 class TcpReceiver:

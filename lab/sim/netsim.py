@@ -14,7 +14,7 @@ packet, in simulated milliseconds (nothing sleeps):
 which is the wire backend's path (netns/wire.py: tbf on each TUN device,
 then the userspace delay line).  Both directions exist at once: data one
 way, ACKs (or piggybacked ACKs on the other side's data) the other.  The
-TCP endpoints themselves are lab/tcpsim.py.
+TCP endpoints themselves are lab/sim/tcpsim.py.
 
 `SleepLinkModel` is the deliberately naive peer model (Ianvs-style):
 arrival = t + delay + U(−J, J) + size/rate — no loss, no queueing, no TCP.
@@ -37,8 +37,9 @@ import random
 from collections import deque
 from typing import Callable, Iterable, Protocol
 
-from lab.tcpcc import CONGESTION_CONTROLS, TcpConfig
-from lab.tcpsim import Packet, TcpEndpoint
+from lab.sim.tcpcc import CONGESTION_CONTROLS, TcpConfig
+from lab.sim.tcpseg import Packet
+from lab.sim.tcpsim import TcpEndpoint
 from netns import paired
 from netns.link import LinkPair, LinkSpec
 from netns.tbf import FRAME_BYTES as TBF_FRAME_BYTES
@@ -165,7 +166,7 @@ class Path:
 class TcpLinkModel:
     """One TCP connection between edge and cloud over `link`, packet by packet.
 
-    congestion_control: "cubic" (Linux's built-in default), "reno" or "bbr" (BBR v1, see lab/tcpcc.py).
+    congestion_control: "cubic" (Linux's built-in default), "reno" or "bbr" (BBR v1, see lab/sim/tcpcc.py).
     shaper: "tbf" (the lab's rate limiter: a token bucket with netns/tbf.py's burst —
     an isolated packet passes at once) or "serial" (store-and-forward at the rate:
     every packet takes size/rate, as a real serial line or netem's `rate`).

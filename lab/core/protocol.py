@@ -18,7 +18,7 @@ Messages (edge → cloud, cloud → edge):
   end        {query}                                            → end_ok {query}
   any        malformed / refused                                → error {message, ref_id}
 
-verify arrays at temperature > 0, by payload mode (lab/spec.py says which modes are exact):
+verify arrays at temperature > 0, by payload mode (lab/core/spec.py says which modes are exact):
   tokens        tokens int32 [K]
   tokens+probs  tokens int32 [K], q_draft float32 [K]
   topk:N        tokens int32 [K], q_idx int32 [K, N], q_val float32 [K, N]
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lab import spec
+from lab.core import spec
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024          # a full-distribution payload at K=15 is ≈4.6 MB

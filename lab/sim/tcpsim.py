@@ -1,4 +1,4 @@
-"""One TCP endpoint as Linux runs it, for the discrete-event link model (lab/netsim.py).
+"""One TCP endpoint as Linux runs it, for the discrete-event link model (lab/sim/netsim.py).
 
 An endpoint is a sender (its byte stream to the peer) and a receiver (the
 peer's stream) sharing packets: every data segment carries the current ACK,
@@ -26,34 +26,16 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 
-from lab.tcpcc import CONGESTION_CONTROLS, CWR, LOSS, OPEN, RECOVERY, REO, RTO, TLP, TcpConfig, timer_fire_ms
-from lab.tcploss import LossRecovery
-from lab.tcprecv import TcpReceiver
-
-
-class Segment:
-    __slots__ = ("seq", "end", "t_xmit", "sacked", "lost", "retrans", "ever_retrans", "sid",
-                 "rs_delivered", "rs_time", "rs_first_tx", "rs_app_limited")     # tcp_rate.c state
-
-    def __init__(self, seq: int, end: int, t: float, sid: int):
-        self.seq, self.end, self.t_xmit, self.sid = seq, end, t, sid
-        self.sacked = self.lost = self.retrans = self.ever_retrans = False
-
-
-class Packet:
-    """What crosses the link: a data segment (seq < end) and/or an ACK with SACK blocks."""
-    __slots__ = ("seq", "end", "ack", "sacks", "dsack", "wire_bytes", "src", "tsval", "tsecr")
-
-    def __init__(self, src, seq, end, ack, sacks, dsack, wire_bytes, tsval=0.0, tsecr=0.0):
-        self.src, self.seq, self.end, self.ack = src, seq, end, ack
-        self.sacks, self.dsack, self.wire_bytes = sacks, dsack, wire_bytes
-        self.tsval, self.tsecr = tsval, tsecr          # TCP timestamps (RFC 7323), in ms
+from lab.sim.tcpcc import CONGESTION_CONTROLS, CWR, LOSS, OPEN, RECOVERY, REO, RTO, TLP, TcpConfig, timer_fire_ms
+from lab.sim.tcploss import LossRecovery
+from lab.sim.tcpseg import Packet, Segment
+from lab.sim.tcprecv import TcpReceiver
 
 
 # ------------------------------------------------------------------ the endpoint
 
 class TcpEndpoint(TcpReceiver, LossRecovery):
-    """Sender + receiver of one side.  `net` is the connection (lab/netsim.py): it schedules
+    """Sender + receiver of one side.  `net` is the connection (lab/sim/netsim.py): it schedules
     events, carries packets (net.output) and is told when bytes arrive in order (net.delivered)."""
 
     def __init__(self, name: str, net, cfg: TcpConfig, cc: str, first_rtt_ms: float):
