@@ -44,10 +44,11 @@ class CloudServer:
         # The edge names its draft; this side's draft (for cloud-spec) need not be the same model,
         # but the tokenizers must be, or token ids mean different words.
         protocol.check_hello(msg, "", self.target.model_id if msg["target_model"] else "",
-                             self.target.tokenizer_hash)
+                             self.target.tokenizer_hash, self.target.eos_token_ids)
         reply(Message("hello_ok", msg.id, {"draft_model": self.draft.model_id if self.draft else "",
                                            "target_model": self.target.model_id,
-                                           "tokenizer_hash": self.target.tokenizer_hash}))
+                                           "tokenizer_hash": self.target.tokenizer_hash,
+                                           "eos_token_ids": list(self.target.eos_token_ids)}))
 
     def on_prefill(self, msg: Message, reply) -> None:
         t0 = now_ms()

@@ -19,12 +19,12 @@ import numpy as np
 import zmq
 
 from lab.core import protocol, spec
+from lab.core.cycle import QueryLog, Verdict, alone_loop, run_query
 from lab.core.decoding import DraftState, now_ms
-from lab.models import warm_up
-from lab.metrics import tokens_per_s
 from lab.core.protocol import Message, ProtocolError, ids
+from lab.core.strategies import make_strategy
+from lab.models import warm_up
 from lab.results import JsonlWriter
-from lab.core.strategies import CycleObservation, make_strategy
 
 GO_TIMEOUT_S = 60
 
@@ -85,18 +85,85 @@ class CloudLink:
         self.sock.close(0)
 
 
+class AloneSeam:
+    """The draft alone on the edge (edge-only, and finishing a query the cloud cannot serve)."""
+
+    def __init__(self, draft, ids_so_far: list[int], temperature: float, seed: int):
+        self.draft, self.ids, self.temperature = draft, list(ids_so_far), temperature
+        self.rng = np.random.default_rng(seed + 7)
+        self.d: DraftState | None = None
+
+    now = staticmethod(now_ms)
+
+    def alone(self) -> int:
+        if self.d is None:                            # the first token pays the prefill
+            self.d, _ = DraftState.start(self.draft, self.ids)
+        return self.d.step_alone(self.temperature, self.rng)
+
+
+class EdgeSeam:
+    """The cycle's seam on the edge: draft here, verify in the cloud over the link."""
+
+    def __init__(self, node: "EdgeNode", qid: str, prompt_ids: list[int], seed: int):
+        self.node, self.link, self.qid, self.seed = node, node.link, qid, seed
+        self.temperature, self.payload = node.w["temperature"], node.w["payload"]
+        self.rng = np.random.default_rng(seed)
+        mid, self.up0 = self.link.send("prefill", {"query": qid}, {"prompt_ids": ids(prompt_ids)})
+        self.d, _ = DraftState.start(node.draft, prompt_ids)      # prefills while the cloud does
+        _, self.down0 = self.link.wait(mid)
+        self.q = None
+
+    now = staticmethod(now_ms)
+
+    def start_cycle(self, seq: int) -> None:
+        pass
+
+    def draft(self, k: int, seq: int) -> list[int]:
+        drafts, self.q = self.d.draft(k, self.temperature, self.rng, payload=self.payload)
+        return drafts
+
+    def verify(self, drafts: list[int], seq: int) -> Verdict:
+        arrays = {"tokens": ids(drafts)}
+        if self.temperature > 0:
+            arrays.update(spec.encode_q(self.payload, drafts, self.q))
+        mid, up = self.link.send("verify", {"query": self.qid, "seq": seq, "payload": self.payload,
+                                            "temperature": self.temperature, "seed": self.seed}, arrays)
+        msg, down = self.link.wait(mid)
+        if seq == 0:                                  # cycle 0 carries the prefill exchange's bytes
+            up, down = up + self.up0, down + self.down0
+        return Verdict(int(msg["n_accepted"]), int(msg["token"]), float(msg["cloud_compute_ms"]), up, down)
+
+    def commit(self, accepted: list[int], token: int) -> None:
+        self.d.commit(accepted, token)
+
+    def alone(self) -> int:
+        return self.d.step_alone(self.temperature, self.rng)
+
+    def resync(self) -> None:
+        """The cloud's cache no longer matches S: re-prefill it before the next verify."""
+        mid, _ = self.link.send("prefill", {"query": self.qid}, {"prompt_ids": ids(self.d.committed)})
+        self.link.wait(mid)
+
+    def close(self) -> None:
+        if self.node.cloud_ok:
+            self.link.send("end", {"query": self.qid})
+
+
 class EdgeNode:
     def __init__(self, draft, link: CloudLink | None, workload: dict, writers, scenario: str, backend: str):
         self.draft, self.link, self.w = draft, link, workload
         self.queries_out, self.cycles_out = writers
         self.scenario, self.backend = scenario, backend
         self.cloud_ok = link is not None
+        self.eos = tuple(draft.eos_token_ids)     # replaced by the target's at the handshake
 
     # -------------------------------------------------------------- cloud health
     def hello(self, timeout_s: float | None = None) -> dict:
         mid, _ = self.link.send("hello", {"draft_model": self.draft.model_id, "target_model": "",
-                                          "tokenizer_hash": self.draft.tokenizer_hash})
+                                          "tokenizer_hash": self.draft.tokenizer_hash,
+                                          "eos_token_ids": list(self.draft.eos_token_ids)})
         msg, _ = self.link.wait(mid, timeout_s)
+        self.eos = tuple(int(t) for t in msg["eos_token_ids"])    # the target's stopping rule
         return msg.fields
 
     def _cloud_usable(self) -> bool:
@@ -115,157 +182,62 @@ class EdgeNode:
     def run_query(self, strategy, prompt: dict, index: int, warmup: bool) -> dict:
         prompt_ids = self.draft.encode_prompt(prompt["prompt"])
         seed = int(self.w["seed"]) * 100_003 + index
+        max_new = self.w["max_new_tokens"]
         rec = {"scenario": self.scenario, "strategy": strategy.name, "placement": strategy.placement,
                "query_index": index, "prompt_id": prompt["id"], "warmup": warmup, "backend": self.backend,
                "prompt_tokens": len(prompt_ids), "temperature": self.w["temperature"], "payload": self.w["payload"],
                "seed": seed, "edge_fallback": False, "fallback_reason": None}
-        cyc = {k: [] for k in ("k", "accepted", "cycle_ms", "network_ms", "cloud_compute_ms", "edge_compute_ms",
-                               "bytes_up", "bytes_down", "t_ms")}
-        t_submit = now_ms()
-        rec["t_start_mono_ms"] = round(t_submit, 3)   # the kernel timers' clock (validate pairs its phase)
-        out: list[int] = []
-        state = {"ttft": None}
-
-        def add_cycle(new_tokens, k, acc, cycle, edge_ms, cloud_ms, up=0, down=0):
-            t = now_ms()
-            if new_tokens and state["ttft"] is None:
-                state["ttft"] = t - t_submit
-            out.extend(new_tokens)
-            net = max(0.0, cycle - edge_ms - cloud_ms) if strategy.placement != "edge" else 0.0
-            for key, v in zip(cyc, (k, acc, cycle, net, cloud_ms, edge_ms, up, down, t - t_submit)):
-                cyc[key].append(v)
-            return net
-
-        qid = f"{strategy.name}/{index}/{time.monotonic_ns()}"
+        log = QueryLog(now_ms, strategy.placement)
+        rec["t_start_mono_ms"] = round(log.t_submit, 3)   # the kernel timers' clock (validate pairs its phase)
+        query = EdgeQuery(self, prompt_ids, seed, f"{strategy.name}/{index}/{time.monotonic_ns()}")
         use_cloud = strategy.placement != "edge" and self._cloud_usable()
-        if strategy.placement != "edge" and not use_cloud:
-            rec.update(edge_fallback=True, fallback_reason="cloud unreachable at query start")
         try:
-            if not use_cloud:
-                self._edge_only(prompt_ids, seed, add_cycle, out)
-            elif strategy.placement in ("cloud", "cloud-spec"):
-                self._cloud_generate(strategy, qid, prompt_ids, seed, add_cycle, t_submit)
+            if strategy.placement != "edge" and not use_cloud:
+                rec.update(edge_fallback=True, fallback_reason="cloud unreachable at query start")
+                alone_loop(query.alone_seam(), log, max_new, self.eos)
             else:
-                self._split(strategy, qid, prompt_ids, seed, add_cycle, out)
+                run_query(strategy, query, log, max_new, self.eos)
         except (CloudDown, ProtocolError, zmq.ZMQError) as e:
             # The cloud went away mid-query: finish from what is committed, with the draft alone.
             self.cloud_ok = False
             rec.update(edge_fallback=True, fallback_reason=f"{type(e).__name__}: {e}")
-            self._edge_only(prompt_ids + out, seed, add_cycle, out, already=len(out))
-        e2e = now_ms() - t_submit
-        out = out[: self.w["max_new_tokens"]]
-        ttft = state["ttft"] if state["ttft"] is not None else e2e
-        rec.update({"ttft_ms": ttft, "e2e_ms": e2e, "n_tokens": len(out),
-                    "tokens_per_s": tokens_per_s(len(out), ttft, e2e),
-                    "output_token_ids": out, "output_text": self.draft.decode(out)})
-        rec.update({f"{k}_per_cycle": v for k, v in cyc.items()})
+            alone_loop(AloneSeam(self.draft, prompt_ids + log.tokens, self.w["temperature"], seed),
+                       log, max_new, self.eos)
+        rec.update(log.result(max_new))
+        out = log.tokens[:max_new]
+        rec.update({"output_token_ids": out, "output_text": self.draft.decode(out)})
         return rec
 
-    def _eos_cut(self, tokens: list[int], have: int) -> tuple[list[int], bool]:
-        room = self.w["max_new_tokens"] - have
-        for i, t in enumerate(tokens[:room]):
-            if t in self.draft.eos_token_ids:
-                return tokens[: i + 1], True
-        return tokens[:room], len(tokens) >= room
 
-    def _edge_only(self, ids_so_far: list[int], seed: int, add_cycle, out: list[int], already: int = 0) -> None:
-        rng = np.random.default_rng(seed + 7)
-        t0 = now_ms()
-        d, logits = DraftState.start(self.draft, ids_so_far)
-        first = True
-        while len(out) < self.w["max_new_tokens"]:
-            if first:
-                temp = self.w["temperature"]
-                tok = spec.sample(spec.softmax(logits, temp), rng) if temp > 0 else int(np.argmax(logits))
-                d.committed.append(tok)
-                first = False
-            else:
-                t0 = now_ms()
-                tok = d.step_alone(self.w["temperature"], rng)
-            ms = now_ms() - t0
-            add_cycle([tok], 0, 0, ms, ms, 0.0)
-            if tok in self.draft.eos_token_ids:
-                return
+class EdgeQuery:
+    """One query's driver for lab/core/cycle.py's run_query: the seams and the streamed path."""
 
-    def _cloud_generate(self, strategy, qid, prompt_ids, seed, add_cycle, t_submit) -> None:
+    def __init__(self, node: EdgeNode, prompt_ids: list[int], seed: int, qid: str):
+        self.node, self.prompt_ids, self.seed, self.qid = node, prompt_ids, seed, qid
+
+    def alone_seam(self) -> AloneSeam:
+        return AloneSeam(self.node.draft, self.prompt_ids, self.node.w["temperature"], self.seed)
+
+    def split_seam(self) -> EdgeSeam:
+        return EdgeSeam(self.node, self.qid, self.prompt_ids, self.seed)
+
+    def cloud_generate(self, strategy, log: QueryLog) -> None:
+        """Cloud-only and cloud-spec: the prompt goes up, tokens stream down, one message per step."""
+        w, link = self.node.w, self.node.link
         mode = "target" if strategy.placement == "cloud" else "spec"
         k = strategy.next_k() if mode == "spec" else 0
-        mid, up = self.link.send("generate", {"query": qid, "mode": mode, "k": k,
-                                              "max_new_tokens": self.w["max_new_tokens"],
-                                              "temperature": self.w["temperature"], "seed": seed},
-                                 {"prompt_ids": ids(prompt_ids)})
-        t_prev = t_submit
+        mid, up = link.send("generate", {"query": self.qid, "mode": mode, "k": k, "max_new_tokens": w["max_new_tokens"],
+                                         "temperature": w["temperature"], "seed": self.seed},
+                            {"prompt_ids": ids(self.prompt_ids)})
+        t_prev = log.t_submit
         while True:
-            msg, down = self.link.wait(mid)
+            msg, down = link.wait(mid)
             t = now_ms()
-            add_cycle([int(x) for x in msg["tokens"]], msg.get("drafted", 0) or 0, msg.get("accepted", 0) or 0,
-                      t - t_prev, 0.0, float(msg["cloud_compute_ms"]), up, down)
+            log.add([int(x) for x in msg["tokens"]], msg.get("drafted", 0) or 0, msg.get("accepted", 0) or 0,
+                    t - t_prev, 0.0, float(msg["cloud_compute_ms"]), up, down)
             up, t_prev = 0, t
             if msg["done"]:
                 return
-
-    def _split(self, strategy, qid, prompt_ids, seed, add_cycle, out: list[int]) -> None:
-        temp, payload = self.w["temperature"], self.w["payload"]
-        rng = np.random.default_rng(seed)
-        mid, up0 = self.link.send("prefill", {"query": qid}, {"prompt_ids": ids(prompt_ids)})
-        t0 = now_ms()
-        d, first = DraftState.start(self.draft, prompt_ids)
-        prefill_edge_ms = now_ms() - t0
-        msg, down0 = self.link.wait(mid)
-        strategy.start_query()
-        seq = 0
-        done = False
-        try:
-            while not done:
-                k = min(int(strategy.next_k()), self.w["max_new_tokens"] - len(out))
-                t0 = now_ms()
-                if k <= 0:                                        # the strategy serves this cycle locally
-                    tok = self._first_alone(d, first, temp, rng) if first is not None else d.step_alone(temp, rng)
-                    first = None
-                    new, done = self._eos_cut([tok], len(out))
-                    ms = now_ms() - t0
-                    add_cycle(new, 0, 0, ms, ms, 0.0)
-                    # The cloud's cache no longer matches S: re-prefill it before the next verify.
-                    self._resync(qid, d)
-                    strategy.observe(CycleObservation(k=0, accepted=0, cycle_ms=ms, network_ms=0.0,
-                                                      cloud_compute_ms=0.0, edge_compute_ms=ms))
-                    seq += 1
-                    continue
-                drafts, q = d.draft(k, temp, rng, first_logits=first, payload=payload)
-                first = None
-                edge_ms = now_ms() - t0
-                arrays = {"tokens": ids(drafts)}
-                if temp > 0:
-                    arrays.update(spec.encode_q(payload, drafts, q))
-                mid, up = self.link.send("verify", {"query": qid, "seq": seq, "payload": payload, "temperature": temp,
-                                                    "seed": seed}, arrays)
-                msg, down = self.link.wait(mid)
-                n, tok = int(msg["n_accepted"]), int(msg["token"])
-                if not 0 <= n <= k:
-                    raise ProtocolError(f"verdict accepts {n} of {k} drafts")
-                d.commit(drafts[:n], tok)
-                new, done = self._eos_cut(drafts[:n] + [tok], len(out))
-                cycle = now_ms() - t0
-                cloud_ms = float(msg["cloud_compute_ms"])
-                if seq == 0:
-                    up, down = up + up0, down + down0
-                net = add_cycle(new, k, n, cycle, edge_ms, cloud_ms, up, down)
-                strategy.observe(CycleObservation(k=k, accepted=n, cycle_ms=cycle, network_ms=net,
-                                                  cloud_compute_ms=cloud_ms, edge_compute_ms=edge_ms,
-                                                  bytes_up=up, bytes_down=down))
-                seq += 1
-        finally:
-            if self.cloud_ok:
-                self.link.send("end", {"query": qid})
-
-    def _first_alone(self, d: DraftState, logits, temp, rng) -> int:
-        tok = spec.sample(spec.softmax(logits, temp), rng) if temp > 0 else int(np.argmax(logits))
-        d.committed.append(tok)
-        return tok
-
-    def _resync(self, qid: str, d: DraftState) -> None:
-        mid, _ = self.link.send("prefill", {"query": qid}, {"prompt_ids": ids(d.committed)})
-        self.link.wait(mid)
 
 
 def _wait_go() -> None:

@@ -17,6 +17,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+
 SUMMARY_COLUMNS = [
     "scenario", "strategy", "backend", "models", "queries",
     "ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99",
@@ -34,13 +35,6 @@ QUERY_FIELDS = (
     "cloud_compute_ms_per_cycle", "edge_compute_ms_per_cycle", "bytes_up_per_cycle", "bytes_down_per_cycle",
     "edge_fallback",
 )
-
-
-def tokens_per_s(n_tokens: int, ttft_ms: float, e2e_ms: float) -> float:
-    """Decode throughput after the first token; NaN when there is nothing after it."""
-    if n_tokens < 2 or e2e_ms <= ttft_ms:
-        return math.nan
-    return (n_tokens - 1) / ((e2e_ms - ttft_ms) / 1000.0)
 
 
 def percentiles(values: Iterable[float], ps=(50, 95, 99)) -> list[float]:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lab.core import spec
+from lab.core.cycle import FixedK, QueryLog, Verdict, speculate
 
 
 VERIFY_SALT = 0x7E51F1          # non-zero: keeps verify streams apart from default_rng(seed)
@@ -182,21 +183,59 @@ class TargetState:
         return self.last
 
 
-# ------------------------------------------------------------------ the co-located loops
+# ------------------------------------------------------------------ the co-located path
+
+class LocalSeam:
+    """The cycle's seam with draft and target in this process (cloud-spec, bench, the reference).
+
+    The proposal's q goes through the same encode/decode as on the wire (payload), and the target
+    samples with the same per-cycle RNG as the cloud node, so a co-located run and a distributed
+    one with the same seed produce the same tokens."""
+
+    def __init__(self, draft_model, target_model, prompt_ids: list[int], temperature: float = 0.0,
+                 seed: int = 0, payload: str = "full"):
+        self.target_model, self.temperature, self.seed, self.payload = target_model, temperature, seed, payload
+        self.rng = np.random.default_rng(seed)                 # the edge node's drafting RNG
+        self.d, _ = DraftState.start(draft_model, prompt_ids)
+        self.t = TargetState.start(target_model, prompt_ids)
+        self.q: np.ndarray | None = None
+
+    now = staticmethod(now_ms)
+
+    def start_cycle(self, seq: int) -> None:
+        pass
+
+    def draft(self, k: int, seq: int) -> list[int]:
+        drafts, self.q = self.d.draft(k, self.temperature, self.rng, payload=self.payload)
+        return drafts
+
+    def verify(self, drafts: list[int], seq: int) -> Verdict:
+        t0 = now_ms()
+        qv = None
+        if self.temperature > 0:
+            qv = spec.decode_q(self.payload, drafts, spec.encode_q(self.payload, drafts, self.q),
+                               self.target_model.vocab_size)
+        n, tok = self.t.verify(drafts, self.temperature, verify_rng(self.seed, seq), qv)
+        return Verdict(n, tok, now_ms() - t0)
+
+    def commit(self, accepted: list[int], token: int) -> None:
+        self.d.commit(accepted, token)
+
+    def alone(self) -> int:
+        return self.d.step_alone(self.temperature, self.rng)
+
+    def resync(self) -> None:
+        self.t = TargetState.start(self.target_model, self.d.committed)
+
+    def close(self) -> None:
+        pass
+
 
 @dataclass
 class Generation:
     tokens: list[int] = field(default_factory=list)
     drafted: list[int] = field(default_factory=list)        # K per cycle
     accepted: list[int] = field(default_factory=list)       # n accepted per cycle
-
-
-def _stop(tokens: list[int], max_new: int, eos: tuple[int, ...]) -> tuple[list[int], bool]:
-    """Cut at max_new tokens or after the first EOS; (kept, done)."""
-    for i, t in enumerate(tokens[:max_new]):
-        if t in eos:
-            return tokens[: i + 1], True
-    return tokens[:max_new], len(tokens) >= max_new
 
 
 def autoregressive_generate(model, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0,
@@ -218,29 +257,10 @@ def autoregressive_generate(model, prompt_ids: list[int], max_new_tokens: int, t
 def speculative_generate(draft_model, target_model, prompt_ids: list[int], max_new_tokens: int, k_fn,
                          temperature: float = 0.0, seed: int = 0, payload: str = "full",
                          on_cycle=None) -> Generation:
-    """Co-located speculative decoding (cloud-spec; the reference for the distributed path).
-
-    k_fn() gives K for each cycle; q goes through the same encode/decode as on the wire (payload);
+    """Co-located speculative decoding (cloud-spec; the reference for the distributed path): the one
+    cycle (lab/core/cycle.py) over a LocalSeam.  k_fn() gives K for each cycle;
     on_cycle(new_tokens, k, n_accepted) is called after each cycle."""
-    rng_draft = np.random.default_rng(seed)                   # the edge node's drafting RNG
-    d, _ = DraftState.start(draft_model, prompt_ids)
-    t = TargetState.start(target_model, prompt_ids)
-    gen = Generation()
-    eos = tuple(target_model.eos_token_ids)
-    done, seq = max_new_tokens <= 0, 0
-    while not done:
-        k = max(1, min(int(k_fn()), max_new_tokens - len(gen.tokens)))
-        drafts, q = d.draft(k, temperature, rng_draft, payload=payload)
-        qv = None
-        if temperature > 0:
-            qv = spec.decode_q(payload, drafts, spec.encode_q(payload, drafts, q), target_model.vocab_size)
-        n, tok = t.verify(drafts, temperature, verify_rng(seed, seq), qv)
-        d.commit(drafts[:n], tok)
-        new, done = _stop(drafts[:n] + [tok], max_new_tokens - len(gen.tokens), eos)
-        gen.tokens += new
-        gen.drafted.append(k)
-        gen.accepted.append(n)
-        seq += 1
-        if on_cycle:
-            on_cycle(new, k, n)
-    return gen
+    seam = LocalSeam(draft_model, target_model, prompt_ids, temperature, seed, payload)
+    log = QueryLog(now_ms, "cloud-spec")
+    speculate(FixedK(k_fn), seam, log, max_new_tokens, tuple(target_model.eos_token_ids), on_cycle)
+    return Generation(tokens=log.tokens, drafted=log.cycles["k"], accepted=log.cycles["accepted"])

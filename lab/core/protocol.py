@@ -8,7 +8,9 @@ Every request carries an id and its reply the same id, so a late reply
 (after a timeout) is never taken for the answer to the current request.
 
 Messages (edge → cloud, cloud → edge):
-  hello      {draft_model, target_model, tokenizer_hash}       → hello_ok {target_model, draft_model, ...}
+  hello      {draft_model, target_model, tokenizer_hash, eos_token_ids}
+                                                                → hello_ok {target_model, draft_model, tokenizer_hash,
+                                                                            eos_token_ids}  (the target's)
   prefill    {query} + prompt_ids                               → prefill_ok {query, cloud_compute_ms}
   verify     {query, seq, payload, temperature, seed} + tokens [+ q arrays]
                                                                 → verdict {query, seq, n_accepted, token, cloud_compute_ms}
@@ -37,15 +39,15 @@ import numpy as np
 
 from lab.core import spec
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2                          # 2: hello carries the stopping tokens
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024          # a full-distribution payload at K=15 is ≈4.6 MB
 MAX_HEADER_BYTES = 64 * 1024
 ALLOWED_DTYPES = ("int32", "int64", "float16", "float32")
 
 # type → required header fields (besides v, type, id)
 SCHEMA: dict[str, tuple[str, ...]] = {
-    "hello": ("draft_model", "target_model", "tokenizer_hash"),
-    "hello_ok": ("draft_model", "target_model", "tokenizer_hash"),
+    "hello": ("draft_model", "target_model", "tokenizer_hash", "eos_token_ids"),
+    "hello_ok": ("draft_model", "target_model", "tokenizer_hash", "eos_token_ids"),
     "prefill": ("query",),
     "prefill_ok": ("query", "cloud_compute_ms"),
     "verify": ("query", "seq", "payload", "temperature", "seed"),
@@ -241,10 +243,12 @@ def _check_arrays(mtype: str, fields: dict, arrays: dict[str, tuple[str, list]])
         raise ProtocolError(f"verify: q_idx {arrays['q_idx'][1]} and q_val {arrays['q_val'][1]} differ in shape")
 
 
-def check_hello(hello: Message, draft_model: str, target_model: str, tokenizer_hash: str) -> None:
+def check_hello(hello: Message, draft_model: str, target_model: str, tokenizer_hash: str,
+                eos_token_ids=()) -> None:
     """The handshake rule: what the peer announces must match what this side runs.  An empty string
-    (on either side) means "no expectation" for that model id; tokenizer hashes must always match.
-    Raises ProtocolError naming both sides, for the error reply."""
+    (on either side) means "no expectation" for that model id; tokenizer hashes and the stopping
+    tokens must always match (the edge stops where the target would: a pair that disagrees on EOS
+    cannot be lossless).  Raises ProtocolError naming both sides, for the error reply."""
     problems = []
     for what, theirs, ours in (("draft model", hello["draft_model"], draft_model),
                                ("target model", hello["target_model"], target_model)):
@@ -253,6 +257,10 @@ def check_hello(hello: Message, draft_model: str, target_model: str, tokenizer_h
     if hello["tokenizer_hash"] != tokenizer_hash:
         problems.append(f"tokenizer: peer has {hello['tokenizer_hash'][:16]!r}…, "
                         f"this side {tokenizer_hash[:16]!r}…")
+    theirs_eos, ours_eos = sorted(int(t) for t in hello["eos_token_ids"]), sorted(int(t) for t in eos_token_ids)
+    if theirs_eos != ours_eos:
+        problems.append(f"special tokens: the peer stops at {theirs_eos}, this side at {ours_eos} "
+                        "(a draft/target pair must share its end-of-sequence tokens)")
     if problems:
         raise ProtocolError("handshake mismatch: " + "; ".join(problems) + " — run both nodes with the same --models")
 

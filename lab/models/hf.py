@@ -226,3 +226,7 @@ def check_pair(draft: HFModel, target: HFModel) -> None:
         raise ModelError(f"draft {draft.model_id} and target {target.model_id} use different tokenizers "
                          f"({draft.tokenizer_hash[:12]} vs {target.tokenizer_hash[:12]}); pick two models "
                          "of the same family")
+    if sorted(draft.eos_token_ids) != sorted(target.eos_token_ids):
+        raise ModelError(f"draft {draft.model_id} stops at tokens {sorted(draft.eos_token_ids)} but target "
+                         f"{target.model_id} at {sorted(target.eos_token_ids)}; speculation stops where the "
+                         "target would, so the pair must share its end-of-sequence tokens")

@@ -34,13 +34,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from lab.metrics import tokens_per_s
+from lab.core.cycle import FixedK, QueryLog, Verdict, run_query, speculate
+from lab.core.strategies import StrategyError, make_strategy
 from lab.sim.netsim import SimError, make_link_model
 from lab.prompts import load_prompts
 from lab.scenario import Scenario
 from lab.sim.simwire import SIM_QID_SUFFIX, WireSizes
-from lab.core.strategies import CycleObservation, make_strategy
 from netns.link import LinkPair
+
+
+FAKE_TOKEN = 1                 # the simulator counts tokens; their ids do not matter
+SYNTHETIC_EOS: tuple[int, ...] = ()     # synthetic models never stop early
 
 
 @dataclass(frozen=True)
@@ -192,151 +196,204 @@ class _Run:
         return IidAcceptance(self.p.alpha, random.Random(f"{self.seed}:{strategy_name}:{index}"))
 
     # -------------------------------------------------------------- one query
+    def now(self) -> float:
+        return self.t
+
     def query(self, strategy, prompt: dict, index: int, warmup: bool) -> tuple[dict, list[dict]]:
         L = _prompt_tokens(prompt["prompt"])
         seed = int(self.w["seed"]) * 100_003 + index
-        qid = f"{strategy.name}/{index}/{SIM_QID_SUFFIX}"
+        max_new = self.w["max_new_tokens"]
         rec = {"scenario": self.sc.name, "strategy": strategy.name, "placement": strategy.placement,
                "query_index": index, "prompt_id": prompt["id"], "warmup": warmup, "backend": "sim",
                "link_model": self.link_model, "prompt_tokens": L, "temperature": self.w["temperature"],
                "payload": self.w["payload"], "seed": seed, "edge_fallback": False, "fallback_reason": None}
-        cyc = {k: [] for k in ("k", "accepted", "cycle_ms", "network_ms", "cloud_compute_ms", "edge_compute_ms",
-                               "bytes_up", "bytes_down", "t_ms")}
-        t_submit = self.t
-        state = {"ttft": None, "out": 0}
         before = self.link.stats()
-
-        def add_cycle(n_new, k, acc, cycle, edge_ms, cloud_ms, up=0, down=0):
-            if n_new and state["ttft"] is None:
-                state["ttft"] = self.t - t_submit
-            state["out"] += n_new
-            net = max(0.0, cycle - edge_ms - cloud_ms) if strategy.placement != "edge" else 0.0
-            for key, v in zip(cyc, (k, acc, cycle, net, cloud_ms, edge_ms, up, down, self.t - t_submit)):
-                cyc[key].append(v)
-            return net
-
-        acc = self.acceptance(strategy.name, index, L)
-        if strategy.placement == "edge":
-            self._edge_only(L, add_cycle)
-        elif strategy.placement in ("cloud", "cloud-spec"):
-            self._cloud_generate(strategy, qid, L, seed, acc, add_cycle, t_submit)
-        elif strategy.placement == "split":
-            self._split(strategy, qid, L, seed, acc, add_cycle, state)
-        else:
-            raise SimError(f"strategy {strategy.name!r} has placement {strategy.placement!r}, which the "
-                           f"simulator does not know (cloud, cloud-spec, edge, split)")
-        e2e = self.t - t_submit
-        n = min(state["out"], self.w["max_new_tokens"])
-        ttft = state["ttft"] if state["ttft"] is not None else e2e
-        rec.update({"ttft_ms": ttft, "e2e_ms": e2e, "n_tokens": n, "tokens_per_s": tokens_per_s(n, ttft, e2e)})
-        rec.update({f"{k}_per_cycle": v for k, v in cyc.items()})
+        log = QueryLog(self.now, strategy.placement)
+        query = _SimQuery(self, f"{strategy.name}/{index}/{SIM_QID_SUFFIX}", L, seed,
+                          self.acceptance(strategy.name, index, L))
+        try:
+            run_query(strategy, query, log, max_new, SYNTHETIC_EOS)
+        except StrategyError as e:
+            raise SimError(str(e)) from None
+        rec.update(log.result(max_new))
         after = self.link.stats()
         rec["sim_tcp"] = {k: after[k] - before.get(k, 0) for k in after
                           if k.endswith(("retransmits", "tlp", "rto", "lost")) and isinstance(after[k], int)}
+        cyc = log.cycles
         cycles = [{"scenario": rec["scenario"], "strategy": rec["strategy"], "query_index": index, "warmup": warmup,
                    "backend": "sim", "cycle": j, **{k: v[j] for k, v in cyc.items()}}
                   for j in range(len(cyc["k"]))]
         return rec, cycles
 
-    def _edge_only(self, L: int, add_cycle) -> None:
-        ms = self.p.prefill_ms_per_token * L
-        self.t += ms
-        add_cycle(1, 0, 0, ms, ms, 0.0)
-        for _ in range(self.w["max_new_tokens"] - 1):
-            self.t += self.p.t_draft_ms
-            add_cycle(1, 0, 0, self.p.t_draft_ms, self.p.t_draft_ms, 0.0)
 
-    def _cloud_generate(self, strategy, qid, L, seed, acc, add_cycle, t_submit) -> None:
-        p, w, sizes = self.p, self.w, self.sizes
+class _SimQuery:
+    """One simulated query's driver for lab/core/cycle.py's run_query, as the edge node's EdgeQuery."""
+
+    def __init__(self, run: _Run, qid: str, prompt_len: int, seed: int, acc):
+        self.run, self.qid, self.L, self.seed, self.acc = run, qid, prompt_len, seed, acc
+
+    def alone_seam(self) -> "_SimAlone":
+        return _SimAlone(self.run, self.L)
+
+    def split_seam(self) -> "_SimSplit":
+        return _SimSplit(self)
+
+    def cloud_generate(self, strategy, log: QueryLog) -> None:
+        """The edge sends `generate`; the cloud computes (cloud_node's on_generate) and streams tokens."""
+        run, L = self.run, self.L
+        p, w, sizes = run.p, run.w, run.sizes
         spec_mode = strategy.placement == "cloud-spec"
         k = strategy.next_k() if spec_mode else 0
-        mid = self._id()
-        up = sizes.generate(mid, qid, "spec" if spec_mode else "target", k, w, seed, L)
-        h = self._submit(self.t, "up", up.wire)
-        self._flush_end()
-        start, _ = self._cloud(self._arrive(h), 0.0)
-        tc = start + p.prefill_ms_per_token * (L - 1) + (p.prefill_ms_per_token * L if spec_mode else 0.0)
-        sends, t_last, produced, seq = [], start, 0, 0
-        while produced < w["max_new_tokens"]:
-            if spec_mode:
-                kk = max(1, min(k, w["max_new_tokens"] - produced))
-                tc += p.t_draft_ms * (kk - 1 if seq == 0 else kk) + p.verify_ms(kk + 1)
-                n = acc.accepted(kk, L + produced)
-                new = min(n + 1, w["max_new_tokens"] - produced)
-                extra = (kk, n)
-            else:
-                tc += p.step_ms()
-                new, extra = 1, None
-            produced += new
-            done = produced >= w["max_new_tokens"] and not spec_mode
-            size = sizes.tokens(mid, qid, seq, new, done, tc - t_last, extra)
-            sends.append((self._submit(tc, "down", size.wire), tc - t_last, size.payload, new, extra))
-            t_last, seq = tc, seq + 1
-        if spec_mode:
-            size = sizes.tokens(mid, qid, seq, 0, True, 0.0, (0, 0))
-            sends.append((self._submit(tc, "down", size.wire), 0.0, size.payload, 0, (0, 0)))
-        self.cloud_free = tc
-        t_prev, up_payload = t_submit, up.payload
-        for h, compute, size, new, extra in sends:
-            self.t = max(self._arrive(h), t_prev)
-            kk, n = extra or (0, 0)
-            add_cycle(new, kk, n, self.t - t_prev, 0.0, compute, up_payload, size)
-            up_payload, t_prev = 0, self.t
+        mid = run._id()
+        up = sizes.generate(mid, self.qid, "spec" if spec_mode else "target", k, w, self.seed, L)
+        h = run._submit(run.t, "up", up.wire)
+        run._flush_end()
+        start, _ = run._cloud(run._arrive(h), 0.0)
+        sends, t_last, seq = [], start, 0
 
-    def _split(self, strategy, qid, L, seed, acc, add_cycle, state) -> None:
-        p, w, sizes = self.p, self.w, self.sizes
-        mid = self._id()
-        up0 = sizes.prefill(mid, qid, L)
-        h = self._submit(self.t, "up", up0.wire)
-        self._flush_end()
-        edge_ready = self.t + p.prefill_ms_per_token * L
-        _, done_at = self._cloud(self._arrive(h), p.prefill_ms_per_token * (L - 1))
-        down0 = sizes.prefill_ok(mid, qid, p.prefill_ms_per_token * (L - 1))
-        self.t = max(edge_ready, self._send(done_at, "down", down0.wire))
-        strategy.start_query()
-        seq, first, done = 0, True, False
-        while not done:
-            k = min(int(strategy.next_k()), w["max_new_tokens"] - state["out"])
-            if seq:
-                self._align_clock(seq)
-            t0 = self.t
-            if k <= 0:                                   # served by the edge alone, then the cloud re-prefills
-                ms = 0.0 if first else p.t_draft_ms
-                first = False
-                self.t += ms
-                add_cycle(1, 0, 0, ms, ms, 0.0)
-                done = state["out"] >= w["max_new_tokens"]
-                rid, n_ctx = self._id(), L + state["out"]
-                a = self._send(self.t, "up", sizes.prefill(rid, qid, n_ctx).wire)
-                _, c_end = self._cloud(a, p.prefill_ms_per_token * (n_ctx - 1))
-                ok = sizes.prefill_ok(rid, qid, p.prefill_ms_per_token * (n_ctx - 1))
-                self.t = self._send(c_end, "down", ok.wire)
-                strategy.observe(CycleObservation(k=0, accepted=0, cycle_ms=ms, network_ms=0.0,
-                                                  cloud_compute_ms=0.0, edge_compute_ms=ms))
-                seq += 1
-                continue
-            edge_ms = p.t_draft_ms * (k - 1 if first else k)
-            first = False
-            rid = self._id()
-            up = sizes.verify(rid, qid, seq, k, w, seed)
-            a = self._send(t0 + edge_ms, "up", up.wire)
-            verify = p.verify_ms(k + 1)
-            _, c_end = self._cloud(a, verify)
-            n = acc.accepted(k, L + state["out"])
-            down = sizes.verdict(rid, qid, seq, n, verify)
-            self.t = self._send(c_end, "down", down.wire)
-            up, down = up.payload, down.payload
-            if seq == 0:                                 # the nodes count the prefill exchange in cycle 0
-                up, down = up + up0.payload, down + down0.payload
-            new = min(n + 1, w["max_new_tokens"] - state["out"])
-            net = add_cycle(new, k, n, self.t - t0, edge_ms, verify, up, down)
-            done = state["out"] >= w["max_new_tokens"]
-            strategy.observe(CycleObservation(k=k, accepted=n, cycle_ms=self.t - t0, network_ms=net,
-                                              cloud_compute_ms=verify, edge_compute_ms=edge_ms,
-                                              bytes_up=up, bytes_down=down))
-            seq += 1
-        mid = self._id()
-        self.pending_end = (self._submit(self.t, "up", sizes.end(mid, qid).wire), qid, mid)
+        def send(tc: float, new: int, done: bool, extra) -> None:
+            nonlocal t_last, seq
+            size = sizes.tokens(mid, self.qid, seq, new, done, tc - t_last, extra)
+            sends.append((run._submit(tc, "down", size.wire), tc - t_last, size.payload, new, extra))
+            t_last, seq = tc, seq + 1
+
+        if spec_mode:
+            # cloud_node runs the one cycle co-located: the same loop, on the cloud's clock.
+            seam = _SimColocated(self, start + p.prefill_ms_per_token * (L - 1) + p.prefill_ms_per_token * L)
+            speculate(FixedK(k), seam, QueryLog(seam.now, "cloud-spec"), w["max_new_tokens"], SYNTHETIC_EOS,
+                      on_cycle=lambda new, kk, n: send(seam.tc, len(new), False, (kk, n)))
+            tc = seam.tc
+            send(tc, 0, True, (0, 0))
+        else:
+            tc = start + p.prefill_ms_per_token * (L - 1)
+            for produced in range(1, w["max_new_tokens"] + 1):
+                tc += p.step_ms()
+                send(tc, 1, produced >= w["max_new_tokens"], None)
+        run.cloud_free = tc
+        t_prev, up_payload = log.t_submit, up.payload
+        for h, compute, size, new, extra in sends:
+            run.t = max(run._arrive(h), t_prev)
+            kk, n = extra or (0, 0)
+            log.add([FAKE_TOKEN] * new, kk, n, run.t - t_prev, 0.0, compute, up_payload, size)
+            up_payload, t_prev = 0, run.t
+
+
+class _SimAlone:
+    """The draft alone on the simulated edge: the first token pays the prompt's prefill."""
+
+    def __init__(self, run: _Run, prompt_len: int):
+        self.run, self.L, self.first = run, prompt_len, True
+
+    def now(self) -> float:
+        return self.run.t
+
+    def alone(self) -> int:
+        p = self.run.p
+        self.run.t += p.prefill_ms_per_token * self.L if self.first else p.t_draft_ms
+        self.first = False
+        return FAKE_TOKEN
+
+
+class _SimSplit:
+    """The cycle's seam in the simulator: EdgeSeam's messages, compute from the profile, the link model."""
+
+    def __init__(self, q: _SimQuery):
+        self.q, self.run = q, q.run
+        run, p, L = self.run, self.run.p, q.L
+        self.position = L                    # where the next draft token sits in the sequence
+        self.first = True                    # the first cycle drafts from the prefill's logits
+        mid = run._id()
+        self.up0 = run.sizes.prefill(mid, q.qid, L)
+        h = run._submit(run.t, "up", self.up0.wire)
+        run._flush_end()
+        edge_ready = run.t + p.prefill_ms_per_token * L
+        _, done_at = run._cloud(run._arrive(h), p.prefill_ms_per_token * (L - 1))
+        self.down0 = run.sizes.prefill_ok(mid, q.qid, p.prefill_ms_per_token * (L - 1))
+        run.t = max(edge_ready, run._send(done_at, "down", self.down0.wire))
+
+    def now(self) -> float:
+        return self.run.t
+
+    def start_cycle(self, seq: int) -> None:
+        if seq:
+            self.run._align_clock(seq)
+
+    def draft(self, k: int, seq: int) -> list[int]:
+        self.run.t += self.run.p.t_draft_ms * (k - 1 if self.first else k)
+        self.first = False
+        return [FAKE_TOKEN] * k
+
+    def verify(self, drafts: list[int], seq: int) -> Verdict:
+        run, q, k = self.run, self.q, len(drafts)
+        rid = run._id()
+        up = run.sizes.verify(rid, q.qid, seq, k, run.w, q.seed)
+        a = run._send(run.t, "up", up.wire)
+        verify = run.p.verify_ms(k + 1)
+        _, c_end = run._cloud(a, verify)
+        n = q.acc.accepted(k, self.position)
+        down = run.sizes.verdict(rid, q.qid, seq, n, verify)
+        run.t = run._send(c_end, "down", down.wire)
+        up, down = up.payload, down.payload
+        if seq == 0:                                 # the nodes count the prefill exchange in cycle 0
+            up, down = up + self.up0.payload, down + self.down0.payload
+        return Verdict(n, FAKE_TOKEN, verify, up, down)
+
+    def commit(self, accepted: list[int], token: int) -> None:
+        self.position += len(accepted) + 1
+
+    def alone(self) -> int:
+        self.run.t += 0.0 if self.first else self.run.p.t_draft_ms
+        self.first = False
+        self.position += 1
+        return FAKE_TOKEN
+
+    def resync(self) -> None:
+        run, p = self.run, self.run.p
+        rid, n_ctx = run._id(), self.position
+        a = run._send(run.t, "up", run.sizes.prefill(rid, self.q.qid, n_ctx).wire)
+        _, c_end = run._cloud(a, p.prefill_ms_per_token * (n_ctx - 1))
+        ok = run.sizes.prefill_ok(rid, self.q.qid, p.prefill_ms_per_token * (n_ctx - 1))
+        run.t = run._send(c_end, "down", ok.wire)
+
+    def close(self) -> None:
+        run, mid = self.run, self.run._id()
+        run.pending_end = (run._submit(run.t, "up", run.sizes.end(mid, self.q.qid).wire), self.q.qid, mid)
+
+
+class _SimColocated:
+    """The cycle's seam for cloud-spec inside the simulated cloud: compute only, on the cloud's clock."""
+
+    def __init__(self, q: _SimQuery, start_ms: float):
+        self.q, self.p, self.tc = q, q.run.p, start_ms
+        self.position, self.first = q.L, True
+
+    def now(self) -> float:
+        return self.tc
+
+    def start_cycle(self, seq: int) -> None:
+        pass
+
+    def draft(self, k: int, seq: int) -> list[int]:
+        self.tc += self.p.t_draft_ms * (k - 1 if self.first else k)
+        self.first = False
+        return [FAKE_TOKEN] * k
+
+    def verify(self, drafts: list[int], seq: int) -> Verdict:
+        k = len(drafts)
+        self.tc += self.p.verify_ms(k + 1)
+        return Verdict(self.q.acc.accepted(k, self.position), FAKE_TOKEN, self.p.verify_ms(k + 1))
+
+    def commit(self, accepted: list[int], token: int) -> None:
+        self.position += len(accepted) + 1
+
+    def alone(self) -> int:
+        raise SimError("co-located speculation with K = 0 is not modelled")
+
+    def resync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _prompt_tokens(prompt: str) -> int:

@@ -58,11 +58,11 @@ class WireSizes:
 
     def hello(self, mid: int) -> Size:
         return message_bytes("hello", mid, {"draft_model": self.draft_model, "target_model": "",
-                                            "tokenizer_hash": self.tokenizer_hash}, {})
+                                            "tokenizer_hash": self.tokenizer_hash, "eos_token_ids": []}, {})
 
     def hello_ok(self, mid: int) -> Size:
         return message_bytes("hello_ok", mid, {"draft_model": self.draft_model, "target_model": self.target_model,
-                                               "tokenizer_hash": self.tokenizer_hash}, {})
+                                               "tokenizer_hash": self.tokenizer_hash, "eos_token_ids": []}, {})
 
     def prefill(self, mid: int, qid: str, n_tokens: int) -> Size:
         return message_bytes("prefill", mid, {"query": qid}, {"prompt_ids": ("int32", (n_tokens,))})

@@ -50,7 +50,8 @@ def main(url: str, n: int, token_hash: str) -> None:
     s.setsockopt(zmq.LINGER, 0)
     s.connect(url)
     s.send_multipart(protocol.encode(Message("hello", 99, {"draft_model": "fuzz", "target_model": "",
-                                                          "tokenizer_hash": token_hash})))
+                                                          "tokenizer_hash": token_hash,
+                                                          "eos_token_ids": []})))
     ok = bool(s.poll(5000)) and protocol.decode(s.recv_multipart()).type == "hello_ok"
     print(json.dumps({"sent": sent, "errors": errors, "oversize_refused": oversize_closed_or_refused,
                       "alive": ok}))

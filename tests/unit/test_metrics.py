@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from lab.metrics import SUMMARY_COLUMNS, format_table, percentiles, summarize, tokens_per_s
+from lab.core.cycle import tokens_per_s
+from lab.metrics import SUMMARY_COLUMNS, format_table, percentiles, summarize
 
 
 def rec(strategy, ttft, e2e, n, ks, accs, cyc, net, warmup=False, fallback=False):

@@ -25,8 +25,10 @@ def _verify(payload: str, temperature: float = 0.7, k: int = 3, vocab: int = 50)
 
 
 ALL = [
-    Message("hello", 1, {"draft_model": "d", "target_model": "", "tokenizer_hash": "abc"}),
-    Message("hello_ok", 1, {"draft_model": "d", "target_model": "t", "tokenizer_hash": "abc"}),
+    Message("hello", 1, {"draft_model": "d", "target_model": "", "tokenizer_hash": "abc",
+                         "eos_token_ids": [151645, 151643]}),
+    Message("hello_ok", 1, {"draft_model": "d", "target_model": "t", "tokenizer_hash": "abc",
+                            "eos_token_ids": [151643, 151645]}),
     Message("prefill", 2, {"query": "q1"}, {"prompt_ids": ids([1, 2, 3])}),
     Message("prefill_ok", 2, {"query": "q1", "cloud_compute_ms": 12.5}),
     _verify("tokens", 0.0), _verify("tokens"), _verify("tokens+probs"), _verify("topk:4"), _verify("full"),
@@ -127,11 +129,20 @@ def test_late_reply_is_recognisable_by_id():
 
 def test_handshake():
     hello = decode(encode(ALL[0]))
-    check_hello(hello, "d", "t", "abc")                              # empty target_model: no expectation
+    eos = (151643, 151645)
+    check_hello(hello, "d", "t", "abc", eos)                         # empty target_model: no expectation
     with pytest.raises(ProtocolError, match=r"draft model: peer has 'd', this side 'other'"):
-        check_hello(hello, "other", "t", "abc")
+        check_hello(hello, "other", "t", "abc", eos)
     with pytest.raises(ProtocolError, match="tokenizer: peer has 'abc'.*this side 'xyz'"):
-        check_hello(hello, "d", "t", "xyz")
+        check_hello(hello, "d", "t", "xyz", eos)
+
+
+def test_handshake_refuses_a_pair_that_stops_differently():
+    """The edge stops where the target would; a draft with other EOS ids is refused by name."""
+    hello = decode(encode(ALL[0]))
+    with pytest.raises(ProtocolError, match=r"special tokens: the peer stops at \[151643, 151645\], "
+                                            r"this side at \[151643\]"):
+        check_hello(hello, "d", "t", "abc", (151643,))
 
 
 # ------------------------------------------------------------------ fuzz

@@ -1,0 +1,194 @@
+"""The one speculative cycle, and the per-query loop over a Strategy.
+
+Every path that decodes runs this code: the edge node (draft here, verify across
+the link), the co-located path (draft and target in one process: cloud-spec,
+bench, the cloud node), and the simulator (compute from a profile, the link
+from a model).  They differ only in a small seam:
+
+    seam.now()                   whose clock times the cycle (ms)
+    seam.start_cycle(seq)        called before each cycle (the simulator aligns its timer grid)
+    seam.draft(k, seq)           draft K tokens where the draft runs -> their ids
+    seam.verify(drafts, seq)     carry the proposal to the target and back -> Verdict
+    seam.commit(accepted, tok)   roll the draft's cache back to the accepted prefix + tok
+    seam.alone()                 one token from the draft alone (K = 0, edge-only, fallback)
+    seam.resync()                after tokens made alone, bring the target's cache up to date
+    seam.close()                 the query is over (the edge tells the cloud to drop its session)
+
+The loop owns the rest: K from the strategy, the target's stopping rule, the
+cycle record and what the strategy observes.  A strategy written once runs in
+the lab and in the simulator with no other change.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from lab.core.protocol import ProtocolError
+from lab.core.strategies import CycleObservation, Strategy, StrategyError
+
+CYCLE_FIELDS = ("k", "accepted", "cycle_ms", "network_ms", "cloud_compute_ms", "edge_compute_ms",
+                "bytes_up", "bytes_down", "t_ms")
+PLACEMENTS = ("cloud", "cloud-spec", "edge", "split")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The target's answer to one proposal."""
+    accepted: int               # n: draft tokens accepted (0..K)
+    token: int                  # the correction (n < K) or bonus (n = K) token
+    cloud_ms: float             # verify compute time, as the target's side measured it
+    bytes_up: int = 0           # payload bytes of the exchange, edge→cloud
+    bytes_down: int = 0         # and cloud→edge
+
+
+class Seam(Protocol):
+    def now(self) -> float: ...
+    def start_cycle(self, seq: int) -> None: ...
+    def draft(self, k: int, seq: int) -> list[int]: ...
+    def verify(self, drafts: list[int], seq: int) -> Verdict: ...
+    def commit(self, accepted: list[int], token: int) -> None: ...
+    def alone(self) -> int: ...
+    def resync(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def tokens_per_s(n_tokens: int, ttft_ms: float, e2e_ms: float) -> float:
+    """Decode throughput after the first token; NaN when there is nothing after it."""
+    if n_tokens < 2 or e2e_ms <= ttft_ms:
+        return math.nan
+    return (n_tokens - 1) / ((e2e_ms - ttft_ms) / 1000.0)
+
+
+def stop_rule(tokens: list[int], room: int, eos: tuple[int, ...] | frozenset) -> tuple[list[int], bool]:
+    """The target's stopping rule: keep at most `room` tokens, cut after the first EOS; (kept, done)."""
+    for i, t in enumerate(tokens[:room]):
+        if t in eos:
+            return tokens[: i + 1], True
+    return tokens[:room], len(tokens) >= room
+
+
+class QueryLog:
+    """One query's output and per-cycle record, timed on the caller's clock (ms)."""
+
+    def __init__(self, clock: Callable[[], float], placement: str):
+        self.clock, self.placement = clock, placement
+        self.t_submit = clock()
+        self.tokens: list[int] = []
+        self.ttft_ms: float | None = None
+        self.cycles: dict[str, list] = {f: [] for f in CYCLE_FIELDS}
+
+    def add(self, new: list[int], k: int, accepted: int, cycle_ms: float, edge_ms: float, cloud_ms: float,
+            bytes_up: int = 0, bytes_down: int = 0) -> float:
+        """Record a finished cycle; returns its network time (cycle time minus all compute)."""
+        t = self.clock() - self.t_submit
+        if new and self.ttft_ms is None:
+            self.ttft_ms = t
+        self.tokens.extend(new)
+        net = max(0.0, cycle_ms - edge_ms - cloud_ms) if self.placement != "edge" else 0.0
+        for key, v in zip(CYCLE_FIELDS, (k, accepted, cycle_ms, net, cloud_ms, edge_ms, bytes_up, bytes_down, t)):
+            self.cycles[key].append(v)
+        return net
+
+    def result(self, max_new_tokens: int) -> dict:
+        """The query record's timing fields, output cut at max_new_tokens, and the per-cycle lists."""
+        e2e = self.clock() - self.t_submit
+        n = min(len(self.tokens), max_new_tokens)
+        ttft = self.ttft_ms if self.ttft_ms is not None else e2e
+        rec = {"ttft_ms": ttft, "e2e_ms": e2e, "n_tokens": n, "tokens_per_s": tokens_per_s(n, ttft, e2e)}
+        rec.update({f"{k}_per_cycle": v for k, v in self.cycles.items()})
+        return rec
+
+
+def alone_loop(seam: Seam, log: QueryLog, max_new: int, eos) -> None:
+    """Tokens from the draft alone until max_new or EOS (edge-only, and the edge's fallback)."""
+    done = len(log.tokens) >= max_new
+    while not done:
+        t0 = seam.now()
+        tok = seam.alone()
+        new, done = stop_rule([tok], max_new - len(log.tokens), eos)
+        ms = seam.now() - t0
+        log.add(new, 0, 0, ms, ms, 0.0)
+
+
+def speculate(strategy: Strategy, seam: Seam, log: QueryLog, max_new: int, eos,
+              on_cycle: Callable[[list[int], int, int], None] | None = None) -> None:
+    """Speculative cycles until max_new tokens or the target's EOS: draft K, verify, accept, roll back.
+
+    K comes from the strategy every cycle; K = 0 serves the cycle from the draft alone, after which
+    the target's cache is brought up to date.  on_cycle(new_tokens, k, n_accepted) follows each cycle."""
+    strategy.start_query()
+    seq, done = 0, len(log.tokens) >= max_new
+    while not done:
+        k = min(int(strategy.next_k()), max_new - len(log.tokens))
+        seam.start_cycle(seq)
+        t0 = seam.now()
+        if k <= 0:
+            tok = seam.alone()
+            new, done = stop_rule([tok], max_new - len(log.tokens), eos)
+            ms = seam.now() - t0
+            log.add(new, 0, 0, ms, ms, 0.0)
+            seam.resync()
+            strategy.observe(CycleObservation(k=0, accepted=0, cycle_ms=ms, network_ms=0.0,
+                                              cloud_compute_ms=0.0, edge_compute_ms=ms))
+            n = 0
+        else:
+            drafts = seam.draft(k, seq)
+            edge_ms = seam.now() - t0
+            v = seam.verify(drafts, seq)
+            n = v.accepted
+            if not 0 <= n <= k:
+                raise ProtocolError(f"verdict accepts {n} of {k} drafts")
+            seam.commit(drafts[:n], v.token)
+            new, done = stop_rule(drafts[:n] + [v.token], max_new - len(log.tokens), eos)
+            cycle = seam.now() - t0
+            net = log.add(new, k, n, cycle, edge_ms, v.cloud_ms, v.bytes_up, v.bytes_down)
+            strategy.observe(CycleObservation(k=k, accepted=n, cycle_ms=cycle, network_ms=net,
+                                              cloud_compute_ms=v.cloud_ms, edge_compute_ms=edge_ms,
+                                              bytes_up=v.bytes_up, bytes_down=v.bytes_down))
+        if on_cycle:
+            on_cycle(new, k, n)
+        seq += 1
+
+
+class QueryDriver(Protocol):
+    """What a node (or the simulator) provides for one query, by placement."""
+    def alone_seam(self) -> Seam: ...
+    def split_seam(self) -> Seam: ...
+    def cloud_generate(self, strategy: Strategy, log: QueryLog) -> None: ...
+
+
+def run_query(strategy: Strategy, driver: QueryDriver, log: QueryLog, max_new: int, eos) -> None:
+    """One query, dispatched on the strategy's placement — the only place that dispatch is written."""
+    placement = strategy.placement
+    if placement == "edge":
+        alone_loop(driver.alone_seam(), log, max_new, eos)
+    elif placement in ("cloud", "cloud-spec"):
+        driver.cloud_generate(strategy, log)
+    elif placement == "split":
+        seam = driver.split_seam()
+        try:
+            speculate(strategy, seam, log, max_new, eos)
+        finally:
+            seam.close()
+    else:
+        raise StrategyError(f"strategy {strategy.name!r} has placement {placement!r}; "
+                            f"known placements: {', '.join(PLACEMENTS)}")
+
+
+class FixedK:
+    """A constant K as a Strategy, for loops that are handed K (the cloud's co-located generate)."""
+    placement = "split"
+
+    def __init__(self, k: int | Callable[[], int]):
+        self._k = k if callable(k) else (lambda: k)
+        self.name = "fixed"
+
+    def start_query(self) -> None:
+        pass
+
+    def next_k(self) -> int:
+        return max(1, int(self._k()))
+
+    def observe(self, obs: CycleObservation) -> None:
+        pass
