@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from lab.core import protocol, spec
-from lab.core.decoding import (DraftState, TargetState, autoregressive_generate, speculative_generate,
-                          verify_rng)
+from lab.core.cycle import QueryLog, Verdict, speculate
+from lab.core.decoding import LocalSeam, autoregressive_generate, speculative_generate, verify_rng
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -109,22 +109,39 @@ def test_autoregressive_generate_matches_reference(target):
     assert autoregressive_generate(target, PROMPTS[1], 25) == greedy_generate(target, PROMPTS[1], 25)
 
 
+class _VaryingK:
+    """A strategy whose K changes every cycle, as adaptive strategies' does."""
+    placement, name = "split", "varying"
+
+    def __init__(self, ks):
+        self.ks, self.i = ks, 0
+
+    def start_query(self):
+        self.i = 0
+
+    def next_k(self):
+        self.i += 1
+        return self.ks[(self.i - 1) % len(self.ks)]
+
+    def observe(self, obs):
+        assert 0 <= obs.accepted <= obs.k
+
+
 def test_distributed_bookkeeping_with_varying_k(target, draft):
-    """The per-cycle primitives the nodes use, with K changing every cycle (as adaptive strategies do)."""
-    rng = np.random.default_rng(0)
+    """The one cycle (lab/core/cycle.py) with K changing every cycle: caches stay in step, output is greedy."""
     prompt = PROMPTS[1]
-    d, _ = DraftState.start(draft, prompt)
-    t = TargetState.start(target, prompt)
-    ks = [1, 4, 2, 7, 3, 1, 5]
-    for i in range(len(ks) * 3):
-        drafts, _ = d.draft(ks[i % len(ks)], 0.0, rng)
-        n, tok = t.verify(drafts, 0.0, rng)
-        d.commit(drafts[:n], tok)
+    seam = LocalSeam(draft, target, prompt)
+    log = QueryLog(seam.now, "split")
+
+    def check(new, k, n):
+        d, t = seam.d, seam.t
         assert t.session.length == len(d.committed) - 1 == t.length         # target cache = S[:-1]
         assert d.session.length == d.cached <= len(d.committed)
         assert 1 <= len(d.pending()) <= 2
-    out = d.committed[len(prompt):]
-    assert out == greedy_generate(target, prompt, len(out))
+
+    speculate(_VaryingK([1, 4, 2, 7, 3, 1, 5]), seam, log, 40, (), on_cycle=check)
+    assert len(log.cycles["k"]) >= 7
+    assert log.tokens == greedy_generate(target, prompt, len(log.tokens))
 
 
 # ------------------------------------------------------------------ a bigram model whose cache is checkable
@@ -170,46 +187,58 @@ class _Bigram:
 def test_caches_hold_exactly_the_committed_sequence():
     """After every cycle: target cache == S[:-1] token for token, draft cache == S[:cached]."""
     dm, tm = _Bigram(1), _Bigram(2)
-    prompt = [0, 3, 1]
-    rng = np.random.default_rng(0)
-    d, _ = DraftState.start(dm, prompt)
-    t = TargetState.start(tm, prompt)
-    for i, k in enumerate([3, 1, 5, 2, 4, 4, 1, 6] * 4):
-        drafts, q = d.draft(k, 1.0, rng, payload="full")
-        seen = spec.decode_q("full", drafts, spec.encode_q("full", drafts, q), tm.vocab_size)
-        n, tok = t.verify(drafts, 1.0, verify_rng(0, i), seen)
-        d.commit(drafts[:n], tok)
+    seam = LocalSeam(dm, tm, [0, 3, 1], temperature=1.0, seed=0, payload="full")
+
+    def check(new, k, n):
+        d, t = seam.d, seam.t
         assert t.session.tokens == d.committed[:-1] and t.last == d.committed[-1]
         assert d.session.tokens == d.committed[:d.cached]
+
+    speculate(_VaryingK([3, 1, 5, 2, 4, 4, 1, 6]), seam, QueryLog(seam.now, "split"), 80, (), on_cycle=check)
+
+
+class _WireSeam(LocalSeam):
+    """LocalSeam whose proposal crosses the real wire encoding, as the edge's verify request does."""
+
+    def verify(self, drafts, seq):
+        frames = protocol.encode(protocol.Message(
+            "verify", seq + 1, {"query": "q", "seq": seq, "payload": self.payload, "temperature": self.temperature,
+                                "seed": self.seed},
+            {"tokens": protocol.ids(drafts), **spec.encode_q(self.payload, drafts, self.q)}))
+        msg = protocol.decode(frames)                                           # ── the link ──
+        seen = spec.decode_q(msg["payload"], [int(x) for x in msg.arrays["tokens"]], msg.arrays,
+                             self.target_model.vocab_size)
+        n, tok = self.t.verify(drafts, self.temperature, verify_rng(msg["seed"], msg["seq"]), seen)
+        return Verdict(n, tok, 0.0)
 
 
 @pytest.mark.parametrize("payload", ["tokens", "tokens+probs", "topk:2", "full"])
 def test_distributed_path_equals_colocated(payload):
-    """The edge/cloud split (through the real wire encoding) samples exactly what speculative_generate
+    """The cycle with its proposal through the wire encoding samples exactly what speculative_generate
     samples with the same seed: cloud-spec is a faithful reference for the distributed runs."""
     dm, tm = _Bigram(1), _Bigram(2)
     prompt, seed, temp = [0, 3, 1], 42, 0.9
     ks = [2, 5, 1, 3]
     ref = speculative_generate(dm, tm, prompt, 30, k_fn=iter(ks * 30).__next__, temperature=temp, seed=seed,
                                payload=payload)
-    rng = np.random.default_rng(seed)               # the edge's drafting RNG
-    d, _ = DraftState.start(dm, prompt)
-    t = TargetState.start(tm, prompt)
-    out: list[int] = []
-    seq = 0
-    while len(out) < 30:
-        k = min(ks[seq % len(ks)], 30 - len(out))
-        drafts, q = d.draft(k, temp, rng, payload=payload)
-        frames = protocol.encode(protocol.Message(
-            "verify", seq + 1, {"query": "q", "seq": seq, "payload": payload, "temperature": temp, "seed": seed},
-            {"tokens": protocol.ids(drafts), **spec.encode_q(payload, drafts, q)}))
-        msg = protocol.decode(frames)                                           # ── the link ──
-        seen = spec.decode_q(msg["payload"], [int(x) for x in msg.arrays["tokens"]], msg.arrays, tm.vocab_size)
-        n, tok = t.verify(drafts, temp, verify_rng(msg["seed"], msg["seq"]), seen)
-        d.commit(drafts[:n], tok)
-        out += (drafts[:n] + [tok])[: 30 - len(out)]
-        seq += 1
-    assert out == ref.tokens
+    seam = _WireSeam(dm, tm, prompt, temp, seed, payload)
+    log = QueryLog(seam.now, "split")
+    speculate(_VaryingK(ks), seam, log, 30, ())
+    assert log.tokens == ref.tokens
+
+
+def test_the_cycle_stops_at_the_stopping_tokens_it_is_given():
+    """The stopping rule is the target's, passed to the loop: the draft model's own EOS ids (none here)
+    play no part, and the output is cut right after the first stopping token."""
+    dm, tm = _Bigram(1), _Bigram(2)
+    seam = LocalSeam(dm, tm, [0, 3, 1])
+    full = QueryLog(seam.now, "split")
+    speculate(_VaryingK([3]), seam, full, 30, ())
+    stop_at = full.tokens[5]
+    seam = LocalSeam(dm, tm, [0, 3, 1])
+    log = QueryLog(seam.now, "split")
+    speculate(_VaryingK([3]), seam, log, 30, (stop_at,))
+    assert log.tokens == full.tokens[: full.tokens.index(stop_at) + 1]
 
 
 def _pair_counts(payload: str, n_runs: int, k: int = 3):
