@@ -314,6 +314,9 @@ class TcpEndpoint(TcpReceiver, LossRecovery):
         self._on_ack(now, pkt)
 
     def _on_ack(self, now: float, pkt: Packet) -> None:
+        """tcp_ack(): cumulative ACK, SACK scoreboard, RTT and rate samples, then loss detection and
+        congestion control, in the kernel's order.  One function on purpose: the steps share the
+        prior_* snapshots and their order is what makes recovery match Linux; split, it reads worse."""
         ack = min(pkt.ack, self.snd_nxt)
         if ack < self.snd_una:
             return                                      # old ACK, reordered behind a newer one
