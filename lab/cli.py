@@ -36,7 +36,12 @@ def _link_overrides(args, base: LinkPair) -> LinkPair:
         return LinkPair(uplink=base.uplink.with_changes(**changes),
                         downlink=base.downlink.with_changes(**changes))
     except LinkError as e:
-        raise UsageError(f"--{str(e).split(':')[0].replace('_', '-')}: {str(e).split(': ', 1)[1]}") from None
+        if e.field in changes:
+            raise UsageError(f"--{e.field.replace('_', '-')}: {e.reason}") from None
+        # A field the command line left alone became invalid through one it changed (a delay below
+        # the scenario's jitter): name the flags given and the field that broke.
+        given = ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in changes.items())
+        raise UsageError(f"{given}: the link's {e.field} {e.reason}") from None
 
 
 def _add_link_flags(p: argparse.ArgumentParser) -> None:

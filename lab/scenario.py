@@ -175,10 +175,9 @@ class _Reader:
         merged = {**base, **override}
         try:
             return LinkSpec(**merged)
-        except LinkError as e:  # "field: reason"
-            fname, _, reason = str(e).partition(": ")
-            where = f"{key}.{fname}" if fname in override else f"{key.rsplit('.', 1)[0]}.{fname}"
-            raise self.fail(where, reason) from None
+        except LinkError as e:
+            where = f"{key}.{e.field}" if e.field in override else f"{key.rsplit('.', 1)[0]}.{e.field}"
+            raise self.fail(where, e.reason) from None
 
     def link(self, value: Any, key: str, base: dict | None = None) -> LinkPair:
         """A link section (symmetric keys + optional uplink/downlink overrides)."""

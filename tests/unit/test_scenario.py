@@ -113,6 +113,13 @@ def test_linkspec_limit_from_bdp():
         LinkSpec(rate_mbit=-1)
 
 
+def test_link_error_carries_the_field_as_data():
+    with pytest.raises(LinkError) as e:
+        LinkSpec(delay_ms=5, jitter_ms=8)
+    assert e.value.field == "jitter_ms" and e.value.reason.startswith("must be <= delay_ms (5")
+    assert str(e.value) == f"jitter_ms: {e.value.reason}"
+
+
 def test_parse_round_trip_to_dict():
     sc = parse_scenario({"link": {"delay_ms": 10, "uplink": {"rate_mbit": 2}}}, source="t")
     d = sc.to_dict()
