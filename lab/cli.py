@@ -12,6 +12,7 @@ import os
 import sys
 
 from netns.link import LinkError, LinkPair
+from lab.results import ResultsError
 from lab.scenario import BACKENDS, ScenarioError, load_scenario, available
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -350,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ScenarioError, LinkError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except ResultsError as e:        # a results file the run or validate reads back is malformed
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted; everything this run created has been removed", file=sys.stderr)
         return 130
