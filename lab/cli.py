@@ -219,7 +219,8 @@ def cmd_profile(args) -> int:
     from lab.models import ModelError
     from lab.profile import profile_main
     try:
-        return profile_main(args.models, args.out, args.max_new_tokens, args.prompts, args.dtype, args.limit)
+        return profile_main(args.models, args.out, args.max_new_tokens, args.prompts, args.dtype, args.limit,
+                            replace_shipped=args.replace_shipped)
     except ModelError as e:
         raise UsageError(str(e)) from None
 
@@ -331,7 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profile", help="measure the real pair here (t_draft, t_verify(K), prefill, α); write a synthetic profile")
     p.add_argument("--models", default="embedded", help="embedded | DRAFT_ID,TARGET_ID")
-    p.add_argument("--out", help="profile YAML to write (default: lab/models/profiles/embedded-cpu.yaml)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--out", help="profile YAML to write (default: results/<UTC>-profile/embedded-cpu.yaml)")
+    out.add_argument("--replace-shipped", action="store_true",
+                     help="overwrite the tracked lab/models/profiles/embedded-cpu.yaml (measured.yaml for a HF pair)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="greedy tokens per prompt for α and the trace")
     p.add_argument("--prompts", help="JSONL file of {\"id\", \"prompt\"} (default: the built-in set)")
     p.add_argument("--limit", type=int, help="use only the first N prompts")
