@@ -26,15 +26,6 @@ SUMMARY_COLUMNS = [
     "bytes_per_cycle", "tcp_retrans_segs", "edge_fallbacks",
 ]
 
-# Fields every query record has (the edge node and the simulator both write them).
-QUERY_FIELDS = (
-    "scenario", "strategy", "query_index", "prompt_id", "warmup", "backend",
-    "ttft_ms", "e2e_ms", "n_tokens", "tokens_per_s",
-    "k_per_cycle", "accepted_per_cycle", "cycle_ms_per_cycle", "network_ms_per_cycle",
-    "cloud_compute_ms_per_cycle", "edge_compute_ms_per_cycle", "bytes_up_per_cycle", "bytes_down_per_cycle",
-    "edge_fallback",
-)
-
 
 def tokens_per_s(n_tokens: int, ttft_ms: float, e2e_ms: float) -> float:
     """Decode throughput after the first token; NaN when there is nothing after it."""

@@ -16,7 +16,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -158,7 +157,3 @@ class Meta:
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(_jsonable(self.data), indent=2, sort_keys=False) + "\n")
         os.replace(tmp, self.path)
-
-
-def monotonic_ms() -> float:
-    return time.monotonic_ns() / 1e6

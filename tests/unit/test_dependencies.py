@@ -78,3 +78,46 @@ def test_every_dependency_is_pinned_exactly():
     for req in project["dependencies"] + [r for reqs in project.get("optional-dependencies", {}).values()
                                           for r in reqs]:
         assert re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.+]*", req), f"{req!r} is not an exact pin"
+
+
+def _test_files():
+    return sorted((ROOT / "tests").rglob("*.py"))
+
+
+def test_no_declared_dependency_is_skipped_when_missing():
+    """pytest.importorskip of a hard dependency turns a broken install into a green run with skips."""
+    declared = _declared(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    found = []
+    for path in _test_files():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "importorskip" and node.args
+                    and isinstance(node.args[0], ast.Constant)):
+                top = node.args[0].value.split(".")[0]
+                dist = distribution(top) or top
+                if _normalize(dist) in declared:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} importorskip({node.args[0].value!r})")
+    assert not found, "hard dependencies must be imported plainly:\n" + "\n".join(found)
+
+
+INSTALLERS = {"pip", "pip3", "apt-get", "apt", "dnf", "yum", "conda"}
+
+
+def test_unit_tests_install_nothing():
+    """An argv literal like ["apt-get", "install", ...] or ["pip", "install", ...] in tests/unit."""
+    found = []
+    for path in sorted((ROOT / "tests" / "unit").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.List, ast.Tuple)):
+                words = [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+                if "install" in words and INSTALLERS & {Path(w).name for w in words}:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {words}")
+    assert not found, "unit tests must not install packages:\n" + "\n".join(found)
+
+
+def test_every_root_suite_gates_itself_on_root():
+    """Each root-only test folder has its own conftest that skips it without root (`pytest tests/e2e` alone)."""
+    for suite in ("netns", "e2e"):
+        conftest = ROOT / "tests" / suite / "conftest.py"
+        assert conftest.is_file(), f"tests/{suite} has no conftest.py"
+        assert "os.geteuid() != 0" in conftest.read_text(), f"tests/{suite}/conftest.py does not check for root"
