@@ -69,6 +69,8 @@ def _write(tmp_path, body, name="bad.yaml"):
     ("link: {}\nworkload: {queries: 0}\n", "workload.queries", "> 0"),
     ("link: {}\nworkload: {payload: topk:x}\n", "workload.payload", "topk:N"),
     ("link: {}\nstrategies: fixed-k:5\n", "strategies", "list"),
+    ("link: {}\nstrategies: [cloud-only, nasd]\n", "strategies[1]", "unknown strategy 'nasd' (known: cloud-only"),
+    ("link: {}\nstrategies: [fixed-k:0]\n", "strategies[0]", "fixed-k"),
     ("link: {}\ntcp: {congestion_control: 5}\n", "tcp.congestion_control", "string"),
 ])
 def test_malformed_file_gets_one_line_error_naming_file_and_key(tmp_path, body, key, words):
