@@ -13,9 +13,9 @@ A benchmark, not a test: it prints measured figures and asserts nothing.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
+from lab import usage
 from lab.prompts import load_prompts
 from lab.sim.simulator import simulate
 from lab.sweep import STRATEGIES, grid
@@ -135,16 +135,20 @@ def bench_grid(runs: int = 3, profile="fast", link_model: str = "tcp", out=print
 
 
 def bench_main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lab bench")
+    ap = usage.ArgumentParser(prog="python -m lab bench")
     ap.add_argument("what", choices=["colocated", "sim"])
-    ap.add_argument("--models", default="embedded")
-    ap.add_argument("--k", type=int, help="draft length (default: the throughput model's optimum for the profile)")
-    ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--prompts", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", type=usage.models, default="embedded")
+    ap.add_argument("--k", type=usage.whole(1),
+                    help="draft length (default: the throughput model's optimum for the profile)")
+    ap.add_argument("--max-new-tokens", type=usage.whole(1), default=48)
+    ap.add_argument("--prompts", type=usage.whole(1), default=3, help="how many of the built-in prompts")
+    ap.add_argument("--threads", type=usage.whole(1), default=2)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--no-lan", action="store_true", help="skip the distributed fixed-k over lan part")
     a = ap.parse_args(argv)
+    if a.what == "colocated" and a.models.startswith("synthetic"):
+        ap.error("--models: colocated compares against Hugging Face generate, which needs a real pair "
+                 "(embedded or DRAFT_ID,TARGET_ID)")
     if a.what == "sim":
         bench_grid()
         return 0

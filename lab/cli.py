@@ -3,7 +3,9 @@
 Each subcommand is a small function that imports what it needs lazily, so
 `doctor` and `--help` work even where torch is not installed yet.  Exit
 codes: 0 success, 1 a measured tolerance failed or the run failed, 2 bad
-usage or bad input (with a one-line message naming the field).
+usage or bad input (with a one-line message naming the field).  Values are
+checked as they are parsed (lab/usage.py) and a command checks its inputs
+before it asks for root, so bad input never reaches a namespace.
 """
 from __future__ import annotations
 
@@ -12,13 +14,16 @@ import os
 import sys
 
 from netns.link import LinkError, LinkPair
+from lab import usage
+from lab.core.strategies import StrategyError, make_strategy
+from lab.prompts import PromptError, load_prompts
+from lab.results import ResultsError
 from lab.scenario import BACKENDS, ScenarioError, load_scenario, available
+from lab.usage import UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad command-line input; printed as one line, exit 2."""
+# Errors that only bad input raises: one line, exit 2, wherever in a command they surface.
+INPUT_ERRORS = (UsageError, ScenarioError, LinkError, StrategyError, PromptError)
 
 
 def _need_root(what: str) -> None:
@@ -36,15 +41,29 @@ def _link_overrides(args, base: LinkPair) -> LinkPair:
         return LinkPair(uplink=base.uplink.with_changes(**changes),
                         downlink=base.downlink.with_changes(**changes))
     except LinkError as e:
-        raise UsageError(f"--{str(e).split(':')[0].replace('_', '-')}: {str(e).split(': ', 1)[1]}") from None
+        if e.field in changes:
+            raise UsageError(f"--{e.field.replace('_', '-')}: {e.reason}") from None
+        # A field the command line left alone became invalid through one it changed (a delay below
+        # the scenario's jitter): name the flags given and the field that broke.
+        given = ", ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in changes.items())
+        raise UsageError(f"{given}: the link's {e.field} {e.reason}") from None
 
 
 def _add_link_flags(p: argparse.ArgumentParser) -> None:
+    # Ranges and their combinations are LinkSpec's to judge (_link_overrides names the flag).
     g = p.add_argument_group("link overrides (both directions)")
-    g.add_argument("--delay-ms", type=float)
-    g.add_argument("--jitter-ms", type=float)
-    g.add_argument("--loss-pct", type=float)
-    g.add_argument("--rate-mbit", type=float)
+    g.add_argument("--delay-ms", type=usage.number())
+    g.add_argument("--jitter-ms", type=usage.number())
+    g.add_argument("--loss-pct", type=usage.number())
+    g.add_argument("--rate-mbit", type=usage.number())
+
+
+def _check_run_inputs(sc, strategies, prompts: str | None) -> None:
+    """What the command line left to the scenario file, checked before the run starts: its strategies
+    (parse_scenario checked them too; an edited --strategies was checked as parsed) and prompts file."""
+    for s in strategies:
+        make_strategy(s)
+    load_prompts(prompts or sc.workload.prompts)
 
 
 # ---------------------------------------------------------------- commands
@@ -56,12 +75,12 @@ def cmd_doctor(args) -> int:
 
 def cmd_link(args) -> int:
     from netns import topology
-    _need_root("link")
     if args.action == "up":
         if not args.scenario:
             raise UsageError("link up needs a SCENARIO (a name in scenarios/ or a YAML path)")
         sc = load_scenario(args.scenario)
         link = _link_overrides(args, sc.link)
+        _need_root("link")
         topo = topology.Topology(backend=args.backend or sc.backend,
                                  congestion_control=sc.congestion_control)
         topo.up(link, detach=True)
@@ -71,6 +90,8 @@ def cmd_link(args) -> int:
         print(f"  try:  ip netns exec {topo.edge_ns} ping {topology.CLOUD_ADDR}")
         print("  then: python -m lab link status | link down")
         return EXIT_OK
+    base = load_scenario(args.scenario).link if args.scenario else None
+    _need_root("link")
     if args.action == "down":
         removed = topology.cleanup_stale(force=True)
         print("link down" + (f": removed {', '.join(removed)}" if removed else ": nothing was up"))
@@ -80,8 +101,7 @@ def cmd_link(args) -> int:
         print("no lab link is up (python -m lab link up SCENARIO)")
         return EXIT_FAILED
     if args.action == "change":
-        base = load_scenario(args.scenario).link if args.scenario else topo.current_link()
-        link = _link_overrides(args, base)
+        link = _link_overrides(args, base or topo.current_link())
         ms = topo.change(link)
         print(f"link changed in {ms:.2f} ms: {link.describe()}")
         return EXIT_OK
@@ -98,32 +118,29 @@ def cmd_linkcheck(args) -> int:
 
 
 def cmd_probe(args) -> int:
+    sc = load_scenario(args.scenario)
     _need_root("probe")
     from netns.fidelity.linkcheck import probe_scenario_link
-    sc = load_scenario(args.scenario)
     return probe_scenario_link(sc.link, backend=args.backend or sc.backend,
                                congestion_control=sc.congestion_control, name=sc.name)
 
 
 def cmd_scenario(args) -> int:
-    _need_root("scenario")
     from lab.models import ModelError
-    from lab.models.select import parse_models, prepare
-    from lab.prompts import PromptError, load_prompts
-    from lab.runner import RunError, RunOptions, run_scenario
-    from lab.core.strategies import StrategyError, make_strategy
+    from lab.models.select import prepare
 
     sc = load_scenario(args.scenario)
     sc = _scenario_with_link(sc, _link_overrides(args, sc.link))
-    strategies = tuple(s.strip() for s in args.strategies.split(",")) if args.strategies else sc.strategies
-    try:
-        for s in strategies:
-            make_strategy(s)
-        parse_models(args.models or sc.models)
-        load_prompts(args.prompts or sc.workload.prompts)
-    except (StrategyError, ModelError, PromptError) as e:
-        raise UsageError(str(e)) from None
+    strategies = args.strategies or sc.strategies
     models = args.models or sc.models
+    if not args.models:
+        try:
+            usage.models(models)
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"{sc.source}: models: {e}") from None
+    _check_run_inputs(sc, strategies, args.prompts)
+    _need_root("scenario")
+    from lab.runner import RunError, RunOptions, run_scenario
     opts = RunOptions(models=models, strategies=strategies, queries=args.queries, warmup_queries=args.warmup,
                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, payload=args.payload,
                       prompts=args.prompts, seed=args.seed, backend=args.backend, out=args.out,
@@ -158,7 +175,14 @@ def cmd_sim(args) -> int:
         raise UsageError("the simulator takes --models synthetic[:PROFILE] (compute comes from a profile; "
                          "python -m lab profile measures one for a real pair)")
     profile = models.partition(":")[2] or "fast"
-    strategies = [s.strip() for s in args.strategies.split(",")] if args.strategies else None
+    strategies = list(args.strategies) if args.strategies else None
+    _check_run_inputs(sc, strategies or sc.strategies, args.prompts)
+    if args.sim_link == "tcp":
+        from lab.sim.tcpcc import CONGESTION_CONTROLS
+        cc = args.congestion_control or sc.congestion_control or "cubic"
+        if cc not in CONGESTION_CONTROLS:
+            where = "--congestion-control" if args.congestion_control else f"{sc.source}: tcp.congestion_control"
+            raise UsageError(f"{where}: {cc!r} is not modelled (modelled: {', '.join(sorted(CONGESTION_CONTROLS))})")
     try:
         run_dir = write_run(sc, args.out, strategies=strategies, profile=profile, queries=args.queries,
                             warmup_queries=args.warmup, max_new_tokens=args.max_new_tokens, payload=args.payload,
@@ -177,8 +201,7 @@ def cmd_sweep(args) -> int:
     """The experiment grid in the simulator (lab/sweep.py)."""
     from lab.models import ModelError
     from lab.sim.netsim import SimError
-    from lab.core.strategies import StrategyError, make_strategy
-    from lab.sweep import STRATEGIES, _floats, grid, run_sweep
+    from lab.sweep import STRATEGIES, grid, run_sweep
 
     if not args.sim:
         raise UsageError("sweep runs in the simulator: add --sim (a lab point is `python -m lab scenario`; "
@@ -186,24 +209,24 @@ def cmd_sweep(args) -> int:
     models = args.models or "synthetic:embedded-cpu"
     if not models.startswith("synthetic"):
         raise UsageError("sweep --sim takes --models synthetic[:PROFILE] (python -m lab profile measures one)")
-    strategies = tuple(s.strip() for s in args.strategies.split(",")) if args.strategies else STRATEGIES
+    strategies = args.strategies or STRATEGIES
+    points = grid(args.full, rtt=args.rtt_ms, rate=args.rate_mbit, jitter=args.jitter_ms, loss=args.loss_pct)
+    for p in points:
+        p.scenario(strategies)      # every grid link is a valid scenario (ScenarioError names the value)
     try:
-        for s in strategies:
-            make_strategy(s)
-        points = grid(args.full, rtt=_floats(args.rtt_ms), rate=_floats(args.rate_mbit),
-                      jitter=_floats(args.jitter_ms), loss=_floats(args.loss_pct))
         run_sweep(points, strategies, runs=args.runs, profile=models.partition(":")[2] or "embedded-cpu",
                   queries=args.queries, link_model=args.sim_link, out_dir=args.out)
-    except (StrategyError, SimError, ModelError, ValueError) as e:
+    except (SimError, ModelError, ValueError) as e:
         raise UsageError(str(e)) from None
     return EXIT_OK
 
 
 def cmd_validate(args) -> int:
     """The simulator against the kernel lab (lab/validate.py)."""
+    from lab.validate import run_validation, select_cases
+    select_cases(args.scenarios, args.quick)       # ScenarioError names the unknown case or file
     if not args.rejudge:
         _need_root("validate")
-    from lab.validate import run_validation
     return run_validation(args.scenarios, quick=args.quick, backend=args.backend, out_dir=args.out,
                           calibrate_host=not args.no_calibration, rejudge=args.rejudge)
 
@@ -211,9 +234,14 @@ def cmd_validate(args) -> int:
 def cmd_profile(args) -> int:
     """Measure a real pair; write a synthetic profile that reproduces it (lab/profile.py)."""
     from lab.models import ModelError
+    from lab.models.select import parse_models
     from lab.profile import profile_main
+    if parse_models(args.models)[0] == "synthetic":
+        raise UsageError("profile --models: profile measures a real pair (embedded or DRAFT_ID,TARGET_ID); "
+                         "a synthetic pair already is a profile")
     try:
-        return profile_main(args.models, args.out, args.max_new_tokens, args.prompts, args.dtype, args.limit)
+        return profile_main(args.models, args.out, args.max_new_tokens, args.prompts, args.dtype, args.limit,
+                            replace_shipped=args.replace_shipped)
     except ModelError as e:
         raise UsageError(str(e)) from None
 
@@ -231,8 +259,9 @@ def cmd_scenarios(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m lab", description=__doc__.split("\n\n")[0])
+    ap = usage.ArgumentParser(prog="python -m lab", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    count, some = usage.whole(1), usage.whole(0)
 
     p = sub.add_parser("doctor", help="what this kernel can do; which link backend `auto` picks")
     p.set_defaults(func=cmd_doctor)
@@ -259,18 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scenario", help="run a scenario: link, nodes, every strategy, results folder")
     p.add_argument("scenario", help="name in scenarios/ or path to a YAML file")
-    p.add_argument("--models", help="embedded | synthetic[:PROFILE] | DRAFT_ID,TARGET_ID (default: the scenario's)")
-    p.add_argument("--strategies", help="comma-separated, e.g. cloud-only,edge-only,fixed-k:5")
-    p.add_argument("--queries", type=int)
-    p.add_argument("--warmup", type=int, help="warm-up queries per strategy (kept, marked, not summarized)")
-    p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--payload", help="tokens | tokens+probs | topk:N | full")
-    p.add_argument("--prompts", help="JSONL file of {\"id\", \"prompt\"}")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--models", type=usage.models,
+                   help="embedded | synthetic[:PROFILE] | DRAFT_ID,TARGET_ID (default: the scenario's)")
+    p.add_argument("--strategies", type=usage.strategies, help="comma-separated, e.g. cloud-only,edge-only,fixed-k:5")
+    p.add_argument("--queries", type=count)
+    p.add_argument("--warmup", type=some, help="warm-up queries per strategy (kept, marked, not summarized)")
+    p.add_argument("--max-new-tokens", type=count)
+    p.add_argument("--temperature", type=usage.number(0))
+    p.add_argument("--payload", type=usage.payload, help="tokens | tokens+probs | topk:N | full")
+    p.add_argument("--prompts", type=usage.prompts_file, help="JSONL file of {\"id\", \"prompt\"}")
+    p.add_argument("--seed", type=some)
     p.add_argument("--backend", choices=BACKENDS)
     p.add_argument("--out", help="results base folder (default: results/)")
-    p.add_argument("--reply-timeout-s", type=float, default=20.0)
+    p.add_argument("--reply-timeout-s", type=usage.number(0, above=True), default=20.0)
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
                    help="model precision (float32 for strict losslessness checks; bf16 ties can flip a token)")
     _add_link_flags(p)
@@ -278,15 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sim", help="run a scenario in the simulator (seconds, no root)")
     p.add_argument("scenario")
-    p.add_argument("--models", help="synthetic[:PROFILE] (default synthetic:fast)")
-    p.add_argument("--strategies")
-    p.add_argument("--queries", type=int)
-    p.add_argument("--warmup", type=int)
-    p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--payload")
-    p.add_argument("--prompts")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--models", type=usage.models, help="synthetic[:PROFILE] (default synthetic:fast)")
+    p.add_argument("--strategies", type=usage.strategies)
+    p.add_argument("--queries", type=count)
+    p.add_argument("--warmup", type=some)
+    p.add_argument("--max-new-tokens", type=count)
+    p.add_argument("--temperature", type=usage.number(0))
+    p.add_argument("--payload", type=usage.payload)
+    p.add_argument("--prompts", type=usage.prompts_file)
+    p.add_argument("--seed", type=some)
     p.add_argument("--out")
     p.add_argument("--sim-link", choices=["tcp", "sleep"], default="tcp",
                    help="tcp: mechanistic link + Linux TCP; sleep: the naive RTT + size/rate model")
@@ -297,14 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="the experiment grid (RTT × rate [× jitter × loss]) in the simulator, in seconds")
     p.add_argument("--sim", action="store_true", help="run in the simulator (required: the only mode)")
     p.add_argument("--full", action="store_true", help="also jitter {0,10,25} ms × loss {0,1,5} %% (189 links)")
-    p.add_argument("--models", help="synthetic[:PROFILE] (default synthetic:embedded-cpu)")
-    p.add_argument("--strategies", help="comma-separated (default: cloud-only, edge-only, fixed-k:3/5/10/15)")
-    p.add_argument("--runs", type=int, default=3, help="runs per link and strategy (different link seeds)")
-    p.add_argument("--queries", type=int, help="measured queries per run (default: the workload's)")
-    p.add_argument("--rtt-ms", help="comma-separated RTTs (default 0,10,25,50,100,200,500)")
-    p.add_argument("--rate-mbit", help="comma-separated rates (default 100,10,1)")
-    p.add_argument("--jitter-ms", help="comma-separated ±jitter values")
-    p.add_argument("--loss-pct", help="comma-separated loss rates")
+    p.add_argument("--models", type=usage.models, help="synthetic[:PROFILE] (default synthetic:embedded-cpu)")
+    p.add_argument("--strategies", type=usage.strategies,
+                   help="comma-separated (default: cloud-only, edge-only, fixed-k:3/5/10/15)")
+    p.add_argument("--runs", type=count, default=3, help="runs per link and strategy (different link seeds)")
+    p.add_argument("--queries", type=count, help="measured queries per run (default: the workload's)")
+    p.add_argument("--rtt-ms", type=usage.number_list(0), help="comma-separated RTTs (default 0,10,25,50,100,200,500)")
+    p.add_argument("--rate-mbit", type=usage.number_list(0, above=True), help="comma-separated rates (default 100,10,1)")
+    p.add_argument("--jitter-ms", type=usage.number_list(0), help="comma-separated ±jitter values")
+    p.add_argument("--loss-pct", type=usage.number_list(0, maximum=100), help="comma-separated loss rates")
     p.add_argument("--sim-link", choices=["tcp", "sleep"], default="tcp")
     p.add_argument("--out", help="results base folder (default: results/)")
     p.set_defaults(func=cmd_sweep)
@@ -316,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="results base folder (default: results/)")
     p.add_argument("--no-calibration", action="store_true",
                    help="give the simulator no host cost (the raw Δ; default: measure it on unimpaired links)")
-    p.add_argument("--rejudge", metavar="DIR", help="judge the lab runs of an earlier validation folder again (no lab run)")
+    p.add_argument("--rejudge", metavar="DIR", type=usage.validation_folder,
+                   help="judge the lab runs of an earlier validation folder again (no lab run)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("bench", help="benchmarks that print measured ratios (colocated)", add_help=False)
@@ -324,11 +356,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda a: __import__("lab.bench", fromlist=["bench_main"]).bench_main(a.rest))
 
     p = sub.add_parser("profile", help="measure the real pair here (t_draft, t_verify(K), prefill, α); write a synthetic profile")
-    p.add_argument("--models", default="embedded", help="embedded | DRAFT_ID,TARGET_ID")
-    p.add_argument("--out", help="profile YAML to write (default: lab/models/profiles/embedded-cpu.yaml)")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="greedy tokens per prompt for α and the trace")
-    p.add_argument("--prompts", help="JSONL file of {\"id\", \"prompt\"} (default: the built-in set)")
-    p.add_argument("--limit", type=int, help="use only the first N prompts")
+    p.add_argument("--models", type=usage.models, default="embedded", help="embedded | DRAFT_ID,TARGET_ID")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--out", help="profile YAML to write (default: results/<UTC>-profile/embedded-cpu.yaml)")
+    out.add_argument("--replace-shipped", action="store_true",
+                     help="overwrite the tracked lab/models/profiles/embedded-cpu.yaml (measured.yaml for a HF pair)")
+    # two tokens at least: the draft's time per token is measured on the tokens after the first
+    p.add_argument("--max-new-tokens", type=usage.whole(2), default=32,
+                   help="greedy tokens per prompt for α and the trace")
+    p.add_argument("--prompts", type=usage.prompts_file, help="JSONL file of {\"id\", \"prompt\"} (default: the built-in set)")
+    p.add_argument("--limit", type=count, help="use only the first N prompts")
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     p.set_defaults(func=cmd_profile)
 
@@ -339,12 +376,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
-    except (UsageError, ScenarioError, LinkError) as e:
+    except INPUT_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except ResultsError as e:        # a results file the run or validate reads back is malformed
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted; everything this run created has been removed", file=sys.stderr)
         return 130

@@ -27,15 +27,6 @@ SUMMARY_COLUMNS = [
     "bytes_per_cycle", "tcp_retrans_segs", "edge_fallbacks",
 ]
 
-# Fields every query record has (the edge node and the simulator both write them).
-QUERY_FIELDS = (
-    "scenario", "strategy", "query_index", "prompt_id", "warmup", "backend",
-    "ttft_ms", "e2e_ms", "n_tokens", "tokens_per_s",
-    "k_per_cycle", "accepted_per_cycle", "cycle_ms_per_cycle", "network_ms_per_cycle",
-    "cloud_compute_ms_per_cycle", "edge_compute_ms_per_cycle", "bytes_up_per_cycle", "bytes_down_per_cycle",
-    "edge_fallback",
-)
-
 
 def percentiles(values: Iterable[float], ps=(50, 95, 99)) -> list[float]:
     arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)

@@ -103,9 +103,25 @@ def measure_pair(draft, target, prompts: list[dict], max_new_tokens: int,
             "draft_prefill_ms_per_token": statistics.median(prefill_d), "positions": len(agree)}
 
 
+def profile_path(kind: str, out_path: str | None = None, replace_shipped: bool = False,
+                 results_base: Path | None = None) -> Path:
+    """Where the profile goes: --out, the shipped profile (only when asked to replace it), or a new
+    results folder — a measurement never overwrites a tracked file by default."""
+    from lab.models.synthetic import PROFILE_DIR
+    from lab.results import new_run_dir
+
+    name = "embedded-cpu.yaml" if kind == "embedded" else "measured.yaml"
+    if out_path:
+        return Path(out_path)
+    if replace_shipped:
+        return PROFILE_DIR / name
+    return new_run_dir("profile", results_base) / name
+
+
 def profile_main(models: str = "embedded", out_path: str | None = None, max_new_tokens: int = 32,
                  prompts_file: str | None = None, dtype: str = "bfloat16", limit: int | None = None,
-                 out: Callable[[str], None] = print) -> int:
+                 out: Callable[[str], None] = print, replace_shipped: bool = False,
+                 results_base: Path | None = None) -> int:
     from lab.models import warm_up
     from lab.models.select import load_role, parse_models, prepare
     from lab.models.synthetic import PROFILE_DIR, Profile, load_profile, save_profile
@@ -137,7 +153,7 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
     out(f"t_draft {prof.t_draft_ms:.1f} ms/token; prefill {prof.prefill_ms_per_token:.2f} ms/token (target), "
         f"{m['draft_prefill_ms_per_token']:.2f} (draft); alpha {prof.alpha:.3f} over {m['positions']} positions "
         f"(trace of {len(prof.trace or ())} runs)")
-    path = Path(out_path) if out_path else PROFILE_DIR / ("embedded-cpu.yaml" if kind == "embedded" else "measured.yaml")
+    path = profile_path(kind, out_path, replace_shipped, results_base)
     provenance = {"measured_by": "python -m lab profile", "models": models, "dtype": dtype, "threads_per_model": 1,
                   "host": platform.node(), "cpu": platform.processor() or platform.machine(),
                   "date": time.strftime("%Y-%m-%d %H:%M %Z"), "prompts": prompts_file or "built-in",
@@ -150,5 +166,6 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
     if replace(back, name="custom", source="") != replace(prof, name="custom", source=""):
         out(f"error: {path} does not read back as the profile written")
         return 1
-    out(f"\nwrote {path} in {time.monotonic() - t0:.0f} s (use: --models synthetic:{path.stem})")
+    use = path.stem if path.parent.resolve() == PROFILE_DIR.resolve() else str(path)
+    out(f"\nwrote {path} in {time.monotonic() - t0:.0f} s (use: --models synthetic:{use})")
     return 0

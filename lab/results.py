@@ -15,9 +15,10 @@ import math
 import os
 import platform
 import subprocess
-import time
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS = REPO_ROOT / "results"
@@ -58,20 +59,54 @@ class JsonlWriter:
         self.close()
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a jsonl file; a torn last line (the writer was killed mid-write) is skipped."""
-    out = []
+class ResultsError(Exception):
+    """A results file is malformed; the message names the file and the line."""
+
+
+def read_jsonl(path: Path, report: Callable[[str], None] | None = None) -> list[dict]:
+    """Records of a jsonl file (none if it does not exist).
+
+    JsonlWriter ends every record with a newline in the same write, so a writer killed mid-record
+    leaves a last line without one: that line is skipped and reported (to `report`, default stderr).
+    Any other line that is not a JSON object raises ResultsError naming the file and the line."""
     p = Path(path)
     if not p.exists():
-        return out
-    for line in p.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
+        return []
+    lines = p.read_bytes().split(b"\n")
+    complete = lines[:-1]        # each ended by its newline; lines[-1] is what follows the last one
+    out = []
+    for n, raw in enumerate(complete, 1):
+        rec = _record(raw, p, n)
+        if rec is not None:
+            out.append(rec)
+    tail = lines[-1]
+    if tail.strip():
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+            rec = _record(tail, p, len(lines))
+        except ResultsError:
+            (report or _to_stderr)(f"{p}: line {len(lines)}: torn last record skipped "
+                                   f"({len(tail)} bytes without a newline: the writer stopped mid-record)")
+        else:
+            if rec is not None:
+                out.append(rec)
     return out
+
+
+def _record(raw: bytes, path: Path, line: int) -> dict | None:
+    """One line's record; None for a blank line (it holds no record, so nothing is lost)."""
+    if not raw.strip():
+        return None
+    try:
+        rec = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ResultsError(f"{path}: line {line}: not JSON ({getattr(e, 'msg', None) or e.reason})") from None
+    if not isinstance(rec, dict):
+        raise ResultsError(f"{path}: line {line}: a record must be a JSON object, got {type(rec).__name__}")
+    return rec
+
+
+def _to_stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def new_run_dir(scenario_name: str, base: Path | None = None) -> Path:
@@ -122,7 +157,3 @@ class Meta:
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(_jsonable(self.data), indent=2, sort_keys=False) + "\n")
         os.replace(tmp, self.path)
-
-
-def monotonic_ms() -> float:
-    return time.monotonic_ns() / 1e6

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lab.affinity import format_cpus, node_cpus
@@ -157,7 +157,6 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
     """Run one scenario and return its results folder.  Raises RunError on failure;
     everything created is removed on every path."""
     from netns.topology import CLOUD_ADDR, Topology
-    from lab import metrics
 
     workload = effective_workload(sc, opts)
     strategies = list(opts.strategies or sc.strategies)

@@ -28,11 +28,12 @@ from typing import Any
 
 import yaml
 
+from lab.core.spec import parse_payload
+from lab.core.strategies import StrategyError, make_strategy
 from netns.link import LINKSPEC_KEYS, LinkError, LinkPair, LinkSpec
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 BACKENDS = ("auto", "netem", "wire")
-PAYLOAD_MODES_HELP = "tokens, tokens+probs, topk:N or full"
 DEFAULT_STRATEGIES = ("cloud-only", "cloud-spec", "edge-only", "fixed-k:3", "fixed-k:5")
 
 
@@ -175,10 +176,9 @@ class _Reader:
         merged = {**base, **override}
         try:
             return LinkSpec(**merged)
-        except LinkError as e:  # "field: reason"
-            fname, _, reason = str(e).partition(": ")
-            where = f"{key}.{fname}" if fname in override else f"{key.rsplit('.', 1)[0]}.{fname}"
-            raise self.fail(where, reason) from None
+        except LinkError as e:
+            where = f"{key}.{e.field}" if e.field in override else f"{key.rsplit('.', 1)[0]}.{e.field}"
+            raise self.fail(where, e.reason) from None
 
     def link(self, value: Any, key: str, base: dict | None = None) -> LinkPair:
         """A link section (symmetric keys + optional uplink/downlink overrides)."""
@@ -265,8 +265,10 @@ def parse_scenario(doc: Any, source: str = "<string>", default_name: str = "scen
                 vals[k] = float(r.number(v, key, minimum=0))
             elif k == "payload":
                 vals[k] = r.string(v, key)
-                if not _payload_ok(vals[k]):
-                    raise r.fail(key, f"must be {PAYLOAD_MODES_HELP}, got {v!r}")
+                try:
+                    parse_payload(vals[k])
+                except ValueError as e:
+                    raise r.fail(key, str(e)) from None
             elif k == "prompts":
                 vals[k] = None if v is None else r.string(v, key)
         workload = Workload(**vals)
@@ -278,19 +280,15 @@ def parse_scenario(doc: Any, source: str = "<string>", default_name: str = "scen
         if not isinstance(s, list) or not s:
             raise r.fail("strategies", f"must be a non-empty list of strategy names, got {_kind(s)}")
         strategies = tuple(r.string(x, f"strategies[{i}]") for i, x in enumerate(s))
+        for i, x in enumerate(strategies):
+            try:
+                make_strategy(x)
+            except StrategyError as e:
+                raise r.fail(f"strategies[{i}]", str(e)) from None
 
     return Scenario(name=name, description=description, link=link, timeline=timeline,
                     congestion_control=cc, backend=backend, workload=workload, models=models,
                     strategies=strategies, source=source)
-
-
-def _payload_ok(mode: str) -> bool:
-    if mode in ("tokens", "tokens+probs", "full"):
-        return True
-    if mode.startswith("topk:"):
-        n = mode[5:]
-        return n.isdigit() and int(n) > 0
-    return False
 
 
 def resolve_path(name_or_path: str) -> Path:

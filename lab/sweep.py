@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,12 +148,3 @@ def format_best(best: pd.DataFrame) -> str:
         lines.append(f"{r.rtt_ms:7g} {r.rate_mbit:7g} {r.jitter_ms:7g} {r.loss_pct:7g}  {str(r.best):24s} "
                      f"{r.e2e_ms_p50:7.0f}  {runner:24s} {r.edge_only_e2e_ms_p50:12.0f}")
     return "\n".join(lines)
-
-
-def _floats(text: str | None):
-    if text is None:
-        return None
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise ValueError(f"expected a comma-separated list of numbers, got {text!r}") from None

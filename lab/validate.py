@@ -122,10 +122,6 @@ def _point(name: str, note: str = "", **link) -> Scenario:
     return parse_scenario({"name": name, "description": note, "link": link})
 
 
-def _cycles_wanted(case: Case) -> int:
-    return case.queries * case.max_new_tokens
-
-
 def default_cases(quick: bool = False) -> list[Case]:
     """The shipped scenarios, the 21-point grid, and loss/jitter/payload points.
 
@@ -722,8 +718,6 @@ def run_validation(names: Iterable[str] = (), quick: bool = False, backend: str 
                         reruns.append(case.label if after is None else
                                       f"{case.label} (host {drift:+.3f} → {after:+.3f} ms/forward)")
             except Exception as e:     # noqa: BLE001 — one case's failure is a row, the rest still run
-                if isinstance(e, KeyboardInterrupt):
-                    raise
                 out(f"{tag}: ERROR {type(e).__name__}: {e}")
                 new = [Row(case.label, s, 0, *([float("nan")] * 12), paired="") for s in case.strategies]
             write(new)

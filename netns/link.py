@@ -19,7 +19,15 @@ MIN_LIMIT_PKTS = 1000
 
 
 class LinkError(Exception):
-    """A link cannot be built, programmed or read back; the message says why and what to do."""
+    """A link cannot be built, programmed or read back; the message says why and what to do.
+
+    An invalid LinkSpec field is carried as data (`field`, `reason`) so a caller can name its own
+    source of the value (a command-line flag, a key of a scenario file) without parsing the text."""
+
+    def __init__(self, message: str, *, field: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.field = field
+        self.reason = message if reason is None else reason
 
 
 @dataclass(frozen=True)
@@ -34,7 +42,7 @@ class LinkSpec:
         problem = self.problem()
         if problem:
             field_name, reason = problem
-            raise LinkError(f"{field_name}: {reason}")
+            raise LinkError(f"{field_name}: {reason}", field=field_name, reason=reason)
 
     def problem(self) -> tuple[str, str] | None:
         """The first invalid field and why, or None."""

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import signal
+import time
 
 from pyroute2 import netns
 
@@ -38,8 +41,14 @@ def in_namespace(ns: str, fn, *args):
             os._exit(0)
     os.close(w)
     chunks = []
+    deadline = time.monotonic() + CHILD_TIMEOUT_S
     try:
         while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([r], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                raise LinkError(f"in namespace {ns}: the helper process gave no answer within "
+                                f"{CHILD_TIMEOUT_S:g} s; killed")
             b = os.read(r, 65536)
             if not b:
                 break

@@ -57,7 +57,7 @@ def timer_fire_ms(now_ms: float, timeout_ms: float, hz: int) -> float:
 class Reno:
     name = "reno"
 
-    def __init__(self, ep: "TcpEndpoint"):
+    def __init__(self, ep):          # the lab.sim.tcpsim.TcpEndpoint whose cwnd this sets
         self.ep = ep
 
     def ssthresh(self) -> int:

@@ -25,7 +25,6 @@ import argparse
 import ctypes
 import json
 import math
-import os
 import select
 import socket
 import struct

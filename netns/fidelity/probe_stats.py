@@ -18,10 +18,8 @@ from netns.link import LinkError
 
 NS_PER_MS = 1_000_000
 
-# Bytes on the wire per full-size TCP segment, not counting any L2 header:
+# A full-size TCP segment (payload_ceiling_mbit's default MSS), not counting any L2 header:
 # 20 IPv4 + 20 TCP + 12 timestamp option + 1448 payload = 1500 (the MTU).
-IP_TCP_HEADER_BYTES = 40
-TCP_TIMESTAMP_OPTION_BYTES = 12
 # What tbf counts per packet besides the IP packet (qdisc_pkt_len = skb->len
 # at the device): 14 bytes on an Ethernet-type device such as veth (the MAC
 # header is pushed before the qdisc), 0 on a TUN device (IFF_TUN carries bare

@@ -1,7 +1,6 @@
 """Whole scenarios through `python -m lab scenario`, as a user runs them."""
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -1,6 +1,5 @@
 """The link for real: up, read back, measure, change mid-connection, loss → retransmissions, down, cleanup."""
 import json
-import os
 import select
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import pytest
 
 from netns.counters import tcp_counters
 from netns.link import LinkError
-from netns.topology import CLOUD_ADDR, EDGE_ADDR, cleanup_stale
+from netns.topology import CLOUD_ADDR, cleanup_stale
 from tests.netns.conftest import BACKEND, PREFIX, ip_netns_list, sym, tcg_slack_ms
 
 pytestmark = pytest.mark.root

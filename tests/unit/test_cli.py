@@ -21,6 +21,8 @@ def test_sim_writes_results(tmp_path, capsys):
     (["sim", "no-such-scenario"], "no scenario of that name"),
     (["sim", "lan", "--models", "embedded"], "synthetic"),
     (["sim", "lan", "--delay-ms", "-3"], "--delay-ms"),
+    # The flag given is named even when the field it breaks is another (jittery has ±10 ms jitter).
+    (["sim", "jittery", "--delay-ms", "1"], "--delay-ms 1: the link's jitter_ms must be <= delay_ms (1.0)"),
 ])
 def test_usage_errors_are_one_line(argv, words, capsys):
     assert main(argv) == 2

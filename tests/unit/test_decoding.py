@@ -7,16 +7,14 @@ import copy
 
 import numpy as np
 import pytest
+import scipy.stats as scipy_stats
+import torch
+import transformers
 
 from lab.core import protocol, spec
 from lab.core.cycle import QueryLog, Verdict, speculate
 from lab.core.decoding import LocalSeam, autoregressive_generate, speculative_generate, verify_rng
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-scipy_stats = pytest.importorskip("scipy.stats")
-
-from lab.models.hf import HFModel, greedy_generate  # noqa: E402
+from lab.models.hf import HFModel, greedy_generate
 
 VOCAB = 1000
 

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import transformers
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from lab.models import ModelError  # noqa: E402
-from lab.models.hf import HFModel, HFSession, check_pair, greedy_generate, set_threads  # noqa: E402
+from lab.models import ModelError
+from lab.models.hf import HFModel, HFSession, check_pair, greedy_generate, set_threads
 
 VOCAB = 1000
 ATOL = 1e-4

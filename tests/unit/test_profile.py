@@ -42,3 +42,45 @@ def test_measure_pair_recovers_the_synthetic_profile(pair):
     assert m["verify_b_ms"] == pytest.approx(truth.verify_b_ms, abs=0.15)
     assert m["verify_a_ms"] == pytest.approx(truth.verify_a_ms, abs=0.8)
     assert m["prefill_ms_per_token"] == pytest.approx(truth.prefill_ms_per_token, abs=0.3)
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """A copy of the shipped profiles folder, so a test that writes there cannot touch the real one."""
+    import shutil
+
+    import lab.models.synthetic as synthetic
+    d = tmp_path / "shipped"
+    shutil.copytree(synthetic.PROFILE_DIR, d)
+    monkeypatch.setattr(synthetic, "PROFILE_DIR", d)
+    return d
+
+
+def _profile_run(pair, monkeypatch, tmp_path, **kw) -> tuple[int, list[str]]:
+    """profile_main as `python -m lab profile` runs it, on the synthetic pair instead of the embedded one."""
+    import lab.models.select as select
+    from lab.profile import profile_main
+    draft, target, _ = pair
+    monkeypatch.setattr(select, "prepare", lambda models, dtype: {})
+    monkeypatch.setattr(select, "load_role", lambda models, role, **_: draft if role == "draft" else target)
+    lines: list[str] = []
+    rc = profile_main("embedded", max_new_tokens=8, limit=1, out=lines.append,
+                      results_base=tmp_path / "results", **kw)
+    return rc, lines
+
+
+def test_profile_writes_to_a_results_folder_not_the_shipped_profile(pair, shipped, monkeypatch, tmp_path):
+    before = {p.name: p.read_bytes() for p in shipped.iterdir()}
+    rc, lines = _profile_run(pair, monkeypatch, tmp_path)
+    assert rc == 0
+    assert {p.name: p.read_bytes() for p in shipped.iterdir()} == before
+    (written,) = (tmp_path / "results").glob("*-profile/embedded-cpu.yaml")
+    assert f"wrote {written}" in lines[-1] and f"--models synthetic:{written}" in lines[-1]
+
+
+def test_profile_replaces_the_shipped_one_only_when_asked(pair, shipped, monkeypatch, tmp_path):
+    before = (shipped / "embedded-cpu.yaml").read_bytes()
+    rc, lines = _profile_run(pair, monkeypatch, tmp_path, replace_shipped=True)
+    assert rc == 0 and (shipped / "embedded-cpu.yaml").read_bytes() != before
+    assert not (tmp_path / "results").exists()
+    assert "--models synthetic:embedded-cpu)" in lines[-1]

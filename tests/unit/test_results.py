@@ -1,7 +1,9 @@
 """The results folder keeps what was written, even when the writer dies mid-line."""
 import json
 
-from lab.results import JsonlWriter, Meta, new_run_dir, read_jsonl
+import pytest
+
+from lab.results import JsonlWriter, Meta, ResultsError, new_run_dir, read_jsonl
 
 
 def test_jsonl_is_flushed_per_record_and_torn_lines_are_skipped(tmp_path):
@@ -13,7 +15,30 @@ def test_jsonl_is_flushed_per_record_and_torn_lines_are_skipped(tmp_path):
     w.close()
     with open(p, "a") as f:
         f.write('{"b": 2}\n{"torn": ')
-    assert read_jsonl(p) == [{"a": 1, "x": None}, {"b": 2}]
+    reported = []
+    assert read_jsonl(p, report=reported.append) == [{"a": 1, "x": None}, {"b": 2}]
+    assert len(reported) == 1 and f"{p}: line 3: torn last record skipped" in reported[0]
+
+
+def test_jsonl_torn_line_goes_to_stderr_by_default(tmp_path, capsys):
+    p = tmp_path / "q.jsonl"
+    p.write_text('{"a": 1}\n{"to')
+    assert read_jsonl(p) == [{"a": 1}]
+    assert "line 2: torn last record skipped" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ('{"a": 1}\n{"bad": \n{"c": 3}\n', 2, "not JSON"),      # a malformed line in the middle
+    ('{"a": 1}\n{"bad": \n', 2, "not JSON"),                 # a malformed last line that has its newline
+    ('{"a": 1}\n[1, 2]\n', 2, "JSON object"),                # valid JSON, not a record
+    ('{"a": 1}\n\xff\n{"c": 3}', 2, "not JSON"),             # not UTF-8
+])
+def test_jsonl_malformed_line_is_an_error_naming_file_and_line(tmp_path, text, line, words):
+    p = tmp_path / "q.jsonl"
+    p.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ResultsError) as e:
+        read_jsonl(p, report=lambda m: pytest.fail(f"reported instead of raised: {m}"))
+    assert str(e.value).startswith(f"{p}: line {line}: ") and words in str(e.value)
 
 
 def test_meta_status_and_atomic_updates(tmp_path):

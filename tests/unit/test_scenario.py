@@ -69,6 +69,8 @@ def _write(tmp_path, body, name="bad.yaml"):
     ("link: {}\nworkload: {queries: 0}\n", "workload.queries", "> 0"),
     ("link: {}\nworkload: {payload: topk:x}\n", "workload.payload", "topk:N"),
     ("link: {}\nstrategies: fixed-k:5\n", "strategies", "list"),
+    ("link: {}\nstrategies: [cloud-only, nasd]\n", "strategies[1]", "unknown strategy 'nasd' (known: cloud-only"),
+    ("link: {}\nstrategies: [fixed-k:0]\n", "strategies[0]", "fixed-k"),
     ("link: {}\ntcp: {congestion_control: 5}\n", "tcp.congestion_control", "string"),
 ])
 def test_malformed_file_gets_one_line_error_naming_file_and_key(tmp_path, body, key, words):
@@ -111,6 +113,13 @@ def test_linkspec_limit_from_bdp():
     assert LinkSpec(limit_pkts=50).effective_limit_pkts() == 50
     with pytest.raises(LinkError, match="rate_mbit"):
         LinkSpec(rate_mbit=-1)
+
+
+def test_link_error_carries_the_field_as_data():
+    with pytest.raises(LinkError) as e:
+        LinkSpec(delay_ms=5, jitter_ms=8)
+    assert e.value.field == "jitter_ms" and e.value.reason.startswith("must be <= delay_ms (5")
+    assert str(e.value) == f"jitter_ms: {e.value.reason}"
 
 
 def test_parse_round_trip_to_dict():

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.stats as scipy_stats
 
 from lab.core import spec
-
-scipy_stats = pytest.importorskip("scipy.stats")
 
 V = 8
 EXACT_MODES = ["tokens", "topk:3", "full"]          # topk with N < V on purpose
