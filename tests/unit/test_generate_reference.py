@@ -11,12 +11,11 @@ import copy
 
 import numpy as np
 import pytest
+import torch
+import transformers
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from lab.core.decoding import autoregressive_generate, speculative_generate  # noqa: E402
-from lab.models.hf import HFModel  # noqa: E402
+from lab.core.decoding import autoregressive_generate, speculative_generate
+from lab.models.hf import HFModel
 
 VOCAB = 1000
 N_NEW = 32
