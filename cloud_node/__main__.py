@@ -113,9 +113,8 @@ class CloudServer:
         if self.draft is None:
             raise ProtocolError("generate: this cloud node has no draft model for co-located speculation")
         k = max(1, msg["k"])
-        gen = speculative_generate(self.draft, self.target, prompt, max_new, k_fn=lambda: k, temperature=temperature,
-                                   seed=msg["seed"], on_cycle=lambda new, kk, n: send(new, False, drafted=kk,
-                                                                                     accepted=n))
+        speculative_generate(self.draft, self.target, prompt, max_new, k_fn=lambda: k, temperature=temperature,
+                             seed=msg["seed"], on_cycle=lambda new, kk, n: send(new, False, drafted=kk, accepted=n))
         send([], True, drafted=0, accepted=0)
 
     def on_end(self, msg: Message, reply) -> None:

@@ -40,7 +40,6 @@ from lab.sim.netsim import SimError, make_link_model
 from lab.prompts import load_prompts
 from lab.scenario import Scenario
 from lab.sim.simwire import SIM_QID_SUFFIX, WireSizes
-from netns.link import LinkPair
 
 
 FAKE_TOKEN = 1                 # the simulator counts tokens; their ids do not matter
