@@ -3,10 +3,9 @@
 The edge and the cloud are different machines; on one host the lab gives
 each node its own core, so a message wakes a process on another core every
 time instead of sometimes on its own core and sometimes on the other's.
-Left to the scheduler, the per-message host cost on a 0 ms link came out
-bimodal here (≈0.2 or ≈0.45 ms per message, from one run to the next and
-even between two strategies of one run), which is what `lan`'s network time
-is made of.
+Left to the scheduler, the per-message host cost on a 0 ms link is bimodal
+(which is what `lan`'s network time is made of; figures in
+docs/MEASUREMENTS.md, "Node placement").
 """
 from __future__ import annotations
 

@@ -91,9 +91,7 @@ PROFILE = "validation"     # lab/models/profiles/validation.yaml: why not fast.y
 # A case whose host drift (host_drift: its draft forwards' overshoot minus the calibration's) is beyond
 # this ran on a host that changed since it was calibrated: its rows are kept, marked superseded, and the
 # host is calibrated again and the case run again; the second run is judged.  The trigger is the host's
-# own timing, never a Δ.  In the full validation of 2026-11-30 (79 rows) every case but one stayed
-# within ±0.046 ms/forward; the one at +0.060 had the largest lossless ΔP50 (2.02 ms), and CI runs
-# straight after the e2e stage twice saw +0.067 with lan E2E −3.1 and −5.5 %.
+# own timing, never a Δ.  The threshold's figures: docs/MEASUREMENTS.md, "validate: host drift".
 DRIFT_RERUN_MS = 0.05
 SIM_SEEDS = 8             # simulator runs pooled per case (link randomness differs by seed; workload the same)
 SPLIT = ("fixed-k:3", "fixed-k:5")
@@ -245,8 +243,8 @@ class HostCalibration:
 
 CALIBRATION_SEED = 1000
 # One-way delays of the calibration links — links no case uses.  The host's costs grow with how long a
-# node idled before a message arrives (measured on one VM: ≈0.27 ms/message at 0 ms, ≈0.55 at 15 ms, ≈0.8
-# from 50 ms up, as the grid rows' lab network time shows); three points follow that curve.
+# node idled before a message arrives, levelling off from ≈50 ms; three points follow that curve
+# (docs/MEASUREMENTS.md, "validate: calibration links").
 CALIBRATION_DELAYS_MS = (0.0, 15.0, 60.0)
 
 
@@ -496,8 +494,7 @@ def judge(case: Case, run_dir: Path, calibration: HostCalibration) -> list[Row]:
     cc = meta.get("congestion_control")
     w = meta["workload"]          # what the lab run did (a re-judged run may predate today's case sizes)
     strategies = list(meta["strategies"])
-    # wire backend: the relay keyed its loss (and jitter) draws with it; runs of the first paired version
-    # recorded it as paired_loss_seed
+    # wire backend: the relay keyed its loss (and jitter) draws with it (older folders: paired_loss_seed)
     paired_seed = meta.get("paired_seed", meta.get("paired_loss_seed"))
     sims, links = {}, []
     cycles = read_jsonl(run_dir / "cycles.jsonl")
