@@ -89,21 +89,6 @@ class Timeline:
                 return
             offset += self.repeat_every_s
 
-    def events(self, horizon_s: float) -> list[tuple[float, LinkPair]]:
-        """(time, link) changes from 0 up to horizon_s, with repetition unrolled."""
-        out: list[tuple[float, LinkPair]] = []
-        period = self.repeat_every_s
-        offset = 0.0
-        while True:
-            for step in self.steps:
-                t = offset + step.at_s
-                if t > horizon_s:
-                    return out
-                out.append((t, step.link))
-            if not period:
-                return out
-            offset += period
-
 
 @dataclass(frozen=True)
 class Workload:
