@@ -292,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
             go()
             n = workload["warmup_queries"] + workload["queries"]
             for i in range(n):
+                if i == workload["warmup_queries"]:
+                    # The runner restarts the link's timeline here: every strategy meets the same trace.
+                    emit(event="measure_start", strategy=strat.name)
+                    go()
                 rec = node.run_query(strat, prompts[i % len(prompts)], i, warmup=i < workload["warmup_queries"])
                 qw.write(rec)
                 for j in range(len(rec["k_per_cycle"])):

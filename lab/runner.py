@@ -6,15 +6,21 @@ to the edge node over its stdin/stdout (JSON lines):
 
     edge → runner   {"event": "ready"}                       models loaded, connected
                     {"event": "strategy_start", "strategy": s}  then waits for "go"
+                    {"event": "measure_start", "strategy": s}   before the first measured query; waits for "go"
                     {"event": "query", "strategy": s, "index": i, "warmup": b, "e2e_ms": …}
                     {"event": "strategy_end", "strategy": s}    then waits for "go"
                     {"event": "done"}
-    runner → edge   "go"  (after it has snapshotted the kernel counters)
+    runner → edge   "go"  (after it has snapshotted the kernel counters, or set up the link's timeline)
 
 The edge node itself appends queries.jsonl / cycles.jsonl as it goes.  The
-runner applies the scenario's timeline of link changes in a thread, records
-TCP counters per strategy, and on every path (error, Ctrl-C, SIGTERM) stops
-both nodes and removes the link.
+runner applies the scenario's timeline of link changes in a thread, restarted
+for each strategy so that every strategy meets the same link trace
+(TIMELINE_ALIGNMENT: the link goes back to the timeline's t=0 state at
+strategy_start, the warm-up runs on it, and the timeline runs from its t=0 at
+measure_start until strategy_end); a link change that fails stops the run
+(status failed, meta.json's failure_reason).  It records TCP counters per
+strategy, and on every path (error, Ctrl-C, SIGTERM) stops both nodes and
+removes the link.
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ from pathlib import Path
 
 from lab.affinity import format_cpus, node_cpus
 from lab.results import Meta, new_run_dir, read_jsonl
-from lab.scenario import Scenario
+from lab.scenario import TIMELINE_ALIGNMENT, Scenario
 from lab.sim.tcpcc import TcpConfig
 from netns.counters import jiffy_grid_ms
 
@@ -39,6 +45,7 @@ CLOUD_PORT = 5555
 READY_TIMEOUT_S = 600          # first load of the embedded pair converts it (minutes); later ~seconds
 EVENT_TIMEOUT_S = 900          # the longest a single query may take before the run is declared hung
 STOP_TIMEOUT_S = 5
+TIMELINE_POLL_S = 0.5          # how soon a failed link change stops the run while the edge is busy
 
 
 class RunError(Exception):
@@ -116,23 +123,108 @@ class _Proc:
 
 
 class _TimelineThread(threading.Thread):
-    """Applies link changes at their times; records each change and how long it took."""
+    """Applies one strategy's link changes at their times after its start; records each change and how
+    long it took.  A change that raises ends the thread with `error` set (the runner stops the run)."""
 
-    def __init__(self, topo, scenario: Scenario, horizon_s: float, log: list):
-        super().__init__(daemon=True, name="timeline")
-        self.topo, self.sc, self.horizon, self.log = topo, scenario, horizon_s, log
+    def __init__(self, topo, scenario: Scenario, strategy: str, log: list):
+        super().__init__(daemon=True, name=f"timeline {strategy}")
+        self.topo, self.sc, self.strategy, self.log = topo, scenario, strategy, log
         self.stop_event = threading.Event()
+        self.error: str | None = None
         self.t0 = time.monotonic()
 
     def run(self) -> None:
-        for at, link in self.sc.timeline.events(self.horizon):
-            if at == 0:
-                continue
-            if self.stop_event.wait(max(0.0, self.t0 + at - time.monotonic())):
-                return
-            ms = self.topo.change(link)
-            self.log.append({"at_s": round(time.monotonic() - self.t0, 3), "link": link.to_dict(),
+        at, link = 0.0, None
+        try:
+            for at, link in self.sc.timeline.changes(self.sc.link):
+                if self.stop_event.wait(max(0.0, self.t0 + at - time.monotonic())):
+                    return
+                ms = self.topo.change(link)
+                t = time.monotonic()
+                self.log.append({"strategy": self.strategy, "due_s": at, "at_s": round(t - self.t0, 3),
+                                 "t_mono_ms": round(t * 1e3, 3), "link": link.to_dict(), "apply_ms": round(ms, 3)})
+        except Exception as e:    # noqa: BLE001 — whatever it is, the run must not go on with a stale link
+            self.error = (f"link change at t={at:g} s of {self.strategy}'s timeline "
+                          f"({link.describe() if link else '?'}) failed: {type(e).__name__}: {e}")
+
+
+class _Timeline:
+    """The scenario's timeline, restarted per strategy (TIMELINE_ALIGNMENT): hold() puts the link back to
+    the timeline's t=0 state, start() runs the timeline from t=0, stop() ends it.  A failed change raises
+    RunError from the next call (or check()) and is kept in `error`."""
+
+    def __init__(self, topo, scenario: Scenario):
+        self.topo, self.sc = topo, scenario
+        self.link0 = scenario.timeline.link_at(0.0, scenario.link)
+        self.changes: list[dict] = []
+        self.starts: list[dict] = []
+        self.thread: _TimelineThread | None = None
+        self.error: str | None = None
+
+    def hold(self, strategy: str) -> None:
+        self.stop()
+        if self.topo.link == self.link0:
+            return
+        try:
+            ms = self.topo.change(self.link0)
+        except Exception as e:    # noqa: BLE001 — as in _TimelineThread.run
+            self.error = f"resetting the link to the timeline's t=0 state for {strategy} failed: {type(e).__name__}: {e}"
+            raise RunError(self.error) from e
+        self.changes.append({"strategy": strategy, "at_s": None, "reset": True,
+                             "t_mono_ms": round(time.monotonic() * 1e3, 3), "link": self.link0.to_dict(),
                              "apply_ms": round(ms, 3)})
+
+    def start(self, strategy: str) -> None:
+        self.stop()
+        self.thread = _TimelineThread(self.topo, self.sc, strategy, self.changes)
+        self.starts.append({"strategy": strategy, "t_mono_ms": round(self.thread.t0 * 1e3, 3)})
+        if self.sc.timeline.steps:
+            self.thread.start()
+
+    def stop(self) -> None:
+        """End the running strategy's timeline; RunError if a change failed."""
+        self.close()
+        self.check()
+
+    def check(self) -> None:
+        if self.thread is not None and self.thread.error and not self.error:
+            self.error = self.thread.error
+        if self.error:
+            raise RunError(self.error)
+
+    def close(self) -> None:
+        """End the running strategy's timeline, keeping any failure in `error` (for meta()); never raises."""
+        thread, self.thread = self.thread, None
+        if thread is None:
+            return
+        thread.stop_event.set()
+        if thread.is_alive():
+            thread.join(STOP_TIMEOUT_S)
+            if thread.is_alive():
+                self.error = self.error or (f"a link change of {thread.strategy}'s timeline did not return "
+                                            f"within {STOP_TIMEOUT_S} s")
+        self.error = self.error or thread.error
+
+    def meta(self) -> dict:
+        out = {"timeline_alignment": TIMELINE_ALIGNMENT, "timeline_starts": self.starts, "link_changes": self.changes}
+        if self.error:
+            out["failure_reason"] = self.error
+        return out
+
+
+def _next_event(edge: _Proc, timeline: _Timeline) -> dict:
+    """The edge's next event; RunError if it is silent for EVENT_TIMEOUT_S, exits, or a link change fails."""
+    deadline = time.monotonic() + EVENT_TIMEOUT_S
+    while True:
+        timeline.check()
+        line = edge.readline(min(TIMELINE_POLL_S, max(0.0, deadline - time.monotonic())))
+        if line is None:
+            if time.monotonic() >= deadline:
+                raise RunError(f"edge node silent for {EVENT_TIMEOUT_S} s; stopping the run")
+            continue
+        if line == "":
+            raise RunError(f"edge node exited (code {edge.p.poll()}) before finishing")
+        return json.loads(line)
 
 
 def _snapshot(topo) -> dict:
@@ -166,10 +258,10 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
     out(f"results: {run_dir}")
     topo = Topology(backend=opts.backend or sc.backend, congestion_control=sc.congestion_control)
     topo.paired_seed = int(workload["seed"])     # the wire relay keys loss and jitter draws as the simulator does (netns/paired.py)
-    cloud = edge = timeline = None
+    cloud = edge = None
+    timeline = _Timeline(topo, sc)
     status = "failed"
     retrans: dict[str, dict] = {}
-    changes: list = []
     try:
         t = time.monotonic()
         topo.up(sc.timeline.link_at(0.0, sc.link))
@@ -209,23 +301,20 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
         per_strategy = workload["queries"] + workload["warmup_queries"]
         total = per_strategy * len(strategies)
         bar = _progress(total, opts.progress)
-        horizon = 24 * 3600
-        timeline = _TimelineThread(topo, sc, horizon, changes)
-        timeline.start()
         before = None
         while True:
-            line = edge.readline(EVENT_TIMEOUT_S)
-            if line is None:
-                raise RunError(f"edge node silent for {EVENT_TIMEOUT_S} s; stopping the run")
-            if line == "":
-                raise RunError(f"edge node exited (code {edge.p.poll()}) before finishing")
-            ev = json.loads(line)
+            ev = _next_event(edge, timeline)
             kind = ev.get("event")
             if kind == "strategy_start":
+                timeline.hold(ev["strategy"])
                 before = _snapshot(topo)
                 bar.set_description(ev["strategy"])
                 edge.send("go")
+            elif kind == "measure_start":
+                timeline.start(ev["strategy"])
+                edge.send("go")
             elif kind == "strategy_end":
+                timeline.stop()
                 retrans[ev["strategy"]] = _retrans(before, _snapshot(topo))
                 edge.send("go")
             elif kind == "query":
@@ -243,13 +332,12 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
         status = "interrupted"
         raise
     finally:
-        if timeline is not None:
-            timeline.stop_event.set()
+        timeline.close()
         for proc in (edge, cloud):
             if proc is not None:
                 proc.stop()
         topo.down()
-        meta.update(link_changes=changes, tcp_recovery_by_strategy=retrans)
+        meta.update(tcp_recovery_by_strategy=retrans, **timeline.meta())
         meta.finish(status)
         _write_summary(run_dir, sc, topo.backend_name or "?", opts.models, retrans, complete=(status == "complete"),
                        out=out)

@@ -10,8 +10,8 @@ Units live in the key names.
     link: {delay_ms: 25, loss_pct: 5, rate_mbit: 10}     # both directions
       # uplink: {rate_mbit: 2}                            # overrides per direction
     tcp: {congestion_control: cubic}                      # default: the kernel's
-    timeline:                                             # optional
-      repeat_every_s: 20                                  # loop the steps
+    timeline:                                             # optional; restarts at t=0 with each
+      repeat_every_s: 20                                  # strategy's first measured query; loops
       steps:
         - {at_s: 0,  link: {delay_ms: 5}}                 # patches over `link`
         - {at_s: 10, link: {delay_ms: 100}}
@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -35,6 +35,10 @@ from netns.link import LINKSPEC_KEYS, LinkError, LinkPair, LinkSpec
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 BACKENDS = ("auto", "netem", "wire")
 DEFAULT_STRATEGIES = ("cloud-only", "cloud-spec", "edge-only", "fixed-k:3", "fixed-k:5")
+# How a run lines the timeline up with its strategies (recorded in meta.json): each strategy's warm-up
+# runs on the timeline's t=0 link, and the timeline starts from t=0 with its first measured query, so
+# every strategy meets the same link trace (lab/runner.py and lab/sim/simulator.py both do this).
+TIMELINE_ALIGNMENT = "restart-per-strategy"
 
 
 class ScenarioError(Exception):
@@ -69,20 +73,22 @@ class Timeline:
                 current = step.link
         return current
 
-    def events(self, horizon_s: float) -> list[tuple[float, LinkPair]]:
-        """(time, link) changes from 0 up to horizon_s, with repetition unrolled."""
-        out: list[tuple[float, LinkPair]] = []
-        period = self.repeat_every_s
+    def changes(self, base: LinkPair, start_s: float = 0.0) -> Iterator[tuple[float, LinkPair]]:
+        """The changes after the timeline's t=0 state, as (start_s + t, link), lazily (a repeating
+        timeline never ends).  A period whose first step comes after its start begins on `base`,
+        as link_at says."""
+        if not self.steps:
+            return
         offset = 0.0
         while True:
+            if offset and self.steps[0].at_s > 0:
+                yield start_s + offset, base
             for step in self.steps:
-                t = offset + step.at_s
-                if t > horizon_s:
-                    return out
-                out.append((t, step.link))
-            if not period:
-                return out
-            offset += period
+                if offset or step.at_s:
+                    yield start_s + offset + step.at_s, step.link
+            if not self.repeat_every_s:
+                return
+            offset += self.repeat_every_s
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from lab.scenario import Scenario, available, load_scenario, parse_scenario
+from lab.scenario import TIMELINE_ALIGNMENT, Scenario, available, load_scenario, parse_scenario
 from lab.sweep import grid
 from lab.sim.tcpcc import TcpConfig
 from netns.counters import JIFFY_GRID
@@ -489,6 +489,7 @@ def judge(case: Case, run_dir: Path, calibration: HostCalibration) -> list[Row]:
     from lab.sim.simulator import simulate
 
     meta = json.loads((run_dir / "meta.json").read_text())
+    _check_alignment(case, meta, run_dir)
     queries = read_jsonl(run_dir / "queries.jsonl")
     lab = _measured(queries)
     cc = meta.get("congestion_control")
@@ -615,6 +616,16 @@ def _check_profile(run_dir: Path) -> None:
     if models != f"synthetic:{PROFILE}":
         raise RuntimeError(f"{run_dir} ran with {models!r}, but validate now simulates synthetic:{PROFILE} — "
                            f"re-judge it with the commit that made it (its meta.json has git_commit)")
+
+
+def _check_alignment(case: Case, meta: dict, run_dir: Path) -> None:
+    """A lab run with a link timeline pairs with the simulator only if both lined the timeline up with
+    the strategies alike (TIMELINE_ALIGNMENT; runs before it had one timeline for the whole run)."""
+    alignment = meta.get("timeline_alignment")
+    if case.scenario.timeline.steps and alignment != TIMELINE_ALIGNMENT:
+        raise RuntimeError(f"{run_dir} lined its link timeline up as {alignment or 'one timeline for the whole run'!r}, "
+                           f"but the simulator restarts it per strategy ({TIMELINE_ALIGNMENT}) — re-judge it with "
+                           f"the commit that made it (its meta.json has git_commit)")
 
 
 def _case_summary(rows: list[Row]) -> str:

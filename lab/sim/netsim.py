@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
 import random
 from collections import deque
 from typing import Callable, Iterable, Protocol
@@ -61,6 +62,9 @@ class LinkModel(Protocol):
     def send(self, t_ms: float, direction: str, nbytes: int) -> float: ...
 
     def set_link(self, t_ms: float, link: LinkPair) -> None: ...
+
+    def restart_timeline(self, t_ms: float, link: LinkPair,
+                         changes: Iterable[tuple[float, LinkPair]] = ()) -> None: ...
 
     def stats(self) -> dict: ...
 
@@ -201,6 +205,8 @@ class TcpLinkModel:
         self._pending = {"up": deque(), "down": deque()}
         self._next_handle = 0
         self._changes = iter(changes)                  # (t_ms, LinkPair) in time order; may be endless
+        self._timeline_gen = 0                         # bumped by restart_timeline: older changes are void
+        self.link_log: list[tuple[float, LinkPair]] = []   # (t_ms, link) of every change applied
         self._schedule_next_change()
         # Paired draws (netns/paired.py): each packet's loss and jitter keyed by the message it carries,
         # as the lab's wire relay keys it for the same seed.
@@ -235,15 +241,34 @@ class TcpLinkModel:
     def _schedule_next_change(self) -> None:
         nxt = next(self._changes, None)
         if nxt is not None:
-            self.schedule(nxt[0], self._apply_change, nxt[1])
+            self.schedule(nxt[0], self._apply_change, nxt[1], self._timeline_gen)
 
     def _apply_link(self, now: float, link: LinkPair) -> None:
         self.link = link
         self.paths["up"].set_spec(link.uplink, now)
         self.paths["down"].set_spec(link.downlink, now)
+        self.link_log.append((now, link))
 
-    def _apply_change(self, now: float, link: LinkPair) -> None:
+    def _apply_change(self, now: float, link: LinkPair, gen: int) -> None:
+        if gen != self._timeline_gen:
+            return                                     # a change of a schedule restart_timeline replaced
         self._apply_link(now, link)
+        self._schedule_next_change()
+
+    def restart_timeline(self, t_ms: float, link: LinkPair,
+                         changes: Iterable[tuple[float, LinkPair]] = ()) -> None:
+        """From t_ms (or the clock, if later) the link is `link`, then follows `changes` ((t_ms, LinkPair)
+        in time order, none before t_ms); what the old schedule still held is dropped.  The link is
+        reprogrammed only if it differs, as the lab's runner does."""
+        self._timeline_gen += 1
+        self._changes = iter(changes)
+        self.schedule(t_ms, self._restart, link, self._timeline_gen)
+
+    def _restart(self, now: float, link: LinkPair, gen: int) -> None:
+        if gen != self._timeline_gen:
+            return
+        if link != self.link:
+            self._apply_link(now, link)
         self._schedule_next_change()
 
     def set_link(self, t_ms: float, link: LinkPair) -> None:
@@ -346,6 +371,12 @@ class SleepLinkModel:
 
     def set_link(self, t_ms: float, link: LinkPair) -> None:
         self._changes = iter([(t_ms, link)])
+        self._upcoming = next(self._changes)
+
+    def restart_timeline(self, t_ms: float, link: LinkPair,
+                         changes: Iterable[tuple[float, LinkPair]] = ()) -> None:
+        """TcpLinkModel.restart_timeline's contract."""
+        self._changes = itertools.chain([(t_ms, link)], changes)
         self._upcoming = next(self._changes)
 
     def _link_at(self, t_ms: float) -> LinkPair:

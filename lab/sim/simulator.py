@@ -38,7 +38,7 @@ from lab.core.cycle import FixedK, QueryLog, Verdict, run_query, speculate
 from lab.core.strategies import StrategyError, make_strategy
 from lab.sim.netsim import SimError, make_link_model
 from lab.prompts import load_prompts
-from lab.scenario import Scenario
+from lab.scenario import TIMELINE_ALIGNMENT, Scenario
 from lab.sim.simwire import SIM_QID_SUFFIX, WireSizes
 
 
@@ -123,13 +123,15 @@ class SyntheticAcceptance:
 class _Run:
     """The edge's clock and the cloud's, one link model, one strategy after another."""
 
+    timeline_start_ms: float | None = None    # where the running strategy's timeline began (simulate sets it)
+
     def __init__(self, sc: Scenario, prof: ComputeProfile, workload: dict, link_model: str, seed: int,
                  acceptance: str, synthetic_profile, tcp_options: dict, congestion_control: str | None,
                  host_overhead_ms: float, paired_seed: int | None = None):
         self.sc, self.p, self.w = sc, prof, workload
         self.link = make_link_model(link_model, sc.timeline.link_at(0.0, sc.link),
                                     congestion_control=congestion_control or sc.congestion_control, seed=seed,
-                                    changes=_link_changes(sc), paired_seed=paired_seed, **tcp_options)
+                                    paired_seed=paired_seed, **tcp_options)
         self.link_model = link_model
         self.overhead = host_overhead_ms          # ms, or a function of the direction's one-way delay
         self._overhead_of: dict[int, float] = {}   # link handle → host overhead its arrival gets
@@ -153,7 +155,8 @@ class _Run:
         h = self.link.submit(t_ms, direction, nbytes)
         oh = self.overhead
         if callable(oh):
-            link = self.sc.timeline.link_at(t_ms / 1000.0, self.sc.link)
+            start = self.timeline_start_ms
+            link = self.sc.timeline.link_at(0.0 if start is None else max(0.0, t_ms - start) / 1000.0, self.sc.link)
             oh = oh((link.uplink if direction == "up" else link.downlink).delay_ms)
         self._overhead_of[h] = float(oh)
         return h
@@ -400,17 +403,21 @@ def _prompt_tokens(prompt: str) -> int:
     return 1 + len(prompt.split() or ["<empty>"])
 
 
-def _link_changes(sc: Scenario):
-    """The scenario's timeline as (t_ms, LinkPair), repetition unrolled lazily (it may be endless)."""
-    tl = sc.timeline
-    offset = 0.0
-    while tl.steps:
-        for step in tl.steps:
-            if offset or step.at_s:
-                yield (offset + step.at_s) * 1000.0, step.link
-        if not tl.repeat_every_s:
-            return
-        offset += tl.repeat_every_s
+def _link_changes(sc: Scenario, start_ms: float = 0.0):
+    """The scenario's timeline begun at start_ms on the simulation clock, as (t_ms, LinkPair) after its
+    t=0 state, repetition unrolled lazily (it may be endless)."""
+    for t_s, link in sc.timeline.changes(sc.link):
+        yield start_ms + t_s * 1000.0, link
+
+
+def _restart_timeline(run: _Run, measured: bool) -> None:
+    """Every strategy meets the same link trace, as in the lab (lab/runner.py; TIMELINE_ALIGNMENT): the
+    link goes back to the timeline's t=0 state when a strategy starts (its warm-up runs on it), and the
+    timeline starts from t=0 with the strategy's first measured query."""
+    sc = run.sc
+    run.timeline_start_ms = run.t if measured else None
+    run.link.restart_timeline(run.t, sc.timeline.link_at(0.0, sc.link),
+                              _link_changes(sc, run.t) if measured else ())
 
 
 # ------------------------------------------------------------------ the public entry points
@@ -421,7 +428,7 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
              prompts: str | None = None, acceptance: str = "auto", congestion_control: str | None = None,
              tcp_options: dict | None = None, host_overhead_ms=0.0,
              compute: ComputeProfile | None = None, paired_seed: int | None = None,
-             link_out: list | None = None,
+             link_out: list | None = None, timeline_out: list | None = None,
              clock_phase: Callable[[str, int, int | None], float | None] | None = None) -> Iterator[tuple[dict, list[dict]]]:
     """Yield (query record, cycle records) for every query of every strategy, in the edge node's order.
 
@@ -439,6 +446,8 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
     (netns/paired.py) — default `seed`, so a simulation and a wire-backend lab run with the same
     workload seed lose and delay the same messages' packets alike.
     `link_out`: a list the run's link model is appended to (its stats and lost_keys after the run).
+    `timeline_out`: a list each strategy's timeline start is appended to, {"strategy", "start_ms"} on the
+    simulation clock (the timeline restarts with each strategy's first measured query: _restart_timeline).
     `clock_phase(strategy, index, cycle)`: where the kernel's jiffy grid stood when that query (cycle None)
     or that split cycle started in a lab run (ms past a jiffies multiple of 512; lab/validate.py reads
     it), so the simulated TCP timers fire on the same grid phase as the lab's; None leaves the clock."""
@@ -469,7 +478,12 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
     if link_out is not None:
         link_out.append(run.link)
     for strat in objs:
+        _restart_timeline(run, measured=False)
         for i in range(w["warmup_queries"] + w["queries"]):
+            if i == w["warmup_queries"]:
+                _restart_timeline(run, measured=True)
+                if timeline_out is not None:
+                    timeline_out.append({"strategy": strat.name, "start_ms": round(run.t, 3)})
             run.clock_phase = (lambda c, s=strat.name, i=i: clock_phase(s, i, c)) if clock_phase else None
             run._align_clock(None)
             yield run.query(strat, plist[i % len(plist)], i, warmup=i < w["warmup_queries"])
@@ -488,15 +502,17 @@ def write_run(scenario: Scenario, out_dir: Path | None = None, **simulate_kwargs
                           "options": json.loads(json.dumps(opts, default=str))})
     t0 = time.perf_counter()
     status = "failed"
+    starts: list[dict] = []
     try:
         with JsonlWriter(run_dir / "queries.jsonl") as qw, JsonlWriter(run_dir / "cycles.jsonl") as cw:
-            for rec, cycles in simulate(scenario, **simulate_kwargs):
+            for rec, cycles in simulate(scenario, timeline_out=starts, **simulate_kwargs):
                 qw.write(rec)
                 for c in cycles:
                     cw.write(c)
         status = "complete"
     finally:
-        meta.update(sim_wall_s=round(time.perf_counter() - t0, 3))
+        meta.update(sim_wall_s=round(time.perf_counter() - t0, 3), timeline_alignment=TIMELINE_ALIGNMENT,
+                    timeline_starts=starts)
         meta.finish(status)
     df = metrics.summarize(read_jsonl(run_dir / "queries.jsonl"), scenario=scenario.name, backend="sim",
                            models=f"synthetic:{prof.name}")
