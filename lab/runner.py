@@ -38,8 +38,7 @@ from pathlib import Path
 from lab.affinity import format_cpus, node_cpus
 from lab.results import Meta, new_run_dir, read_jsonl
 from lab.scenario import TIMELINE_ALIGNMENT, Scenario
-from lab.sim.tcpcc import TcpConfig
-from netns.counters import jiffy_grid_ms
+from netns.counters import jiffy_grid_ms, kernel_hz
 
 CLOUD_PORT = 5555
 READY_TIMEOUT_S = 600          # first load of the embedded pair converts it (minutes); later ~seconds
@@ -265,9 +264,11 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
     try:
         t = time.monotonic()
         topo.up(sc.timeline.link_at(0.0, sc.link))
+        hz, hz_source = kernel_hz()     # the TCP timers' tick: validate gives it to the simulator
         meta.update(backend=topo.backend_name, congestion_control=topo.congestion_control,
                     paired_seed=topo.paired_seed if topo.backend_name == "wire" else None,
-                    jiffy_grid_ms=jiffy_grid_ms(TcpConfig.hz),
+                    kernel_hz=hz, kernel_hz_source=hz_source,
+                    jiffy_grid_ms=jiffy_grid_ms(hz) if hz else None,
                     link_read_back=topo.read_back(), link_up_ms=round((time.monotonic() - t) * 1e3, 1))
         out(f"link up ({topo.backend_name}, TCP {topo.congestion_control}): {sc.link.describe()}")
 

@@ -500,12 +500,14 @@ def judge(case: Case, run_dir: Path, calibration: HostCalibration) -> list[Row]:
     sims, links = {}, []
     cycles = read_jsonl(run_dir / "cycles.jsonl")
     phase = clock_phases(meta, queries, cycles)
+    tcp_config = tcp_config_of(meta)
     for model in ("tcp", "sleep"):
         sims[model] = [q for seed in range(SIM_SEEDS)
                        for q, _ in simulate(case.scenario, strategies, PROFILE, queries=w["queries"],
                                             warmup_queries=w["warmup_queries"], max_new_tokens=w["max_new_tokens"],
                                             payload=w["payload"], seed=seed, link_model=model,
                                             acceptance="synthetic", congestion_control=cc,
+                                            tcp_options={"config": tcp_config},
                                             compute=calibration.compute(_one_way_ms(case.scenario)),
                                             host_overhead_ms=calibration.message_overhead_ms,
                                             paired_seed=paired_seed,
@@ -532,12 +534,25 @@ def host_drift(cycles: list[dict], calibration: HostCalibration, one_way_ms: flo
     return _draft_overshoot_ms(split) - calibration.at(one_way_ms).draft_extra_ms
 
 
-JIFFY_GRID_PERIOD_MS = JIFFY_GRID * 1000.0 / TcpConfig.hz     # netns.counters.jiffy_grid_ms's period
+def kernel_hz_of(meta: dict) -> int:
+    """The lab kernel's HZ as the run recorded it (netns.counters.kernel_hz); runs that predate the
+    record, or whose kernel did not tell, ran on the HZ=250 kernels TcpConfig's default describes."""
+    return int(meta.get("kernel_hz") or TcpConfig.hz)
+
+
+def tcp_config_of(meta: dict) -> TcpConfig:
+    """The simulator's TCP constants for a lab run: Linux's defaults on the run's kernel HZ."""
+    return TcpConfig(hz=kernel_hz_of(meta))
+
+
+def jiffy_grid_period_ms(hz: int) -> float:
+    """netns.counters.jiffy_grid_ms's period: JIFFY_GRID jiffies."""
+    return JIFFY_GRID * 1000.0 / hz
 
 
 def clock_phases(meta: dict, queries: list[dict], cycles: list[dict] = ()):
     """(strategy, index, cycle) → where the kernel's jiffy grid stood when the lab started that query
-    (cycle None) or that cycle (ms into a JIFFY_GRID_PERIOD_MS period), for simulate(clock_phase=…); None
+    (cycle None) or that cycle (ms into a jiffy_grid_period_ms period of the run's HZ), for simulate(clock_phase=…); None
     if the run did not record it.
 
     The kernel fires a TCP timer of ≥ 63 jiffies (an RTO: srtt + 200 ms) on an absolute 8-jiffy boundary
@@ -551,6 +566,7 @@ def clock_phases(meta: dict, queries: list[dict], cycles: list[dict] = ()):
     grid = meta.get("jiffy_grid_ms")
     if grid is None:
         return None
+    period = jiffy_grid_period_ms(kernel_hz_of(meta))
     starts = {(q["strategy"], q["query_index"], None): q["t_start_mono_ms"]
               for q in queries if "t_start_mono_ms" in q}
     if not starts:
@@ -560,7 +576,7 @@ def clock_phases(meta: dict, queries: list[dict], cycles: list[dict] = ()):
         if t0 is not None and c["cycle"] > 0:
             starts[(c["strategy"], c["query_index"], c["cycle"])] = t0 + c["t_ms"] - c["cycle_ms"]
     return lambda strategy, index, cycle=None: (None if (strategy, index, cycle) not in starts
-                                                else (starts[(strategy, index, cycle)] - grid) % JIFFY_GRID_PERIOD_MS)
+                                                else (starts[(strategy, index, cycle)] - grid) % period)
 
 
 def paired_loss_match(run_dir: Path, link) -> str:

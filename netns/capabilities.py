@@ -65,16 +65,16 @@ def probe_kernel() -> list[Capability]:
             for kind, opts, why in (
                 ("netem", {"delay": 1000}, "the netem backend (delay, jitter, loss)"),
                 ("tbf", {"rate": "10mbit", "burst": 15000, "latency": "50ms"}, "rate limiting (both backends)"),
-                ("ingress", {}, "receiver-side impairment (netem backend)"),
+                ("ingress", {}, "receiver-side shaping (both backends)"),
             ):
                 ok, detail = _qdisc_probe(ns, idx, kind, **opts)
                 caps.append(Capability(f"sch_{kind}", ok, detail, why))
             try:
                 ns.link("add", ifname="sdl-i0", kind="ifb")
-                caps.append(Capability("ifb", True, "ifb devices work", "receiver-side impairment (netem backend)"))
+                caps.append(Capability("ifb", True, "ifb devices work", "receiver-side shaping (both backends)"))
             except NetlinkError as e:
                 caps.append(Capability("ifb", False, f"cannot create ifb ({os.strerror(e.code)})",
-                                       "receiver-side impairment (netem backend)"))
+                                       "receiver-side shaping (both backends)"))
         finally:
             ns.close()
     finally:

@@ -18,8 +18,9 @@ exactly as the wire backend sizes its tbf.
 
 Placement — where the shaping device sits (`PLACEMENTS`):
 * "ifb" (default): the receiver's ingress.  The receiving veth end gets an
-  ingress qdisc whose matchall filter redirects every packet to an IFB
-  device in the same namespace; netem + tbf shape the IFB's egress.  The
+  ingress qdisc whose match-all filter redirects every packet to an IFB
+  device in the same namespace (`ingress_redirect_ops`, which the wire
+  backend uses too); netem + tbf shape the IFB's egress.  The
   sender's TCP stack never sees the netem queue, so TCP small queues (TSQ)
   cannot throttle the sender against packets that are merely "in flight"
   in the emulated path.
@@ -40,7 +41,7 @@ import os
 from dataclasses import dataclass, field
 
 from netns.link import LinkError, LinkPair, LinkSpec
-from netns.names import VETH_CLOUD, VETH_EDGE
+from netns.names import IFB_CLOUD, IFB_EDGE, VETH_CLOUD, VETH_EDGE
 from netns.tbf import tbf_options
 
 PLACEMENTS = ("ifb", "egress")
@@ -60,8 +61,10 @@ NETEM_HANDLE, TBF_PARENT, TBF_HANDLE = 0x10000, 0x10001, 0x100000     # 1:, 1:1,
 INGRESS_HANDLE, INGRESS_PARENT = 0xFFFF0000, 0xFFFFFFF1             # ffff:, TC_H_INGRESS
 ETH_P_ALL = 0x0003
 FILTER_PRIO = 1
+# u32 with one key of mask 0 matches every packet; cls_matchall would say it more plainly, but kernels
+# built without it exist (the wire backend's development hosts), and u32 is everywhere tc is.
+FILTER_KIND, MATCH_ALL_KEY = "u32", "0x0/0x0+0"
 PLACEMENT_ENV = "SDLAB_NETEM_PLACEMENT"   # for measuring the placements against each other (linkcheck in the VM)
-IFB_EDGE, IFB_CLOUD = "sdl-ie0", "sdl-ic0"
 U32_FULL = 2 ** 32 - 1
 DEFAULT_NS_PER_TICK = 64.0           # PSCHED_SHIFT 6; read from /proc/net/psched when available
 
@@ -86,11 +89,11 @@ class QdiscOp:
     verb: str                 # "link-add" | "add" | "replace" | "del" | "add-filter"
     ns: str
     dev: str
-    kind: str                 # "ifb" | "ingress" | "matchall" | "netem" | "tbf"
+    kind: str                 # "ifb" | "ingress" | "u32" | "netem" | "tbf"
     parent: int | None = None
     handle: int | None = None
     options: dict = field(default_factory=dict)
-    redirect_to: str | None = None   # matchall → mirred egress redirect to this device
+    redirect_to: str | None = None   # match-all filter → mirred egress redirect to this device
 
     def __str__(self) -> str:
         if self.verb == "link-add":
@@ -99,7 +102,7 @@ class QdiscOp:
         opts = " ".join(f"{k} {v}" for k, v in self.options.items())
         if self.verb == "add-filter":
             return (f"[{self.ns}] tc filter add dev {self.dev} {where} prio {FILTER_PRIO} protocol all "
-                    f"{self.kind} action mirred egress redirect dev {self.redirect_to}")
+                    f"{self.kind} match u32 0 0 action mirred egress redirect dev {self.redirect_to}")
         handle = f" handle {_hex_handle(self.handle)}" if self.handle is not None else ""
         return f"[{self.ns}] tc qdisc {self.verb} dev {self.dev} {where}{handle} {self.kind} {opts}".rstrip()
 
@@ -133,6 +136,15 @@ def shaping_devices(topo_ns: tuple[str, str], placement: str) -> dict[str, tuple
     raise LinkError(f"unknown netem placement {placement!r} (choose {' or '.join(PLACEMENTS)})")
 
 
+def ingress_redirect_ops(ns: str, dev: str, ifb: str) -> list[QdiscOp]:
+    """An IFB device `ifb` in `ns` fed with every packet `dev` receives (ingress qdisc, match-all filter,
+    mirred redirect), so qdiscs on the IFB's egress shape what arrives at `dev` — at the receiver,
+    where the sender's TCP stack cannot see them."""
+    return [QdiscOp("link-add", ns, ifb, "ifb"),
+            QdiscOp("add", ns, dev, "ingress", parent=INGRESS_PARENT, handle=INGRESS_HANDLE),
+            QdiscOp("add-filter", ns, dev, FILTER_KIND, parent=INGRESS_HANDLE, redirect_to=ifb)]
+
+
 def plan(link: LinkPair, edge_ns: str, cloud_ns: str, placement: str = DEFAULT_PLACEMENT,
          current: LinkPair | None = None) -> list[QdiscOp]:
     """The requests that take the kernel from `current` (None: fresh veth, nothing shaped) to `link`."""
@@ -142,9 +154,7 @@ def plan(link: LinkPair, edge_ns: str, cloud_ns: str, placement: str = DEFAULT_P
     if current is None and placement == "ifb":
         # uplink packets arrive on the cloud's veth end, downlink packets on the edge's.
         for ns, veth, ifb in ((cloud_ns, VETH_CLOUD, IFB_CLOUD), (edge_ns, VETH_EDGE, IFB_EDGE)):
-            ops.append(QdiscOp("link-add", ns, ifb, "ifb"))
-            ops.append(QdiscOp("add", ns, veth, "ingress", parent=INGRESS_PARENT, handle=INGRESS_HANDLE))
-            ops.append(QdiscOp("add-filter", ns, veth, "matchall", parent=INGRESS_HANDLE, redirect_to=ifb))
+            ops += ingress_redirect_ops(ns, veth, ifb)
     for direction in ("uplink", "downlink"):
         ns, dev = devices[direction]
         spec: LinkSpec = getattr(link, direction)
@@ -178,7 +188,7 @@ def apply_ops(ipr_for, ops: list[QdiscOp]) -> None:
                 ipr.link("set", index=index(ipr, op.dev), state="up")
             elif op.verb == "add-filter":
                 ipr.tc("add-filter", op.kind, index(ipr, op.dev), parent=op.parent, prio=FILTER_PRIO,
-                       protocol=ETH_P_ALL,
+                       protocol=ETH_P_ALL, keys=[MATCH_ALL_KEY], target=0,
                        action={"kind": "mirred", "direction": "egress", "action": "redirect",
                                "ifindex": index(ipr, op.redirect_to)})
             elif op.verb == "del":

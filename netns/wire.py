@@ -2,14 +2,14 @@
 
 For kernels built without `sch_netem`.  One relay process owns two TUN
 devices, one created inside each lab namespace (`sdl-t0` in edge and in
-cloud).  Every IP packet the edge sends leaves through its TUN device (after
-the kernel's tbf on that device has rate-limited it), is read here, gets
-netem's semantics — Bernoulli loss, then a delay drawn uniformly from
-[delay − jitter, delay + jitter] independently per packet (so jitter
-reorders, as netem does), dropped if `limit_pkts` packets are already in the
-delay line — and is written into the cloud's TUN device at its due time.
-Downlink is symmetric.  Rate stays in the kernel (tbf), so queueing and
-drops at the bottleneck are the kernel's own.
+cloud).  Every IP packet the edge sends leaves through its TUN device, is
+read here, gets netem's semantics — Bernoulli loss, then a delay drawn
+uniformly from [delay − jitter, delay + jitter] independently per packet
+(so jitter reorders, as netem does), dropped if `limit_pkts` packets are
+already in the delay line — and is written into the cloud's TUN device at
+its due time.  Downlink is symmetric.  Rate stays in the kernel: a tbf at
+the receiver (WireBackend), after the delay line as in the netem backend's
+netem → tbf, so queueing and drops at the bottleneck are the kernel's own.
 
 The relay is its own process (`python -m netns.wire …`) because the TUN
 devices vanish when their file descriptors close: the relay owns their
@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 
 from netns.link import LinkError, LinkPair, LinkSpec
-from netns.names import TUN_IFNAME
+from netns.names import IFB_CLOUD, IFB_EDGE, TUN_IFNAME
 from netns.paired import PacketKeyer, first_transmission, packet_draw
 
 TUNSETIFF = 0x400454CA
@@ -340,28 +340,52 @@ if __name__ == "__main__":
 
 # ------------------------------------------------------------------ the backend (root namespace side)
 
-class WireBackend:
-    """Backend protocol for the relay: delay/jitter/loss/limit in the relay, rate in tbf on each TUN.
+PLACEMENT_ENV = "SDLAB_WIRE_PLACEMENT"   # for measuring the placements against each other
+DEFAULT_PLACEMENT = "ifb"
 
-    Uplink rate shapes the edge TUN's egress (packets leaving the edge),
-    downlink rate the cloud TUN's egress."""
+
+def shaping_devices(topo_ns: tuple[str, str], placement: str) -> dict[str, tuple[str, str]]:
+    """direction → (namespace, device) whose egress tbf shapes that direction's rate."""
+    edge_ns, cloud_ns = topo_ns
+    if placement == "egress":
+        return {"uplink": (edge_ns, TUN_IFNAME), "downlink": (cloud_ns, TUN_IFNAME)}
+    if placement == "ifb":
+        return {"uplink": (cloud_ns, IFB_CLOUD), "downlink": (edge_ns, IFB_EDGE)}
+    raise LinkError(f"unknown wire placement {placement!r} (choose ifb or egress)")
+
+
+class WireBackend:
+    """Backend protocol for the relay: delay/jitter/loss/limit in the relay, rate in tbf (netns/tbf.py).
+
+    Where the tbf sits (`placement`, as in netns/netem.py):
+    * "ifb" (default): at the receiver, after the delay line.  Each TUN's ingress is redirected to an
+      IFB device in the same namespace (netem.ingress_redirect_ops) and the tbf shapes the IFB's
+      egress: uplink in the cloud, downlink in the edge.  The bottleneck queue and its drops are the
+      emulated link's, which the sender learns of only through ACKs, as on a real path.
+    * "egress": the sender's own TUN.  The tbf is then a qdisc of the sending host: when it overflows,
+      the sender's TCP sees the drop locally at once (a local congestion signal and an immediate
+      retransmission), which no real link produces.
+    Chosen by measurement: docs/MEASUREMENTS.md ("wire: where the rate is shaped").
+    `SDLAB_WIRE_PLACEMENT=egress` selects the other one."""
     name = "wire"
 
-    def __init__(self, topology, attached: bool = False):
+    def __init__(self, topology, attached: bool = False, placement: str | None = None):
         self.topo = topology
         self.attached = attached
+        self.placement = placement or os.environ.get(PLACEMENT_ENV) or DEFAULT_PLACEMENT
+        shaping_devices(("", ""), self.placement)   # validates the name early
 
-    def _sides(self):
-        return ((self.topo.edge_ns, "uplink"), (self.topo.cloud_ns, "downlink"))
+    def _devices(self) -> dict[str, tuple[str, str]]:
+        return shaping_devices((self.topo.edge_ns, self.topo.cloud_ns), self.placement)
 
     def _shape(self, link: LinkPair) -> None:
         from netns.tbf import tbf_options
 
-        for ns, direction in self._sides():
+        for direction, (ns, dev) in self._devices().items():
             spec = getattr(link, direction)
             opts = tbf_options(spec, link.rtt_ms)
             ipr = self.topo.ipr(ns)
-            idx = ipr.link_lookup(ifname=TUN_IFNAME)[0]
+            idx = ipr.link_lookup(ifname=dev)[0]
             tbf = [q for q in ipr.get_qdiscs(index=idx) if q.get_attr("TCA_KIND") == "tbf"]
             if opts is None:
                 for q in tbf:
@@ -370,8 +394,14 @@ class WireBackend:
             ipr.tc("replace" if tbf else "add", "tbf", idx, **opts)
 
     def apply(self, link: LinkPair) -> None:
+        from netns.netem import apply_ops, ingress_redirect_ops
+
         self.topo.start_relay(link, detach=getattr(self.topo, "detach", False),
                               seed=getattr(self.topo, "paired_seed", None))
+        if self.placement == "ifb":
+            # every packet the relay writes into a namespace's TUN goes on to that namespace's IFB
+            apply_ops(self.topo.ipr, [op for ns, ifb in ((self.topo.cloud_ns, IFB_CLOUD), (self.topo.edge_ns, IFB_EDGE))
+                                      for op in ingress_redirect_ops(ns, TUN_IFNAME, ifb)])
         self._shape(link)
 
     def change(self, link: LinkPair) -> None:
@@ -385,12 +415,15 @@ class WireBackend:
         from netns.tbf import read_tbf
 
         relay = self.stats()
-        out: dict = {"qdiscs": [], "relay": relay}
-        for ns, direction in self._sides():
+        out: dict = {"qdiscs": [], "relay": relay, "placement": self.placement}
+        for direction, (ns, dev) in self._devices().items():
             ipr = self.topo.ipr(ns)
-            idx = ipr.link_lookup(ifname=TUN_IFNAME)[0]
+            found = ipr.link_lookup(ifname=dev)
+            if not found:
+                raise LinkError(f"wire: shaping device {dev} is missing in {ns} (link not up?)")
+            idx = found[0]
             tbf = read_tbf(ipr, idx)
-            qd = [{"ns": ns, "dev": TUN_IFNAME, "kind": q.get_attr("TCA_KIND"), "handle": q["handle"]}
+            qd = [{"ns": ns, "dev": dev, "kind": q.get_attr("TCA_KIND"), "handle": q["handle"]}
                   for q in ipr.get_qdiscs(index=idx)]
             out["qdiscs"] += qd
             spec = dict(relay["link"][direction])

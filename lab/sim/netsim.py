@@ -11,8 +11,11 @@ packet, in simulated milliseconds (nothing sleeps):
                    waits (TCP small queues) instead of          per packet (reorders),
                    the qdisc dropping                           `limit_pkts` in flight
 
-which is the wire backend's path (netns/wire.py: tbf on each TUN device,
-then the userspace delay line).  Both directions exist at once: data one
+which was the wire backend's path when its tbf sat on the sender's TUN.  Both
+backends now shape at the receiver, after the delay line (netns/wire.py,
+netns/netem.py): the same delivery times for a constant delay, but there the
+sender never waits and a full bottleneck queue drops instead — not modelled
+here yet (docs/MEASUREMENTS.md, "wire: where the rate is shaped").  Both directions exist at once: data one
 way, ACKs (or piggybacked ACKs on the other side's data) the other.  The
 TCP endpoints themselves are lab/sim/tcpsim.py.
 

@@ -202,16 +202,19 @@ def _loss_rows(p: Point, backend: str, st) -> list[Row]:
     return rows
 
 
-def _goodput_row(check: str, backend: str, spec: LinkSpec, run) -> Row:
+def _goodput_row(check: str, backend: str, spec: LinkSpec, run, drops: dict | None = None) -> Row:
+    """drops: packets the qdiscs dropped during the run, {"sender": n, "receiver": n} by namespace —
+    a retransmission the receiver's side did not cause was a drop inside the sending host."""
     l2 = L2_HEADER_BYTES[RATE_DEVICE.get(_base(backend), "veth")]
     ceiling = payload_ceiling_mbit(spec.rate_mbit, mss_bytes=run.mss_bytes, l2_header_bytes=l2)
     dev = (run.goodput.mbit - ceiling) / ceiling
     d = "up" if run.direction == "uplink" else "down"
     dlv = "" if run.delivered_mbit is None else f"delivered {run.delivered_mbit:.3f}, "
+    dropped = "" if drops is None else f"; drops {drops['sender']} sender/{drops['receiver']} rcvr"
     return Row(f"goodput {d}" if check == "goodput" else f"{check} goodput {d}", backend,
                f"{spec.rate_mbit:g} Mbit/s {spec.delay_ms * 2 if check == 'goodput' else spec.delay_ms:g} ms"
                f"{'' if check == 'goodput' else ' one-way'}: {ceiling:.3f}",
-               f"{run.goodput.mbit:.3f} Mbit/s ({dlv}{run.retransmits} rtx)", f"{100 * dev:+.1f} %",
+               f"{run.goodput.mbit:.3f} Mbit/s ({dlv}{run.retransmits} rtx{dropped})", f"{100 * dev:+.1f} %",
                f"±{100 * GOODPUT_TOLERANCE_FRAC:g} %", abs(dev) <= GOODPUT_TOLERANCE_FRAC,
                abs(dev) / GOODPUT_TOLERANCE_FRAC)
 
@@ -227,9 +230,12 @@ def _scenario_rows(p: Point, backend: str, st) -> list[Row]:
     return rows + _loss_rows(p, backend, st)
 
 
-def measure_point(p: Point, backend: str, spawn, addrs: dict | None = None) -> list[Row]:
+def measure_point(p: Point, backend: str, spawn, addrs: dict | None = None,
+                  qdisc_drops: Callable[[], dict] | None = None) -> list[Row]:
     """Run the probes one point asks for, on a link already set to p.link.
-    addrs: {"edge_addr": …, "cloud_addr": …} (default: the lab's 198.18.0.1/.2)."""
+    addrs: {"edge_addr": …, "cloud_addr": …} (default: the lab's 198.18.0.1/.2).
+    qdisc_drops: () → {"edge": n, "cloud": n}, the qdisc drop counters of each namespace; given, the
+    goodput rows say where the packets behind the retransmissions were dropped."""
     addrs = addrs or {}
     rows: list[Row] = []
     spread = max(p.link.uplink.jitter_ms, p.link.downlink.jitter_ms)
@@ -242,9 +248,15 @@ def measure_point(p: Point, backend: str, spawn, addrs: dict | None = None) -> l
                  "asym": _oneway_rows, "scenario": _scenario_rows}[p.check](p, backend, st)
     for direction in p.goodput_dirs:
         spec = p.link.uplink if direction == "uplink" else p.link.downlink
+        before = qdisc_drops() if qdisc_drops else None
         run = run_goodput(spawn, direction=direction, measure_s=p.measure_s, rtt_ms=p.link.rtt_ms,
                           skip_s=p.skip_s, **addrs)
-        row = _goodput_row(p.check, backend, spec, run)
+        drops = None
+        if before is not None:
+            after = qdisc_drops()
+            sender, receiver = ("edge", "cloud") if direction == "uplink" else ("cloud", "edge")
+            drops = {"sender": after[sender] - before[sender], "receiver": after[receiver] - before[receiver]}
+        row = _goodput_row(p.check, backend, spec, run, drops)
         if spec.loss_pct or spec.jitter_ms or p.link.uplink.loss_pct or p.link.downlink.loss_pct:
             # Under loss (or reordering by jitter) TCP cannot fill the rate: report, do not judge.
             row = Row(row.check, row.backend, row.configured, row.measured, row.deviation, "(info)", True, 0.0)
@@ -261,6 +273,13 @@ def _error_row(p: Point, backend: str, e: Exception) -> Row:
 def _addrs() -> dict:
     from netns.topology import CLOUD_ADDR, EDGE_ADDR
     return {"edge_addr": EDGE_ADDR, "cloud_addr": CLOUD_ADDR}
+
+
+def side_drops(topo) -> dict[str, int]:
+    """Packets dropped by every qdisc in each lab namespace, {"edge": n, "cloud": n}."""
+    from netns.counters import qdisc_stats
+    return {side: sum(q["drops"] for q in qdisc_stats(topo.ipr(ns)))
+            for side, ns in (("edge", topo.edge_ns), ("cloud", topo.cloud_ns))}
 
 
 def check_backend(backend: str, points: list[Point], out: Callable[[str], None],
@@ -282,7 +301,7 @@ def check_backend(backend: str, points: list[Point], out: Callable[[str], None],
                 if i > 0:
                     change_ms = topo.change(p.link)
                     change_note = f", change {change_ms:.1f} ms" if isinstance(change_ms, (int, float)) else ""
-                new = measure_point(p, label, topo.popen, _addrs())
+                new = measure_point(p, label, topo.popen, _addrs(), lambda: side_drops(topo))
             except LinkError as e:
                 new = [_error_row(p, label, e)]
             rows += new
@@ -363,7 +382,7 @@ def probe_scenario_link(link: LinkPair, backend: str = "auto", congestion_contro
         topo.up(link)
         out(f"{name}: {link.describe()} — {topo.backend_name} backend; measuring "
             f"({count} UDP echoes{', bulk TCP ' + ' and '.join(dirs) if dirs else ''}, jitter spread {jitter:g} ms)")
-        rows = measure_point(point, topo.backend_name, topo.popen, _addrs())
+        rows = measure_point(point, topo.backend_name, topo.popen, _addrs(), lambda: side_drops(topo))
     finally:
         topo.down()
     for line in format_table(rows):

@@ -53,7 +53,7 @@ def test_ifb_plan_redirects_each_receivers_ingress_and_shapes_there():
     for ns, veth, ifb in ((C, VETH_CLOUD, IFB_CLOUD), (E, VETH_EDGE, IFB_EDGE)):
         assert by(ops, verb="add", ns=ns, dev=veth, kind="ingress", handle=INGRESS_HANDLE)
         (f,) = by(ops, verb="add-filter", ns=ns, dev=veth)
-        assert f.kind == "matchall" and f.parent == INGRESS_HANDLE and f.redirect_to == ifb
+        assert f.kind == "u32" and f.parent == INGRESS_HANDLE and f.redirect_to == ifb
     (up,) = by(ops, kind="netem", dev=IFB_CLOUD)
     (down,) = by(ops, kind="netem", dev=IFB_EDGE)
     assert up.ns == C and up.options["delay"] == 30000
@@ -61,7 +61,7 @@ def test_ifb_plan_redirects_each_receivers_ingress_and_shapes_there():
     assert by(ops, kind="tbf", dev=IFB_EDGE) and not by(ops, kind="tbf", dev=IFB_CLOUD)
     # Devices and redirects come before the qdiscs that use them.
     first_netem = min(i for i, o in enumerate(ops) if o.kind == "netem")
-    assert all(o.kind in ("ifb", "ingress", "matchall") for o in ops[:first_netem])
+    assert all(o.kind in ("ifb", "ingress", "u32") for o in ops[:first_netem])
 
 
 @pytest.mark.parametrize("placement", ["ifb", "egress"])
@@ -90,7 +90,8 @@ def test_change_adds_and_removes_the_rate_stage():
 def test_ops_print_like_tc_commands():
     ops = plan(sym(delay_ms=25, loss_pct=5, rate_mbit=10), E, C, placement="ifb")
     text = "\n".join(map(str, ops))
-    assert f"[{C}] tc filter add dev {VETH_CLOUD} parent ffff: prio 1 protocol all matchall action mirred " \
+    assert f"[{C}] tc filter add dev {VETH_CLOUD} parent ffff: prio 1 protocol all u32 match u32 0 0 " \
+           f"action mirred " \
            f"egress redirect dev {IFB_CLOUD}" in text
     assert f"[{C}] tc qdisc add dev {IFB_CLOUD} root handle 1: netem delay 25000 jitter 0 loss 5.0 limit 1000" in text
     assert f"tc qdisc add dev {IFB_EDGE} parent 1:1 handle 10: tbf rate 10000000bit burst 3028 latency 55000us" in text

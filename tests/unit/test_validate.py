@@ -143,14 +143,26 @@ def test_simulator_applies_a_delay_dependent_host_overhead():
 
 
 def test_clock_phases_place_each_query_on_the_kernels_jiffy_grid():
-    from lab.validate import JIFFY_GRID_PERIOD_MS, clock_phases
+    from lab.validate import clock_phases, jiffy_grid_period_ms
+    period = jiffy_grid_period_ms(250)
+    assert period == pytest.approx(2048.0)                          # 512 jiffies of 4 ms
     queries = [{"strategy": "fixed-k:3", "query_index": 0, "t_start_mono_ms": 10_000.0},
-               {"strategy": "fixed-k:3", "query_index": 1, "t_start_mono_ms": 10_000.0 + JIFFY_GRID_PERIOD_MS + 5}]
-    phase = clock_phases({"jiffy_grid_ms": 1_000.0}, queries)
-    assert phase("fixed-k:3", 0) == pytest.approx((10_000.0 - 1_000.0) % JIFFY_GRID_PERIOD_MS)
-    assert phase("fixed-k:3", 1) == pytest.approx((phase("fixed-k:3", 0) + 5) % JIFFY_GRID_PERIOD_MS)
+               {"strategy": "fixed-k:3", "query_index": 1, "t_start_mono_ms": 10_000.0 + period + 5}]
+    phase = clock_phases({"jiffy_grid_ms": 1_000.0}, queries)       # no kernel_hz recorded: HZ=250
+    assert phase("fixed-k:3", 0) == pytest.approx((10_000.0 - 1_000.0) % period)
+    assert phase("fixed-k:3", 1) == pytest.approx((phase("fixed-k:3", 0) + 5) % period)
     assert phase("cloud-only", 0) is None
     assert clock_phases({}, queries) is None                        # older runs: the clock is left alone
+
+
+def test_the_grid_and_the_simulators_timers_follow_the_recorded_kernel_hz():
+    from lab.validate import clock_phases, tcp_config_of
+    meta = {"jiffy_grid_ms": 1_000.0, "kernel_hz": 1000}
+    queries = [{"strategy": "fixed-k:3", "query_index": 0, "t_start_mono_ms": 10_000.0}]
+    # HZ=1000: the grid's period is 512 ms, not 2048 ms
+    assert clock_phases(meta, queries)("fixed-k:3", 0) == pytest.approx((10_000.0 - 1_000.0) % 512.0)
+    assert tcp_config_of(meta).hz == 1000
+    assert tcp_config_of({}).hz == 250                              # runs that predate the record
 
 
 def test_the_simulators_timers_follow_the_clock_phase_they_are_given():
