@@ -15,6 +15,13 @@ The edge node itself appends queries.jsonl / cycles.jsonl as it goes.  The
 runner applies the scenario's timeline of link changes in a thread, records
 TCP counters per strategy, and on every path (error, Ctrl-C, SIGTERM) stops
 both nodes and removes the link.
+
+The nodes run in sessions of their own: a signal meant for the run (Ctrl-C in
+the terminal, `timeout` or systemd signalling the process group) reaches the
+runner alone, which stops them in order and writes what the run got.  While
+it waits for the edge, the runner checks that the namespaces are still its
+own and the relay alive: a link that vanishes under the run fails it rather
+than letting every query fall back to edge-only.
 """
 from __future__ import annotations
 
@@ -34,11 +41,13 @@ from lab.results import Meta, new_run_dir, read_jsonl
 from lab.scenario import Scenario
 from lab.sim.tcpcc import TcpConfig
 from netns.counters import jiffy_grid_ms
+from netns.signals import deferred_stop_signals
 
 CLOUD_PORT = 5555
 READY_TIMEOUT_S = 600          # first load of the embedded pair converts it (minutes); later ~seconds
 EVENT_TIMEOUT_S = 900          # the longest a single query may take before the run is declared hung
 STOP_TIMEOUT_S = 5
+INTACT_CHECK_S = 1.0           # how often, while waiting for the edge, the runner checks its link is still there
 
 
 class RunError(Exception):
@@ -187,7 +196,8 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
         pin = {k: ["--cpus", format_cpus(v)] for k, v in cpus.items()}
         cloud = _Proc("cloud", topo.popen("cloud", [_python(), "-m", "cloud_node", *pin.get("cloud", []),
                                                     "--bind", f"tcp://{CLOUD_ADDR}:{CLOUD_PORT}", *common],
-                                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=node_env))
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=node_env,
+                                          start_new_session=True))
         line = cloud.readline(READY_TIMEOUT_S)
         if not line or json.loads(line).get("event") != "ready":
             raise RunError(f"cloud node did not become ready (got {line!r}); see its output above")
@@ -198,7 +208,7 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
                      "--backend", topo.backend_name, "--workload", json.dumps(workload),
                      "--reply-timeout-s", str(opts.reply_timeout_s)]
         edge = _Proc("edge", topo.popen("edge", edge_args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        env=node_env))
+                                        env=node_env, start_new_session=True))
         line = edge.readline(READY_TIMEOUT_S)
         if not line or json.loads(line).get("event") != "ready":
             raise RunError(f"edge node did not become ready (got {line!r}); see its output above")
@@ -215,12 +225,7 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
         timeline.start()
         before = None
         while True:
-            line = edge.readline(EVENT_TIMEOUT_S)
-            if line is None:
-                raise RunError(f"edge node silent for {EVENT_TIMEOUT_S} s; stopping the run")
-            if line == "":
-                raise RunError(f"edge node exited (code {edge.p.poll()}) before finishing")
-            ev = json.loads(line)
+            ev = _next_event(edge, topo)
             kind = ev.get("event")
             if kind == "strategy_start":
                 before = _snapshot(topo)
@@ -240,21 +245,43 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
         bar.close()
         _save_paired_loss(topo, run_dir)
         status = "complete"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         status = "interrupted"
+        meta.update(interrupted_by=getattr(e, "signal_name", "SIGINT"))
         raise
     finally:
-        if timeline is not None:
-            timeline.stop_event.set()
-        for proc in (edge, cloud):
-            if proc is not None:
-                proc.stop()
-        topo.down()
-        meta.update(link_changes=changes, tcp_recovery_by_strategy=retrans)
-        meta.finish(status)
-        _write_summary(run_dir, sc, topo.backend_name or "?", opts.models, retrans, complete=(status == "complete"),
-                       out=out)
+        with deferred_stop_signals():       # a second Ctrl-C / SIGTERM must not cut the teardown short
+            if timeline is not None:
+                timeline.stop_event.set()
+            for proc in (edge, cloud):
+                if proc is not None:
+                    proc.stop()
+            topo.down()
+            meta.update(link_changes=changes, tcp_recovery_by_strategy=retrans)
+            meta.finish(status)
+            _write_summary(run_dir, sc, topo.backend_name or "?", opts.models, retrans,
+                           complete=(status == "complete"), out=out)
     return run_dir
+
+
+def _next_event(edge: _Proc, topo) -> dict:
+    """The edge node's next event.  Between short waits, and after each event, the link must still be
+    the run's own (Topology.check_intact): otherwise the run fails."""
+    from netns.topology import TopologyError
+    silent_since = time.monotonic()
+    while True:
+        line = edge.readline(INTACT_CHECK_S)
+        try:
+            topo.check_intact()
+        except TopologyError as e:
+            raise RunError(f"the lab link is gone: {e}; stopping the run") from None
+        if line is None:
+            if time.monotonic() - silent_since > EVENT_TIMEOUT_S:
+                raise RunError(f"edge node silent for {EVENT_TIMEOUT_S} s; stopping the run")
+            continue
+        if line == "":
+            raise RunError(f"edge node exited (code {edge.p.poll()}) before finishing")
+        return json.loads(line)
 
 
 def _save_paired_loss(topo, run_dir: Path) -> None:

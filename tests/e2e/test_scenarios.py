@@ -59,27 +59,49 @@ def _ctrl_c_as_in_a_terminal():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_ctrl_c_leaves_nothing_and_marks_the_run(tmp_path):
-    p = subprocess.Popen([sys.executable, "-m", "lab", "scenario", "wan-50ms", "--models", "synthetic:fast",
-                          "--strategies", "fixed-k:3,cloud-only", "--queries", "20", "--warmup", "0",
-                          "--out", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, preexec_fn=_ctrl_c_as_in_a_terminal)
+def start_scenario(out: Path, *args, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lab", "scenario", *args, "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def wait_for_run_dir(out: Path, p: subprocess.Popen, ready, timeout_s: float = 120) -> Path:
+    """The run's folder once ready(run_dir) holds; fails if the run ends or the time runs out first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and p.poll() is None:
+        dirs = [d for d in out.iterdir() if d.is_dir()] if out.exists() else []
+        if dirs and ready(dirs[0]):
+            return dirs[0]
+        time.sleep(0.2)
+    pytest.fail(f"the run did not get there in time (exit {p.poll()}): {p.stderr.read()[-2000:] if p.poll() is not None else ''}")
+
+
+def a_query_finished(run: Path) -> bool:
+    q = run / "queries.jsonl"
+    return q.exists() and q.stat().st_size > 0
+
+
+def link_is_up(run: Path) -> bool:
     try:
-        deadline = time.monotonic() + 120
-        run = None
-        while time.monotonic() < deadline:
-            dirs = [d for d in tmp_path.iterdir() if d.is_dir()] if tmp_path.exists() else []
-            if dirs and (dirs[0] / "queries.jsonl").exists() and (dirs[0] / "queries.jsonl").stat().st_size:
-                run = dirs[0]
-                break
-            time.sleep(0.2)
-        assert run is not None, "no query finished in time"
+        return "backend" in json.loads((run / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def stop_and_wait(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.kill()
+        p.wait(10)
+
+
+def test_ctrl_c_leaves_nothing_and_marks_the_run(tmp_path):
+    p = start_scenario(tmp_path, "wan-50ms", "--models", "synthetic:fast", "--strategies", "fixed-k:3,cloud-only",
+                       "--queries", "20", "--warmup", "0", preexec_fn=_ctrl_c_as_in_a_terminal)
+    try:
+        run = wait_for_run_dir(tmp_path, p, a_query_finished)
         p.send_signal(signal.SIGINT)
         p.communicate(timeout=60)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
+        stop_and_wait(p)
     assert p.returncode == 130
     ns, procs = leftovers()
     assert not ns and not procs, (ns, procs)
@@ -87,6 +109,75 @@ def test_ctrl_c_leaves_nothing_and_marks_the_run(tmp_path):
     assert meta["status"] == "interrupted"
     assert not (run / "summary.csv").exists()
     assert (run / "summary.partial.csv").exists()
+
+
+def test_sigterm_is_handled_as_ctrl_c(tmp_path):
+    """What `timeout`, systemd and container runtimes do: SIGTERM to the run's whole process group."""
+    p = start_scenario(tmp_path, "lan", "--models", "synthetic:fast", "--strategies", "fixed-k:3,cloud-only",
+                       "--queries", "40", "--warmup", "0", start_new_session=True)
+    try:
+        run = wait_for_run_dir(tmp_path, p, a_query_finished)
+        os.killpg(p.pid, signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    finally:
+        stop_and_wait(p)
+    assert p.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM" in err
+    ns, procs = leftovers()
+    assert not ns and not procs, (ns, procs)
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["status"] == "interrupted" and meta["interrupted_by"] == "SIGTERM"
+    assert not (run / "summary.csv").exists()
+    assert (run / "summary.partial.csv").exists()
+
+
+def test_a_run_whose_namespaces_vanish_fails(tmp_path):
+    p = start_scenario(tmp_path, "lan", "--models", "synthetic:fast", "--strategies", "fixed-k:3",
+                       "--queries", "40", "--warmup", "0")
+    try:
+        run = wait_for_run_dir(tmp_path, p, a_query_finished)
+        subprocess.run(["ip", "netns", "delete", "sdl-cloud"], check=True, timeout=10)
+        t0 = time.monotonic()
+        _, err = p.communicate(timeout=60)
+        stopped_s = time.monotonic() - t0
+    finally:
+        stop_and_wait(p)
+    assert p.returncode == 1, err[-2000:]
+    assert "sdl-cloud vanished under the run" in err and stopped_s < 15
+    ns, procs = leftovers()
+    assert not ns and not procs, (ns, procs)
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["status"] == "failed"
+    done = (run / "queries.jsonl").read_text().splitlines()
+    assert len(done) < 40 and not any(json.loads(line)["edge_fallback"] for line in done)
+
+
+def test_one_lab_at_a_time(tmp_path, lab_lock):
+    """A second scenario while one runs: it refuses at once naming the live run; the first completes."""
+    lab_lock.release()        # these two runs are independent of the suite, as two users' would be
+    try:
+        first = start_scenario(tmp_path / "first", "wan-50ms", "--models", "synthetic:fast",
+                               "--strategies", "fixed-k:3", "--queries", "8", "--warmup", "0")
+        try:
+            wait_for_run_dir(tmp_path / "first", first, link_is_up)
+            t0 = time.monotonic()
+            second = lab("scenario", "wan-50ms", "--models", "synthetic:fast", "--out", str(tmp_path / "second"),
+                         timeout=60)
+            refused_s = time.monotonic() - t0
+            assert first.poll() is None, "the first run ended before the second was tried"
+            out, err = first.communicate(timeout=300)
+        finally:
+            stop_and_wait(first)
+    finally:
+        lab_lock.acquire("pytest tests/e2e")
+    assert second.returncode == 75, second.stderr[-2000:]
+    assert f"pid {first.pid}" in second.stderr and "lab scenario wan-50ms" in second.stderr
+    assert "started" in second.stderr and refused_s < 20
+    assert not (tmp_path / "second").exists()                     # touched nothing
+    assert first.returncode == 0, err[-2000:]
+    run = only_run_dir(tmp_path / "first")
+    assert json.loads((run / "meta.json").read_text())["status"] == "complete"
+    assert len((run / "queries.jsonl").read_text().splitlines()) == 8
 
 
 @pytest.mark.models

@@ -1,4 +1,5 @@
-"""Root-only fixtures: a lab topology with a test prefix, removed on every path."""
+"""Root-only fixtures: the lab lock for the whole session, a lab topology with a test prefix, removed on
+every path."""
 import os
 import subprocess
 
@@ -30,6 +31,29 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "tests/netns" in str(item.fspath) or "tests/e2e" in str(item.fspath):
                 item.add_marker(skip)
+
+
+def hold_lab_lock(suite: str):
+    """The lab lock (netns/lock.py) for a root suite's whole session: a suite that finds a lab run live
+    stops at once, naming it, instead of failing test after test (or destroying the run).  Processes
+    the tests start (`python -m lab …`, crashers, nodes) nest inside it."""
+    if os.geteuid() != 0:
+        yield None
+        return
+    from netns.lock import LAB_LOCK, LabBusy
+    try:
+        LAB_LOCK.acquire(f"pytest {suite}")
+    except LabBusy as e:
+        pytest.exit(f"{suite}: {e}", returncode=75)
+    try:
+        yield LAB_LOCK
+    finally:
+        LAB_LOCK.release()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lab_lock():
+    yield from hold_lab_lock("tests/netns")
 
 
 def ip_netns_list() -> list[str]:
