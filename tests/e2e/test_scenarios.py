@@ -197,3 +197,24 @@ def test_embedded_pair_lossy_lossless_and_retransmits(tmp_path):
     assert len(by_prompt) == 2 and all(len(v) == 1 for v in by_prompt.values()), by_prompt
     s = summary(run)
     assert sum(int(float(row["tcp_retrans_segs"])) for row in s.values()) > 0
+
+
+def test_a_link_up_topology_is_a_live_lab_until_link_down(tmp_path, lab_lock):
+    """`link up` outlives its command: its relay (netem: its namespaces) owns the lab until `link down`."""
+    lab_lock.release()
+    try:
+        up = lab("link", "up", "lan", timeout=120)
+        try:
+            assert up.returncode == 0, up.stderr[-2000:]
+            busy = lab("probe", "lan", timeout=60)
+            assert busy.returncode == 75, busy.stderr[-2000:]
+            assert "lab link up lan" in busy.stderr and "link down" in busy.stderr
+            assert {"sdl-edge", "sdl-cloud"} <= {line.split()[0] for line in leftovers()[0]}   # untouched
+        finally:
+            down = lab("link", "down", timeout=120)
+        assert down.returncode == 0, down.stderr[-2000:]
+        assert leftovers() == ([], [])
+        again = lab("link", "down", timeout=60)
+        assert again.returncode == 0 and "nothing was up" in again.stdout
+    finally:
+        lab_lock.acquire("pytest tests/e2e")
