@@ -21,6 +21,7 @@ from contextlib import contextmanager
 
 from netns.link import LinkError, LinkPair
 from netns.lock import LAB_LOCK, LabBusy
+from netns.signals import for_this_process_only
 from lab.scenario import BACKENDS, ScenarioError, load_scenario, available
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 75     # 75: EX_TEMPFAIL, try again later
@@ -53,7 +54,7 @@ def stop_signals_as_interrupt(signums=STOP_SIGNALS):
     old = {}
     for s in signums:
         if signal.getsignal(s) is not signal.SIG_IGN:
-            old[s] = signal.signal(s, handler)
+            old[s] = signal.signal(s, for_this_process_only(handler))
     try:
         yield
     finally:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.netns.conftest import lab_lock_suspended
+
 pytestmark = pytest.mark.root
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -154,10 +156,9 @@ def test_a_run_whose_namespaces_vanish_fails(tmp_path):
 
 def test_one_lab_at_a_time(tmp_path, lab_lock):
     """A second scenario while one runs: it refuses at once naming the live run; the first completes."""
-    lab_lock.release()        # these two runs are independent of the suite, as two users' would be
-    try:
+    with lab_lock_suspended(lab_lock):
         first = start_scenario(tmp_path / "first", "wan-50ms", "--models", "synthetic:fast",
-                               "--strategies", "fixed-k:3", "--queries", "8", "--warmup", "0")
+                               "--strategies", "fixed-k:3", "--queries", "30", "--warmup", "0")
         try:
             wait_for_run_dir(tmp_path / "first", first, link_is_up)
             t0 = time.monotonic()
@@ -168,8 +169,6 @@ def test_one_lab_at_a_time(tmp_path, lab_lock):
             out, err = first.communicate(timeout=300)
         finally:
             stop_and_wait(first)
-    finally:
-        lab_lock.acquire("pytest tests/e2e")
     assert second.returncode == 75, second.stderr[-2000:]
     assert f"pid {first.pid}" in second.stderr and "lab scenario wan-50ms" in second.stderr
     assert "started" in second.stderr and refused_s < 20
@@ -177,7 +176,7 @@ def test_one_lab_at_a_time(tmp_path, lab_lock):
     assert first.returncode == 0, err[-2000:]
     run = only_run_dir(tmp_path / "first")
     assert json.loads((run / "meta.json").read_text())["status"] == "complete"
-    assert len((run / "queries.jsonl").read_text().splitlines()) == 8
+    assert len((run / "queries.jsonl").read_text().splitlines()) == 30
 
 
 @pytest.mark.models
@@ -201,8 +200,7 @@ def test_embedded_pair_lossy_lossless_and_retransmits(tmp_path):
 
 def test_a_link_up_topology_is_a_live_lab_until_link_down(tmp_path, lab_lock):
     """`link up` outlives its command: its relay (netem: its namespaces) owns the lab until `link down`."""
-    lab_lock.release()
-    try:
+    with lab_lock_suspended(lab_lock):
         up = lab("link", "up", "lan", timeout=120)
         try:
             assert up.returncode == 0, up.stderr[-2000:]
@@ -216,5 +214,3 @@ def test_a_link_up_topology_is_a_live_lab_until_link_down(tmp_path, lab_lock):
         assert leftovers() == ([], [])
         again = lab("link", "down", timeout=60)
         assert again.returncode == 0 and "nothing was up" in again.stdout
-    finally:
-        lab_lock.acquire("pytest tests/e2e")

@@ -2,6 +2,7 @@
 every path."""
 import os
 import subprocess
+from contextlib import contextmanager
 
 import pytest
 
@@ -49,6 +50,21 @@ def hold_lab_lock(suite: str):
         yield LAB_LOCK
     finally:
         LAB_LOCK.release()
+
+
+@contextmanager
+def lab_lock_suspended(lock):
+    """The session's lock let go entirely (every level, and the token children inherit) while a test
+    plays independent runs, as two users' would be; taken again afterwards."""
+    depth = 0
+    while lock.held:
+        lock.release()
+        depth += 1
+    try:
+        yield
+    finally:
+        for _ in range(depth):
+            lock.acquire("pytest (root suites)")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -76,3 +76,26 @@ def test_a_command_stopped_by_sigterm_exits_143_through_its_cleanup():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 143, (r.returncode, r.stderr)
     assert "cleanup ran" in r.stdout and "stopped by SIGTERM" in r.stderr
+
+
+@pytest.mark.parametrize("block", ["interrupt", "deferred"])
+def test_a_forked_copy_dies_by_the_default_action(block):
+    """pyroute2's NetNS helper and nsexec's child are forks that never exec; pyroute2 stops its helper
+    with SIGTERM.  The copy must die, not run the owner's handler (and with it the owner's teardown)."""
+    ctx = stop_signals_as_interrupt() if block == "interrupt" else deferred_stop_signals()
+    r, w = os.pipe()
+    with ctx:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.write(w, b"r")     # past fork's own bookkeeping, which drops signals pending from before
+                import time
+                time.sleep(20)
+            finally:
+                os._exit(7)           # reached if the handler raised in the copy (or nothing stopped it)
+        os.read(r, 1)
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+    os.close(r)
+    os.close(w)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
