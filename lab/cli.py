@@ -3,27 +3,72 @@
 Each subcommand is a small function that imports what it needs lazily, so
 `doctor` and `--help` work even where torch is not installed yet.  Exit
 codes: 0 success, 1 a measured tolerance failed or the run failed, 2 bad
-usage or bad input (with a one-line message naming the field).  Values are
-checked as they are parsed (lab/usage.py) and a command checks its inputs
-before it asks for root, so bad input never reaches a namespace.
+usage or bad input (with a one-line message naming the field), 75 another
+lab run is live (one lab at a time: netns/lock.py; the message names it),
+130 Ctrl-C, 143 SIGTERM, 129 SIGHUP.  Values are checked as they are parsed
+(lab/usage.py) and a command checks its inputs before it asks for root, so
+bad input never reaches a namespace.
+
+SIGTERM and SIGHUP (what `timeout`, systemd, container runtimes and cluster
+schedulers send, or a closed terminal) are handled as Ctrl-C is: the command's
+teardown runs, a scenario ends `interrupted` with its partial summary.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+from contextlib import contextmanager
 
 from netns.link import LinkError, LinkPair
 from lab import usage
 from lab.core.strategies import StrategyError, make_strategy
 from lab.prompts import PromptError, load_prompts
 from lab.results import ResultsError
+from netns.lock import LAB_LOCK, LabBusy
+from netns.signals import for_this_process_only
 from lab.scenario import BACKENDS, ScenarioError, load_scenario, available
 from lab.usage import UsageError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 75     # 75: EX_TEMPFAIL, try again later
 # Errors that only bad input raises: one line, exit 2, wherever in a command they surface.
 INPUT_ERRORS = (UsageError, ScenarioError, LinkError, StrategyError, PromptError)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Terminated(KeyboardInterrupt):
+    """A stop signal, raised where Ctrl-C's KeyboardInterrupt would be so that every path that
+    handles Ctrl-C (teardown, `interrupted`, partial summary) handles it the same way."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(self.signal_name)
+
+
+@contextmanager
+def stop_signals_as_interrupt(signums=STOP_SIGNALS):
+    """Within the block, the first of `signums` raises Terminated in the main thread; later ones are
+    noted and ignored, so they cannot cut the teardown short.  A signal the process was started
+    with ignored (nohup) stays ignored."""
+    fired: list[int] = []
+
+    def handler(signum, frame):
+        if fired:
+            print(f"{signal.Signals(signum).name}: already stopping (teardown in progress)", file=sys.stderr)
+            return
+        fired.append(signum)
+        raise Terminated(signum)
+    old = {}
+    for s in signums:
+        if signal.getsignal(s) is not signal.SIG_IGN:
+            old[s] = signal.signal(s, for_this_process_only(handler))
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def _need_root(what: str) -> None:
@@ -83,7 +128,10 @@ def cmd_link(args) -> int:
         _need_root("link")
         topo = topology.Topology(backend=args.backend or sc.backend,
                                  congestion_control=sc.congestion_control)
-        topo.up(link, detach=True)
+        # The topology outlives this command: the lock's record then names its relay (or, netem, its
+        # namespaces) as the owner, and every other command refuses until `link down`.
+        with LAB_LOCK.holding():
+            topo.up(link, detach=True)
         print(f"link up ({topo.backend_name} backend, TCP {topo.congestion_control}): {link.describe()}")
         print(f"  edge  {topo.edge_ns}  {topology.EDGE_ADDR}")
         print(f"  cloud {topo.cloud_ns}  {topology.CLOUD_ADDR}")
@@ -93,7 +141,8 @@ def cmd_link(args) -> int:
     base = load_scenario(args.scenario).link if args.scenario else None
     _need_root("link")
     if args.action == "down":
-        removed = topology.cleanup_stale(force=True)
+        with LAB_LOCK.holding(take_over_detached=True):    # never under a live run; a `link up` one is ours to end
+            removed = topology.cleanup_stale(force=True)
         print("link down" + (f": removed {', '.join(removed)}" if removed else ": nothing was up"))
         return EXIT_OK
     topo = topology.attach()
@@ -114,15 +163,17 @@ def cmd_linkcheck(args) -> int:
     _need_root("linkcheck")
     from netns.fidelity.linkcheck import run_linkcheck
     backends = [args.backend] if args.backend and args.backend != "auto" else None
-    return run_linkcheck(backends=backends, quick=args.quick)
+    with LAB_LOCK.holding():
+        return run_linkcheck(backends=backends, quick=args.quick)
 
 
 def cmd_probe(args) -> int:
     sc = load_scenario(args.scenario)
     _need_root("probe")
     from netns.fidelity.linkcheck import probe_scenario_link
-    return probe_scenario_link(sc.link, backend=args.backend or sc.backend,
-                               congestion_control=sc.congestion_control, name=sc.name)
+    with LAB_LOCK.holding():
+        return probe_scenario_link(sc.link, backend=args.backend or sc.backend,
+                                   congestion_control=sc.congestion_control, name=sc.name)
 
 
 def cmd_scenario(args) -> int:
@@ -145,13 +196,15 @@ def cmd_scenario(args) -> int:
                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, payload=args.payload,
                       prompts=args.prompts, seed=args.seed, backend=args.backend, out=args.out,
                       reply_timeout_s=args.reply_timeout_s, dtype=args.dtype)
-    print(f"scenario {sc.name}: {sc.link.describe()}; models {models}; strategies {', '.join(strategies)}")
-    try:
-        prepare(models, dtype=args.dtype)
-        run_scenario(sc, opts)
-    except (RunError, ModelError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
+    # Taken before anything slow, so a second run refuses at once; held for the whole run.
+    with LAB_LOCK.holding():
+        print(f"scenario {sc.name}: {sc.link.describe()}; models {models}; strategies {', '.join(strategies)}")
+        try:
+            prepare(models, dtype=args.dtype)
+            run_scenario(sc, opts)
+        except (RunError, ModelError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_FAILED
     return EXIT_OK
 
 
@@ -225,10 +278,13 @@ def cmd_validate(args) -> int:
     """The simulator against the kernel lab (lab/validate.py)."""
     from lab.validate import run_validation, select_cases
     select_cases(args.scenarios, args.quick)       # ScenarioError names the unknown case or file
-    if not args.rejudge:
-        _need_root("validate")
-    return run_validation(args.scenarios, quick=args.quick, backend=args.backend, out_dir=args.out,
-                          calibrate_host=not args.no_calibration, rejudge=args.rejudge)
+    if args.rejudge:
+        return run_validation(args.scenarios, quick=args.quick, backend=args.backend, out_dir=args.out,
+                              calibrate_host=not args.no_calibration, rejudge=args.rejudge)
+    _need_root("validate")
+    with LAB_LOCK.holding():     # across all cases, so no other run slips in between two of them
+        return run_validation(args.scenarios, quick=args.quick, backend=args.backend, out_dir=args.out,
+                              calibrate_host=not args.no_calibration, rejudge=args.rejudge)
 
 
 def cmd_profile(args) -> int:
@@ -378,16 +434,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return args.func(args)
+        with stop_signals_as_interrupt():
+            return args.func(args)
+    except LabBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BUSY
     except INPUT_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except ResultsError as e:        # a results file the run or validate reads back is malformed
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("interrupted; everything this run created has been removed", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        print(f"{what}; everything this run created has been removed", file=sys.stderr)
+        return 128 + signum
     except BrokenPipeError:          # `… | head`: the reader went away; nothing to report
         sys.stderr.close()
         return EXIT_OK

@@ -21,6 +21,13 @@ measure_start until strategy_end); a link change that fails stops the run
 (status failed, meta.json's failure_reason).  It records TCP counters per
 strategy, and on every path (error, Ctrl-C, SIGTERM) stops both nodes and
 removes the link.
+
+The nodes run in sessions of their own: a signal meant for the run (Ctrl-C in
+the terminal, `timeout` or systemd signalling the process group) reaches the
+runner alone, which stops them in order and writes what the run got.  While
+it waits for the edge, the runner checks that the namespaces are still its
+own and the relay alive: a link that vanishes under the run fails it rather
+than letting every query fall back to edge-only.
 """
 from __future__ import annotations
 
@@ -39,12 +46,14 @@ from lab.affinity import format_cpus, node_cpus
 from lab.results import Meta, new_run_dir, read_jsonl
 from lab.scenario import TIMELINE_ALIGNMENT, Scenario
 from netns.counters import jiffy_grid_ms, kernel_hz
+from netns.signals import deferred_stop_signals
 
 CLOUD_PORT = 5555
 READY_TIMEOUT_S = 600          # first load of the embedded pair converts it (minutes); later ~seconds
 EVENT_TIMEOUT_S = 900          # the longest a single query may take before the run is declared hung
 STOP_TIMEOUT_S = 5
 TIMELINE_POLL_S = 0.5          # how soon a failed link change stops the run while the edge is busy
+INTACT_CHECK_S = 1.0           # how often, while waiting for the edge, the runner checks its link is still there
 
 
 class RunError(Exception):
@@ -211,21 +220,6 @@ class _Timeline:
         return out
 
 
-def _next_event(edge: _Proc, timeline: _Timeline) -> dict:
-    """The edge's next event; RunError if it is silent for EVENT_TIMEOUT_S, exits, or a link change fails."""
-    deadline = time.monotonic() + EVENT_TIMEOUT_S
-    while True:
-        timeline.check()
-        line = edge.readline(min(TIMELINE_POLL_S, max(0.0, deadline - time.monotonic())))
-        if line is None:
-            if time.monotonic() >= deadline:
-                raise RunError(f"edge node silent for {EVENT_TIMEOUT_S} s; stopping the run")
-            continue
-        if line == "":
-            raise RunError(f"edge node exited (code {edge.p.poll()}) before finishing")
-        return json.loads(line)
-
-
 def _snapshot(topo) -> dict:
     from netns.counters import tcp_counters
     return {"edge": tcp_counters(topo.edge_ns), "cloud": tcp_counters(topo.cloud_ns)}
@@ -279,7 +273,8 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
         pin = {k: ["--cpus", format_cpus(v)] for k, v in cpus.items()}
         cloud = _Proc("cloud", topo.popen("cloud", [_python(), "-m", "cloud_node", *pin.get("cloud", []),
                                                     "--bind", f"tcp://{CLOUD_ADDR}:{CLOUD_PORT}", *common],
-                                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=node_env))
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=node_env,
+                                          start_new_session=True))
         line = cloud.readline(READY_TIMEOUT_S)
         if not line or json.loads(line).get("event") != "ready":
             raise RunError(f"cloud node did not become ready (got {line!r}); see its output above")
@@ -290,7 +285,7 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
                      "--backend", topo.backend_name, "--workload", json.dumps(workload),
                      "--reply-timeout-s", str(opts.reply_timeout_s)]
         edge = _Proc("edge", topo.popen("edge", edge_args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        env=node_env))
+                                        env=node_env, start_new_session=True))
         line = edge.readline(READY_TIMEOUT_S)
         if not line or json.loads(line).get("event") != "ready":
             raise RunError(f"edge node did not become ready (got {line!r}); see its output above")
@@ -304,7 +299,7 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
         bar = _progress(total, opts.progress)
         before = None
         while True:
-            ev = _next_event(edge, timeline)
+            ev = _next_event(edge, timeline, topo)
             kind = ev.get("event")
             if kind == "strategy_start":
                 timeline.hold(ev["strategy"])
@@ -329,20 +324,44 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
         bar.close()
         _save_paired_loss(topo, run_dir)
         status = "complete"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         status = "interrupted"
+        meta.update(interrupted_by=getattr(e, "signal_name", "SIGINT"))
         raise
     finally:
-        timeline.close()
-        for proc in (edge, cloud):
-            if proc is not None:
-                proc.stop()
-        topo.down()
-        meta.update(tcp_recovery_by_strategy=retrans, **timeline.meta())
-        meta.finish(status)
-        _write_summary(run_dir, sc, topo.backend_name or "?", opts.models, retrans, complete=(status == "complete"),
-                       out=out)
+        with deferred_stop_signals():       # a second Ctrl-C / SIGTERM must not cut the teardown short
+            timeline.close()
+            for proc in (edge, cloud):
+                if proc is not None:
+                    proc.stop()
+            topo.down()
+            meta.update(tcp_recovery_by_strategy=retrans, **timeline.meta())
+            meta.finish(status)
+            _write_summary(run_dir, sc, topo.backend_name or "?", opts.models, retrans,
+                           complete=(status == "complete"), out=out)
     return run_dir
+
+
+def _next_event(edge: _Proc, timeline: _Timeline, topo) -> dict:
+    """The edge node's next event.  Between short waits, and after each event, the link must still be
+    the run's own (Topology.check_intact) and no link change may have failed: otherwise the run fails;
+    RunError too if the edge is silent for EVENT_TIMEOUT_S or exits."""
+    from netns.topology import TopologyError
+    silent_since = time.monotonic()
+    while True:
+        timeline.check()
+        line = edge.readline(min(TIMELINE_POLL_S, INTACT_CHECK_S))
+        try:
+            topo.check_intact()
+        except TopologyError as e:
+            raise RunError(f"the lab link is gone: {e}; stopping the run") from None
+        if line is None:
+            if time.monotonic() - silent_since > EVENT_TIMEOUT_S:
+                raise RunError(f"edge node silent for {EVENT_TIMEOUT_S} s; stopping the run")
+            continue
+        if line == "":
+            raise RunError(f"edge node exited (code {edge.p.poll()}) before finishing")
+        return json.loads(line)
 
 
 def _save_paired_loss(topo, run_dir: Path) -> None:

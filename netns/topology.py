@@ -8,10 +8,14 @@ relay of netns/wire.py, shaped by tbf (wire).  Either way the applications
 see the same two addresses.  The veth is created *inside* the namespaces, so
 no `sdl-` device ever sits in the root namespace.
 
-Ownership and cleanup: `up()` records its owner in /run/sdlab/<prefix>owner.json.
-A run begins by removing its own prefix's leftovers, and any other `sdl-`
-namespace whose recorded owner is dead (or has no record: a crashed run
-that never wrote one).  Nothing without the `sdl-` prefix is ever touched.
+Ownership and cleanup: `up()` first takes the lab lock (netns/lock.py: one
+lab at a time, a second run refuses touching nothing), then records its owner
+in /run/sdlab/<prefix>owner.json.  A run begins by removing `sdl-` leftovers
+whose recorded owner is dead (or that have no record: a crashed run that never
+wrote one).  Nothing without the `sdl-` prefix is ever touched, nor anything
+a live owner holds.  `down()` removes only the namespaces that are still this
+topology's own (a name re-created by someone else is left alone), and puts
+back what it changed in the root namespace (tcp_allowed_congestion_control).
 """
 from __future__ import annotations
 
@@ -28,9 +32,11 @@ from pyroute2 import NetNS, netns
 
 from netns.backends import choose_backend, make_backend
 from netns.link import LinkError, LinkPair, LinkSpec
+from netns.lock import LAB_LOCK, NETNS_DIR, process_start_ticks, same_process
 from netns.names import (CLOUD_ADDR, EDGE_ADDR, LAB_PREFIX, PREFIX_LEN, RUN_DIR, TUN_IFNAME,  # noqa: F401
                          VETH_CLOUD, VETH_EDGE)
 from netns.nsexec import in_namespace
+from netns.signals import deferred_stop_signals
 
 RELAY_READY_TIMEOUT_S = 10.0
 PR_SET_PDEATHSIG = 1
@@ -55,6 +61,9 @@ def _write_sysctl_in(ns: str, name: str, value: str) -> None:
         raise
     except OSError as e:
         raise TopologyError(f"cannot set {name}={value} in {ns}: {e.strerror}") from None
+
+
+ALLOWED_CC = "net.ipv4.tcp_allowed_congestion_control"
 
 
 def _read_sysctl(name: str) -> str:
@@ -103,10 +112,36 @@ def _kill_relay(owner: dict | None) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def _owner_alive(owner: dict | None) -> bool:
+    """A run's owner lives: its process (pid + start time); for a detached `link up` topology, its relay,
+    or with netem (no process) its namespaces."""
+    if owner is None:
+        return False
+    if not owner.get("detached"):
+        return same_process(owner.get("pid"), owner.get("pid_start"))
+    if owner.get("relay_pid"):
+        return same_process(owner["relay_pid"], owner.get("relay_start"))
+    return owner.get("backend") == "netem" and all((NETNS_DIR / owner.get(k, "")).exists()
+                                                   for k in ("edge_ns", "cloud_ns"))
+
+
+def _withdraw_root_cc(name: str | None) -> None:
+    """Take back the congestion control a run added to the root namespace's allowed list."""
+    if not name:
+        return
+    try:
+        allowed = _read_sysctl(ALLOWED_CC).split()
+        if name in allowed:
+            _write_file("/proc/sys/" + ALLOWED_CC.replace(".", "/"), " ".join(a for a in allowed if a != name))
+    except OSError as e:
+        print(f"topology: cannot take {name} back out of {ALLOWED_CC}: {e.strerror}", file=sys.stderr)
+
+
 def _remove_instance(prefix: str) -> list[str]:
     removed = []
     owner = _read_owner(prefix)
     _kill_relay(owner)
+    _withdraw_root_cc((owner or {}).get("root_cc_added"))
     present = set(netns.listnetns())
     for side in ("edge", "cloud"):
         name = f"{prefix}{side}"
@@ -129,10 +164,12 @@ def _prefix_of(ns_name: str) -> str | None:
 def cleanup_stale(prefix: str = LAB_PREFIX, force: bool = False) -> list[str]:
     """Remove leftovers of crashed runs; returns the namespaces removed.
 
-    Always removes this prefix's own instance (a new run, or `link down`,
-    takes its names over; `force` is accepted for readability at call sites).
-    Removes any other `sdl-` instance whose recorded owner is dead or that
-    has no record.  A live instance of another prefix is left alone."""
+    Removes every `sdl-` instance whose recorded owner is dead or that has no
+    record.  A live one is left alone, except this prefix's own when `force`
+    (`link down`, which takes a `link up` topology over) or when its owner is
+    this process.  A live instance of this prefix owned by another process is
+    an error: the lab lock should have stopped us before (an older checkout
+    running without it)."""
     if not prefix.startswith(LAB_PREFIX):
         raise TopologyError(f"prefix must start with {LAB_PREFIX!r}, got {prefix!r}")
     removed: list[str] = []
@@ -142,11 +179,11 @@ def cleanup_stale(prefix: str = LAB_PREFIX, force: bool = False) -> list[str]:
         prefixes |= {f.name[: -len("owner.json")] for f in RUN_DIR.glob(f"{LAB_PREFIX}*owner.json")}
     for p in sorted(prefixes):
         owner = _read_owner(p)
-        alive = owner is not None and (
-            _pid_alive(owner.get("pid"))
-            or (owner.get("detached") and (_pid_alive(owner.get("relay_pid")) or owner.get("backend") == "netem")))
-        # Our own prefix: a new run takes its names over.  Others: only when their owner is gone.
-        if p == prefix or not alive:
+        alive = _owner_alive(owner)
+        if alive and p == prefix and not force and owner.get("pid") != os.getpid():
+            raise TopologyError(f"{p}edge/{p}cloud belong to a live run (pid {owner.get('pid') or owner.get('relay_pid')}) "
+                                "that does not hold the lab lock; not touching them")
+        if not alive or (p == prefix and (force or owner.get("pid") == os.getpid())):
             removed += _remove_instance(p)
     # Scratch probe namespaces (capabilities.py) carry their creator's pid in the name.
     for n in names:
@@ -178,19 +215,30 @@ class Topology:
         self._up = False
         self.detach = False
         self._handles: dict[str, NetNS] = {}
+        self._locked = False
+        self._created = False                           # up() got as far as creating namespaces
+        self._ns_ids: dict[str, tuple[int, int]] = {}    # name -> (st_dev, st_ino) of the namespaces we made
+        self.root_cc_added: str | None = None           # what we added to the root's allowed list
 
     # -------------------------------------------------------------- lifecycle
     def up(self, link: LinkPair, detach: bool = False) -> None:
-
+        """Take the lab lock (LabBusy, nothing touched, if another run has it), clear dead runs'
+        leftovers, create the namespaces and the link.  `detach`: the topology outlives this process
+        (`lab link up`); the lock's record then names its owner (netns/lock.py)."""
         t0 = time.monotonic()
-        RUN_DIR.mkdir(parents=True, exist_ok=True)
-        self.backend_name = choose_backend(self.requested_backend)
-        self.detach = detach
-        cleanup_stale(self.prefix)
+        LAB_LOCK.acquire()
+        self._locked = True
         self._up = True
         try:
+            RUN_DIR.mkdir(parents=True, exist_ok=True)
+            self.backend_name = choose_backend(self.requested_backend)
+            self.detach = detach
+            cleanup_stale(self.prefix)
+            self._created = True
             for ns in (self.edge_ns, self.cloud_ns):
                 netns.create(ns)
+                st = os.stat(NETNS_DIR / ns)
+                self._ns_ids[ns] = (st.st_dev, st.st_ino)
             self._write_owner(detach)
             self._namespace_settings()
             self.backend = make_backend(self.backend_name, self)
@@ -200,6 +248,8 @@ class Topology:
         except BaseException:
             self.down()
             raise
+        if detach:
+            LAB_LOCK.mark_detached(self.relay.pid if self.relay else None, [self.edge_ns, self.cloud_ns])
         self.timings_ms["up"] = (time.monotonic() - t0) * 1e3
 
     def change(self, link: LinkPair) -> float:
@@ -224,25 +274,74 @@ class Topology:
         return h
 
     def down(self) -> None:
+        """Stop the relay, remove what is still ours, give back the root's allowed CC and the lock.
+        Idempotent; stop signals that arrive meanwhile wait until it is done (netns/signals.py)."""
         t0 = time.monotonic()
-        if self.backend is not None:
-            try:
-                self.backend.close()
-            except LinkError as e:
-                print(f"topology: backend close: {e}", file=sys.stderr)
-        if self.relay is not None and self.relay.poll() is None:
-            self.relay.terminate()
-            try:
-                self.relay.wait(5)
-            except subprocess.TimeoutExpired:
-                self.relay.kill()
-                self.relay.wait(5)
-        for h in self._handles.values():
-            h.close()
-        self._handles.clear()
-        _remove_instance(self.prefix)
-        self._up = False
+        with deferred_stop_signals():
+            if self.backend is not None:
+                try:
+                    self.backend.close()
+                except LinkError as e:
+                    print(f"topology: backend close: {e}", file=sys.stderr)
+            if self.relay is not None and self.relay.poll() is None:
+                self.relay.terminate()
+                try:
+                    self.relay.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.relay.kill()
+                    self.relay.wait(5)
+            for h in self._handles.values():
+                h.close()
+            self._handles.clear()
+            if self._foreign_names():
+                self._remove_own_names()
+            elif self._created:
+                _remove_instance(self.prefix)
+            self._created = False
+            _withdraw_root_cc(self.root_cc_added)
+            self.root_cc_added = None
+            self._ns_ids.clear()
+            self._up = False
+            if self._locked:
+                if self.detach:
+                    LAB_LOCK.forget_detached()
+                LAB_LOCK.release()
+                self._locked = False
         self.timings_ms["down"] = (time.monotonic() - t0) * 1e3
+
+    def _foreign_names(self) -> list[str]:
+        """Our namespace names that now refer to another namespace (re-created by someone else)."""
+        foreign = []
+        for ns, ident in self._ns_ids.items():
+            try:
+                st = os.stat(NETNS_DIR / ns)
+            except FileNotFoundError:
+                continue
+            if (st.st_dev, st.st_ino) != ident:
+                foreign.append(ns)
+        return foreign
+
+    def _remove_own_names(self) -> None:
+        """Teardown when our names were taken over: remove only what is still ours, keep the owner file."""
+        foreign = self._foreign_names()
+        print(f"topology: {', '.join(foreign)} now belong to someone else; left alone", file=sys.stderr)
+        for ns in self._ns_ids:
+            if ns not in foreign and (NETNS_DIR / ns).exists():
+                netns.remove(ns)
+
+    def check_intact(self) -> None:
+        """Raise TopologyError if the namespaces are no longer ours (removed or re-created under us) or the
+        wire relay has died: the link the run measures is gone."""
+        for ns, ident in self._ns_ids.items():
+            try:
+                st = os.stat(NETNS_DIR / ns)
+            except FileNotFoundError:
+                raise TopologyError(f"namespace {ns} vanished under the run (removed by another process)") from None
+            if (st.st_dev, st.st_ino) != ident:
+                raise TopologyError(f"namespace {ns} was replaced under the run (re-created by another process)")
+        if self.relay is not None and self.relay.poll() is not None:
+            raise TopologyError(f"the wire relay (pid {self.relay.pid}) exited under the run with code "
+                                f"{self.relay.returncode} (log: {RUN_DIR / (self.prefix + 'wire.log')})")
 
     def __enter__(self) -> "Topology":
         return self
@@ -259,15 +358,17 @@ class Topology:
                 _write_sysctl_in(ns, name, TCP_MEM)
         self.congestion_control = self.requested_cc or _read_sysctl("net.ipv4.tcp_congestion_control")
         if self.requested_cc:
-            allowed = _read_sysctl("net.ipv4.tcp_allowed_congestion_control").split()
+            allowed = _read_sysctl(ALLOWED_CC).split()
             if self.requested_cc not in allowed:
                 available = _read_sysctl("net.ipv4.tcp_available_congestion_control").split()
                 if self.requested_cc not in available:
                     raise TopologyError(f"TCP congestion control {self.requested_cc!r} is not available in this "
                                         f"kernel (available: {', '.join(available)})")
-                # Per-namespace setting needs it in the root namespace's allowed list (EPERM otherwise).
-                with open("/proc/sys/net/ipv4/tcp_allowed_congestion_control", "w") as f:
-                    f.write(" ".join(allowed + [self.requested_cc]))
+                # Per-namespace setting needs it in the root namespace's allowed list (EPERM otherwise);
+                # recorded in the owner file, so teardown (ours, or the next run's after a crash) takes it back.
+                _write_file("/proc/sys/" + ALLOWED_CC.replace(".", "/"), " ".join(allowed + [self.requested_cc]))
+                self.root_cc_added = self.requested_cc
+                self._write_owner(self.detach)
             for ns in (self.edge_ns, self.cloud_ns):
                 try:
                     _write_sysctl_in(ns, "net.ipv4.tcp_congestion_control", self.requested_cc)
@@ -276,8 +377,11 @@ class Topology:
                                         "(EPERM)") from None
 
     def _write_owner(self, detach: bool) -> None:
-        data = {"pid": None if detach else os.getpid(), "detached": detach, "backend": self.backend_name,
-                "relay_pid": self.relay.pid if self.relay else None, "prefix": self.prefix,
+        relay = self.relay.pid if self.relay else None
+        data = {"pid": None if detach else os.getpid(), "pid_start": None if detach else process_start_ticks(os.getpid()),
+                "detached": detach, "backend": self.backend_name, "relay_pid": relay,
+                "relay_start": process_start_ticks(relay) if relay else None, "root_cc_added": self.root_cc_added,
+                "prefix": self.prefix,
                 "edge_ns": self.edge_ns, "cloud_ns": self.cloud_ns, "cc": self.congestion_control,
                 "link": self.link.to_dict() if self.link else None, "since": time.time()}
         _owner_file(self.prefix).write_text(json.dumps(data))

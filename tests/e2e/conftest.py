@@ -1,10 +1,13 @@
 """The e2e suite needs root (it runs `python -m lab scenario`, which builds namespaces): without it,
-every test here is skipped with the reason.  This conftest gates its own folder, so
-`pytest tests/e2e` alone is gated as well as `pytest tests`."""
+every test here is skipped with the reason; this conftest gates its own folder.  Whole scenarios hold
+the lab lock for the session (one lab at a time, netns/lock.py); the `python -m lab` runs the tests
+start nest inside it, except where a test releases it to play two independent runs."""
 import os
 from pathlib import Path
 
 import pytest
+
+from tests.netns.conftest import hold_lab_lock
 
 
 def pytest_collection_modifyitems(config, items):
@@ -13,3 +16,8 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if Path(__file__).parent in Path(item.fspath).parents:
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lab_lock():
+    yield from hold_lab_lock("tests/e2e")

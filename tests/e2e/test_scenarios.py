@@ -1,6 +1,7 @@
 """Whole scenarios through `python -m lab scenario`, as a user runs them."""
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -8,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.netns.conftest import lab_lock_suspended
 
 pytestmark = pytest.mark.root
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,27 +61,49 @@ def _ctrl_c_as_in_a_terminal():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_ctrl_c_leaves_nothing_and_marks_the_run(tmp_path):
-    p = subprocess.Popen([sys.executable, "-m", "lab", "scenario", "wan-50ms", "--models", "synthetic:fast",
-                          "--strategies", "fixed-k:3,cloud-only", "--queries", "20", "--warmup", "0",
-                          "--out", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, preexec_fn=_ctrl_c_as_in_a_terminal)
+def start_scenario(out: Path, *args, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lab", "scenario", *args, "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def wait_for_run_dir(out: Path, p: subprocess.Popen, ready, timeout_s: float = 120) -> Path:
+    """The run's folder once ready(run_dir) holds; fails if the run ends or the time runs out first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and p.poll() is None:
+        dirs = [d for d in out.iterdir() if d.is_dir()] if out.exists() else []
+        if dirs and ready(dirs[0]):
+            return dirs[0]
+        time.sleep(0.2)
+    pytest.fail(f"the run did not get there in time (exit {p.poll()}): {p.stderr.read()[-2000:] if p.poll() is not None else ''}")
+
+
+def a_query_finished(run: Path) -> bool:
+    q = run / "queries.jsonl"
+    return q.exists() and q.stat().st_size > 0
+
+
+def link_is_up(run: Path) -> bool:
     try:
-        deadline = time.monotonic() + 120
-        run = None
-        while time.monotonic() < deadline:
-            dirs = [d for d in tmp_path.iterdir() if d.is_dir()] if tmp_path.exists() else []
-            if dirs and (dirs[0] / "queries.jsonl").exists() and (dirs[0] / "queries.jsonl").stat().st_size:
-                run = dirs[0]
-                break
-            time.sleep(0.2)
-        assert run is not None, "no query finished in time"
+        return "backend" in json.loads((run / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def stop_and_wait(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.kill()
+        p.wait(10)
+
+
+def test_ctrl_c_leaves_nothing_and_marks_the_run(tmp_path):
+    p = start_scenario(tmp_path, "wan-50ms", "--models", "synthetic:fast", "--strategies", "fixed-k:3,cloud-only",
+                       "--queries", "20", "--warmup", "0", preexec_fn=_ctrl_c_as_in_a_terminal)
+    try:
+        run = wait_for_run_dir(tmp_path, p, a_query_finished)
         p.send_signal(signal.SIGINT)
         p.communicate(timeout=60)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
+        stop_and_wait(p)
     assert p.returncode == 130
     ns, procs = leftovers()
     assert not ns and not procs, (ns, procs)
@@ -125,6 +150,72 @@ def _first_difference(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
+def test_sigterm_is_handled_as_ctrl_c(tmp_path):
+    """What `timeout`, systemd and container runtimes do: SIGTERM to the run's whole process group."""
+    p = start_scenario(tmp_path, "lan", "--models", "synthetic:fast", "--strategies", "fixed-k:3,cloud-only",
+                       "--queries", "40", "--warmup", "0", start_new_session=True)
+    try:
+        run = wait_for_run_dir(tmp_path, p, a_query_finished)
+        os.killpg(p.pid, signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    finally:
+        stop_and_wait(p)
+    assert p.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM" in err
+    ns, procs = leftovers()
+    assert not ns and not procs, (ns, procs)
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["status"] == "interrupted" and meta["interrupted_by"] == "SIGTERM"
+    assert not (run / "summary.csv").exists()
+    assert (run / "summary.partial.csv").exists()
+
+
+def test_a_run_whose_namespaces_vanish_fails(tmp_path):
+    p = start_scenario(tmp_path, "lan", "--models", "synthetic:fast", "--strategies", "fixed-k:3",
+                       "--queries", "40", "--warmup", "0")
+    try:
+        run = wait_for_run_dir(tmp_path, p, a_query_finished)
+        subprocess.run(["ip", "netns", "delete", "sdl-cloud"], check=True, timeout=10)
+        t0 = time.monotonic()
+        _, err = p.communicate(timeout=60)
+        stopped_s = time.monotonic() - t0
+    finally:
+        stop_and_wait(p)
+    assert p.returncode == 1, err[-2000:]
+    assert "sdl-cloud vanished under the run" in err and stopped_s < 15
+    ns, procs = leftovers()
+    assert not ns and not procs, (ns, procs)
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["status"] == "failed"
+    done = (run / "queries.jsonl").read_text().splitlines()
+    assert len(done) < 40 and not any(json.loads(line)["edge_fallback"] for line in done)
+
+
+def test_one_lab_at_a_time(tmp_path, lab_lock):
+    """A second scenario while one runs: it refuses at once naming the live run; the first completes."""
+    with lab_lock_suspended(lab_lock):
+        first = start_scenario(tmp_path / "first", "wan-50ms", "--models", "synthetic:fast",
+                               "--strategies", "fixed-k:3", "--queries", "30", "--warmup", "0")
+        try:
+            wait_for_run_dir(tmp_path / "first", first, link_is_up)
+            t0 = time.monotonic()
+            second = lab("scenario", "wan-50ms", "--models", "synthetic:fast", "--out", str(tmp_path / "second"),
+                         timeout=60)
+            refused_s = time.monotonic() - t0
+            assert first.poll() is None, "the first run ended before the second was tried"
+            out, err = first.communicate(timeout=300)
+        finally:
+            stop_and_wait(first)
+    assert second.returncode == 75, second.stderr[-2000:]
+    assert f"pid {first.pid}" in second.stderr and "lab scenario wan-50ms" in second.stderr
+    assert "started" in second.stderr and refused_s < 20
+    assert not (tmp_path / "second").exists()                     # touched nothing
+    assert first.returncode == 0, err[-2000:]
+    run = only_run_dir(tmp_path / "first")
+    assert json.loads((run / "meta.json").read_text())["status"] == "complete"
+    assert len((run / "queries.jsonl").read_text().splitlines()) == 30
+
+
 @pytest.mark.models
 def test_embedded_pair_lossy_equals_transformers_generate(tmp_path):
     """The real pair across 5 % loss, fp32 (bf16 ties can flip a token), temperature 0: every measured
@@ -162,3 +253,21 @@ def test_embedded_pair_lossy_equals_transformers_generate(tmp_path):
     assert any(sum(rec["k_per_cycle"]) > 0 for rec in recs if rec["strategy"].startswith("fixed-k"))
     s = summary(run)
     assert sum(int(float(row["tcp_retrans_segs"])) for row in s.values()) > 0
+
+
+def test_a_link_up_topology_is_a_live_lab_until_link_down(tmp_path, lab_lock):
+    """`link up` outlives its command: its relay (netem: its namespaces) owns the lab until `link down`."""
+    with lab_lock_suspended(lab_lock):
+        up = lab("link", "up", "lan", timeout=120)
+        try:
+            assert up.returncode == 0, up.stderr[-2000:]
+            busy = lab("probe", "lan", timeout=60)
+            assert busy.returncode == 75, busy.stderr[-2000:]
+            assert "lab link up lan" in busy.stderr and "link down" in busy.stderr
+            assert {"sdl-edge", "sdl-cloud"} <= {line.split()[0] for line in leftovers()[0]}   # untouched
+        finally:
+            down = lab("link", "down", timeout=120)
+        assert down.returncode == 0, down.stderr[-2000:]
+        assert leftovers() == ([], [])
+        again = lab("link", "down", timeout=60)
+        assert again.returncode == 0 and "nothing was up" in again.stdout

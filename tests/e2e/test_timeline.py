@@ -1,7 +1,6 @@
 """Time-varying links under the runner: every strategy meets the same link trace, and a link change
 that fails stops the run with status failed and the reason."""
 import json
-import sys
 from pathlib import Path
 
 import pytest

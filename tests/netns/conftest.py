@@ -1,6 +1,8 @@
-"""Root-only fixtures: a lab topology with a test prefix, removed on every path."""
+"""Root-only fixtures: the lab lock for the whole session, a lab topology with a test prefix, removed on
+every path."""
 import os
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,44 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if Path(__file__).parent in Path(item.fspath).parents:
                 item.add_marker(skip)
+
+
+def hold_lab_lock(suite: str):
+    """The lab lock (netns/lock.py) for a root suite's whole session: a suite that finds a lab run live
+    stops at once, naming it, instead of failing test after test (or destroying the run).  Processes
+    the tests start (`python -m lab …`, crashers, nodes) nest inside it."""
+    if os.geteuid() != 0:
+        yield None
+        return
+    from netns.lock import LAB_LOCK, LabBusy
+    try:
+        LAB_LOCK.acquire(f"pytest {suite}")
+    except LabBusy as e:
+        pytest.exit(f"{suite}: {e}", returncode=75)
+    try:
+        yield LAB_LOCK
+    finally:
+        LAB_LOCK.release()
+
+
+@contextmanager
+def lab_lock_suspended(lock):
+    """The session's lock let go entirely (every level, and the token children inherit) while a test
+    plays independent runs, as two users' would be; taken again afterwards."""
+    depth = 0
+    while lock.held:
+        lock.release()
+        depth += 1
+    try:
+        yield
+    finally:
+        for _ in range(depth):
+            lock.acquire("pytest (root suites)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lab_lock():
+    yield from hold_lab_lock("tests/netns")
 
 
 def ip_netns_list() -> list[str]:

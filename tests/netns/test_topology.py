@@ -1,5 +1,6 @@
 """The link for real: up, read back, measure, change mid-connection, loss → retransmissions, down, cleanup."""
 import json
+import os
 import select
 import signal
 import subprocess
@@ -168,3 +169,90 @@ def test_congestion_control_per_namespace_is_applied_and_recorded():
     with pytest.raises(LinkError, match="not available"):
         Topology(backend=BACKEND, congestion_control="no-such-cc", prefix=PREFIX).up(sym(delay_ms=1))
     assert not [n for n in ip_netns_list() if n.startswith(PREFIX)]
+
+
+def _allowed_cc() -> str:
+    with open("/proc/sys/net/ipv4/tcp_allowed_congestion_control") as f:
+        return f.read().strip()
+
+
+def _cc_not_allowed_in_root() -> str:
+    with open("/proc/sys/net/ipv4/tcp_available_congestion_control") as f:
+        available = f.read().split()
+    extra = [c for c in available if c not in _allowed_cc().split()]
+    if not extra:
+        pytest.skip("every available congestion control is already allowed in the root namespace")
+    return extra[0]
+
+
+def test_root_allowed_congestion_control_is_restored_on_teardown():
+    from netns.topology import Topology
+    before, cc = _allowed_cc(), _cc_not_allowed_in_root()
+    t = Topology(backend=BACKEND, congestion_control=cc, prefix=PREFIX)
+    try:
+        t.up(sym(delay_ms=1))
+        assert cc in _allowed_cc().split()       # the per-namespace setting needs it there
+    finally:
+        t.down()
+    assert _allowed_cc() == before
+
+
+def test_root_allowed_congestion_control_is_restored_after_a_killed_run():
+    """SIGKILL: no teardown of its own; the next run's stale cleanup takes the algorithm back."""
+    before, cc = _allowed_cc(), _cc_not_allowed_in_root()
+    prefix = PREFIX + "c-"
+    code = CRASHER.format(root=str(Path(__file__).resolve().parents[2]), backend=BACKEND, prefix=prefix)
+    code = code.replace(f"prefix={prefix!r})", f"prefix={prefix!r}, congestion_control={cc!r})")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "up"
+        assert cc in _allowed_cc().split()
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+        cleanup_stale(PREFIX)
+        assert _allowed_cc() == before
+        assert not [n for n in ip_netns_list() if n.startswith(prefix)]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
+        cleanup_stale(prefix, force=True)
+
+
+def test_a_vanished_namespace_is_detected_and_teardown_still_completes(topo):
+    from netns.topology import TopologyError
+    topo.up(sym(delay_ms=1))
+    topo.check_intact()
+    subprocess.run(["ip", "netns", "delete", topo.cloud_ns], check=True, timeout=10)
+    with pytest.raises(TopologyError, match=f"{topo.cloud_ns} vanished under the run"):
+        topo.check_intact()
+    topo.down()
+    assert not [n for n in ip_netns_list() if n.startswith(PREFIX)]
+
+
+def test_a_recreated_namespace_is_not_ours_and_is_left_alone(topo):
+    """Teardown removes only what it made: a name someone re-created belongs to them."""
+    from netns.topology import TopologyError
+    topo.up(sym(delay_ms=1))
+    subprocess.run(["ip", "netns", "delete", topo.cloud_ns], check=True, timeout=10)
+    subprocess.run(["ip", "netns", "add", topo.cloud_ns], check=True, timeout=10)
+    try:
+        with pytest.raises(TopologyError, match="replaced under the run"):
+            topo.check_intact()
+        topo.down()
+        assert topo.cloud_ns in ip_netns_list() and topo.edge_ns not in ip_netns_list()
+    finally:
+        subprocess.run(["ip", "netns", "delete", topo.cloud_ns], timeout=10)
+
+
+def test_a_second_run_refuses_and_touches_nothing(topo):
+    """Another process (no share in this session's lock) bringing a topology up refuses at once, naming
+    this run; ours is untouched."""
+    topo.up(sym(delay_ms=1))
+    code = CRASHER.format(root=str(Path(__file__).resolve().parents[2]), backend=BACKEND, prefix=PREFIX)
+    env = {k: v for k, v in os.environ.items() if k != "SDLAB_LAB_LOCK"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode != 0 and "LabBusy" in r.stderr, r.stderr[-2000:]
+    assert f"pid {os.getpid()}" in r.stderr and "pytest tests/netns" in r.stderr
+    topo.check_intact()
+    assert {topo.edge_ns, topo.cloud_ns} <= set(ip_netns_list())

@@ -286,7 +286,6 @@ def test_rejudge_refuses_a_run_made_with_another_profile(tmp_path):
 def test_judge_refuses_a_timeline_run_lined_up_otherwise(tmp_path):
     """A lab run with one timeline for the whole run (before restart-per-strategy) cannot pair with
     today's simulator on a time-varying link; a static link pairs whatever the run recorded."""
-    import json
     from lab.scenario import load_scenario
     from lab.validate import Case, _check_alignment
     osc, lan = Case(load_scenario("oscillating"), ("fixed-k:5",)), Case(load_scenario("lan"), ("fixed-k:5",))

@@ -1,0 +1,101 @@
+"""Stop signals: SIGTERM/SIGHUP handled as Ctrl-C is (lab/cli.py); teardown not cut short (netns/signals.py)."""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab.cli import Terminated, stop_signals_as_interrupt
+from netns.signals import deferred_stop_signals
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_sigterm_becomes_an_interrupt_and_a_second_one_is_ignored():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt) as e:
+        with stop_signals_as_interrupt():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                signal.pthread_sigmask(signal.SIG_BLOCK, [])     # a bytecode boundary for the handler
+            finally:
+                os.kill(os.getpid(), signal.SIGTERM)             # during "teardown": noted, not raised
+                signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert isinstance(e.value, Terminated) and e.value.signum == signal.SIGTERM
+    assert e.value.signal_name == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_signal_started_ignored_stays_ignored():
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with stop_signals_as_interrupt():
+            os.kill(os.getpid(), signal.SIGHUP)
+            signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, old)
+
+
+def test_deferred_signals_are_delivered_after_the_block():
+    got = []
+    old = signal.signal(signal.SIGTERM, lambda s, f: got.append(("handler", s)))
+    try:
+        with deferred_stop_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            got.append(("teardown finished",))
+        assert got == [("teardown finished",), ("handler", signal.SIGTERM)]
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_deferred_ctrl_c_raises_after_the_block():
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_stop_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            steps.append("teardown finished")
+    assert steps == ["teardown finished"]
+
+
+def test_a_command_stopped_by_sigterm_exits_143_through_its_cleanup():
+    code = ("import os, signal, sys, time\n"
+            "import lab.cli as cli\n"
+            "def cmd(args):\n"
+            "    try:\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        time.sleep(10)\n"
+            "    finally:\n"
+            "        print('cleanup ran', flush=True)\n"
+            "cli.cmd_doctor = cmd\n"
+            "sys.exit(cli.main(['doctor']))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 143, (r.returncode, r.stderr)
+    assert "cleanup ran" in r.stdout and "stopped by SIGTERM" in r.stderr
+
+
+@pytest.mark.parametrize("block", ["interrupt", "deferred"])
+def test_a_forked_copy_dies_by_the_default_action(block):
+    """pyroute2's NetNS helper and nsexec's child are forks that never exec; pyroute2 stops its helper
+    with SIGTERM.  The copy must die, not run the owner's handler (and with it the owner's teardown)."""
+    ctx = stop_signals_as_interrupt() if block == "interrupt" else deferred_stop_signals()
+    r, w = os.pipe()
+    with ctx:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.write(w, b"r")     # past fork's own bookkeeping, which drops signals pending from before
+                import time
+                time.sleep(20)
+            finally:
+                os._exit(7)           # reached if the handler raised in the copy (or nothing stopped it)
+        os.read(r, 1)
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+    os.close(r)
+    os.close(w)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
