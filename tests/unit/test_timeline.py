@@ -115,6 +115,9 @@ class FakeTopo:
     def __init__(self, link, fail_at: int | None = None):
         self.link, self.fail_at, self.calls = link, fail_at, []
 
+    def check_intact(self) -> None:
+        pass                                      # the namespaces are still there
+
     def change(self, link) -> float:
         self.calls.append((time.monotonic(), link))
         if self.fail_at is not None and len(self.calls) == self.fail_at:
@@ -172,12 +175,13 @@ def test_a_failing_link_change_stops_the_run_with_the_reason(silent_edge):
     """The change at t=0.2 s raises: the runner's wait for the edge's next event ends with RunError
     naming the change and the error, and meta() carries it as failure_reason."""
     sc = _short_oscillating()
-    tl = _Timeline(FakeTopo(sc.timeline.link_at(0, sc.link), fail_at=1), sc)
+    topo = FakeTopo(sc.timeline.link_at(0, sc.link), fail_at=1)
+    tl = _Timeline(topo, sc)
     tl.hold("fixed-k:3")
     tl.start("fixed-k:3")
     t0 = time.monotonic()
     with pytest.raises(RunError, match=r"link change at t=0.2 s of fixed-k:3's timeline .*OSError: injected"):
-        _next_event(silent_edge, tl)
+        _next_event(silent_edge, tl, topo)
     assert time.monotonic() - t0 < 3.0
     tl.close()
     assert "injected failure" in tl.meta()["failure_reason"]
