@@ -113,7 +113,15 @@ class TcgBaseline:
                 f"spread (IQR/2) {r.spread_ms:.2f} ms; up {self.uplink.p50_ms:.2f}, down "
                 f"{self.downlink.p50_ms:.2f} ms; a {TIMER_MS:g} ms timer fires {self.timer_ms:.2f} ms late "
                 f"(P{TIMER_QUANTILE}). Accepted RTT deviation: {at0.label()} at delay 0, {at50.label()} "
-                f"delayed both ways ({at50.how})")
+                f"delayed both ways ({at50.how}); a delay wrong by more than the window's "
+                f"{self.resolution_ms(native_tol_ms):.1f} ms fails (10 % of RTT "
+                f"{10 * self.resolution_ms(native_tol_ms):.0f} ms)")
+
+    def resolution_ms(self, native_tol_ms: float) -> float:
+        """The width of the delayed RTT window: an RTT off by more than this fails wherever in the
+        window the guest would have put the correct reading."""
+        w = self.rtt_window(2, native_tol_ms)
+        return w.hi_ms - w.lo_ms
 
     def to_dict(self) -> dict:
         return asdict(self)

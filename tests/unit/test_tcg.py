@@ -64,6 +64,8 @@ def test_baseline_from_an_echo_takes_p50_and_half_the_iqr_per_reading():
     assert b.oneway_window("up", True, 0.5).how.startswith("base 1.2")
     text = b.describe(0.5)
     assert "RTT P50" in text and "timer fires 0.80 ms late" in text and "delayed both ways" in text
+    w = b.rtt_window(2, 0.5)
+    assert b.resolution_ms(0.5) == pytest.approx(w.hi_ms - w.lo_ms) and f"{w.hi_ms - w.lo_ms:.1f} ms fails" in text
     assert TcgBaseline(**{k: (Unimpaired(**v) if isinstance(v, dict) else v)
                           for k, v in b.to_dict().items()}) == b           # the record round-trips
 
