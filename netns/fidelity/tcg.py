@@ -23,8 +23,10 @@ delay 0) and native the tolerance the check has on hardware.  The window is
 one-sided in TCG's direction (emulation only ever adds time) and does not
 grow with the delay, because the guest's excess does not (measured up to
 RTT 200 ms: docs/MEASUREMENTS.md).  A delay that is wrong by more than the
-window's width, 2 x tol + hops x timer (≈3-4 ms for an RTT), fails: 10 % off
-at RTT 50 ms still fails on any host.
+window's width, 2 x tol + hops x timer, fails wherever in the window the
+correct reading would have been: ≈4 ms for an RTT on a quiet host (10 % off at
+RTT 50 ms fails), wider on a busy one, whose readings are wider too;
+`TcgBaseline.describe` prints it with the derivation.
 """
 from __future__ import annotations
 
