@@ -163,10 +163,11 @@ class EchoStats:
     # reflector's turnaround, per probe.  The sum of the two directions' P50s is not
     # this when the delays are skewed (a software-emulated guest's late timers).
     halves_p50_ms: float | None = None
+    rtt_iqr_ms: float | None = None     # P75 - P25 of the RTT: its spread, barely moved by a few late replies
 
     def to_dict(self) -> dict:
         d = {"rtt_p50_ms": self.rtt_p50_ms, "rtt_p95_ms": self.rtt_p95_ms, "rtt_p99_ms": self.rtt_p99_ms,
-             "halves_p50_ms": self.halves_p50_ms}
+             "halves_p50_ms": self.halves_p50_ms, "rtt_iqr_ms": self.rtt_iqr_ms}
         for name, s in (("uplink", self.uplink), ("downlink", self.downlink)):
             d[name] = {"sent": s.sent, "received": s.received, "lost": s.lost, "loss_pct": s.loss_pct,
                        "delay_p50_ms": s.delay_p50_ms, "delay_p95_ms": s.delay_p95_ms,
@@ -218,7 +219,8 @@ def analyse_echo(sent: list[list[int]], reflected: list[list[int]], replies: lis
         rtt_p50_ms=percentile(rtts, 50) if rtts else None,
         rtt_p95_ms=percentile(rtts, 95) if rtts else None,
         rtt_p99_ms=percentile(rtts, 99) if rtts else None,
-        halves_p50_ms=percentile(halves, 50) if halves else None)
+        halves_p50_ms=percentile(halves, 50) if halves else None,
+        rtt_iqr_ms=percentile(rtts, 75) - percentile(rtts, 25) if rtts else None)
 
 
 # ------------------------------------------------------------------ TCP goodput
