@@ -315,6 +315,8 @@ def cmd_scenarios(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every command and option in one declarative block (long on purpose: it is the CLI's table of
+    contents, read top to bottom; the work is in the cmd_* functions)."""
     ap = usage.ArgumentParser(prog="python -m lab", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     count, some = usage.whole(1), usage.whole(0)

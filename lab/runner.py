@@ -240,7 +240,8 @@ def _python() -> str:
 
 def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
     """Run one scenario and return its results folder.  Raises RunError on failure;
-    everything created is removed on every path."""
+    everything created is removed on every path.  Long on purpose: set-up, the event loop and the
+    teardown share one try/finally, which is what guarantees the teardown on every path."""
     from netns.topology import CLOUD_ADDR, Topology
 
     workload = effective_workload(sc, opts)

@@ -207,6 +207,8 @@ TOP_KEYS = ("name", "description", "link", "timeline", "tcp", "backend", "worklo
 
 
 def parse_scenario(doc: Any, source: str = "<string>", default_name: str = "scenario") -> Scenario:
+    """A scenario document (parsed YAML) → Scenario; every key checked in file order, errors naming the
+    file and key.  One function on purpose: it reads as the schema, one block per top-level key."""
     r = _Reader(source)
     if doc is None:
         raise r.fail("", "the file is empty")

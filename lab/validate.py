@@ -657,6 +657,8 @@ def run_validation(names: Iterable[str] = (), quick: bool = False, backend: str 
                    out_dir: str | None = None, calibrate_host: bool = True, rejudge: str | None = None,
                    out: Callable[[str], None] = print) -> int:
     """Run the cases, print the table (network times in ms), return 0 if every row is within tolerance.
+    (Long: calibration, the per-case runs with their drift rerun, and the table share one results
+    writer and one calibration list; the steps themselves are the functions it calls.)
 
     A case whose host drift is beyond DRIFT_RERUN_MS is run again after a new calibration (once); both
     runs' rows are written, the first marked superseded.
