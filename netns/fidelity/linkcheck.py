@@ -41,32 +41,19 @@ RTT_TOLERANCE_MS = {"netem": 0.5, "wire": 1.5}
 # depends on how fast and busy the host is; with `--tcg` the RTT and one-way rows are judged against
 # the guest's own unimpaired baseline, measured right after the topology is up (netns/fidelity/tcg.py),
 # and labelled "<backend>+tcg".  netem's own ±0.5 ms is a claim about real hardware only.
-# The emulated guest also cannot move data as fast as real hardware: on the 2-core CI host (quiet,
-# 2026-11-30) it delivered 70–72 Mbit/s through a 100 Mbit/s netem shaper at RTT 100 ms — the guest's
-# CPU, not the shaper, was the limit — and at 20 Mbit/s, RTT 100 ms, it lost 400+ segments at the
-# shaper in two of three runs, so that a 3 s window's in-order goodput read +3.9 and +8.2 % (delivered:
-# 19.0 of 19.1).  The asymmetric point's 20 Mbit/s downlink read -2.1 to -3.6 % in four VM runs and
-# -5.6 % in a fifth with 10 retransmissions and 18.07 Mbit/s delivered: the sender, not the shaper,
-# fell short.  And the guest's slow start ends late: at 10 Mbit/s, RTT 100 ms, its burst loss was
-# repaired only 1.5-2 s in (receiver bins, 2026-12-01: 5.3, 8.7, 10.3 Mbit/s per 0.5 s, then flat), so
-# a 1 s warm-up left the repair in the window (once -5.5 %, 258 retransmissions, 8.92 delivered).
-# With --tcg every goodput rate, the asymmetric point's included, is capped at TCG_MAX_RATE_MBIT, and
-# both the warm-up and the window are TCG_WINDOW_FACTOR times as long: still a shaper behind a delay
-# line, at a rate the guest can fill, measured once it is full.
+# The emulated guest cannot move data as fast as real hardware, and its slow start ends late: with
+# --tcg every goodput rate is capped at TCG_MAX_RATE_MBIT, and warm-up and window are TCG_WINDOW_FACTOR
+# times as long (docs/MEASUREMENTS.md, "linkcheck in the TCG guest").
 TCG_MAX_RATE_MBIT = 10
 TCG_WINDOW_FACTOR = 2
 JITTER_TOLERANCE_FRAC = 0.10
-# A TCG guest also delays a few packets by several milliseconds at random (unshaped veth there: RTT
-# P50 1.75 ms, P99 8.3 ms), and the std, a sum of squares, is at their mercy: ±10 ms jitter read
-# std 5.74-5.99 ms in five VM runs and 6.90 / 7.60 in a sixth, on a busier host.  On "+tcg" rows the
-# jitter is judged by the interquartile range instead (uniform ±J: J), which a few percent of late
-# packets move by a few percent (5 % at +15 ms: +5 %), with the same ±10 %; the std is still shown.
+# A TCG guest delays a few packets by several milliseconds at random, and the std (a sum of squares)
+# is at their mercy: on "+tcg" rows the jitter is judged by the interquartile range (uniform ±J: J),
+# with the same ±10 %; the std is still shown (docs/MEASUREMENTS.md, "linkcheck in the TCG guest").
 GOODPUT_TOLERANCE_FRAC = 0.05
 # The lost count is judged inside its exact binomial region at this confidence: a correct link fails
-# a row 1 - LOSS_CONFIDENCE of the time.  At 0.99 that was 1 % a row and a CI run judges four to six
-# loss rows (host quick, VM quick): ~5 % of correct runs failed by chance (a VM run read 73 lost of
-# 1908 at 5 %, region 72-121).  At 0.999 (5 % of 2000: 69-133 lost) a chance failure is ~0.5 % a run,
-# and the errors the check is for still fail: 2x the loss (~200), none, or a fraction read as percent.
+# a row 1 - LOSS_CONFIDENCE of the time, and a test run judges four to six loss rows
+# (docs/MEASUREMENTS.md, "linkcheck: loss confidence").
 LOSS_CONFIDENCE = 0.999
 # What tbf counts besides the IP packet depends on the device it sits on
 # (probe_stats.L2_HEADER_BYTES): netem shapes the veth, wire shapes its TUN devices.

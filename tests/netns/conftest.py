@@ -118,9 +118,9 @@ def _pingpong_baseline(topo, count: int):
 
 def pingpong_baseline(topo):
     """TCG only (None on hardware): the TCP ping-pong at delay 0 on this topology, now, its link
-    restored afterwards.  Other work on the host moves the guest's excess within a session (one VM run
-    read 3.0 ms at its start and 9-13 ms more a few minutes later), so a test judges its ping-pong
-    against one measured next to it."""
+    restored afterwards.  Other work on the host moves the guest's excess within a session
+    (docs/MEASUREMENTS.md, TCG allowance), so a test judges its ping-pong against one measured next
+    to it."""
     if not TCG:
         return None
     link = topo.current_link()

@@ -126,7 +126,7 @@ def test_goodput_at_tbf_10mbit_within_5pct_of_ceiling(link, direction):
     link.shape(10)
     # cubic: this checks the probe, and BBR against a tbf on its *own* device (this fixture shapes
     # the sender's egress, not the receiver side the lab uses) drops locally and retransmits in
-    # bursts — one CI run saw 44,479 retransmissions and 92 % of the rate.
+    # bursts (docs/MEASUREMENTS.md, "wire: where the rate is shaped").
     run = run_goodput(link.spawn, direction=direction, measure_s=3.0, cc="cubic")
     ceiling = payload_ceiling_mbit(10, mss_bytes=run.mss_bytes, l2_header_bytes=L2_HEADER_BYTES["veth"])
     print(f"\ntbf 10 Mbit/s {direction}: {run.goodput.mbit:.3f} Mbit/s of ceiling {ceiling:.3f} "
