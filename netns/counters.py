@@ -48,6 +48,19 @@ def tcp_counters(ns: str) -> dict[str, int]:
     return parse_tcp_counters(snmp, netstat)
 
 
+def qdisc_stats(ipr) -> list[dict]:
+    """Per device and qdisc: kind, bytes/packets sent, drops, overlimits, backlog (a pyroute2 handle)."""
+    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+    out = []
+    for q in ipr.get_qdiscs():
+        st = q.get_attr("TCA_STATS") or {}
+        out.append({"dev": names.get(q["index"], q["index"]), "kind": q.get_attr("TCA_KIND"),
+                    "handle": q["handle"], "bytes": st.get("bytes", 0), "packets": st.get("packets", 0),
+                    "drops": st.get("drop", 0), "overlimits": st.get("overlimits", 0),
+                    "backlog": st.get("backlog", 0), "qlen": st.get("qlen", 0)})
+    return out
+
+
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after.get(k, 0) - before.get(k, 0) for k in after}
 
