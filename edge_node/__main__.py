@@ -20,7 +20,7 @@ import zmq
 
 from lab.core import protocol, spec
 from lab.core.cycle import QueryLog, Verdict, alone_loop, run_query
-from lab.core.decoding import DraftState, now_ms
+from lab.core.decoding import DraftSide, DraftState, now_ms
 from lab.core.protocol import Message, ProtocolError, ids
 from lab.core.strategies import make_strategy
 from lab.models import warm_up
@@ -101,26 +101,15 @@ class AloneSeam:
         return self.d.step_alone(self.temperature, self.rng)
 
 
-class EdgeSeam:
+class EdgeSeam(DraftSide):
     """The cycle's seam on the edge: draft here, verify in the cloud over the link."""
 
     def __init__(self, node: "EdgeNode", qid: str, prompt_ids: list[int], seed: int):
-        self.node, self.link, self.qid, self.seed = node, node.link, qid, seed
-        self.temperature, self.payload = node.w["temperature"], node.w["payload"]
-        self.rng = np.random.default_rng(seed)
+        self.node, self.link, self.qid = node, node.link, qid
         mid, self.up0 = self.link.send("prefill", {"query": qid}, {"prompt_ids": ids(prompt_ids)})
-        self.d, _ = DraftState.start(node.draft, prompt_ids)      # prefills while the cloud does
+        d, _ = DraftState.start(node.draft, prompt_ids)           # prefills while the cloud does
+        super().__init__(d, node.w["temperature"], seed, node.w["payload"])
         _, self.down0 = self.link.wait(mid)
-        self.q = None
-
-    now = staticmethod(now_ms)
-
-    def start_cycle(self, seq: int) -> None:
-        pass
-
-    def draft(self, k: int, seq: int) -> list[int]:
-        drafts, self.q = self.d.draft(k, self.temperature, self.rng, payload=self.payload)
-        return drafts
 
     def verify(self, drafts: list[int], seq: int) -> Verdict:
         arrays = {"tokens": ids(drafts)}
@@ -132,12 +121,6 @@ class EdgeSeam:
         if seq == 0:                                  # cycle 0 carries the prefill exchange's bytes
             up, down = up + self.up0, down + self.down0
         return Verdict(int(msg["n_accepted"]), int(msg["token"]), float(msg["cloud_compute_ms"]), up, down)
-
-    def commit(self, accepted: list[int], token: int) -> None:
-        self.d.commit(accepted, token)
-
-    def alone(self) -> int:
-        return self.d.step_alone(self.temperature, self.rng)
 
     def resync(self) -> None:
         """The cloud's cache no longer matches S: re-prefill it before the next verify."""

@@ -185,19 +185,14 @@ class TargetState:
 
 # ------------------------------------------------------------------ the co-located path
 
-class LocalSeam:
-    """The cycle's seam with draft and target in this process (cloud-spec, bench, the reference).
+class DraftSide:
+    """The draft half of a cycle seam (lab/core/cycle.py), timed on this process's clock: K tokens
+    drafted with the edge node's RNG (their q kept for the verify request), the verdict committed,
+    tokens made alone.  A seam adds how the proposal reaches the target: verify, resync, close."""
 
-    The proposal's q goes through the same encode/decode as on the wire (payload), and the target
-    samples with the same per-cycle RNG as the cloud node, so a co-located run and a distributed
-    one with the same seed produce the same tokens."""
-
-    def __init__(self, draft_model, target_model, prompt_ids: list[int], temperature: float = 0.0,
-                 seed: int = 0, payload: str = "full"):
-        self.target_model, self.temperature, self.seed, self.payload = target_model, temperature, seed, payload
+    def __init__(self, draft: DraftState, temperature: float, seed: int, payload: str):
+        self.d, self.temperature, self.seed, self.payload = draft, temperature, seed, payload
         self.rng = np.random.default_rng(seed)                 # the edge node's drafting RNG
-        self.d, _ = DraftState.start(draft_model, prompt_ids)
-        self.t = TargetState.start(target_model, prompt_ids)
         self.q: np.ndarray | None = None
 
     now = staticmethod(now_ms)
@@ -209,6 +204,29 @@ class LocalSeam:
         drafts, self.q = self.d.draft(k, self.temperature, self.rng, payload=self.payload)
         return drafts
 
+    def commit(self, accepted: list[int], token: int) -> None:
+        self.d.commit(accepted, token)
+
+    def alone(self) -> int:
+        return self.d.step_alone(self.temperature, self.rng)
+
+    def close(self) -> None:
+        pass
+
+
+class LocalSeam(DraftSide):
+    """The cycle's seam with draft and target in this process (cloud-spec, bench, the reference).
+
+    The proposal's q goes through the same encode/decode as on the wire (payload), and the target
+    samples with the same per-cycle RNG as the cloud node, so a co-located run and a distributed
+    one with the same seed produce the same tokens."""
+
+    def __init__(self, draft_model, target_model, prompt_ids: list[int], temperature: float = 0.0,
+                 seed: int = 0, payload: str = "full"):
+        super().__init__(DraftState.start(draft_model, prompt_ids)[0], temperature, seed, payload)
+        self.target_model = target_model
+        self.t = TargetState.start(target_model, prompt_ids)
+
     def verify(self, drafts: list[int], seq: int) -> Verdict:
         t0 = now_ms()
         qv = None
@@ -218,17 +236,8 @@ class LocalSeam:
         n, tok = self.t.verify(drafts, self.temperature, verify_rng(self.seed, seq), qv)
         return Verdict(n, tok, now_ms() - t0)
 
-    def commit(self, accepted: list[int], token: int) -> None:
-        self.d.commit(accepted, token)
-
-    def alone(self) -> int:
-        return self.d.step_alone(self.temperature, self.rng)
-
     def resync(self) -> None:
         self.t = TargetState.start(self.target_model, self.d.committed)
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass
