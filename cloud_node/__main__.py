@@ -77,6 +77,11 @@ class CloudServer:
                 q = spec.decode_q(msg["payload"], drafts, msg.arrays, self.target.vocab_size)
             except (KeyError, ValueError) as e:
                 raise ProtocolError(f"verify: payload {msg['payload']!r} does not match its arrays ({e})") from None
+        if "pos" in msg.fields and not st.holds(msg["pos"], msg["last"]):
+            # A pipelined block drafted on a guess an earlier verdict refuted: not verified, nothing touched.
+            reply(Message("verdict", msg.id, {"query": msg["query"], "seq": msg["seq"], "n_accepted": 0, "token": 0,
+                                              "stale": True, "cloud_compute_ms": now_ms() - t0}))
+            return
         rng = verify_rng(msg["seed"], msg["seq"])
         n, tok = st.verify(drafts, temperature, rng, q)
         reply(Message("verdict", msg.id, {"query": msg["query"], "seq": msg["seq"], "n_accepted": n, "token": tok,

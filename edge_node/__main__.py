@@ -61,13 +61,21 @@ class CloudLink:
 
     def wait(self, mid: int, timeout_s: float | None = None) -> tuple[Message, int]:
         """The reply to request `mid` and its size; CloudDown on timeout (the socket is then reset)."""
-        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        got = self.receive(mid, timeout_s or self.timeout_s)
+        if got is None:
+            self._open()                  # drop whatever is queued; late replies will not reach us
+            raise CloudDown(f"no reply from {self.url} within {timeout_s or self.timeout_s:g} s")
+        return got
+
+    def receive(self, mid: int, timeout_s: float) -> tuple[Message, int] | None:
+        """The reply to request `mid` if it comes within timeout_s (0: only if already here), else None;
+        replies to other requests met on the way are dropped (late ones, superseded pipelined blocks)."""
+        deadline = time.monotonic() + timeout_s
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
+            if not self.sock.poll(max(0, int(left * 1000) + (1 if left > 0 else 0))):
                 if time.monotonic() >= deadline:
-                    self._open()          # drop whatever is queued; late replies will not reach us
-                    raise CloudDown(f"no reply from {self.url} within {timeout_s or self.timeout_s:g} s")
+                    return None
                 continue
             frames = self.sock.recv_multipart(copy=True)
             try:
@@ -120,6 +128,37 @@ class EdgeSeam(DraftSide):
         msg, down = self.link.wait(mid)
         if seq == 0:                                  # cycle 0 carries the prefill exchange's bytes
             up, down = up + self.up0, down + self.down0
+        return Verdict(int(msg["n_accepted"]), int(msg["token"]), float(msg["cloud_compute_ms"]), up, down)
+
+    # The pipelined cycle (lab/core/cycle.py PipeSeam): each block names the base it rests on, so the cloud
+    # answers a block drafted on a refuted guess `stale` without touching its cache; the edge no longer
+    # waits for such a block, and CloudLink drops its reply by request id.
+    def send(self, drafts: list[int], seq: int) -> None:
+        arrays = {"tokens": ids(drafts)}
+        if self.temperature > 0:
+            arrays.update(spec.encode_q(self.payload, drafts, self.qs[seq]))
+        pos, last = self.block_base(drafts)
+        mid, up = self.link.send("verify", {"query": self.qid, "seq": seq, "payload": self.payload,
+                                            "temperature": self.temperature, "seed": self.seed,
+                                            "pos": pos, "last": int(last)}, arrays)
+        if not hasattr(self, "sent"):
+            self.sent: dict[int, int] = {}
+            self.unreported_up = self.up0          # cycle 0 carries the prefill exchange's bytes
+        self.sent[seq] = mid
+        self.unreported_up += up                   # superseded blocks' bytes go to the next verdict
+
+    def poll(self, seq: int, timeout_ms: float | None) -> Verdict | None:
+        mid = self.sent.pop(seq)
+        got = self.link.wait(mid) if timeout_ms is None else self.link.receive(mid, timeout_ms / 1000)
+        if got is None:
+            self.sent[seq] = mid
+            return None
+        msg, down = got
+        if msg.get("stale"):
+            raise ProtocolError(f"the cloud answered block {seq} stale, but its base is what the edge holds")
+        if self.down0:
+            down, self.down0 = down + self.down0, 0
+        up, self.unreported_up = self.unreported_up, 0
         return Verdict(int(msg["n_accepted"]), int(msg["token"]), float(msg["cloud_compute_ms"]), up, down)
 
     def resync(self) -> None:

@@ -14,6 +14,9 @@ from a model).  They differ only in a small seam:
     seam.resync()                after tokens made alone, bring the target's cache up to date
     seam.close()                 the query is over (the edge tells the cloud to drop its session)
 
+`speculate_pipelined` is the same cycle with the draft kept busy during the wait (pipelined:K); its
+seam also splits verify into send and poll and drafts ahead (PipeSeam, below).
+
 The loop owns the rest: K from the strategy, the target's stopping rule, the
 cycle record and what the strategy observes.  A strategy written once runs in
 the lab and in the simulator with no other change.
@@ -21,6 +24,7 @@ the lab and in the simulator with no other change.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -29,6 +33,9 @@ from lab.core.strategies import CycleObservation, Strategy, StrategyError
 
 CYCLE_FIELDS = ("k", "accepted", "cycle_ms", "network_ms", "cloud_compute_ms", "edge_compute_ms",
                 "bytes_up", "bytes_down", "t_ms")
+# The pipelined cycle's record (speculate_pipelined): whether the block drafted ahead during this cycle's
+# wait was used (1), thrown away (0) or never drafted (None), and the drafting hidden behind the wait (ms).
+CYCLE_FIELDS += ("optimistic", "hidden_ms")
 PLACEMENTS = ("cloud", "cloud-spec", "edge", "split")
 
 
@@ -79,14 +86,18 @@ class QueryLog:
         self.cycles: dict[str, list] = {f: [] for f in CYCLE_FIELDS}
 
     def add(self, new: list[int], k: int, accepted: int, cycle_ms: float, edge_ms: float, cloud_ms: float,
-            bytes_up: int = 0, bytes_down: int = 0) -> float:
-        """Record a finished cycle; returns its network time (cycle time minus all compute)."""
-        t = self.clock() - self.t_submit
+            bytes_up: int = 0, bytes_down: int = 0, optimistic: int | None = None, hidden_ms: float = 0.0,
+            at: float | None = None) -> float:
+        """Record a finished cycle; returns its network time (cycle time minus all compute on its critical
+        path: edge_ms is the drafting the cycle waited for, hidden_ms the drafting overlapped with the wait).
+        `at`: when the cycle ended on the clock, if earlier than now (the pipelined cycle records late)."""
+        t = (self.clock() if at is None else at) - self.t_submit
         if new and self.ttft_ms is None:
             self.ttft_ms = t
         self.tokens.extend(new)
         net = max(0.0, cycle_ms - edge_ms - cloud_ms) if self.placement != "edge" else 0.0
-        for key, v in zip(CYCLE_FIELDS, (k, accepted, cycle_ms, net, cloud_ms, edge_ms, bytes_up, bytes_down, t)):
+        for key, v in zip(CYCLE_FIELDS, (k, accepted, cycle_ms, net, cloud_ms, edge_ms, bytes_up, bytes_down, t,
+                                         optimistic, hidden_ms)):
             self.cycles[key].append(v)
         return net
 
@@ -168,7 +179,11 @@ def run_query(strategy: Strategy, driver: QueryDriver, log: QueryLog, max_new: i
     elif placement == "split":
         seam = driver.split_seam()
         try:
-            speculate(strategy, seam, log, max_new, eos)
+            depth = getattr(strategy, "pipeline_depth", 0)
+            if depth:
+                speculate_pipelined(strategy, seam, log, max_new, eos, depth)
+            else:
+                speculate(strategy, seam, log, max_new, eos)
         finally:
             seam.close()
     else:
@@ -192,3 +207,133 @@ class FixedK:
 
     def observe(self, obs: CycleObservation) -> None:
         pass
+
+
+# ------------------------------------------------------------------ the pipelined cycle
+
+class PipeSeam(Seam, Protocol):
+    """What the pipelined cycle needs besides Seam: verify split into send and poll, and drafting ahead.
+
+    send(drafts, seq)              put block `seq` on its way to the target (it is the tail of the chain)
+    poll(seq, timeout_ms)          the verdict of block `seq` if it arrives in time (None: not yet;
+                                   timeout None: wait as the seam's verify would); verdicts of blocks
+                                   the edge superseded are recognised by their seq and discarded
+    draft_ahead(k, seq, between)   one more block on the guess that every block of the chain is accepted
+                                   whole and the target's bonus is the draft's own most likely token:
+                                   the guess, then K drafts; between() runs before every draft forward and
+                                   False abandons the block (-> None)
+    guess_holds(k, verdict)        whether the oldest block's verdict agrees with the chain (so far)
+    settle(k, verdict)             commit the oldest block's verdict; True when the chain held (the blocks
+                                   drafted ahead stand), False when it was rolled back to S + accepted + token
+    """
+    def send(self, drafts: list[int], seq: int) -> None: ...
+    def poll(self, seq: int, timeout_ms: float | None) -> Verdict | None: ...
+    def draft_ahead(self, k: int, seq: int, between: Callable[[], bool]) -> list[int] | None: ...
+    def guess_holds(self, k: int, verdict: Verdict) -> bool: ...
+    def settle(self, k: int, verdict: Verdict) -> bool: ...
+
+
+@dataclass
+class _Block:
+    seq: int
+    k: int
+    drafts: list[int]
+
+
+def speculate_pipelined(strategy: Strategy, seam: PipeSeam, log: QueryLog, max_new: int, eos,
+                        depth: int = 1) -> None:
+    """Speculative cycles that keep the draft busy while a block is verified (the pipelining of
+    ../shared/seeds/001-edge-cloud-sd-design.txt; SpecEdge's proactive drafting).
+
+    After sending block i the edge drafts block i+1 as if all of block i were accepted and the target's
+    bonus were the draft's own next choice.  If the verdict agrees, block i+1 is already drafted and goes
+    out at once; otherwise it is dropped and the draft cache rolled back to the accepted prefix plus the
+    target's token — the sequential cycle's commit.  Verification is untouched, so the output is the
+    target's (T = 0: token for token the sequential cycle's; T > 0: the same distribution, since every
+    block is drafted from the draft's distribution given its prefix, whatever happened to the guess).
+    `depth`: blocks in flight at once; above 1 the blocks drafted ahead are sent before the verdicts
+    they rest on, and a block whose base the target no longer holds comes back stale (ignored).
+
+    One cycle = one verdict, from the previous verdict's arrival to this one's: edge_compute_ms is the
+    drafting it waited for, hidden_ms the drafting done while its block was on its way, `optimistic`
+    whether the blocks drafted past it were used (1), thrown away (0) or there were none (None)."""
+    if depth < 1:
+        raise StrategyError(f"pipeline depth must be at least 1, got {depth}")
+    strategy.start_query()
+    inflight: deque[_Block] = deque()
+    held: _Block | None = None                 # drafted ahead, not yet sent (depth reached)
+    seq, done = 0, len(log.tokens) >= max_new
+    t_mark, exposed = seam.now(), 0.0
+
+    def room() -> int:
+        chain = list(inflight) + ([held] if held else [])
+        if any(t in eos for b in chain for t in b.drafts):
+            return 0                            # the guess would end the query here
+        return max_new - len(log.tokens) - sum(b.k + 1 for b in chain)
+
+    while not done:
+        seam.start_cycle(len(log.cycles["k"]))
+        if not inflight:                        # query start, or the chain broke: draft from S
+            k = min(max(1, int(strategy.next_k())), max_new - len(log.tokens))
+            t0 = seam.now()
+            drafts = seam.draft(k, seq)
+            exposed += seam.now() - t0
+            seam.send(drafts, seq)
+            inflight.append(_Block(seq, k, drafts))
+            seq += 1
+        oldest = inflight[0]
+        verdict: Verdict | None = None
+        t_verdict = None
+        hidden, after, ahead = 0.0, 0.0, False
+
+        def between() -> bool:
+            nonlocal verdict, t_verdict
+            if verdict is None:
+                verdict = seam.poll(oldest.seq, 0.0)
+                if verdict is not None:
+                    t_verdict = seam.now()
+            return verdict is None or seam.guess_holds(oldest.k, verdict)
+
+        # Draft ahead while the oldest block's verdict is outstanding.
+        while verdict is None and held is None and room() > 0:
+            k = min(max(1, int(strategy.next_k())), room())
+            t0 = seam.now()
+            drafts = seam.draft_ahead(k, seq, between)
+            ahead = True
+            if t_verdict is None:
+                hidden += seam.now() - t0
+            else:                                # the verdict came mid-block: the rest was waited for
+                hidden += t_verdict - t0
+                after += seam.now() - t_verdict
+            if drafts is None:
+                break
+            blk, seq = _Block(seq, k, drafts), seq + 1
+            if verdict is None and len(inflight) < depth:
+                seam.send(drafts, blk.seq)
+                inflight.append(blk)
+            else:
+                held = blk
+        if verdict is None:
+            verdict = seam.poll(oldest.seq, None)
+            t_verdict = seam.now()
+        n = verdict.accepted
+        if not 0 <= n <= oldest.k:
+            raise ProtocolError(f"verdict accepts {n} of {oldest.k} drafts")
+        beyond = ahead or held is not None or len(inflight) > 1     # the chain went past this block
+        inflight.popleft()
+        used = seam.settle(oldest.k, verdict)
+        new, done = stop_rule(oldest.drafts[:n] + [verdict.token], max_new - len(log.tokens), eos)
+        cycle = t_verdict - t_mark
+        net = log.add(new, oldest.k, n, cycle, exposed, verdict.cloud_ms, verdict.bytes_up, verdict.bytes_down,
+                      optimistic=(1 if used else 0) if beyond else None, hidden_ms=hidden, at=t_verdict)
+        strategy.observe(CycleObservation(k=oldest.k, accepted=n, cycle_ms=cycle, network_ms=net,
+                                          cloud_compute_ms=verdict.cloud_ms, edge_compute_ms=exposed,
+                                          bytes_up=verdict.bytes_up, bytes_down=verdict.bytes_down))
+        t_mark, exposed = t_verdict, after
+        if not used:                            # superseded: their verdicts will be discarded by seq
+            inflight.clear()
+            held = None
+        elif held is not None and not done and len(inflight) < depth:
+            seam.send(held.drafts, held.seq)    # drafted during the wait: out at once
+            inflight.append(held)
+            held = None

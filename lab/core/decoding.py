@@ -31,12 +31,15 @@ Worked example, prompt [a b c], K = 3:
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from lab.core import spec
 from lab.core.cycle import FixedK, QueryLog, Verdict, speculate
+from lab.core.protocol import ProtocolError
 
 
 VERIFY_SALT = 0x7E51F1          # non-zero: keeps verify streams apart from default_rng(seed)
@@ -60,19 +63,22 @@ def verify_rng(seed: int, seq: int) -> np.random.Generator:
 # ------------------------------------------------------------------ the two primitives
 
 def draft_tokens(session, feed: list[int], k: int, temperature: float, rng: np.random.Generator,
-                 payload: str | None = "full", logits: np.ndarray | None = None
-                 ) -> tuple[list[int], np.ndarray | None]:
+                 payload: str | None = "full", logits: np.ndarray | None = None,
+                 between: Callable[[], bool] | None = None) -> tuple[list[int] | None, np.ndarray | None]:
     """K autoregressive draft steps.  The session's cache holds S minus `feed`; `logits` are the
     next-token logits when feed is empty.  Returns tokens [K] and, at T > 0, the draft's softmax q [K, V]
     (what `spec.encode_q` turns into the payload).  Tokens are drawn from `spec.proposal(payload, q)`,
     the distribution the cloud can rebuild from that payload — so pass the payload mode the edge
-    will send (None: sample from q itself)."""
+    will send (None: sample from q itself).  between(), if given, runs before every forward;
+    False abandons the block: (None, None), the cache then holding whatever was fed so far."""
     tokens: list[int] = []
     qs: list[np.ndarray] = []
     if logits is None and not feed:
         raise ValueError("draft_tokens: nothing to feed and no logits to start from")
     for _ in range(k):
         if logits is None:
+            if between is not None and not between():
+                return None, None
             logits = session.extend(feed)[-1]                   # [V]
         if temperature > 0:
             q = spec.softmax(logits, temperature)                # [V]
@@ -106,6 +112,10 @@ class DraftState:
     committed: list[int]                  # S
     cached: int = 0                       # the draft cache holds S[:cached]
     ready: np.ndarray | None = None       # next-token logits, valid while cached == len(S)
+    # The pipelined cycle's chain: tokens past S drafted on the guess that every block in flight is accepted
+    # whole with the draft's own bonus (blocks and guessed bonuses, oldest first).  The cache then holds a
+    # prefix of S + ahead; a block abandoned mid-way may leave more, which the next commit rolls back.
+    ahead: list[int] = field(default_factory=list)
 
     @classmethod
     def start(cls, model, prompt_ids: list[int]) -> tuple["DraftState", np.ndarray]:
@@ -129,6 +139,7 @@ class DraftState:
         tokens, q = draft_tokens(self.session, self.pending(), k, temperature, rng, payload,
                                  logits=self._logits_if_ready(first_logits))
         self.cached, self.ready = len(self.committed), None
+        self.ahead = list(tokens)
         return tokens, q                       # the cache now holds S + tokens[:-1]
 
     def commit(self, accepted: list[int], next_token: int) -> None:
@@ -139,6 +150,40 @@ class DraftState:
         keep = min(self.session.length, base + len(accepted))
         self.session.rollback(keep)
         self.cached, self.ready = keep, None
+        self.ahead = []
+
+    def draft_ahead(self, k: int, temperature: float, rng: np.random.Generator,
+                    between: Callable[[], bool] | None = None, payload: str | None = "full"
+                    ) -> tuple[list[int], np.ndarray | None] | None:
+        """One block past the chain: the guessed bonus (the draft's most likely next token: the likeliest to
+        be the target's at T = 0 and near it at T > 0), then K drafts as `draft` makes them.  None if
+        between() abandons it."""
+        chain = self.committed + self.ahead
+        feed = chain[self.session.length:]                # the chain's last token, never fed yet
+        if between is not None and not between():
+            return None
+        guess = int(np.argmax(self.session.extend(feed)[-1]))
+        self.ahead.append(guess)
+        tokens, q = draft_tokens(self.session, [guess], k, temperature, rng, payload, between=between)
+        if tokens is None:
+            return None
+        self.ahead += tokens
+        return tokens, q
+
+    def guess_holds(self, k: int, n: int, token: int) -> bool:
+        """Whether the verdict (n of the oldest block's k drafts, then token) agrees with the chain so far."""
+        return n == k and (len(self.ahead) <= k or self.ahead[k] == int(token))
+
+    def settle(self, k: int, n: int, token: int) -> bool:
+        """The oldest block's verdict.  If the chain guessed it (all k accepted, the bonus as guessed), its
+        first k + 1 tokens join S and the rest of the chain and the cache stand: True.  Otherwise commit."""
+        if n == k and len(self.ahead) > k and self.ahead[k] == int(token):
+            self.committed += self.ahead[: k + 1]
+            self.ahead = self.ahead[k + 1:]
+            self.cached, self.ready = min(self.session.length, len(self.committed)), None
+            return True
+        self.commit(self.ahead[:n], token)
+        return False
 
     def step_alone(self, temperature: float, rng: np.random.Generator) -> int:
         """One edge-only token (no verification): feed pending, pick, commit."""
@@ -165,6 +210,11 @@ class TargetState:
         s = model.new_session()
         s.prefill(list(prompt_ids[:-1]))
         return cls(session=s, last=int(prompt_ids[-1]), length=len(prompt_ids) - 1)
+
+    def holds(self, pos: int, last: int) -> bool:
+        """Whether S is what a block drafted at position `pos` (len(S) it assumed) after `last` rests on; a
+        pipelined block drafted on a guess the verdicts refuted does not (it is answered stale, untouched)."""
+        return self.length + 1 == pos and self.last == int(last)
 
     def verify(self, drafts: list[int], temperature: float, rng: np.random.Generator,
                q: np.ndarray | None = None) -> tuple[int, int]:
@@ -194,6 +244,7 @@ class DraftSide:
         self.d, self.temperature, self.seed, self.payload = draft, temperature, seed, payload
         self.rng = np.random.default_rng(seed)                 # the edge node's drafting RNG
         self.q: np.ndarray | None = None
+        self.qs: dict[int, np.ndarray | None] = {}             # pipelined: each block's q, by seq
 
     now = staticmethod(now_ms)
 
@@ -202,7 +253,30 @@ class DraftSide:
 
     def draft(self, k: int, seq: int) -> list[int]:
         drafts, self.q = self.d.draft(k, self.temperature, self.rng, payload=self.payload)
+        self.qs = {seq: self.q}
         return drafts
+
+    # the pipelined cycle's drafting (lab/core/cycle.py PipeSeam)
+    def draft_ahead(self, k: int, seq: int, between) -> list[int] | None:
+        out = self.d.draft_ahead(k, self.temperature, self.rng, between, self.payload)
+        if out is None:
+            return None
+        drafts, self.qs[seq] = out
+        return drafts
+
+    def guess_holds(self, k: int, verdict: Verdict) -> bool:
+        return self.d.guess_holds(k, verdict.accepted, verdict.token)
+
+    def settle(self, k: int, verdict: Verdict) -> bool:
+        return self.d.settle(k, verdict.accepted, verdict.token)
+
+    def block_base(self, drafts: list[int]) -> tuple[int, int]:
+        """(pos, last) of a block about to be sent, the chain's tail: what the target must hold to verify it."""
+        chain = self.d.committed + self.d.ahead
+        pos = len(chain) - len(drafts)
+        if chain[pos:] != list(drafts):
+            raise ValueError("a pipelined block must be the tail of the chain when it is sent")
+        return pos, chain[pos - 1]
 
     def commit(self, accepted: list[int], token: int) -> None:
         self.d.commit(accepted, token)
@@ -227,17 +301,41 @@ class LocalSeam(DraftSide):
         self.target_model = target_model
         self.t = TargetState.start(target_model, prompt_ids)
 
-    def verify(self, drafts: list[int], seq: int) -> Verdict:
+    def verify(self, drafts: list[int], seq: int, q: np.ndarray | None = None) -> Verdict:
         t0 = now_ms()
         qv = None
         if self.temperature > 0:
-            qv = spec.decode_q(self.payload, drafts, spec.encode_q(self.payload, drafts, self.q),
+            q = self.q if q is None else q
+            qv = spec.decode_q(self.payload, drafts, spec.encode_q(self.payload, drafts, q),
                                self.target_model.vocab_size)
         n, tok = self.t.verify(drafts, self.temperature, verify_rng(self.seed, seq), qv)
         return Verdict(n, tok, now_ms() - t0)
 
     def resync(self) -> None:
         self.t = TargetState.start(self.target_model, self.d.committed)
+
+    # The pipelined cycle: blocks queue up as on the wire and the target takes them in order when polled,
+    # answering a block whose base it no longer holds as the cloud node does (stale, cache untouched).
+    queue: deque | None = None
+    stale = 0                                   # blocks answered stale (superseded before their verify)
+
+    def send(self, drafts: list[int], seq: int) -> None:
+        if self.queue is None:
+            self.queue = deque()
+        self.queue.append((seq, list(drafts), *self.block_base(drafts), self.qs.get(seq)))
+
+    def poll(self, seq: int, timeout_ms: float | None) -> Verdict | None:
+        while self.queue:
+            s, drafts, pos, last, q = self.queue.popleft()
+            if not self.t.holds(pos, last):
+                self.stale += 1
+                if s == seq:
+                    raise ProtocolError(f"the verdict for block {seq} is stale: the chain it rests on broke")
+                continue                        # superseded: the edge no longer waits for it
+            v = self.verify(drafts, s, q)
+            if s == seq:
+                return v
+        raise ProtocolError(f"no verdict for block {seq}: it was never sent")
 
 
 @dataclass

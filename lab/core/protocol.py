@@ -7,13 +7,20 @@ No pickle: a malformed or hostile message can only raise ProtocolError.
 Every request carries an id and its reply the same id, so a late reply
 (after a timeout) is never taken for the answer to the current request.
 
+Pipelined blocks (pipelined:K) carry their base: `pos` = the length of the sequence the drafts
+follow and `last` = its last token.  The cloud verifies a block only if its session holds exactly
+that; otherwise the block was drafted on a guess an earlier verdict refuted, and the verdict says
+`stale: true` (n_accepted 0, token 0) with the session untouched.  `seq` numbers a query's blocks;
+the edge discards the verdicts of blocks it superseded.
+
 Messages (edge → cloud, cloud → edge):
   hello      {draft_model, target_model, tokenizer_hash, eos_token_ids}
                                                                 → hello_ok {target_model, draft_model, tokenizer_hash,
                                                                             eos_token_ids}  (the target's)
   prefill    {query} + prompt_ids                               → prefill_ok {query, cloud_compute_ms}
-  verify     {query, seq, payload, temperature, seed} + tokens [+ q arrays]
-                                                                → verdict {query, seq, n_accepted, token, cloud_compute_ms}
+  verify     {query, seq, payload, temperature, seed[, pos, last]} + tokens [+ q arrays]
+                                                                → verdict {query, seq, n_accepted, token, cloud_compute_ms
+                                                                           [, stale]}
   generate   {query, mode: target|spec, k, max_new_tokens, temperature, seed} + prompt_ids
                                                                 → tokens {query, seq, tokens, done, cloud_compute_ms,
                                                                           drafted, accepted}  (streamed, one per step)
@@ -39,7 +46,7 @@ import numpy as np
 
 from lab.core import spec
 
-PROTOCOL_VERSION = 2                          # 2: hello carries the stopping tokens
+PROTOCOL_VERSION = 3                          # 2: hello carries the stopping tokens; 3: pipelined blocks
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024          # a full-distribution payload at K=15 is ≈4.6 MB
 MAX_HEADER_BYTES = 64 * 1024
 ALLOWED_DTYPES = ("int32", "int64", "float16", "float32")
@@ -192,7 +199,7 @@ def _check_fields(mtype: str, fields: dict, array_names) -> None:
     missing = [a for a in REQUIRED_ARRAYS.get(mtype, ()) if a not in array_names]
     if missing:
         raise ProtocolError(f"{mtype}: missing array(s) {', '.join(missing)}")
-    for k in ("seq", "k", "max_new_tokens", "n_accepted", "token", "seed", "drafted", "accepted"):
+    for k in ("seq", "k", "max_new_tokens", "n_accepted", "token", "seed", "drafted", "accepted", "pos", "last"):
         if k in fields and (not isinstance(fields[k], int) or isinstance(fields[k], bool) or fields[k] < 0):
             raise ProtocolError(f"{mtype}: {k} must be a non-negative integer, got {_short(fields[k])}")
     for k in ("temperature", "cloud_compute_ms"):
@@ -206,10 +213,13 @@ def _check_fields(mtype: str, fields: dict, array_names) -> None:
     for k in ("payload", "message", "draft_model", "target_model", "tokenizer_hash", "mode"):
         if k in fields and not isinstance(fields[k], str):
             raise ProtocolError(f"{mtype}: {k} must be a string")
-    if "done" in fields and not isinstance(fields["done"], bool):
-        raise ProtocolError(f"{mtype}: done must be true or false")
+    for k in ("done", "stale"):
+        if k in fields and not isinstance(fields[k], bool):
+            raise ProtocolError(f"{mtype}: {k} must be true or false")
     if mtype == "generate" and fields["mode"] not in ("target", "spec"):
         raise ProtocolError(f"generate: mode must be 'target' or 'spec', got {_short(fields['mode'])}")
+    if mtype == "verify" and ("pos" in fields) != ("last" in fields):
+        raise ProtocolError("verify: a pipelined block needs both pos and last")
     if mtype == "verify":
         try:
             spec.parse_payload(fields["payload"])

@@ -16,6 +16,8 @@ observe: the previous cycles' K, accepted counts and timings.
   * "cloud-spec" — draft and target both in the cloud (co-located speculation, K from next_k).
   * "edge"       — edge-only: the draft model alone, nothing crosses the link.
   * "split"      — draft on the edge, verify in the cloud, K from next_k() every cycle.
+A split strategy with `pipeline_depth` > 0 runs the pipelined cycle (lab/core/cycle.py
+speculate_pipelined): the edge drafts the next block while the cloud verifies.
 """
 from __future__ import annotations
 
@@ -86,6 +88,26 @@ def _int_param(name: str, param: str | None, default: int | None, lo: int = 1, h
     return int(param)
 
 
+class _Pipelined(_Fixed):
+    """A constant K, pipelined: the next block is drafted during the wait; `pipeline_depth` blocks in flight."""
+
+    def __init__(self, k: int, depth: int):
+        super().__init__(f"pipelined:{k}" if depth == 1 else f"pipelined:{k}:{depth}", "split", k)
+        self.pipeline_depth = depth
+
+
+MAX_PIPELINE_DEPTH = 4
+
+
+def _pipelined(param: str | None) -> Strategy:
+    k_text, _, depth_text = (param or "").partition(":")
+    k = _int_param("pipelined", k_text, None)
+    if depth_text and (not depth_text.isdigit() or not 1 <= int(depth_text) <= MAX_PIPELINE_DEPTH):
+        raise StrategyError(f"strategy 'pipelined': depth (blocks in flight, pipelined:K:DEPTH) must be a whole "
+                            f"number from 1 to {MAX_PIPELINE_DEPTH}, got {depth_text!r}")
+    return _Pipelined(k, int(depth_text) if depth_text else 1)
+
+
 # name → factory(param) ; param is the text after ':' or None
 REGISTRY: dict[str, Callable[[str | None], Strategy]] = {
     "cloud-only": lambda p: _Fixed("cloud-only", "cloud", 0),
@@ -95,6 +117,7 @@ REGISTRY: dict[str, Callable[[str | None], Strategy]] = {
                                    _int_param("cloud-spec", p, COLOCATED_DEFAULT_K)),
     "fixed-k": lambda p: _Fixed(f"fixed-k:{_int_param('fixed-k', p, None)}", "split",
                                 _int_param("fixed-k", p, None)),
+    "pipelined": _pipelined,
 }
 
 
@@ -108,7 +131,7 @@ def make_strategy(spec: str) -> Strategy:
     factory = REGISTRY.get(base)
     if factory is None:
         known = ", ".join(sorted(REGISTRY))
-        raise StrategyError(f"unknown strategy {spec!r} (known: {known}; fixed-k takes :K)")
+        raise StrategyError(f"unknown strategy {spec!r} (known: {known}; fixed-k takes :K, pipelined :K or :K:DEPTH)")
     if param and base in ("cloud-only", "edge-only"):
         raise StrategyError(f"strategy {base!r} takes no parameter, got {spec!r}")
     return factory(param or None)

@@ -95,6 +95,10 @@ class IidAcceptance:
             n += 1
         return n
 
+    def bonus(self, position: int) -> bool:
+        """Whether the draft's own next token is the target's bonus (pipelined: the block ahead is used)."""
+        return self.rng.random() < self.alpha
+
 
 class SyntheticAcceptance:
     """lab.models.synthetic's own rule (SyntheticModel.agrees): whether the draft proposes the
@@ -116,6 +120,9 @@ class SyntheticAcceptance:
         while n < k and self.hit(position + n):
             n += 1
         return n
+
+    def bonus(self, position: int) -> bool:
+        return self.hit(position)
 
 
 # ------------------------------------------------------------------ one run
@@ -323,6 +330,7 @@ class _SimSplit:
     def draft(self, k: int, seq: int) -> list[int]:
         self.run.t += self.run.p.t_draft_ms * (k - 1 if self.first else k)
         self.first = False
+        self.ahead = k
         return [FAKE_TOKEN] * k
 
     def verify(self, drafts: list[int], seq: int) -> Verdict:
@@ -348,6 +356,62 @@ class _SimSplit:
         self.first = False
         self.position += 1
         return FAKE_TOKEN
+
+    # The pipelined cycle (lab/core/cycle.py PipeSeam), one block in flight: the block's whole exchange is
+    # computed when it is sent (the link model takes messages in time order, and at depth 1 nothing else
+    # is sent before its verdict arrives); polls and drafting ahead only move the edge's clock.
+    ahead = 0                                # tokens of the chain past S (blocks and guessed bonuses)
+    guessed = False                          # the block being drafted ahead has its guessed bonus
+
+    def send(self, drafts: list[int], seq: int) -> None:
+        run, q, k = self.run, self.q, len(drafts)
+        if getattr(self, "sent", None):
+            raise SimError("the simulator models one pipelined block in flight (pipelined:K, depth 1)")
+        base = self.position + self.ahead - k
+        rid = run._id()
+        up = run.sizes.verify(rid, q.qid, seq, k, run.w, q.seed, pos=base)
+        a = run._send(run.t, "up", up.wire)
+        verify = run.p.verify_ms(k + 1)
+        _, c_end = run._cloud(a, verify)
+        n = q.acc.accepted(k, base)
+        hit = n == k and q.acc.bonus(base + k)
+        down = run.sizes.verdict(rid, q.qid, seq, n, verify)
+        up_b, down_b = up.payload, down.payload
+        if seq == 0:                                 # the nodes count the prefill exchange in cycle 0
+            up_b, down_b = up_b + self.up0.payload, down_b + self.down0.payload
+        self.sent = {seq: (run._send(c_end, "down", down.wire), Verdict(n, FAKE_TOKEN, verify, up_b, down_b))}
+        self.hit = hit
+
+    def poll(self, seq: int, timeout_ms: float | None) -> Verdict | None:
+        arrive, v = self.sent[seq]
+        if timeout_ms is not None and self.run.t + timeout_ms < arrive:
+            self.run.t += timeout_ms
+            return None
+        self.run.t = max(self.run.t, arrive)
+        del self.sent[seq]
+        return v
+
+    def draft_ahead(self, k: int, seq: int, between) -> list[int] | None:
+        self.guessed = False
+        for i in range(k + 1):                   # the guessed bonus, then K drafts: one forward each
+            if not between():
+                return None
+            self.run.t += self.run.p.t_draft_ms
+            self.guessed = True
+        self.ahead += k + 1
+        return [FAKE_TOKEN] * k
+
+    def guess_holds(self, k: int, verdict: Verdict) -> bool:
+        return verdict.accepted == k and (not self.guessed or self.hit)
+
+    def settle(self, k: int, verdict: Verdict) -> bool:
+        held = verdict.accepted == k and self.guessed and self.hit and self.ahead > k + 1
+        self.guessed = False
+        if held:
+            self.position, self.ahead = self.position + k + 1, self.ahead - k - 1
+            return True
+        self.position, self.ahead = self.position + verdict.accepted + 1, 0
+        return False
 
     def resync(self) -> None:
         run, p = self.run, self.run.p

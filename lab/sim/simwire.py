@@ -70,7 +70,7 @@ class WireSizes:
     def prefill_ok(self, mid: int, qid: str, ms: float) -> Size:
         return message_bytes("prefill_ok", mid, {"query": qid, "cloud_compute_ms": _ms(ms)}, {})
 
-    def verify(self, mid: int, qid: str, seq: int, k: int, workload: dict, seed: int) -> Size:
+    def verify(self, mid: int, qid: str, seq: int, k: int, workload: dict, seed: int, pos: int | None = None) -> Size:
         payload, temp = workload["payload"], workload["temperature"]
         arrays = {"tokens": ("int32", (k,))}
         if temp > 0:                                 # the edge sends q only when sampling
@@ -81,8 +81,10 @@ class WireSizes:
                 arrays.update(q_idx=("int32", (k, int(n))), q_val=("float32", (k, int(n))))
             elif base == "full":
                 arrays["q_full"] = ("float16", (k, self.vocab))
-        return message_bytes("verify", mid, {"query": qid, "seq": seq, "payload": payload, "temperature": temp,
-                                             "seed": seed}, arrays)
+        fields = {"query": qid, "seq": seq, "payload": payload, "temperature": temp, "seed": seed}
+        if pos is not None:                          # a pipelined block names its base
+            fields.update(pos=pos, last=self.token)
+        return message_bytes("verify", mid, fields, arrays)
 
     def verdict(self, mid: int, qid: str, seq: int, n_accepted: int, ms: float) -> Size:
         return message_bytes("verdict", mid, {"query": qid, "seq": seq, "n_accepted": n_accepted,
