@@ -116,7 +116,7 @@ def test_ctrl_c_leaves_nothing_and_marks_the_run(tmp_path):
 # Two short prompts: one the target answers in a few tokens and ends with EOS, one cut by --max-new-tokens.
 E2E_PROMPTS = ({"id": "sky", "prompt": "Answer with one word only: what colour is a clear daytime sky?"},
                {"id": "reverse", "prompt": "Write a Python function that reverses a string."})
-E2E_STRATEGIES = ("cloud-only", "cloud-spec", "fixed-k:3", "fixed-k:5")
+E2E_STRATEGIES = ("cloud-only", "cloud-spec", "fixed-k:3", "fixed-k:5", "pipelined:3", "pipelined:5")
 E2E_MAX_NEW = 16
 
 
@@ -251,6 +251,9 @@ def test_embedded_pair_lossy_equals_transformers_generate(tmp_path):
     assert not wrong, "not the target's own greedy output:\n" + "\n".join(wrong)
     assert any(len(ref) < E2E_MAX_NEW for _, ref in reference.values()), "no prompt ended at the target's EOS"
     assert any(sum(rec["k_per_cycle"]) > 0 for rec in recs if rec["strategy"].startswith("fixed-k"))
+    # The pipelined strategies drafted ahead: blocks on the guess were sent or dropped, and all is still exact.
+    assert any(o is not None for rec in recs if rec["strategy"].startswith("pipelined")
+               for o in rec["optimistic_per_cycle"])
     s = summary(run)
     assert sum(int(float(row["tcp_retrans_segs"])) for row in s.values()) > 0
 
