@@ -26,6 +26,8 @@ SUMMARY_COLUMNS = [
     "acceptance", "network_overhead_ratio", "cycle_network_ms_p50", "cycle_network_ms_p95",
     "bytes_per_cycle", "tcp_retrans_segs", "edge_fallbacks",
 ]
+# pipelined:K — the share of the blocks drafted ahead (during a verify's round trip) that were used
+SUMMARY_COLUMNS += ["optimistic_used"]
 
 
 def percentiles(values: Iterable[float], ps=(50, 95, 99)) -> list[float]:
@@ -61,6 +63,9 @@ def summarize_strategy(records: list[dict], *, scenario: str, strategy: str, bac
     row["bytes_per_cycle"] = float((up.sum() + down.sum()) / len(up)) if up.size else math.nan
     row["tcp_retrans_segs"] = tcp_retrans_segs if tcp_retrans_segs is not None else math.nan
     row["edge_fallbacks"] = sum(1 for r in rs if r.get("edge_fallback"))
+    used = _concat(rs, "optimistic_per_cycle")                  # None (nothing drafted ahead) → NaN
+    used = used[~np.isnan(used)]
+    row["optimistic_used"] = float(used.mean()) if used.size else math.nan
     return row
 
 

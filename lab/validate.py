@@ -95,6 +95,7 @@ PROFILE = "validation"     # lab/models/profiles/validation.yaml: why not fast.y
 DRIFT_RERUN_MS = 0.05
 SIM_SEEDS = 8             # simulator runs pooled per case (link randomness differs by seed; workload the same)
 SPLIT = ("fixed-k:3", "fixed-k:5")
+PIPELINED = ("pipelined:5",)     # the pipelined cycle: the draft of block i+1 overlaps block i's round trip
 # Queries per strategy on 5 %-loss links, whose per-cycle P95 sits in TCP's recovery tail: enough
 # cycles (≈ 2000 for the split strategies) that the P95 is pinned to a few ms.  The E2E median needs
 # paired draws (above) more than queries: unpaired, 120 queries left 2 of 6 such rows at 3.9–4.2 %.
@@ -129,15 +130,16 @@ def default_cases(quick: bool = False) -> list[Case]:
     if quick:
         return [
             Case(load_scenario("lan"), cloud_and_split, queries=6),
-            Case(load_scenario("wan-50ms"), ("cloud-only", "fixed-k:5"), queries=6),
+            Case(load_scenario("wan-50ms"), ("cloud-only", "fixed-k:5") + PIPELINED, queries=6),
             Case(load_scenario("slow-1mbit"), ("cloud-only", "fixed-k:5"), queries=4),
             Case(load_scenario("jittery"), ("fixed-k:5",), queries=16),
             Case(_point("loss-1pct-rtt20", "1 % loss each way, RTT 20 ms", delay_ms=10, loss_pct=1, rate_mbit=10),
-                 ("fixed-k:5",), queries=20),
+                 ("fixed-k:5",) + PIPELINED, queries=20),
             Case(_point("full-10mbit-rtt20", "full payload, 10 Mbit/s", delay_ms=10, rate_mbit=10),
                  ("fixed-k:3",), queries=4, payload="full"),
         ]
-    cases = [Case(load_scenario(n), cloud_and_split, queries=LOSSY_QUERIES if "loss" in n else 12) for n in available()]
+    cases = [Case(load_scenario(n), cloud_and_split + PIPELINED, queries=LOSSY_QUERIES if "loss" in n else 12)
+             for n in available()]
     grid_strategies = ("cloud-only", "fixed-k:5")
     cases += [Case(p.scenario(grid_strategies), grid_strategies, queries=6 if p.rtt_ms >= 200 else 10)
               for p in grid()]
@@ -172,7 +174,7 @@ def select_cases(names: Iterable[str], quick: bool) -> list[Case]:
         else:
             sc = load_scenario(n)      # ScenarioError names the file and key
             lossy = max(sc.link.uplink.loss_pct, sc.link.downlink.loss_pct) > 0
-            out.append(Case(sc, ("cloud-only",) + SPLIT, queries=LOSSY_QUERIES if lossy else 12))
+            out.append(Case(sc, ("cloud-only",) + SPLIT + PIPELINED, queries=LOSSY_QUERIES if lossy else 12))
     return out
 
 
