@@ -118,6 +118,8 @@ class EdgeSeam(DraftSide):
         d, _ = DraftState.start(node.draft, prompt_ids)           # prefills while the cloud does
         super().__init__(d, node.w["temperature"], seed, node.w["payload"])
         _, self.down0 = self.link.wait(mid)
+        self.sent: dict[int, int] = {}               # pipelined: block seq -> its verify request id
+        self.unreported_up = self.up0                # cycle 0 carries the prefill exchange's bytes
 
     def verify(self, drafts: list[int], seq: int) -> Verdict:
         arrays = {"tokens": ids(drafts)}
@@ -141,9 +143,6 @@ class EdgeSeam(DraftSide):
         mid, up = self.link.send("verify", {"query": self.qid, "seq": seq, "payload": self.payload,
                                             "temperature": self.temperature, "seed": self.seed,
                                             "pos": pos, "last": int(last)}, arrays)
-        if not hasattr(self, "sent"):
-            self.sent: dict[int, int] = {}
-            self.unreported_up = self.up0          # cycle 0 carries the prefill exchange's bytes
         self.sent[seq] = mid
         self.unreported_up += up                   # superseded blocks' bytes go to the next verdict
 

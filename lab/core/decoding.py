@@ -300,6 +300,8 @@ class LocalSeam(DraftSide):
         super().__init__(DraftState.start(draft_model, prompt_ids)[0], temperature, seed, payload)
         self.target_model = target_model
         self.t = TargetState.start(target_model, prompt_ids)
+        self.queue: deque = deque()             # pipelined blocks sent, not yet verified
+        self.stale = 0                          # blocks answered stale (superseded before their verify)
 
     def verify(self, drafts: list[int], seq: int, q: np.ndarray | None = None) -> Verdict:
         t0 = now_ms()
@@ -316,12 +318,7 @@ class LocalSeam(DraftSide):
 
     # The pipelined cycle: blocks queue up as on the wire and the target takes them in order when polled,
     # answering a block whose base it no longer holds as the cloud node does (stale, cache untouched).
-    queue: deque | None = None
-    stale = 0                                   # blocks answered stale (superseded before their verify)
-
     def send(self, drafts: list[int], seq: int) -> None:
-        if self.queue is None:
-            self.queue = deque()
         self.queue.append((seq, list(drafts), *self.block_base(drafts), self.qs.get(seq)))
 
     def poll(self, seq: int, timeout_ms: float | None) -> Verdict | None:

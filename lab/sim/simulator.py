@@ -362,10 +362,12 @@ class _SimSplit:
     # is sent before its verdict arrives); polls and drafting ahead only move the edge's clock.
     ahead = 0                                # tokens of the chain past S (blocks and guessed bonuses)
     guessed = False                          # the block being drafted ahead has its guessed bonus
+    sent: dict | None = None                 # seq -> (verdict arrival, Verdict) of the block in flight
+    hit = False                              # the block in flight is accepted whole with the guessed bonus
 
     def send(self, drafts: list[int], seq: int) -> None:
         run, q, k = self.run, self.q, len(drafts)
-        if getattr(self, "sent", None):
+        if self.sent:
             raise SimError("the simulator models one pipelined block in flight (pipelined:K, depth 1)")
         base = self.position + self.ahead - k
         rid = run._id()
