@@ -256,7 +256,10 @@ def speculate_pipelined(strategy: Strategy, seam: PipeSeam, log: QueryLog, max_n
 
     One cycle = one verdict, from the previous verdict's arrival to this one's: edge_compute_ms is the
     drafting it waited for, hidden_ms the drafting done while its block was on its way, `optimistic`
-    whether the blocks drafted past it were used (1), thrown away (0) or there were none (None)."""
+    whether the blocks drafted past it were used (1), thrown away (0) or there were none (None).
+    network_ms is then the cycle minus that waited-for drafting and the verify: it includes up to one
+    draft forward of lag when the verdict lands while a forward of the block ahead is running (the
+    edge polls between forwards)."""
     if depth < 1:
         raise StrategyError(f"pipeline depth must be at least 1, got {depth}")
     strategy.start_query()
