@@ -22,7 +22,7 @@ from lab.core import protocol, spec
 from lab.core.cycle import QueryLog, Verdict, alone_loop, run_query
 from lab.core.decoding import DraftSide, DraftState, now_ms
 from lab.core.protocol import Message, ProtocolError, ids
-from lab.core.strategies import make_strategy
+from lab.core.strategies import make_strategy, split_strategies
 from lab.models import warm_up
 from lab.results import JsonlWriter
 
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     from lab.models.select import load_role
     from lab.prompts import load_prompts
     workload = json.loads(a.workload)
-    strategies = [make_strategy(s) for s in a.strategies.split(",") if s]
+    strategies = [make_strategy(s) for s in split_strategies(a.strategies)]
     prompts = load_prompts(workload.get("prompts"))
     t0 = time.monotonic()
     draft = load_role(a.models, "draft", dtype=a.dtype, threads=a.threads)

@@ -39,6 +39,11 @@ from lab.models import ModelError
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 DEFAULT_PROFILE = "embedded-cpu"
+
+
+def nasd_table_path(profile_name: str) -> Path:
+    """Where `python -m lab calibrate` puts a profile's NASD table, and where nasd looks by default."""
+    return PROFILE_DIR / f"{profile_name}.nasd.json"
 SPIN_MS = 0.3          # the last part of each wait is spent spinning, for sub-millisecond accuracy
 PEAK_LOGIT = 10.0
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from lab.core.cycle import FixedK, QueryLog, Verdict, run_query, speculate
-from lab.core.strategies import StrategyError, make_strategy
+from lab.core.strategies import CLOUD_ALONE, StrategyError, make_strategy
 from lab.sim.netsim import SimError, make_link_model
 from lab.prompts import load_prompts
 from lab.scenario import TIMELINE_ALIGNMENT, Scenario
@@ -218,6 +218,8 @@ class _Run:
         except StrategyError as e:
             raise SimError(str(e)) from None
         rec.update(log.result(max_new))
+        if hasattr(strategy, "provenance"):
+            rec["controller"] = strategy.provenance()
         after = self.link.stats()
         rec["sim_tcp"] = {k: after[k] - before.get(k, 0) for k in after
                           if k.endswith(("retransmits", "tlp", "rto", "lost")) and isinstance(after[k], int)}
@@ -308,10 +310,15 @@ class _SimSplit:
         self.up0 = run.sizes.prefill(mid, q.qid, L)
         h = run._submit(run.t, "up", self.up0.wire)
         run._flush_end()
-        edge_ready = run.t + p.prefill_ms_per_token * L
-        _, done_at = run._cloud(run._arrive(h), p.prefill_ms_per_token * (L - 1))
+        edge_ready, t_sent, arrival = run.t + p.prefill_ms_per_token * L, run.t, run._arrive(h)
+        _, done_at = run._cloud(arrival, p.prefill_ms_per_token * (L - 1))
         self.down0 = run.sizes.prefill_ok(mid, q.qid, p.prefill_ms_per_token * (L - 1))
-        run.t = max(edge_ready, run._send(done_at, "down", self.down0.wire))
+        back = run._send(done_at, "down", self.down0.wire)
+        # The prefill exchange is the query's first round trip: what the edge measures of the link
+        # before its first cycle (the round trip minus the cloud's time holding the request).
+        self.rtt_hint_ms = (back - t_sent) - (done_at - arrival)
+        self.ahead: tuple[int, float, int] | None = None     # a stretch requested ahead (handle, sent, id)
+        run.t = max(edge_ready, back)
 
     def now(self) -> float:
         return self.run.t
@@ -342,6 +349,51 @@ class _SimSplit:
 
     def commit(self, accepted: list[int], token: int) -> None:
         self.position += len(accepted) + 1
+
+    def cloud_alone(self, n: int, seq: int, decide) -> tuple[list[int], float, float, float, int, int]:
+        """The cloud decodes n tokens alone from the accepted prefix and streams them (fallback: cloud).
+
+        The request was sent ahead during the previous stretch, or is sent now.  At the first token the
+        edge knows the request's network time (round trip minus the time the cloud held it, which the
+        token message reports) and asks decide(network_ms, cloud ms per token) for the next K; another
+        stretch is requested at once if it is CLOUD_ALONE, so the cloud streams on without a gap when a
+        stretch outlasts the round trip.  On resuming, the edge's draft takes in the streamed tokens
+        (a prefill of n tokens) and drafts from their logits."""
+        run, p, q = self.run, self.run.p, self.q
+        w = {**run.w, "max_new_tokens": n}
+        if self.ahead is None:
+            mid = run._id()
+            req = run.sizes.generate(mid, q.qid, "target", 0, w, q.seed, 0)
+            self.ahead = (run._submit(run.t, "up", req.wire), run.t, mid, req.payload)
+        h, t_sent, mid, up = self.ahead
+        self.ahead = None
+        arrival = run._arrive(h)
+        start, tc = run._cloud(arrival, 0.0)
+        sends, down = [], 0
+        for i in range(n):
+            tc += p.step_ms()
+            size = run.sizes.tokens(mid, q.qid, i, 1, i == n - 1, (tc - arrival) if i == 0 else p.step_ms(), None)
+            sends.append(run._submit(tc, "down", size.wire))
+            down += size.payload
+        run.cloud_free = tc
+        first = run._arrive(sends[0])
+        held = start - arrival + p.step_ms()
+        network_ms = (first - t_sent) - held
+        run.t = max(run.t, first)
+        k_next = decide(network_ms, p.step_ms())
+        if k_next == CLOUD_ALONE:
+            mid2 = run._id()
+            req = run.sizes.generate(mid2, q.qid, "target", 0, w, q.seed, 0)
+            self.ahead = (run._submit(run.t, "up", req.wire), run.t, mid2, req.payload)
+        for hh in sends:
+            run.t = max(run.t, run._arrive(hh))
+        edge_ms = 0.0
+        self.position += n
+        if k_next != CLOUD_ALONE:
+            edge_ms = p.prefill_ms_per_token * n
+            run.t += edge_ms
+            self.first = True
+        return [FAKE_TOKEN] * n, network_ms, p.step_ms() * n, edge_ms, up, down
 
     def alone(self) -> int:
         self.run.t += 0.0 if self.first else self.run.p.t_draft_ms
@@ -475,6 +527,7 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
                (tcp_options or {}) if link_model == "tcp" else {}, congestion_control,
                host_overhead_ms if callable(host_overhead_ms) else float(host_overhead_ms),
                seed if paired_seed is None else paired_seed)
+    _bind_controllers(objs, run, profile, prof, link_model, acceptance)
     if link_out is not None:
         link_out.append(run.link)
     for strat in objs:
@@ -490,6 +543,21 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
     run._flush_end()
 
 
+def _bind_controllers(objs, run: _Run, profile, prof: ComputeProfile, link_model: str, acceptance: str) -> None:
+    """NASD without a table= option takes the profile's calibrated table, if `lab calibrate` wrote one;
+    the oracle gets its hindsight (lab/sim/oracle.py)."""
+    from lab.core.strategies import load_table
+    from lab.models.synthetic import nasd_table_path
+    from lab.sim.oracle import OracleChooser
+    for o in objs:
+        if hasattr(o, "use_table") and getattr(o, "table", None) is None:
+            path = nasd_table_path(prof.name)
+            if path.is_file():
+                o.use_table(load_table(str(path)))
+        if hasattr(o, "bind"):
+            o.bind(OracleChooser(run, simulate, profile, link_model, acceptance).choose)
+
+
 def write_run(scenario: Scenario, out_dir: Path | None = None, **simulate_kwargs) -> Path:
     """Simulate and write a results folder (meta.json, queries.jsonl, cycles.jsonl, summary.csv)."""
     from lab import metrics
@@ -503,16 +571,19 @@ def write_run(scenario: Scenario, out_dir: Path | None = None, **simulate_kwargs
     t0 = time.perf_counter()
     status = "failed"
     starts: list[dict] = []
+    controllers: dict[str, dict] = {}           # each adaptive strategy's table and provenance
     try:
         with JsonlWriter(run_dir / "queries.jsonl") as qw, JsonlWriter(run_dir / "cycles.jsonl") as cw:
             for rec, cycles in simulate(scenario, timeline_out=starts, **simulate_kwargs):
+                if "controller" in rec:
+                    controllers[rec["strategy"]] = rec["controller"]
                 qw.write(rec)
                 for c in cycles:
                     cw.write(c)
         status = "complete"
     finally:
         meta.update(sim_wall_s=round(time.perf_counter() - t0, 3), timeline_alignment=TIMELINE_ALIGNMENT,
-                    timeline_starts=starts)
+                    timeline_starts=starts, controllers=controllers)
         meta.finish(status)
     df = metrics.summarize(read_jsonl(run_dir / "queries.jsonl"), scenario=scenario.name, backend="sim",
                            models=f"synthetic:{prof.name}")
