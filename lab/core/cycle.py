@@ -13,7 +13,7 @@ from a model).  They differ only in a small seam:
     seam.alone()                 one token from the draft alone (K = 0, edge-only, fallback)
     seam.resync()                after tokens made alone, bring the target's cache up to date
     seam.close()                 the query is over (the edge tells the cloud to drop its session)
-    seam.cloud_alone(n, seq, decide)   optional: the cloud continues alone for n tokens (fallback: cloud)
+    seam.cloud_alone(n, seq, decide, room)   optional: the cloud continues alone for n tokens (fallback: cloud)
     seam.rtt_hint_ms             optional: the round trip measured before the first cycle
 
 The loop owns the rest: K from the strategy, the target's stopping rule, the
@@ -100,10 +100,12 @@ class QueryLog:
             self.cycles[key].append(None)
         return net
 
-    def note_control(self, control: dict) -> None:
-        """The controller's decision for the cycle just recorded."""
+    def note_control(self, control: dict, since: int | None = None) -> None:
+        """The controller's decision for the cycle just recorded (or every record from index `since`)."""
+        n = len(self.cycles["k"])
         for key in CONTROL_FIELDS:
-            self.cycles[key][-1] = control.get(key)
+            for i in range(n - 1 if since is None else since, n):
+                self.cycles[key][i] = control.get(key)
 
     def result(self, max_new_tokens: int) -> dict:
         """The query record's timing fields, output cut at max_new_tokens, and the per-cycle lists."""
@@ -159,8 +161,9 @@ def speculate(strategy: Strategy, seam: Seam, log: QueryLog, max_new: int, eos,
             stale = False
         t0 = seam.now()
         if k == CLOUD_ALONE:
+            first = len(log.cycles["k"])
             new, done, ahead = _cloud_stretch(strategy, seam, log, max_new, eos, seq, t0)
-            log.note_control({**(ctl or {}), "fallback": "cloud"})
+            log.note_control({**(ctl or {}), "fallback": "cloud"}, since=first)
             k = n = 0
             ctl = None                       # noted, with the fallback in force
         elif k <= 0:
@@ -203,10 +206,13 @@ def _cloud_stretch(strategy: Strategy, seam: Seam, log: QueryLog, max_new: int, 
     The stretch's first token is the probe: the edge measures the network time of the request and
     feeds it back at once, so the strategy's next choice is known while the stretch still streams —
     another stretch is then requested ahead (the cloud never idles), or speculation resumes after it.
+    Each token message is a record of its own, as cloud-only's are.
     Returns (new tokens, done, (next K, the controller's state when it chose))."""
     n = min(int(getattr(strategy, "probe", CLOUD_STRETCH_TOKENS)), max_new - len(log.tokens))
     control = getattr(strategy, "control", None)
     decided: list = []
+    out: list[int] = []
+    state = {"done": False, "t": t0}
 
     def decide(network_ms: float, cloud_ms_per_token: float) -> int:
         strategy.observe(CycleObservation(k=CLOUD_ALONE, accepted=0, cycle_ms=seam.now() - t0, network_ms=network_ms,
@@ -215,10 +221,17 @@ def _cloud_stretch(strategy: Strategy, seam: Seam, log: QueryLog, max_new: int, 
         decided.append((k, control() if control is not None else None))
         return k
 
-    toks, network_ms, cloud_ms, edge_ms, up, down = seam.cloud_alone(n, seq, decide)
-    new, done = stop_rule(toks, max_new - len(log.tokens), eos)
-    log.add(new, 0, 0, seam.now() - t0, edge_ms, cloud_ms, up, down, network_ms=network_ms)
-    return new, done, decided[0]
+    def emit(toks: list[int], network_ms: float | None, cloud_ms: float, up: int, down: int) -> None:
+        if state["done"]:
+            return
+        new, state["done"] = stop_rule(toks, max_new - len(log.tokens), eos)
+        now = seam.now()
+        log.add(new, 0, 0, now - state["t"], 0.0, cloud_ms, up, down, network_ms=network_ms)
+        state["t"] = now
+        out.extend(new)
+
+    seam.cloud_alone(n, seq, decide, emit, max_new - len(log.tokens))
+    return out, state["done"] or len(log.tokens) >= max_new, decided[0]
 
 
 class QueryDriver(Protocol):

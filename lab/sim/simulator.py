@@ -317,7 +317,8 @@ class _SimSplit:
         # The prefill exchange is the query's first round trip: what the edge measures of the link
         # before its first cycle (the round trip minus the cloud's time holding the request).
         self.rtt_hint_ms = (back - t_sent) - (done_at - arrival)
-        self.ahead: tuple[int, float, int] | None = None     # a stretch requested ahead (handle, sent, id)
+        self.ahead: tuple | None = None      # a stretch already requested and scheduled (_request_stretch)
+        self.catch_up_ms = 0.0               # the draft's prefill of tokens the cloud made alone
         run.t = max(edge_ready, back)
 
     def now(self) -> float:
@@ -328,8 +329,8 @@ class _SimSplit:
             self.run._align_clock(seq)
 
     def draft(self, k: int, seq: int) -> list[int]:
-        self.run.t += self.run.p.t_draft_ms * (k - 1 if self.first else k)
-        self.first = False
+        self.run.t += self.run.p.t_draft_ms * (k - 1 if self.first else k) + self.catch_up_ms
+        self.first, self.catch_up_ms = False, 0.0
         return [FAKE_TOKEN] * k
 
     def verify(self, drafts: list[int], seq: int) -> Verdict:
@@ -350,50 +351,57 @@ class _SimSplit:
     def commit(self, accepted: list[int], token: int) -> None:
         self.position += len(accepted) + 1
 
-    def cloud_alone(self, n: int, seq: int, decide) -> tuple[list[int], float, float, float, int, int]:
+    def cloud_alone(self, n: int, seq: int, decide, emit, room: int | None = None) -> None:
         """The cloud decodes n tokens alone from the accepted prefix and streams them (fallback: cloud).
 
-        The request was sent ahead during the previous stretch, or is sent now.  At the first token the
-        edge knows the request's network time (round trip minus the time the cloud held it, which the
-        token message reports) and asks decide(network_ms, cloud ms per token) for the next K; another
-        stretch is requested at once if it is CLOUD_ALONE, so the cloud streams on without a gap when a
-        stretch outlasts the round trip.  On resuming, the edge's draft takes in the streamed tokens
-        (a prefill of n tokens) and drafts from their logits."""
-        run, p, q = self.run, self.run.p, self.q
-        w = {**run.w, "max_new_tokens": n}
+        The stretch was requested (and the cloud scheduled it) during the previous stretch, or is
+        requested now.  At its first token the edge knows the request's network time (round trip minus
+        the time the cloud held it, which the token message reports) and asks decide(network_ms, cloud
+        ms per token) for the next K; another stretch (at most `room` − n tokens) is requested at once if
+        that is CLOUD_ALONE, so the cloud streams on without a gap when a stretch outlasts the round
+        trip.  emit(tokens, network_ms, cloud_ms, bytes_up, bytes_down) records each token message as it
+        arrives (on the edge's clock).  On resuming, the edge's draft takes in the streamed tokens (a
+        prefill of n tokens, paid with the next draft) and drafts from their logits."""
+        run, p = self.run, self.run.p
         if self.ahead is None:
-            mid = run._id()
-            req = run.sizes.generate(mid, q.qid, "target", 0, w, q.seed, 0)
-            self.ahead = (run._submit(run.t, "up", req.wire), run.t, mid, req.payload)
-        h, t_sent, mid, up = self.ahead
+            self.ahead = self._request_stretch(n)
+        sends, t_sent, arrival, start, up, down = self.ahead
         self.ahead = None
+        n = len(sends)
+        first = run._arrive(sends[0])
+        network_ms = (first - t_sent) - (start - arrival + p.step_ms())
+        run.t = max(run.t, first)
+        k_next = decide(network_ms, p.step_ms())
+        more = n if room is None else min(n, room - n)
+        if k_next == CLOUD_ALONE and more > 0:
+            # Scheduled now, before this stretch's later tokens are read: the link model runs in time order.
+            self.ahead = self._request_stretch(more)
+        for i, hh in enumerate(sends):
+            run.t = max(run.t, run._arrive(hh))
+            emit([FAKE_TOKEN], network_ms if i == 0 else None, p.step_ms(), up if i == 0 else 0, down[i])
+        self.position += n
+        if k_next != CLOUD_ALONE:
+            self.catch_up_ms += p.prefill_ms_per_token * n
+            self.first = True
+
+    def _request_stretch(self, n: int) -> tuple[list[int], float, float, float, int, list[int]]:
+        """Send `generate` for n tokens now; the single-threaded cloud decodes them after what it is doing
+        and submits each token message when it is made.  (handles, sent, arrival, start, bytes up, down)"""
+        run, p, q = self.run, self.run.p, self.q
+        mid = run._id()
+        req = run.sizes.generate(mid, q.qid, "target", 0, {**run.w, "max_new_tokens": n}, q.seed, 0)
+        t_sent = run.t
+        h = run._submit(t_sent, "up", req.wire)
         arrival = run._arrive(h)
         start, tc = run._cloud(arrival, 0.0)
-        sends, down = [], 0
+        sends, down = [], []
         for i in range(n):
             tc += p.step_ms()
             size = run.sizes.tokens(mid, q.qid, i, 1, i == n - 1, (tc - arrival) if i == 0 else p.step_ms(), None)
             sends.append(run._submit(tc, "down", size.wire))
-            down += size.payload
+            down.append(size.payload)
         run.cloud_free = tc
-        first = run._arrive(sends[0])
-        held = start - arrival + p.step_ms()
-        network_ms = (first - t_sent) - held
-        run.t = max(run.t, first)
-        k_next = decide(network_ms, p.step_ms())
-        if k_next == CLOUD_ALONE:
-            mid2 = run._id()
-            req = run.sizes.generate(mid2, q.qid, "target", 0, w, q.seed, 0)
-            self.ahead = (run._submit(run.t, "up", req.wire), run.t, mid2, req.payload)
-        for hh in sends:
-            run.t = max(run.t, run._arrive(hh))
-        edge_ms = 0.0
-        self.position += n
-        if k_next != CLOUD_ALONE:
-            edge_ms = p.prefill_ms_per_token * n
-            run.t += edge_ms
-            self.first = True
-        return [FAKE_TOKEN] * n, network_ms, p.step_ms() * n, edge_ms, up, down
+        return sends, t_sent, arrival, start, req.payload, down
 
     def alone(self) -> int:
         self.run.t += 0.0 if self.first else self.run.p.t_draft_ms
