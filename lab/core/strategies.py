@@ -211,6 +211,7 @@ class _Estimates:
         self.t_draft: float | None = None
         self.t_verify: float | None = None
         self.t_step: float | None = None       # the cloud's time per token when it decodes alone
+        self._fit = [0.0] * 5                  # n, Σx, Σy, Σx², Σxy of verify time y over x = K + 1
 
     def observe(self, o: CycleObservation) -> None:
         if o.k > 0:
@@ -218,8 +219,19 @@ class _Estimates:
             self.n_rej += 1 if o.accepted < o.k else 0
             self.t_draft = _ewma(self.t_draft, o.edge_compute_ms / o.k, 0.3)
             self.t_verify = _ewma(self.t_verify, o.cloud_compute_ms, 0.3)
+            x, y, f = o.k + 1, o.cloud_compute_ms, self._fit
+            f[0] += 1; f[1] += x; f[2] += y; f[3] += x * x; f[4] += x * y
         elif o.k == CLOUD_ALONE and o.cloud_compute_ms > 0:
             self.t_step = _ewma(self.t_step, o.cloud_compute_ms, 0.3)
+
+    def verify_ms(self, k: int) -> float:
+        """A verify of K drafts (K + 1 tokens): a + b·(K + 1) fitted to the cycles seen, once two K differ."""
+        n, sx, sy, sxx, sxy = self._fit
+        det = n * sxx - sx * sx
+        if n < 2 or det <= 1e-9:
+            return self.t_verify or 1.0
+        b = (n * sxy - sx * sy) / det
+        return max(0.0, (sy - b * sx) / n + b * (k + 1))
 
     @property
     def alpha(self) -> float:
@@ -229,12 +241,13 @@ class _Estimates:
         """Predicted tokens per ms of speculation with K drafts at a network time of net_ms."""
         a = min(self.alpha, 0.999)
         tau = (1 - a ** (k + 1)) / (1 - a)
-        return tau / (k * (self.t_draft or 1.0) + (self.t_verify or 1.0) + net_ms)
+        return tau / (k * (self.t_draft or 1.0) + self.verify_ms(k) + net_ms)
 
     def fallback_rate(self, fallback: str) -> float:
         if fallback == "edge":
             return 1.0 / (self.t_draft or 1.0)
-        return 1.0 / (self.t_step or self.t_verify or 1.0)
+        # Until a stretch measures the cloud's step, a one-token pass is the verify model at K = 0.
+        return 1.0 / (self.t_step or self.verify_ms(0) or 1.0)
 
 
 def _ewma(prev: float | None, x: float, w: float) -> float:
@@ -379,11 +392,15 @@ class UcbSpecStop:
 
     A cycle of K drafts with n accepted also says what every shorter draft would have got
     (min(n, K') accepted, the same prefix), so each cycle updates all arms K' ≤ K: exploring the long
-    arms teaches the short ones.  Warm-up: the cycles until every arm has a sample (reported in the
-    cycle record's fallback_reason as "warm-up" and by provenance()).  Fallback as NASD's, when even
+    arms teaches the short ones.  An arm's mean leans on the geometric model at the pooled α̂ until its
+    own samples outweigh it.  Warm-up: the first WARMUP_CYCLES speculative cycles, during which the
+    fallback is not considered (reported in the cycle record's fallback_reason as "warm-up" and by
+    provenance()).  Fallback as NASD's, when even
     the optimistic index is below the fallback's rate."""
 
     placement = "split"
+    WARMUP_CYCLES = 16      # speculative cycles before the fallback is trusted to beat every arm
+    PRIOR_SAMPLES = 4
     OPTIONS = {"k_max": _whole(1, 64), "c": _positive, "fallback": _choice("cloud", "edge", "none"),
                "smoothing": _fraction, "probe": _whole(1, 1024)}
 
@@ -415,7 +432,7 @@ class UcbSpecStop:
             for kk in range(1, min(obs.k, self.k_max) + 1):
                 self.n[kk] += 1
                 self.tau[kk] += min(obs.accepted, kk) + 1
-            if self.warmup_cycles is None and all(self.n[1:]):
+            if self.warmup_cycles is None and self.t >= self.WARMUP_CYCLES:
                 self.warmup_cycles = self.t
         if obs.k != 0:
             self.d_ms = _ewma(self.d_ms, obs.network_ms, self.smoothing)
@@ -424,19 +441,21 @@ class UcbSpecStop:
             self.alone_run += 1
 
     def _cost(self, k: int) -> float:
-        return k * (self.est.t_draft or 1.0) + (self.est.t_verify or 1.0) + (self.d_ms or 0.0)
+        return k * (self.est.t_draft or 1.0) + self.est.verify_ms(k) + (self.d_ms or 0.0)
 
     def _index(self, k: int, bonus: bool) -> float:
         import math
-        if self.n[k] == 0:
-            return math.inf if bonus else 0.0
-        mean = self.tau[k] / self.n[k]
-        b = self.c * (k + 1) * math.sqrt(2 * math.log(max(2, self.t)) / self.n[k]) if bonus else 0.0
+        # The arm's mean shrinks toward the geometric model at the pooled α̂ (PRIOR_SAMPLES pseudo-
+        # samples): every cycle informs α̂, so an arm seen once is not judged on one draw.
+        a = min(self.est.alpha, 0.999)
+        model = (1 - a ** (k + 1)) / (1 - a)
+        n, log_t = self.n[k] + self.PRIOR_SAMPLES, math.log(max(2, self.t))
+        mean = (self.tau[k] + self.PRIOR_SAMPLES * model) / n
+        b = self.c * math.sqrt((k + 1) * 2 * log_t / n) if bonus else 0.0
         return min(mean + b, k + 1) / self._cost(k)
 
     def split_k(self) -> int:
-        # Untried arms score ∞: the longest is played first, and teaches every shorter one.
-        return max(range(1, self.k_max + 1), key=lambda k: (self._index(k, True), k if self.n[k] == 0 else -k))
+        return max(range(1, self.k_max + 1), key=lambda k: (self._index(k, True), -k))
 
     def next_k(self) -> int:
         k = self.split_k()

@@ -28,6 +28,7 @@ the synthetic pair accepts (the fair comparison for validation).
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -316,7 +317,7 @@ class _SimSplit:
         back = run._send(done_at, "down", self.down0.wire)
         # The prefill exchange is the query's first round trip: what the edge measures of the link
         # before its first cycle (the round trip minus the cloud's time holding the request).
-        self.rtt_hint_ms = (back - t_sent) - (done_at - arrival)
+        self.rtt_hint_ms = self.last_net_ms = (back - t_sent) - (done_at - arrival)
         self.ahead: tuple | None = None      # a stretch already requested and scheduled (_request_stretch)
         self.catch_up_ms = 0.0               # the draft's prefill of tokens the cloud made alone
         run.t = max(edge_ready, back)
@@ -342,7 +343,9 @@ class _SimSplit:
         _, c_end = run._cloud(a, verify)
         n = q.acc.accepted(k, self.position)
         down = run.sizes.verdict(rid, q.qid, seq, n, verify)
+        t_sent = run.t
         run.t = run._send(c_end, "down", down.wire)
+        self.last_net_ms = (run.t - t_sent) - (c_end - a)
         up, down = up.payload, down.payload
         if seq == 0:                                 # the nodes count the prefill exchange in cycle 0
             up, down = up + self.up0.payload, down + self.down0.payload
@@ -364,15 +367,21 @@ class _SimSplit:
         prefill of n tokens, paid with the next draft) and drafts from their logits."""
         run, p = self.run, self.run.p
         if self.ahead is None:
-            self.ahead = self._request_stretch(n)
+            # Sized to outlast the round trip last measured, so the next request (sent at this
+            # stretch's first token) reaches the cloud before it runs dry.
+            cover = math.ceil(self.last_net_ms / p.step_ms()) + 2
+            self.ahead = self._request_stretch(max(n, cover) if room is None else min(max(n, cover), room))
         sends, t_sent, arrival, start, up, down = self.ahead
         self.ahead = None
         n = len(sends)
         first = run._arrive(sends[0])
         network_ms = (first - t_sent) - (start - arrival + p.step_ms())
         run.t = max(run.t, first)
+        self.last_net_ms = network_ms
         k_next = decide(network_ms, p.step_ms())
-        more = n if room is None else min(n, room - n)
+        # Long enough that the next request reaches the cloud before this stretch ends: no idle gap.
+        more = max(n, math.ceil(network_ms / p.step_ms()) + 2)
+        more = more if room is None else min(more, room - n)
         if k_next == CLOUD_ALONE and more > 0:
             # Scheduled now, before this stretch's later tokens are read: the link model runs in time order.
             self.ahead = self._request_stretch(more)
