@@ -196,7 +196,7 @@ def speculate(strategy: Strategy, seam: Seam, log: QueryLog, max_new: int, eos,
         seq += 1
 
 
-CLOUD_STRETCH_TOKENS = 8      # tokens the cloud streams alone between two probes (a strategy's `probe`)
+CLOUD_STRETCH_TOKENS = 4      # tokens the cloud streams alone between two probes (a strategy's `probe`)
 
 
 def _cloud_stretch(strategy: Strategy, seam: Seam, log: QueryLog, max_new: int, eos, seq: int,

@@ -296,14 +296,17 @@ class Nasd:
 
     placement = "split"
     OPTIONS = {"k_min": _whole(1, 64), "k_max": _whole(1, 64), "table": str, "fallback": _choice(*FALLBACKS),
-               "smoothing": _fraction, "probe": _whole(1, 1024)}
+               "smoothing": _fraction, "probe": _whole(1, 1024), "patience": _whole(1, 64)}
 
     def __init__(self, param: str | None = None, table: NasdTable | None = None):
         o = parse_options("nasd", param, self.OPTIONS)
         self.k_min, self.k_max = o.get("k_min", 1), o.get("k_max", 20)
         if self.k_min > self.k_max:
             raise StrategyError(f"strategy 'nasd': option 'k_min' ({self.k_min}) exceeds 'k_max' ({self.k_max})")
-        self.fallback, self.smoothing, self.probe = o.get("fallback", "cloud"), o.get("smoothing", 0.5), o.get("probe", 8)
+        self.fallback, self.smoothing, self.probe = o.get("fallback", "cloud"), o.get("smoothing", 0.5), o.get("probe", 4)
+        # Cycles in a row that must predict the fallback before it is taken: a one-cycle spike is
+        # cheaper to ride out than a switch to the cloud and back (the `spikes` scenario).
+        self.patience, self.past_reversal = o.get("patience", 2), 0
         self.table_path: str | None = o.get("table")
         self.table = table
         if self.table is None and self.table_path:
@@ -326,6 +329,10 @@ class Nasd:
         """The driver's default table for the pair in use (an explicit table= option wins)."""
         if self.table is None:
             self.table = table
+
+    @property
+    def in_fallback(self) -> bool:
+        return self._control.get("fallback") is not None
 
     def observe(self, obs: CycleObservation) -> None:
         self.est.observe(obs)
@@ -350,6 +357,11 @@ class Nasd:
         k, split_tps, fb_tps = self._choose()
         self._control = {"fallback": None, "fallback_reason": None, "estimate_ms": self.net_ms}
         if split_tps >= fb_tps:
+            self.past_reversal = 0
+            return k
+        self.past_reversal += 1
+        if self.past_reversal < self.patience and not self.in_fallback:
+            self._control.update(fallback_reason=f"past the reversal {self.past_reversal}/{self.patience}")
             return k
         reason = f"predicted {split_tps:.2f} tok/s split < {fb_tps:.2f} tok/s {self.fallback} at {self.net_ms or 0:.0f} ms"
         if self.fallback == "edge" and self.alone_run >= self.probe:
@@ -364,7 +376,7 @@ class Nasd:
     def provenance(self) -> dict:
         t = self.table
         return {"controller": "nasd", "k_min": self.k_min, "k_max": self.k_max, "fallback": self.fallback,
-                "smoothing": self.smoothing, "probe": self.probe,
+                "smoothing": self.smoothing, "probe": self.probe, "patience": self.patience,
                 "table": t.source if t else None, "table_provenance": t.provenance if t else None,
                 "predictor": "table" if t else "throughput equation, online estimates"}
 
@@ -407,7 +419,7 @@ class UcbSpecStop:
     def __init__(self, param: str | None = None):
         o = parse_options("ucb-specstop", param, self.OPTIONS)
         self.k_max, self.c = o.get("k_max", 20), o.get("c", 0.3)
-        self.fallback, self.smoothing, self.probe = o.get("fallback", "cloud"), o.get("smoothing", 0.5), o.get("probe", 8)
+        self.fallback, self.smoothing, self.probe = o.get("fallback", "cloud"), o.get("smoothing", 0.5), o.get("probe", 4)
         self.name = f"ucb-specstop:{param}" if param else "ucb-specstop"
         self.n = [0] * (self.k_max + 1)            # samples of arm K (index K)
         self.tau = [0.0] * (self.k_max + 1)        # summed tokens per cycle arm K would have produced

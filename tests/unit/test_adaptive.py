@@ -48,6 +48,8 @@ def test_nasd_falls_back_past_the_reversal_and_resumes():
     s.link_hint(10.0)
     assert s.next_k() == 2
     s.observe(_obs(2, 420.0))
+    assert s.next_k() == 9               # patience: one cycle past the reversal is ridden out
+    s.observe(_obs(9, 420.0))
     assert s.next_k() == CLOUD_ALONE
     assert s.control()["fallback"] == "cloud" and "cloud" in s.control()["fallback_reason"]
     s.observe(_obs(CLOUD_ALONE, 11.0))   # a probe from the cloud's stretch sees the link recover
@@ -55,7 +57,7 @@ def test_nasd_falls_back_past_the_reversal_and_resumes():
 
 
 def test_nasd_edge_fallback_probes_every_few_tokens():
-    s = Nasd("smoothing=1,fallback=edge,probe=3", table=_table())
+    s = Nasd("smoothing=1,fallback=edge,probe=3,patience=1", table=_table())
     s.link_hint(420.0)
     ks = []
     for _ in range(4):
