@@ -290,6 +290,20 @@ def cmd_calibrate(args) -> int:
     return EXIT_OK
 
 
+def cmd_trace(args) -> int:
+    """K and RTT over time per strategy, from a results folder (lab/trace.py)."""
+    from pathlib import Path
+    from lab.trace import TraceError, draw
+    if not Path(args.results_dir).is_dir():
+        raise UsageError(f"{args.results_dir}: no such results folder")
+    try:
+        for p in draw(Path(args.results_dir)):
+            print(p)
+    except TraceError as e:
+        raise UsageError(str(e)) from None
+    return EXIT_OK
+
+
 def cmd_validate(args) -> int:
     """The simulator against the kernel lab (lab/validate.py)."""
     from lab.validate import run_validation, select_cases
@@ -421,6 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=count, help="measured queries per K and RTT (default: the workload's)")
     p.add_argument("--sim-link", choices=["tcp", "sleep"], default="tcp")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("trace", help="plot K and RTT over time per strategy from a results folder (PNG + SVG)")
+    p.add_argument("results_dir")
+    p.set_defaults(func=cmd_trace)
 
     p = sub.add_parser("validate", help="the simulator vs the kernel lab: per-cycle network time and E2E, Δ per row")
     p.add_argument("scenarios", nargs="*", help="scenario names/paths or default-set case names (default: all)")
