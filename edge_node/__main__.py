@@ -110,6 +110,7 @@ class EdgeSeam(DraftSide):
         d, _ = DraftState.start(node.draft, prompt_ids)           # prefills while the cloud does
         super().__init__(d, node.w["temperature"], seed, node.w["payload"])
         _, self.down0 = self.link.wait(mid)
+        self.rtt_hint_ms = node.hello_rtt_ms
 
     def verify(self, drafts: list[int], seq: int) -> Verdict:
         arrays = {"tokens": ids(drafts)}
@@ -139,13 +140,16 @@ class EdgeNode:
         self.scenario, self.backend = scenario, backend
         self.cloud_ok = link is not None
         self.eos = tuple(draft.eos_token_ids)     # replaced by the target's at the handshake
+        self.hello_rtt_ms: float | None = None
 
     # -------------------------------------------------------------- cloud health
     def hello(self, timeout_s: float | None = None) -> dict:
+        t0 = now_ms()
         mid, _ = self.link.send("hello", {"draft_model": self.draft.model_id, "target_model": "",
                                           "tokenizer_hash": self.draft.tokenizer_hash,
                                           "eos_token_ids": list(self.draft.eos_token_ids)})
         msg, _ = self.link.wait(mid, timeout_s)
+        self.hello_rtt_ms = now_ms() - t0     # the handshake's round trip: adaptive K's first estimate
         self.eos = tuple(int(t) for t in msg["eos_token_ids"])    # the target's stopping rule
         return msg.fields
 
@@ -187,6 +191,8 @@ class EdgeNode:
             alone_loop(AloneSeam(self.draft, prompt_ids + log.tokens, self.w["temperature"], seed),
                        log, max_new, self.eos)
         rec.update(log.result(max_new))
+        if hasattr(strategy, "provenance"):
+            rec["controller"] = strategy.provenance()     # the table file and its provenance
         out = log.tokens[:max_new]
         rec.update({"output_token_ids": out, "output_text": self.draft.decode(out)})
         return rec
@@ -223,6 +229,16 @@ class EdgeQuery:
                 return
 
 
+def _default_tables(strategies, models: str) -> None:
+    """NASD without a table= option takes the calibrated table of the pair in use, if there is one."""
+    from lab.core.strategies import load_table
+    from lab.models.synthetic import nasd_table_for
+    path = nasd_table_for(models)
+    for s in strategies:
+        if path is not None and hasattr(s, "use_table") and getattr(s, "table", None) is None:
+            s.use_table(load_table(str(path)))
+
+
 def _wait_go() -> None:
     r, _, _ = select.select([sys.stdin], [], [], GO_TIMEOUT_S)
     if not r or sys.stdin.readline().strip() != "go":
@@ -254,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     from lab.prompts import load_prompts
     workload = json.loads(a.workload)
     strategies = [make_strategy(s) for s in split_strategies(a.strategies)]
+    _default_tables(strategies, a.models)
     prompts = load_prompts(workload.get("prompts"))
     t0 = time.monotonic()
     draft = load_role(a.models, "draft", dtype=a.dtype, threads=a.threads)
