@@ -196,3 +196,21 @@ def test_timeline_ramp_interpolates_and_checks_its_start():
     with pytest.raises(ScenarioError, match=r"timeline.steps\[1\].ramp_s"):
         parse_scenario({"name": "r", "link": {}, "timeline": {"steps": [
             {"at_s": 10, "link": {}}, {"at_s": 20, "link": {"delay_ms": 50}, "ramp_s": 15}]}})
+
+
+def test_results_record_controller_and_trace_draws(tmp_path):
+    import json
+    from lab.results import read_jsonl
+    from lab.scenario import load_scenario
+    from lab.sim.simulator import write_run
+    from lab.trace import draw
+    run = write_run(load_scenario("oscillating"), tmp_path, strategies=["fixed-k:3", "nasd"], profile="embedded-cpu",
+                    queries=3)
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["controllers"]["nasd"]["table"].endswith("embedded-cpu.nasd.json")
+    assert meta["controllers"]["nasd"]["table_provenance"]["rate_mbit"] == 100.0
+    cycles = read_jsonl(run / "cycles.jsonl")
+    assert all({"k", "network_ms", "accepted", "fallback", "fallback_reason", "estimate_ms"} <= set(c) for c in cycles)
+    assert any(c["fallback"] == "cloud" for c in cycles if c["strategy"] == "nasd")
+    paths = draw(run)
+    assert [p.suffix for p in paths] == [".png", ".svg"] and all(p.stat().st_size > 10_000 for p in paths)
