@@ -355,12 +355,13 @@ class Nasd:
 
     def next_k(self) -> int:
         k, split_tps, fb_tps = self._choose()
+        was_fallback = self.in_fallback
         self._control = {"fallback": None, "fallback_reason": None, "estimate_ms": self.net_ms}
         if split_tps >= fb_tps:
             self.past_reversal = 0
             return k
         self.past_reversal += 1
-        if self.past_reversal < self.patience and not self.in_fallback:
+        if self.past_reversal < self.patience and not was_fallback:
             self._control.update(fallback_reason=f"past the reversal {self.past_reversal}/{self.patience}")
             return k
         reason = f"predicted {split_tps:.2f} tok/s split < {fb_tps:.2f} tok/s {self.fallback} at {self.net_ms or 0:.0f} ms"
