@@ -111,17 +111,63 @@ class EdgeSeam(DraftSide):
         super().__init__(d, node.w["temperature"], seed, node.w["payload"])
         _, self.down0 = self.link.wait(mid)
         self.rtt_hint_ms = node.hello_rtt_ms
+        self.last_net_ms = node.hello_rtt_ms or 0.0   # the latest round trip measured (for sizing stretches)
+        self.step_ms: float | None = None             # the cloud's time per token decoding alone
+        self.ahead: tuple | None = None       # a `continue` already sent: (id, sent at, bytes, tokens asked)
 
     def verify(self, drafts: list[int], seq: int) -> Verdict:
         arrays = {"tokens": ids(drafts)}
         if self.temperature > 0:
             arrays.update(spec.encode_q(self.payload, drafts, self.q))
+        t_sent = now_ms()
         mid, up = self.link.send("verify", {"query": self.qid, "seq": seq, "payload": self.payload,
                                             "temperature": self.temperature, "seed": self.seed}, arrays)
         msg, down = self.link.wait(mid)
+        self.last_net_ms = now_ms() - t_sent - float(msg["cloud_compute_ms"])
         if seq == 0:                                  # cycle 0 carries the prefill exchange's bytes
             up, down = up + self.up0, down + self.down0
         return Verdict(int(msg["n_accepted"]), int(msg["token"]), float(msg["cloud_compute_ms"]), up, down)
+
+    def cloud_alone(self, n: int, seq: int, decide, emit, room: int | None = None) -> None:
+        """fallback: cloud — the cloud decodes alone from the accepted prefix and streams (lab/core/cycle.py
+        _cloud_stretch; the simulator's _SimSplit.cloud_alone is the same exchange).  The first token
+        probes the link: round trip minus the cloud's compute and queueing.  If the strategy stays with
+        the cloud, the next `continue` goes out at once, sized to outlast the round trip."""
+        import math
+        from lab.core.strategies import CLOUD_ALONE
+        if self.ahead is None:
+            step = self.step_ms or 1e9
+            self.ahead = self._request(max(n, math.ceil(self.last_net_ms / step) + 2) if self.step_ms else n, room)
+        mid, t_sent, up, n_req = self.ahead
+        self.ahead, got, first = None, [], True
+        while True:
+            msg, down = self.link.wait(mid)
+            toks = [int(x) for x in msg["tokens"]]
+            compute = float(msg["cloud_compute_ms"])
+            net = None
+            if first:
+                net = self.last_net_ms = now_ms() - t_sent - compute - float(msg.get("queued_ms", 0.0))
+                k_next = decide(net, self.step_ms or compute)
+                more = max(n, math.ceil(net / (self.step_ms or compute)) + 2)
+                more = more if room is None else min(more, room - n_req)
+                if k_next == CLOUD_ALONE and more > 0 and not msg["done"]:
+                    self.ahead = self._request(more, None)
+            else:
+                self.step_ms = compute
+            emit(toks, net, compute, up if first else 0, down)
+            got += toks
+            first = False
+            if msg["done"]:
+                break
+        self.d.committed += got              # the draft takes them in (prefilled with its next draft)
+
+    def _request(self, n: int, room: int | None) -> tuple[int, float, int, int]:
+        n = n if room is None else max(1, min(n, room))
+        t = now_ms()
+        self.stretches = getattr(self, "stretches", 0) + 1    # each stretch samples with its own seed
+        mid, up = self.link.send("continue", {"query": self.qid, "max_new_tokens": n, "temperature": self.temperature,
+                                              "seed": self.seed * 1009 + self.stretches})
+        return mid, t, up, n
 
     def resync(self) -> None:
         """The cloud's cache no longer matches S: re-prefill it before the next verify."""

@@ -53,6 +53,9 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "verify": ("query", "seq", "payload", "temperature", "seed"),
     "verdict": ("query", "seq", "n_accepted", "token", "cloud_compute_ms"),
     "generate": ("query", "mode", "k", "max_new_tokens", "temperature", "seed"),
+    # fallback: cloud — the target continues the query alone from its accepted prefix; answered by a
+    # stream of `tokens` (the first also says how long the request queued behind the previous stream)
+    "continue": ("query", "max_new_tokens", "temperature", "seed"),
     "tokens": ("query", "seq", "tokens", "done", "cloud_compute_ms"),
     "end": ("query",),
     "end_ok": ("query",),
