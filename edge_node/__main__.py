@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import select
 import sys
 import time
@@ -22,7 +23,7 @@ from lab.core import protocol, spec
 from lab.core.cycle import QueryLog, Verdict, alone_loop, run_query
 from lab.core.decoding import DraftSide, DraftState, now_ms
 from lab.core.protocol import Message, ProtocolError, ids
-from lab.core.strategies import make_strategy, split_strategies
+from lab.core.strategies import CLOUD_ALONE, make_strategy, split_strategies
 from lab.models import warm_up
 from lab.results import JsonlWriter
 
@@ -133,8 +134,6 @@ class EdgeSeam(DraftSide):
         _cloud_stretch; the simulator's _SimSplit.cloud_alone is the same exchange).  The first token
         probes the link: round trip minus the cloud's compute and queueing.  If the strategy stays with
         the cloud, the next `continue` goes out at once, sized to outlast the round trip."""
-        import math
-        from lab.core.strategies import CLOUD_ALONE
         if self.ahead is None:
             step = self.step_ms or 1e9
             self.ahead = self._request(max(n, math.ceil(self.last_net_ms / step) + 2) if self.step_ms else n, room)

@@ -363,10 +363,9 @@ class _SimSplit:
         ms per token) for the next K; another stretch (at most `room` − n tokens) is requested at once if
         that is CLOUD_ALONE, so the cloud streams on without a gap when a stretch outlasts the round
         trip.  emit(tokens, network_ms, cloud_ms, bytes_up, bytes_down) records each token message as it
-        arrives (on the edge's clock).  The probe assumes the cloud reports how long it held a request
-        since it arrived, queueing behind the previous stretch included — a cloud node needs a receiving
-        thread to timestamp arrivals for that; cloud_node has none yet, and the nodes do not implement
-        this fallback (speculate() speculates at the strategy's split_k there).  On resuming, the edge's draft takes in the streamed tokens (a
+        arrives (on the edge's clock).  The probe takes the time the cloud held the request since it
+        arrived, queueing behind the previous stretch included, as cloud_node reports it (`queued_ms`,
+        arrivals timestamped between tokens: up to one token's compute late, not modelled here).  On resuming, the edge's draft takes in the streamed tokens (a
         prefill of n tokens, paid with the next draft) and drafts from their logits."""
         run, p = self.run, self.run.p
         if self.ahead is None:
