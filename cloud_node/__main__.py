@@ -35,6 +35,7 @@ class CloudServer:
         self.running = True
         self.sock = None
         self.arrived: deque = deque()          # (arrival ms, frames) taken off the socket mid-stream
+        self.polled_ms = 0.0                   # when the socket was last looked at mid-stream
         self.arrival_ms: float | None = None   # when the message being handled reached this process
 
     # -------------------------------------------------------------- handlers
@@ -135,7 +136,7 @@ class CloudServer:
             raise ProtocolError(f"continue: max_new_tokens must be >= 1, got {max_new}")
         queued = max(0.0, t0 - self.arrival_ms) if self.arrival_ms is not None else 0.0
         rng = np.random.default_rng(msg["seed"])
-        t_last = t0
+        t_last = self.polled_ms = t0
         for i in range(max_new):
             tok = st.step(float(msg["temperature"]), rng)
             done = i + 1 >= max_new or tok in self.target.eos_token_ids
@@ -150,8 +151,13 @@ class CloudServer:
                 return
 
     def _take_arrivals(self) -> None:
+        """A message found now arrived since the last look, during a token's compute: its arrival is
+        taken as the middle of that interval (±half a token's compute; a receiving thread would do
+        better, at the price of handing the socket between threads)."""
+        t = now_ms()
         while self.sock is not None and self.sock.poll(0):
-            self.arrived.append((now_ms(), self.sock.recv_multipart(copy=True)))
+            self.arrived.append(((self.polled_ms + t) / 2, self.sock.recv_multipart(copy=True)))
+        self.polled_ms = t
 
     def on_end(self, msg: Message, reply) -> None:
         self.sessions.pop(msg["query"], None)
