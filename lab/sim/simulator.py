@@ -364,9 +364,10 @@ class _SimSplit:
         that is CLOUD_ALONE, so the cloud streams on without a gap when a stretch outlasts the round
         trip.  emit(tokens, network_ms, cloud_ms, bytes_up, bytes_down) records each token message as it
         arrives (on the edge's clock).  The probe takes the time the cloud held the request since it
-        arrived, queueing behind the previous stretch included, as cloud_node reports it (`queued_ms`,
-        a mid-stream arrival dated at the middle of the token it came during: ±half a step, not modelled).  On resuming, the edge's draft takes in the streamed tokens (a
-        prefill of n tokens, paid with the next draft) and drafts from their logits."""
+        arrived, queueing behind the previous stretch included, as cloud_node reports it (`queued_ms`;
+        it dates a mid-stream arrival at the middle of the token it came during: ±half a step, not
+        modelled here).  On resuming, the edge's draft takes in the streamed tokens (a prefill of n
+        tokens, paid with the next draft) and drafts from their logits."""
         run, p = self.run, self.run.p
         if self.ahead is None:
             # Sized to outlast the round trip last measured, so the next request (sent at this
