@@ -13,6 +13,7 @@ import json
 import signal
 import sys
 import time
+from collections import deque
 
 import numpy as np
 import zmq
@@ -32,6 +33,10 @@ class CloudServer:
         self.max_bytes = max_bytes
         self.sessions: dict[str, TargetState] = {}
         self.running = True
+        self.sock = None
+        self.arrived: deque = deque()          # (arrival ms, frames) taken off the socket mid-stream
+        self.polled_ms = 0.0                   # when the socket was last looked at mid-stream
+        self.arrival_ms: float | None = None   # when the message being handled reached this process
 
     # -------------------------------------------------------------- handlers
     def handle(self, msg: Message, reply) -> None:
@@ -122,6 +127,43 @@ class CloudServer:
                              seed=msg["seed"], on_cycle=lambda new, kk, n: send(new, False, drafted=kk, accepted=n))
         send([], True, drafted=0, accepted=0)
 
+    def on_continue(self, msg: Message, reply) -> None:
+        """The target decodes the query alone from where the last verdict left it (fallback: cloud) and
+        streams each token.  Between tokens, arriving messages are taken off the socket with their
+        arrival time, so the first token can say how long this request queued (`queued_ms`): the edge
+        subtracts it and the cloud's compute from the round trip to probe the link."""
+        t0 = now_ms()
+        st = self.sessions.get(msg["query"])
+        if st is None:
+            raise ProtocolError(f"continue: unknown query {msg['query']!r} (prefill first)")
+        max_new = int(msg["max_new_tokens"])
+        if max_new < 1:
+            raise ProtocolError(f"continue: max_new_tokens must be >= 1, got {max_new}")
+        queued = max(0.0, t0 - self.arrival_ms) if self.arrival_ms is not None else 0.0
+        rng = np.random.default_rng(msg["seed"])
+        t_last = self.polled_ms = t0
+        for i in range(max_new):
+            tok = st.step(float(msg["temperature"]), rng)
+            done = i + 1 >= max_new or tok in self.target.eos_token_ids
+            t = now_ms()
+            fields = {"query": msg["query"], "seq": i, "tokens": [int(tok)], "done": done, "cloud_compute_ms": t - t_last}
+            if i == 0:
+                fields["queued_ms"] = queued
+            reply(Message("tokens", msg.id, fields))
+            t_last = now_ms()
+            self._take_arrivals()
+            if done:
+                return
+
+    def _take_arrivals(self) -> None:
+        """A message found now arrived since the last look, during a token's compute: its arrival is
+        taken as the middle of that interval (±half a token's compute; a receiving thread would do
+        better, at the price of handing the socket between threads)."""
+        t = now_ms()
+        while self.sock is not None and self.sock.poll(0):
+            self.arrived.append(((self.polled_ms + t) / 2, self.sock.recv_multipart(copy=True)))
+        self.polled_ms = t
+
     def on_end(self, msg: Message, reply) -> None:
         self.sessions.pop(msg["query"], None)
         reply(Message("end_ok", msg.id, {"query": msg["query"]}))
@@ -133,10 +175,15 @@ class CloudServer:
 
     # -------------------------------------------------------------- loop
     def serve(self, sock) -> None:
+        self.sock = sock
         while self.running:
-            if not sock.poll(POLL_MS):
-                continue
-            frames = sock.recv_multipart(copy=True)
+            if self.arrived:
+                self.arrival_ms, frames = self.arrived.popleft()
+            else:
+                if not sock.poll(POLL_MS):
+                    continue
+                frames = sock.recv_multipart(copy=True)
+                self.arrival_ms = now_ms()
             ident, body = frames[0], frames[1:]
 
             def reply(m: Message, ident=ident) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import select
 import sys
 import time
@@ -22,7 +23,7 @@ from lab.core import protocol, spec
 from lab.core.cycle import QueryLog, Verdict, alone_loop, run_query
 from lab.core.decoding import DraftSide, DraftState, now_ms
 from lab.core.protocol import Message, ProtocolError, ids
-from lab.core.strategies import make_strategy
+from lab.core.strategies import CLOUD_ALONE, make_strategy, split_strategies
 from lab.models import warm_up
 from lab.results import JsonlWriter
 
@@ -120,14 +121,20 @@ class EdgeSeam(DraftSide):
         _, self.down0 = self.link.wait(mid)
         self.sent: dict[int, int] = {}               # pipelined: block seq -> its verify request id
         self.unreported_up = self.up0                # cycle 0 carries the prefill exchange's bytes
+        self.rtt_hint_ms = node.hello_rtt_ms
+        self.last_net_ms = node.hello_rtt_ms or 0.0   # the latest round trip measured (for sizing stretches)
+        self.step_ms: float | None = None             # the cloud's time per token decoding alone
+        self.stretch: tuple | None = None       # a `continue` already sent: (id, sent at, bytes, tokens asked)
 
     def verify(self, drafts: list[int], seq: int) -> Verdict:
         arrays = {"tokens": ids(drafts)}
         if self.temperature > 0:
             arrays.update(spec.encode_q(self.payload, drafts, self.q))
+        t_sent = now_ms()
         mid, up = self.link.send("verify", {"query": self.qid, "seq": seq, "payload": self.payload,
                                             "temperature": self.temperature, "seed": self.seed}, arrays)
         msg, down = self.link.wait(mid)
+        self.last_net_ms = now_ms() - t_sent - float(msg["cloud_compute_ms"])
         if seq == 0:                                  # cycle 0 carries the prefill exchange's bytes
             up, down = up + self.up0, down + self.down0
         return Verdict(int(msg["n_accepted"]), int(msg["token"]), float(msg["cloud_compute_ms"]), up, down)
@@ -159,6 +166,44 @@ class EdgeSeam(DraftSide):
             down, self.down0 = down + self.down0, 0
         up, self.unreported_up = self.unreported_up, 0
         return Verdict(int(msg["n_accepted"]), int(msg["token"]), float(msg["cloud_compute_ms"]), up, down)
+    def cloud_alone(self, n: int, seq: int, decide, emit, room: int | None = None) -> None:
+        """fallback: cloud — the cloud decodes alone from the accepted prefix and streams (lab/core/cycle.py
+        _cloud_stretch; the simulator's _SimSplit.cloud_alone is the same exchange).  The first token
+        probes the link: round trip minus the cloud's compute and queueing.  If the strategy stays with
+        the cloud, the next `continue` goes out at once, sized to outlast the round trip."""
+        if self.stretch is None:
+            step = self.step_ms or 1e9
+            self.stretch = self._request(max(n, math.ceil(self.last_net_ms / step) + 2) if self.step_ms else n, room)
+        mid, t_sent, up, n_req = self.stretch
+        self.stretch, got, first = None, [], True
+        while True:
+            msg, down = self.link.wait(mid)
+            toks = [int(x) for x in msg["tokens"]]
+            compute = float(msg["cloud_compute_ms"])
+            net = None
+            if first:
+                net = self.last_net_ms = now_ms() - t_sent - compute - float(msg.get("queued_ms", 0.0))
+                k_next = decide(net, self.step_ms or compute)
+                more = max(n, math.ceil(net / (self.step_ms or compute)) + 2)
+                more = more if room is None else min(more, room - n_req)
+                if k_next == CLOUD_ALONE and more > 0 and not msg["done"]:
+                    self.stretch = self._request(more, None)
+            else:
+                self.step_ms = compute
+            emit(toks, net, compute, up if first else 0, down)
+            got += toks
+            first = False
+            if msg["done"]:
+                break
+        self.d.committed += got              # the draft takes them in (prefilled with its next draft)
+
+    def _request(self, n: int, room: int | None) -> tuple[int, float, int, int]:
+        n = n if room is None else max(1, min(n, room))
+        t = now_ms()
+        self.stretches = getattr(self, "stretches", 0) + 1    # each stretch samples with its own seed
+        mid, up = self.link.send("continue", {"query": self.qid, "max_new_tokens": n, "temperature": self.temperature,
+                                              "seed": self.seed * 1009 + self.stretches})
+        return mid, t, up, n
 
     def resync(self) -> None:
         """The cloud's cache no longer matches S: re-prefill it before the next verify."""
@@ -177,13 +222,19 @@ class EdgeNode:
         self.scenario, self.backend = scenario, backend
         self.cloud_ok = link is not None
         self.eos = tuple(draft.eos_token_ids)     # replaced by the target's at the handshake
+        self.hello_rtt_ms: float | None = None
 
     # -------------------------------------------------------------- cloud health
     def hello(self, timeout_s: float | None = None) -> dict:
+        t0 = now_ms()
         mid, _ = self.link.send("hello", {"draft_model": self.draft.model_id, "target_model": "",
                                           "tokenizer_hash": self.draft.tokenizer_hash,
                                           "eos_token_ids": list(self.draft.eos_token_ids)})
         msg, _ = self.link.wait(mid, timeout_s)
+        # The handshake's round trip, adaptive K's first estimate: the least seen, as the first hello may
+        # have waited for the cloud to finish loading.
+        rtt = now_ms() - t0
+        self.hello_rtt_ms = rtt if self.hello_rtt_ms is None else min(self.hello_rtt_ms, rtt)
         self.eos = tuple(int(t) for t in msg["eos_token_ids"])    # the target's stopping rule
         return msg.fields
 
@@ -225,6 +276,8 @@ class EdgeNode:
             alone_loop(AloneSeam(self.draft, prompt_ids + log.tokens, self.w["temperature"], seed),
                        log, max_new, self.eos)
         rec.update(log.result(max_new))
+        if hasattr(strategy, "provenance"):
+            rec["controller"] = strategy.provenance()     # the table file and its provenance
         out = log.tokens[:max_new]
         rec.update({"output_token_ids": out, "output_text": self.draft.decode(out)})
         return rec
@@ -261,6 +314,16 @@ class EdgeQuery:
                 return
 
 
+def _default_tables(strategies, models: str) -> None:
+    """NASD without a table= option takes the calibrated table of the pair in use, if there is one."""
+    from lab.core.strategies import load_table
+    from lab.models.synthetic import nasd_table_for
+    path = nasd_table_for(models)
+    for s in strategies:
+        if path is not None and hasattr(s, "use_table") and getattr(s, "table", None) is None:
+            s.use_table(load_table(str(path)))
+
+
 def _wait_go() -> None:
     r, _, _ = select.select([sys.stdin], [], [], GO_TIMEOUT_S)
     if not r or sys.stdin.readline().strip() != "go":
@@ -291,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     from lab.models.select import load_role
     from lab.prompts import load_prompts
     workload = json.loads(a.workload)
-    strategies = [make_strategy(s) for s in a.strategies.split(",") if s]
+    strategies = [make_strategy(s) for s in split_strategies(a.strategies)]
+    _default_tables(strategies, a.models)
     prompts = load_prompts(workload.get("prompts"))
     t0 = time.monotonic()
     draft = load_role(a.models, "draft", dtype=a.dtype, threads=a.threads)
@@ -301,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     node = EdgeNode(draft, link, workload, (qw, cw), a.scenario, a.backend)
     try:
         cloud = node.hello()
+        node.hello()               # a second handshake measures the round trip with the cloud idle
     except (CloudDown, ProtocolError) as e:
         node.cloud_ok = False
         cloud = {"error": str(e)}

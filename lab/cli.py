@@ -274,6 +274,36 @@ def cmd_sweep(args) -> int:
     return EXIT_OK
 
 
+def cmd_calibrate(args) -> int:
+    """NASD's RTT → K table from a simulator sweep over the profile (lab/calibrate.py)."""
+    from lab.calibrate import calibrate_main
+    from lab.models import ModelError
+    from lab.sim.netsim import SimError
+    models = args.models or "synthetic:embedded-cpu"
+    if not models.startswith("synthetic"):
+        raise UsageError("calibrate takes --models synthetic[:PROFILE] (python -m lab profile measures one)")
+    try:
+        calibrate_main(models.partition(":")[2] or "embedded-cpu", args.out, args.rate_mbit, args.sim_link,
+                       args.queries)
+    except (SimError, ModelError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    return EXIT_OK
+
+
+def cmd_trace(args) -> int:
+    """K and RTT over time per strategy, from a results folder (lab/trace.py)."""
+    from pathlib import Path
+    from lab.trace import TraceError, draw
+    if not Path(args.results_dir).is_dir():
+        raise UsageError(f"{args.results_dir}: no such results folder")
+    try:
+        for p in draw(Path(args.results_dir)):
+            print(p)
+    except TraceError as e:
+        raise UsageError(str(e)) from None
+    return EXIT_OK
+
+
 def cmd_validate(args) -> int:
     """The simulator against the kernel lab (lab/validate.py)."""
     from lab.validate import run_validation, select_cases
@@ -397,6 +427,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sim-link", choices=["tcp", "sleep"], default="tcp")
     p.add_argument("--out", help="results base folder (default: results/)")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("calibrate", help="NASD's RTT → K table for a profile, from a simulator sweep")
+    p.add_argument("--models", type=usage.models, help="synthetic[:PROFILE] (default synthetic:embedded-cpu)")
+    p.add_argument("--out", help="table file (default lab/models/profiles/PROFILE.nasd.json, where nasd looks)")
+    p.add_argument("--rate-mbit", type=usage.number(0, above=True), default=100.0)
+    p.add_argument("--queries", type=count, help="measured queries per K and RTT (default: the workload's)")
+    p.add_argument("--sim-link", choices=["tcp", "sleep"], default="tcp")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("trace", help="plot K and RTT over time per strategy from a results folder (PNG + SVG)")
+    p.add_argument("results_dir")
+    p.set_defaults(func=cmd_trace)
 
     p = sub.add_parser("validate", help="the simulator vs the kernel lab: per-cycle network time and E2E, Δ per row")
     p.add_argument("scenarios", nargs="*", help="scenario names/paths or default-set case names (default: all)")

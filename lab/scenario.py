@@ -15,6 +15,7 @@ Units live in the key names.
       steps:
         - {at_s: 0,  link: {delay_ms: 5}}                 # patches over `link`
         - {at_s: 10, link: {delay_ms: 100}}
+        - {at_s: 40, link: {delay_ms: 150}, ramp_s: 20}   # linear from the link in force at 20 s
     workload: {queries: 4, max_new_tokens: 32, ...}
     models: embedded
     strategies: [cloud-only, edge-only, fixed-k:5]
@@ -39,6 +40,9 @@ DEFAULT_STRATEGIES = ("cloud-only", "cloud-spec", "edge-only", "fixed-k:3", "fix
 # runs on the timeline's t=0 link, and the timeline starts from t=0 with its first measured query, so
 # every strategy meets the same link trace (lab/runner.py and lab/sim/simulator.py both do this).
 TIMELINE_ALIGNMENT = "restart-per-strategy"
+# A ramp becomes steps this far apart: the kernel applies a timeline as discrete changes anyway, and
+# a second is short next to the ramps (tens of seconds) and long next to a cycle's round trip.
+RAMP_STEP_S = 1.0
 
 
 class ScenarioError(Exception):
@@ -234,14 +238,21 @@ def parse_scenario(doc: Any, source: str = "<string>", default_name: str = "scen
         steps, last = [], -1.0
         for i, s in enumerate(steps_raw):
             k = f"timeline.steps[{i}]"
-            s = r.mapping(s, k, ("at_s", "link"))
+            s = r.mapping(s, k, ("at_s", "link", "ramp_s"))
             if "at_s" not in s:
                 raise r.fail(f"{k}.at_s", "missing")
             at = r.number(s["at_s"], f"{k}.at_s", minimum=0)
             if at <= last:
                 raise r.fail(f"{k}.at_s", f"must increase from step to step ({at:g} after {last:g})")
+            target = r.link(s.get("link", {}), f"{k}.link", base)
+            if s.get("ramp_s") is not None:
+                ramp = float(r.number(s["ramp_s"], f"{k}.ramp_s", positive=True))
+                if at - ramp < max(last, 0.0):
+                    raise r.fail(f"{k}.ramp_s", f"the ramp would start at {at - ramp:g} s, before the previous "
+                                                f"step ({max(last, 0.0):g} s)")
+                steps.extend(ramp_steps(steps[-1].link if steps else link, target, at - ramp, at))
             last = at
-            steps.append(TimelineStep(at_s=float(at), link=r.link(s.get("link", {}), f"{k}.link", base)))
+            steps.append(TimelineStep(at_s=float(at), link=target))
         repeat = t.get("repeat_every_s")
         if repeat is not None:
             repeat = float(r.number(repeat, "timeline.repeat_every_s", positive=True))
@@ -297,6 +308,31 @@ def parse_scenario(doc: Any, source: str = "<string>", default_name: str = "scen
     return Scenario(name=name, description=description, link=link, timeline=timeline,
                     congestion_control=cc, backend=backend, workload=workload, models=models,
                     strategies=strategies, source=source)
+
+
+def ramp_steps(start: LinkPair, end: LinkPair, t0_s: float, t1_s: float) -> list[TimelineStep]:
+    """The steps of a linear ramp from `start` (in force at t0_s) to `end` (reached at t1_s, not
+    included), RAMP_STEP_S apart: every numeric LinkSpec field is interpolated."""
+    import dataclasses
+    n = max(1, math.ceil((t1_s - t0_s) / RAMP_STEP_S))
+    out = []
+    for i in range(1, n):
+        f = i / n
+
+        def mix(a: LinkSpec, b: LinkSpec) -> LinkSpec:
+            vals = {}
+            for fld in dataclasses.fields(LinkSpec):
+                x, y = getattr(a, fld.name), getattr(b, fld.name)
+                if isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool):
+                    v = x + (y - x) * f
+                    vals[fld.name] = round(v) if isinstance(y, int) and isinstance(x, int) else round(v, 6)
+                else:
+                    vals[fld.name] = y
+            return LinkSpec(**vals)
+        out.append(TimelineStep(at_s=round(t0_s + (t1_s - t0_s) * f, 6),
+                                link=LinkPair(uplink=mix(start.uplink, end.uplink),
+                                              downlink=mix(start.downlink, end.downlink))))
+    return out
 
 
 def resolve_path(name_or_path: str) -> Path:

@@ -83,8 +83,8 @@ def number_list(minimum: float | None = None, *, above: bool = False, maximum: f
 
 def strategies(text: str) -> tuple[str, ...]:
     """Comma-separated strategy names, each one make_strategy knows."""
-    from lab.core.strategies import StrategyError, make_strategy
-    names = tuple(s.strip() for s in text.split(","))
+    from lab.core.strategies import StrategyError, make_strategy, split_strategies
+    names = tuple(split_strategies(text))
     for s in names:
         try:
             make_strategy(s)

@@ -46,7 +46,7 @@ import numpy as np
 
 from lab.core import spec
 
-PROTOCOL_VERSION = 3                          # 2: hello carries the stopping tokens; 3: pipelined blocks
+PROTOCOL_VERSION = 3                          # 2: hello carries the stopping tokens; 3: pipelined blocks, `continue`
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024          # a full-distribution payload at K=15 is ≈4.6 MB
 MAX_HEADER_BYTES = 64 * 1024
 ALLOWED_DTYPES = ("int32", "int64", "float16", "float32")
@@ -60,6 +60,9 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "verify": ("query", "seq", "payload", "temperature", "seed"),
     "verdict": ("query", "seq", "n_accepted", "token", "cloud_compute_ms"),
     "generate": ("query", "mode", "k", "max_new_tokens", "temperature", "seed"),
+    # fallback: cloud — the target continues the query alone from its accepted prefix; answered by a
+    # stream of `tokens` (the first also says how long the request queued behind the previous stream)
+    "continue": ("query", "max_new_tokens", "temperature", "seed"),
     "tokens": ("query", "seq", "tokens", "done", "cloud_compute_ms"),
     "end": ("query",),
     "end_ok": ("query",),

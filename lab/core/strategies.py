@@ -139,3 +139,431 @@ def make_strategy(spec: str) -> Strategy:
 
 def known_strategies() -> list[str]:
     return sorted(REGISTRY)
+
+
+def split_strategies(text: str) -> list[str]:
+    """A comma-separated list of strategies, where options are comma-separated too:
+    "fixed-k:3,nasd:k_max=12,fallback=edge,cloud-only" → fixed-k:3 | nasd:k_max=12,fallback=edge | cloud-only
+    (a piece with '=' and no ':' is the previous strategy's option)."""
+    out: list[str] = []
+    for piece in (x.strip() for x in text.split(",")):
+        if out and "=" in piece and ":" not in piece:
+            out[-1] += "," + piece
+        else:
+            out.append(piece)
+    return [s for s in out if s]
+
+
+# ------------------------------------------------------------------ adaptive controllers
+#
+# next_k() may also answer CLOUD_ALONE: the cloud continues from the accepted prefix on its own and
+# streams a stretch of tokens (fallback: cloud); the stretch's first token doubles as a probe of the
+# link, fed back as an observation with k = CLOUD_ALONE.  Adaptive strategies also offer:
+#   link_hint(rtt_ms)   the round trip the edge measured before the first cycle (the handshake)
+#   split_k()           the K they would speculate with now (used when a seam cannot stream alone)
+#   control()           {fallback, fallback_reason, estimate_ms} for the cycle record
+#   provenance()        what the controller was built from (its table file), for the results' meta
+
+CLOUD_ALONE = -1
+FALLBACKS = ("cloud", "edge")
+
+
+def parse_options(name: str, param: str | None, schema: dict[str, Callable[[str], object]]) -> dict:
+    """"k_max=12,fallback=edge" → {"k_max": 12, "fallback": "edge"}; each value checked by its parser,
+    which raises ValueError with the reason; the StrategyError names the option."""
+    out: dict = {}
+    for item in (param or "").split(","):
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        if key not in schema:
+            raise StrategyError(f"strategy {name!r}: unknown option {key!r} (options: {', '.join(schema)})")
+        if not eq or value == "":
+            raise StrategyError(f"strategy {name!r}: option {key!r} needs a value, e.g. {key}=…")
+        try:
+            out[key] = schema[key](value)
+        except ValueError as e:
+            raise StrategyError(f"strategy {name!r}: option {key!r}: {e}") from None
+    return out
+
+
+def _whole(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(v: str) -> int:
+        if not v.isdigit() or not lo <= int(v) <= hi:
+            raise ValueError(f"must be a whole number from {lo} to {hi}, got {v!r}")
+        return int(v)
+    return parse
+
+
+def _fraction(v: str) -> float:
+    try:
+        x = float(v)
+    except ValueError:
+        raise ValueError(f"must be a number in (0, 1], got {v!r}") from None
+    if not 0 < x <= 1:
+        raise ValueError(f"must be a number in (0, 1], got {v!r}")
+    return x
+
+
+def _positive(v: str) -> float:
+    try:
+        x = float(v)
+    except ValueError:
+        raise ValueError(f"must be a number >= 0, got {v!r}") from None
+    if not x >= 0:
+        raise ValueError(f"must be a number >= 0, got {v!r}")
+    return x
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(v: str) -> str:
+        if v not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}, got {v!r}")
+        return v
+    return parse
+
+
+class _Estimates:
+    """What the edge learns of the pair from its own cycles: per-draft-token time, verify time, α.
+
+    α from truncated-geometric counts (accepted, and whether a rejection ended the run), with a weak
+    prior so the first cycles do not swing it; the throughput equation is BACKGROUND.md's."""
+
+    def __init__(self, alpha0: float = 0.7):
+        self.n_acc, self.n_rej = 2.0 * alpha0, 2.0 * (1 - alpha0)
+        self.t_draft: float | None = None
+        self.t_verify: float | None = None
+        self.t_step: float | None = None       # the cloud's time per token when it decodes alone
+        self._fit = [0.0] * 5                  # n, Σx, Σy, Σx², Σxy of verify time y over x = K + 1
+
+    def observe(self, o: CycleObservation) -> None:
+        if o.k > 0:
+            self.n_acc += o.accepted
+            self.n_rej += 1 if o.accepted < o.k else 0
+            self.t_draft = _ewma(self.t_draft, o.edge_compute_ms / o.k, 0.3)
+            self.t_verify = _ewma(self.t_verify, o.cloud_compute_ms, 0.3)
+            x, y, f = o.k + 1, o.cloud_compute_ms, self._fit
+            f[0] += 1; f[1] += x; f[2] += y; f[3] += x * x; f[4] += x * y
+        elif o.k == CLOUD_ALONE and o.cloud_compute_ms > 0:
+            self.t_step = _ewma(self.t_step, o.cloud_compute_ms, 0.3)
+
+    def verify_ms(self, k: int) -> float:
+        """A verify of K drafts (K + 1 tokens): a + b·(K + 1) fitted to the cycles seen, once two K differ."""
+        n, sx, sy, sxx, sxy = self._fit
+        det = n * sxx - sx * sx
+        if n < 2 or det <= 1e-9:
+            return self.t_verify or 1.0
+        b = (n * sxy - sx * sy) / det
+        return max(0.0, (sy - b * sx) / n + b * (k + 1))
+
+    @property
+    def alpha(self) -> float:
+        return self.n_acc / (self.n_acc + self.n_rej)
+
+    def split_rate(self, k: int, net_ms: float) -> float:
+        """Predicted tokens per ms of speculation with K drafts at a network time of net_ms."""
+        a = min(self.alpha, 0.999)
+        tau = (1 - a ** (k + 1)) / (1 - a)
+        return tau / (k * (self.t_draft or 1.0) + self.verify_ms(k) + net_ms)
+
+    def fallback_rate(self, fallback: str) -> float:
+        if fallback == "edge":
+            return 1.0 / (self.t_draft or 1.0)
+        # Until a stretch measures the cloud's step, a one-token pass is the verify model at K = 0.
+        return 1.0 / (self.t_step or self.verify_ms(0) or 1.0)
+
+
+def _ewma(prev: float | None, x: float, w: float) -> float:
+    return x if prev is None else (1 - w) * prev + w * x
+
+
+class NasdTable:
+    """An RTT → K table (`python -m lab calibrate` writes it): per row the measured network time of a
+    cycle, tokens/s of every K, and of each fallback.  Rows are looked up by the nearest network time
+    on a log scale (a 10 ms error matters at 20 ms, not at 400)."""
+
+    def __init__(self, doc: dict, source: str = "<dict>"):
+        try:
+            self.rows = sorted(doc["rows"], key=lambda r: r["network_ms"])
+            for r in self.rows:
+                r["tokens_per_s_by_k"] = {int(k): float(v) for k, v in r["tokens_per_s_by_k"].items()}
+                float(r["cloud_tokens_per_s"]), float(r["edge_tokens_per_s"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise StrategyError(f"NASD table {source}: not a calibration table ({type(e).__name__}: {e})") from None
+        if not self.rows:
+            raise StrategyError(f"NASD table {source}: no rows")
+        self.source, self.provenance = source, doc.get("provenance", {})
+
+    def row(self, net_ms: float) -> dict:
+        import math
+        x = math.log1p(max(0.0, net_ms))
+        return min(self.rows, key=lambda r: abs(math.log1p(r["network_ms"]) - x))
+
+    def choose(self, net_ms: float, k_min: int, k_max: int, fallback: str) -> tuple[int, float, float]:
+        """(best K within [k_min, k_max], its tokens/s, the fallback's tokens/s) at net_ms."""
+        r = self.row(net_ms)
+        ks = {k: v for k, v in r["tokens_per_s_by_k"].items() if k_min <= k <= k_max}
+        if not ks:
+            raise StrategyError(f"NASD table {self.source}: no K in [{k_min}, {k_max}]")
+        k = max(ks, key=lambda kk: (ks[kk], -kk))
+        return k, ks[k], float(r[f"{fallback}_tokens_per_s"])
+
+
+class Nasd:
+    """Network-Adaptive Speculation Depth (the Ianvs proposal's NASD, BACKGROUND.md): each cycle, K from
+    the RTT → K table at the smoothed network time of the previous cycles (the first from the
+    handshake), and at the reversal — predicted split tokens/s below the fallback's — stop speculating:
+    fallback=cloud lets the cloud continue alone and probes the link every `probe` tokens;
+    fallback=edge drafts alone (draft quality) and tries one speculative cycle every `probe` tokens.
+    Without a table it predicts from the throughput equation and its own estimates (_Estimates)."""
+
+    placement = "split"
+    OPTIONS = {"k_min": _whole(1, 64), "k_max": _whole(1, 64), "table": str, "fallback": _choice(*FALLBACKS),
+               "smoothing": _fraction, "probe": _whole(1, 1024), "patience": _whole(1, 64)}
+
+    def __init__(self, param: str | None = None, table: NasdTable | None = None):
+        o = parse_options("nasd", param, self.OPTIONS)
+        self.k_min, self.k_max = o.get("k_min", 1), o.get("k_max", 20)
+        if self.k_min > self.k_max:
+            raise StrategyError(f"strategy 'nasd': option 'k_min' ({self.k_min}) exceeds 'k_max' ({self.k_max})")
+        self.fallback, self.smoothing, self.probe = o.get("fallback", "cloud"), o.get("smoothing", 0.5), o.get("probe", 4)
+        # Cycles in a row that must predict the fallback before it is taken: a one-cycle spike is
+        # cheaper to ride out than a switch to the cloud and back (the `spikes` scenario).
+        self.patience, self.past_reversal = o.get("patience", 2), 0
+        self.table_path: str | None = o.get("table")
+        self.table = table
+        if self.table is None and self.table_path:
+            self.table = load_table(self.table_path)
+        self.name = f"nasd:{param}" if param else "nasd"
+        self.est = _Estimates()
+        self.net_ms: float | None = None
+        self.alone_run = 0
+        self._control = {"fallback": None, "fallback_reason": None, "estimate_ms": None}
+
+    # -- the protocol
+    def start_query(self) -> None:
+        self.alone_run = 0           # the link estimate and the pair's estimates carry over
+
+    def link_hint(self, rtt_ms: float) -> None:
+        if self.net_ms is None:
+            self.net_ms = float(rtt_ms)
+
+    def use_table(self, table: "NasdTable") -> None:
+        """The driver's default table for the pair in use (an explicit table= option wins)."""
+        if self.table is None:
+            self.table = table
+
+    @property
+    def in_fallback(self) -> bool:
+        return self._control.get("fallback") is not None
+
+    def observe(self, obs: CycleObservation) -> None:
+        self.est.observe(obs)
+        if obs.k != 0:               # split cycles and cloud stretches measure the link; edge-alone ones do not
+            self.net_ms = _ewma(self.net_ms, obs.network_ms, self.smoothing)
+            self.alone_run = 0
+        else:
+            self.alone_run += 1
+
+    def _choose(self) -> tuple[int, float, float]:
+        net = self.net_ms or 0.0
+        if self.table is not None:
+            return self.table.choose(net, self.k_min, self.k_max, self.fallback)
+        rates = {k: self.est.split_rate(k, net) for k in range(self.k_min, self.k_max + 1)}
+        k = max(rates, key=lambda kk: (rates[kk], -kk))
+        return k, 1000 * rates[k], 1000 * self.est.fallback_rate(self.fallback)
+
+    def split_k(self) -> int:
+        return self._choose()[0]
+
+    def next_k(self) -> int:
+        k, split_tps, fb_tps = self._choose()
+        was_fallback = self.in_fallback
+        self._control = {"fallback": None, "fallback_reason": None, "estimate_ms": self.net_ms}
+        if split_tps >= fb_tps:
+            self.past_reversal = 0
+            return k
+        self.past_reversal += 1
+        if self.past_reversal < self.patience and not was_fallback:
+            self._control.update(fallback_reason=f"past the reversal {self.past_reversal}/{self.patience}")
+            return k
+        reason = f"predicted {split_tps:.2f} tok/s split < {fb_tps:.2f} tok/s {self.fallback} at {self.net_ms or 0:.0f} ms"
+        if self.fallback == "edge" and self.alone_run >= self.probe:
+            self._control.update(fallback_reason=f"probe after {self.alone_run} edge tokens")
+            return k                 # one speculative cycle measures the link again
+        self._control.update(fallback=self.fallback, fallback_reason=reason)
+        return CLOUD_ALONE if self.fallback == "cloud" else 0
+
+    def control(self) -> dict:
+        return dict(self._control)
+
+    def provenance(self) -> dict:
+        t = self.table
+        return {"controller": "nasd", "k_min": self.k_min, "k_max": self.k_max, "fallback": self.fallback,
+                "smoothing": self.smoothing, "probe": self.probe, "patience": self.patience,
+                "table": t.source if t else None, "table_provenance": t.provenance if t else None,
+                "predictor": "table" if t else "throughput equation, online estimates"}
+
+    def __repr__(self) -> str:
+        return f"<strategy {self.name}>"
+
+
+def load_table(path: str) -> NasdTable:
+    import json
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except OSError as e:
+        raise StrategyError(f"NASD table {path}: cannot read ({e.strerror})") from None
+    except ValueError as e:
+        raise StrategyError(f"NASD table {path}: not JSON ({e})") from None
+    return NasdTable(doc, path)
+
+
+class UcbSpecStop:
+    """UCB-SpecStop (arXiv 2606.20591; BACKGROUND.md): online, no table.  Arms are draft lengths
+    1..k_max; the context is the observed delay d.  A cycle's time is c(K) + d with c(K) = K·t_draft +
+    t_verify learned from the cycles, so the index of arm K is (τ̂_K + bonus_K) / (c(K) + d): the ratio
+    objective of the paper's optimal stopping, whose argmax is a threshold that grows with d.
+
+    A cycle of K drafts with n accepted also says what every shorter draft would have got
+    (min(n, K') accepted, the same prefix), so each cycle updates all arms K' ≤ K: exploring the long
+    arms teaches the short ones.  An arm's mean leans on the geometric model at the pooled α̂ until its
+    own samples outweigh it.  Warm-up: the first WARMUP_CYCLES speculative cycles, during which the
+    fallback is not considered (reported in the cycle record's fallback_reason as "warm-up" and by
+    provenance()).  Fallback as NASD's, when even
+    the optimistic index is below the fallback's rate."""
+
+    placement = "split"
+    WARMUP_CYCLES = 16      # speculative cycles before the fallback is trusted to beat every arm
+    PRIOR_SAMPLES = 4
+    OPTIONS = {"k_max": _whole(1, 64), "c": _positive, "fallback": _choice("cloud", "edge", "none"),
+               "smoothing": _fraction, "probe": _whole(1, 1024)}
+
+    def __init__(self, param: str | None = None):
+        o = parse_options("ucb-specstop", param, self.OPTIONS)
+        self.k_max, self.c = o.get("k_max", 20), o.get("c", 0.3)
+        self.fallback, self.smoothing, self.probe = o.get("fallback", "cloud"), o.get("smoothing", 0.5), o.get("probe", 4)
+        self.name = f"ucb-specstop:{param}" if param else "ucb-specstop"
+        self.n = [0] * (self.k_max + 1)            # samples of arm K (index K)
+        self.tau = [0.0] * (self.k_max + 1)        # summed tokens per cycle arm K would have produced
+        self.t = 0
+        self.est = _Estimates()
+        self.d_ms: float | None = None
+        self.alone_run = 0
+        self.warmup_cycles: int | None = None
+        self._control = {"fallback": None, "fallback_reason": None, "estimate_ms": None}
+
+    def start_query(self) -> None:
+        self.alone_run = 0
+
+    def link_hint(self, rtt_ms: float) -> None:
+        if self.d_ms is None:
+            self.d_ms = float(rtt_ms)
+
+    def observe(self, obs: CycleObservation) -> None:
+        self.est.observe(obs)
+        if obs.k > 0:
+            self.t += 1
+            for kk in range(1, min(obs.k, self.k_max) + 1):
+                self.n[kk] += 1
+                self.tau[kk] += min(obs.accepted, kk) + 1
+            if self.warmup_cycles is None and self.t >= self.WARMUP_CYCLES:
+                self.warmup_cycles = self.t
+        if obs.k != 0:
+            self.d_ms = _ewma(self.d_ms, obs.network_ms, self.smoothing)
+            self.alone_run = 0
+        else:
+            self.alone_run += 1
+
+    def _cost(self, k: int) -> float:
+        return k * (self.est.t_draft or 1.0) + self.est.verify_ms(k) + (self.d_ms or 0.0)
+
+    def _index(self, k: int, bonus: bool) -> float:
+        import math
+        # The arm's mean shrinks toward the geometric model at the pooled α̂ (PRIOR_SAMPLES pseudo-
+        # samples): every cycle informs α̂, so an arm seen once is not judged on one draw.
+        a = min(self.est.alpha, 0.999)
+        model = (1 - a ** (k + 1)) / (1 - a)
+        n, log_t = self.n[k] + self.PRIOR_SAMPLES, math.log(max(2, self.t))
+        mean = (self.tau[k] + self.PRIOR_SAMPLES * model) / n
+        b = self.c * math.sqrt((k + 1) * 2 * log_t / n) if bonus else 0.0
+        return min(mean + b, k + 1) / self._cost(k)
+
+    def split_k(self) -> int:
+        return max(range(1, self.k_max + 1), key=lambda k: (self._index(k, True), -k))
+
+    def next_k(self) -> int:
+        k = self.split_k()
+        warm = self.warmup_cycles is None
+        self._control = {"fallback": None, "fallback_reason": "warm-up" if warm else None, "estimate_ms": self.d_ms}
+        if warm or self.fallback == "none":
+            return k
+        best = max(self._index(kk, True) for kk in range(1, self.k_max + 1))
+        fb = self.est.fallback_rate(self.fallback)
+        if best >= fb:
+            return k
+        if self.fallback == "edge" and self.alone_run >= self.probe:
+            self._control.update(fallback_reason=f"probe after {self.alone_run} edge tokens")
+            return k
+        self._control.update(fallback=self.fallback, fallback_reason=(
+            f"UCB index {1000 * best:.2f} tok/s < {1000 * fb:.2f} tok/s {self.fallback} at {self.d_ms or 0:.0f} ms"))
+        return CLOUD_ALONE if self.fallback == "cloud" else 0
+
+    def control(self) -> dict:
+        return dict(self._control)
+
+    def provenance(self) -> dict:
+        return {"controller": "ucb-specstop", "k_max": self.k_max, "c": self.c, "fallback": self.fallback,
+                "smoothing": self.smoothing, "probe": self.probe, "warmup_cycles": self.warmup_cycles,
+                "cycles": self.t}
+
+    def __repr__(self) -> str:
+        return f"<strategy {self.name}>"
+
+
+class Oracle:
+    """The reference, simulator only: for each link state the best fixed K (or the cloud fallback) in
+    hindsight.  The simulator binds `choose`, which knows the true link state now and the outcome of
+    every candidate on it (lab/sim/oracle.py); a real edge cannot know either."""
+
+    placement = "split"
+
+    def __init__(self, param: str | None = None):
+        if param:
+            raise StrategyError(f"strategy 'oracle' takes no parameter, got {param!r}")
+        self.name = "oracle"
+        self._choose: Callable[[], tuple[int, float]] | None = None
+        self._control = {"fallback": None, "fallback_reason": None, "estimate_ms": None}
+
+    def bind(self, choose: Callable[[], tuple[int, float]]) -> None:
+        self._choose = choose
+
+    def start_query(self) -> None:
+        pass
+
+    def observe(self, obs: CycleObservation) -> None:
+        pass
+
+    def next_k(self) -> int:
+        if self._choose is None:
+            raise StrategyError("strategy 'oracle' runs only in the simulator (it needs the link's true state)")
+        k, rtt = self._choose()
+        self._control = {"fallback": "cloud" if k == CLOUD_ALONE else None,
+                         "fallback_reason": "best in hindsight" if k == CLOUD_ALONE else None, "estimate_ms": rtt}
+        return k
+
+    def split_k(self) -> int:
+        return 1
+
+    def control(self) -> dict:
+        return dict(self._control)
+
+    def provenance(self) -> dict:
+        return {"controller": "oracle", "how": "per link state, every fixed K 1..20 and cloud-only simulated "
+                                               "on that state held still; the best tokens/s is played"}
+
+
+register("nasd", lambda p: Nasd(p))
+register("ucb-specstop", lambda p: UcbSpecStop(p))
+register("oracle", lambda p: Oracle(p))

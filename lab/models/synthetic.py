@@ -39,6 +39,20 @@ from lab.models import ModelError
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 DEFAULT_PROFILE = "embedded-cpu"
+
+
+def nasd_table_path(profile_name: str) -> Path:
+    """Where `python -m lab calibrate` puts a profile's NASD table, and where nasd looks by default."""
+    return PROFILE_DIR / f"{profile_name}.nasd.json"
+
+
+def nasd_table_for(models: str) -> Path | None:
+    """The calibrated table for a --models value, if there is one: synthetic:NAME uses NAME's; the
+    embedded pair uses the profile measured for it (embedded-cpu)."""
+    kind, _, name = models.partition(":")
+    name = (name or DEFAULT_PROFILE) if kind == "synthetic" else DEFAULT_PROFILE if kind == "embedded" else None
+    path = nasd_table_path(name) if name else None
+    return path if path is not None and path.is_file() else None
 SPIN_MS = 0.3          # the last part of each wait is spent spinning, for sub-millisecond accuracy
 PEAK_LOGIT = 10.0
 

@@ -28,6 +28,7 @@ the synthetic pair accepts (the fair comparison for validation).
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from lab.core.cycle import FixedK, QueryLog, Verdict, run_query, speculate
-from lab.core.strategies import StrategyError, make_strategy
+from lab.core.strategies import CLOUD_ALONE, StrategyError, make_strategy
 from lab.sim.netsim import SimError, make_link_model
 from lab.prompts import load_prompts
 from lab.scenario import TIMELINE_ALIGNMENT, Scenario
@@ -225,6 +226,8 @@ class _Run:
         except StrategyError as e:
             raise SimError(str(e)) from None
         rec.update(log.result(max_new))
+        if hasattr(strategy, "provenance"):
+            rec["controller"] = strategy.provenance()
         after = self.link.stats()
         rec["sim_tcp"] = {k: after[k] - before.get(k, 0) for k in after
                           if k.endswith(("retransmits", "tlp", "rto", "lost")) and isinstance(after[k], int)}
@@ -315,10 +318,16 @@ class _SimSplit:
         self.up0 = run.sizes.prefill(mid, q.qid, L)
         h = run._submit(run.t, "up", self.up0.wire)
         run._flush_end()
-        edge_ready = run.t + p.prefill_ms_per_token * L
-        _, done_at = run._cloud(run._arrive(h), p.prefill_ms_per_token * (L - 1))
+        edge_ready, t_sent, arrival = run.t + p.prefill_ms_per_token * L, run.t, run._arrive(h)
+        _, done_at = run._cloud(arrival, p.prefill_ms_per_token * (L - 1))
         self.down0 = run.sizes.prefill_ok(mid, q.qid, p.prefill_ms_per_token * (L - 1))
-        run.t = max(edge_ready, run._send(done_at, "down", self.down0.wire))
+        back = run._send(done_at, "down", self.down0.wire)
+        # The prefill exchange is the query's first round trip: what the edge measures of the link
+        # before its first cycle (the round trip minus the cloud's time holding the request).
+        self.rtt_hint_ms = self.last_net_ms = (back - t_sent) - (done_at - arrival)
+        self.stretch: tuple | None = None      # a stretch already requested and scheduled (_request_stretch)
+        self.catch_up_ms = 0.0               # the draft's prefill of tokens the cloud made alone
+        run.t = max(edge_ready, back)
 
     def now(self) -> float:
         return self.run.t
@@ -328,9 +337,9 @@ class _SimSplit:
             self.run._align_clock(seq)
 
     def draft(self, k: int, seq: int) -> list[int]:
-        self.run.t += self.run.p.t_draft_ms * (k - 1 if self.first else k)
-        self.first = False
-        self.ahead = k
+        self.run.t += self.run.p.t_draft_ms * (k - 1 if self.first else k) + self.catch_up_ms
+        self.first, self.catch_up_ms = False, 0.0
+        self.chain = k
         return [FAKE_TOKEN] * k
 
     def verify(self, drafts: list[int], seq: int) -> Verdict:
@@ -342,7 +351,9 @@ class _SimSplit:
         _, c_end = run._cloud(a, verify)
         n = q.acc.accepted(k, self.position)
         down = run.sizes.verdict(rid, q.qid, seq, n, verify)
+        t_sent = run.t
         run.t = run._send(c_end, "down", down.wire)
+        self.last_net_ms = (run.t - t_sent) - (c_end - a)
         up, down = up.payload, down.payload
         if seq == 0:                                 # the nodes count the prefill exchange in cycle 0
             up, down = up + self.up0.payload, down + self.down0.payload
@@ -350,6 +361,67 @@ class _SimSplit:
 
     def commit(self, accepted: list[int], token: int) -> None:
         self.position += len(accepted) + 1
+
+    def cloud_alone(self, n: int, seq: int, decide, emit, room: int | None = None) -> None:
+        """The cloud decodes n tokens alone from the accepted prefix and streams them (fallback: cloud).
+
+        The stretch was requested (and the cloud scheduled it) during the previous stretch, or is
+        requested now.  At its first token the edge knows the request's network time (round trip minus
+        the time the cloud held it, which the token message reports) and asks decide(network_ms, cloud
+        ms per token) for the next K; another stretch (at most `room` − n tokens) is requested at once if
+        that is CLOUD_ALONE, so the cloud streams on without a gap when a stretch outlasts the round
+        trip.  emit(tokens, network_ms, cloud_ms, bytes_up, bytes_down) records each token message as it
+        arrives (on the edge's clock).  The probe takes the time the cloud held the request since it
+        arrived, queueing behind the previous stretch included, as cloud_node reports it (`queued_ms`;
+        it dates a mid-stream arrival at the middle of the token it came during: ±half a step, not
+        modelled here).  On resuming, the edge's draft takes in the streamed tokens (a prefill of n
+        tokens, paid with the next draft) and drafts from their logits."""
+        run, p = self.run, self.run.p
+        if self.stretch is None:
+            # Sized to outlast the round trip last measured, so the next request (sent at this
+            # stretch's first token) reaches the cloud before it runs dry.
+            cover = math.ceil(self.last_net_ms / p.step_ms()) + 2
+            self.stretch = self._request_stretch(max(n, cover) if room is None else min(max(n, cover), room))
+        sends, t_sent, arrival, start, up, down = self.stretch
+        self.stretch = None
+        n = len(sends)
+        first = run._arrive(sends[0])
+        network_ms = (first - t_sent) - (start - arrival + p.step_ms())
+        run.t = max(run.t, first)
+        self.last_net_ms = network_ms
+        k_next = decide(network_ms, p.step_ms())
+        # Long enough that the next request reaches the cloud before this stretch ends: no idle gap.
+        more = max(n, math.ceil(network_ms / p.step_ms()) + 2)
+        more = more if room is None else min(more, room - n)
+        if k_next == CLOUD_ALONE and more > 0:
+            # Scheduled now, before this stretch's later tokens are read: the link model runs in time order.
+            self.stretch = self._request_stretch(more)
+        for i, hh in enumerate(sends):
+            run.t = max(run.t, run._arrive(hh))
+            emit([FAKE_TOKEN], network_ms if i == 0 else None, p.step_ms(), up if i == 0 else 0, down[i])
+        self.position += n
+        if k_next != CLOUD_ALONE:
+            self.catch_up_ms += p.prefill_ms_per_token * n
+            self.first = True
+
+    def _request_stretch(self, n: int) -> tuple[list[int], float, float, float, int, list[int]]:
+        """Send `generate` for n tokens now; the single-threaded cloud decodes them after what it is doing
+        and submits each token message when it is made.  (handles, sent, arrival, start, bytes up, down)"""
+        run, p, q = self.run, self.run.p, self.q
+        mid = run._id()
+        req = run.sizes.generate(mid, q.qid, "target", 0, {**run.w, "max_new_tokens": n}, q.seed, 0)
+        t_sent = run.t
+        h = run._submit(t_sent, "up", req.wire)
+        arrival = run._arrive(h)
+        start, tc = run._cloud(arrival, 0.0)
+        sends, down = [], []
+        for i in range(n):
+            tc += p.step_ms()
+            size = run.sizes.tokens(mid, q.qid, i, 1, i == n - 1, (tc - arrival) if i == 0 else p.step_ms(), None)
+            sends.append(run._submit(tc, "down", size.wire))
+            down.append(size.payload)
+        run.cloud_free = tc
+        return sends, t_sent, arrival, start, req.payload, down
 
     def alone(self) -> int:
         self.run.t += 0.0 if self.first else self.run.p.t_draft_ms
@@ -360,7 +432,7 @@ class _SimSplit:
     # The pipelined cycle (lab/core/cycle.py PipeSeam), one block in flight: the block's whole exchange is
     # computed when it is sent (the link model takes messages in time order, and at depth 1 nothing else
     # is sent before its verdict arrives); polls and drafting ahead only move the edge's clock.
-    ahead = 0                                # tokens of the chain past S (blocks and guessed bonuses)
+    chain = 0                                # tokens of the chain past S (blocks and guessed bonuses)
     guessed = False                          # the block being drafted ahead has its guessed bonus
     sent: dict | None = None                 # seq -> (verdict arrival, Verdict) of the block in flight
     hit = False                              # the block in flight is accepted whole with the guessed bonus
@@ -369,7 +441,7 @@ class _SimSplit:
         run, q, k = self.run, self.q, len(drafts)
         if self.sent:
             raise SimError("the simulator models one pipelined block in flight (pipelined:K, depth 1)")
-        base = self.position + self.ahead - k
+        base = self.position + self.chain - k
         rid = run._id()
         up = run.sizes.verify(rid, q.qid, seq, k, run.w, q.seed, pos=base)
         a = run._send(run.t, "up", up.wire)
@@ -400,19 +472,19 @@ class _SimSplit:
                 return None
             self.run.t += self.run.p.t_draft_ms
             self.guessed = True
-        self.ahead += k + 1
+        self.chain += k + 1
         return [FAKE_TOKEN] * k
 
     def guess_holds(self, k: int, verdict: Verdict) -> bool:
         return verdict.accepted == k and (not self.guessed or self.hit)
 
     def settle(self, k: int, verdict: Verdict) -> bool:
-        held = verdict.accepted == k and self.guessed and self.hit and self.ahead > k + 1
+        held = verdict.accepted == k and self.guessed and self.hit and self.chain > k + 1
         self.guessed = False
         if held:
-            self.position, self.ahead = self.position + k + 1, self.ahead - k - 1
+            self.position, self.chain = self.position + k + 1, self.chain - k - 1
             return True
-        self.position, self.ahead = self.position + verdict.accepted + 1, 0
+        self.position, self.chain = self.position + verdict.accepted + 1, 0
         return False
 
     def resync(self) -> None:
@@ -541,6 +613,7 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
                (tcp_options or {}) if link_model == "tcp" else {}, congestion_control,
                host_overhead_ms if callable(host_overhead_ms) else float(host_overhead_ms),
                seed if paired_seed is None else paired_seed)
+    _bind_controllers(objs, run, profile, prof, link_model, acceptance)
     if link_out is not None:
         link_out.append(run.link)
     for strat in objs:
@@ -556,6 +629,21 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
     run._flush_end()
 
 
+def _bind_controllers(objs, run: _Run, profile, prof: ComputeProfile, link_model: str, acceptance: str) -> None:
+    """NASD without a table= option takes the profile's calibrated table, if `lab calibrate` wrote one;
+    the oracle gets its hindsight (lab/sim/oracle.py)."""
+    from lab.core.strategies import load_table
+    from lab.models.synthetic import nasd_table_path
+    from lab.sim.oracle import OracleChooser
+    for o in objs:
+        if hasattr(o, "use_table") and getattr(o, "table", None) is None:
+            path = nasd_table_path(prof.name)
+            if path.is_file():
+                o.use_table(load_table(str(path)))
+        if hasattr(o, "bind"):
+            o.bind(OracleChooser(run, simulate, profile, link_model, acceptance).choose)
+
+
 def write_run(scenario: Scenario, out_dir: Path | None = None, **simulate_kwargs) -> Path:
     """Simulate and write a results folder (meta.json, queries.jsonl, cycles.jsonl, summary.csv)."""
     from lab import metrics
@@ -569,16 +657,19 @@ def write_run(scenario: Scenario, out_dir: Path | None = None, **simulate_kwargs
     t0 = time.perf_counter()
     status = "failed"
     starts: list[dict] = []
+    controllers: dict[str, dict] = {}           # each adaptive strategy's table and provenance
     try:
         with JsonlWriter(run_dir / "queries.jsonl") as qw, JsonlWriter(run_dir / "cycles.jsonl") as cw:
             for rec, cycles in simulate(scenario, timeline_out=starts, **simulate_kwargs):
+                if "controller" in rec:
+                    controllers[rec["strategy"]] = rec["controller"]
                 qw.write(rec)
                 for c in cycles:
                     cw.write(c)
         status = "complete"
     finally:
         meta.update(sim_wall_s=round(time.perf_counter() - t0, 3), timeline_alignment=TIMELINE_ALIGNMENT,
-                    timeline_starts=starts)
+                    timeline_starts=starts, controllers=controllers)
         meta.finish(status)
     df = metrics.summarize(read_jsonl(run_dir / "queries.jsonl"), scenario=scenario.name, backend="sim",
                            models=f"synthetic:{prof.name}")

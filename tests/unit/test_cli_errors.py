@@ -24,7 +24,7 @@ CASES = [
     ([], "the following arguments are required: COMMAND"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     # sim
-    (["sim", "lan", "--strategies", "nasd"], "--strategies: unknown strategy 'nasd' (known: cloud-only, cloud-spec"),
+    (["sim", "lan", "--strategies", "teleport"], "--strategies: unknown strategy 'teleport' (known: cloud-only, cloud-spec"),
     (["sim", "no-such-scenario"], "no-such-scenario: no scenario of that name"),
     (["sim", "lan", "--models", "synthetic:nope"], "--models: no synthetic profile 'nope'"),
     (["sim", "lan", "--models", "embedded"], "the simulator takes --models synthetic"),
@@ -38,10 +38,10 @@ CASES = [
     (["sim", "lan", "--loss-pct", "101"], "--loss-pct: must be between 0 and 100"),
     (["sim", "lan", "--prompts", "{missing}"], "--prompts: {missing}: cannot read"),
     (["sim", "lan", "--prompts", "{malformed}"], "--prompts: {malformed}: line 2: not JSON"),
-    (["sim", "{bad_strategy_yaml}"], "{bad_strategy_yaml}: strategies[1]: unknown strategy 'nasd'"),
+    (["sim", "{bad_strategy_yaml}"], "{bad_strategy_yaml}: strategies[1]: unknown strategy 'teleport'"),
     (["sim", "lan", "--congestion-control", "vegas"], "--congestion-control: 'vegas' is not modelled"),
     # scenario (root): the same checks, before the root check
-    (["scenario", "lan", "--strategies", "cloud-only,nasd"], "--strategies: unknown strategy 'nasd'"),
+    (["scenario", "lan", "--strategies", "cloud-only,teleport"], "--strategies: unknown strategy 'teleport'"),
     (["scenario", "no-such-scenario"], "no scenario of that name"),
     (["scenario", "lan", "--models", "synthetic:nope"], "--models: no synthetic profile 'nope'"),
     (["scenario", "lan", "--models", "just-one-id"], "--models: --models must be embedded, synthetic"),
@@ -51,7 +51,7 @@ CASES = [
     (["scenario", "lan", "--reply-timeout-s", "0"], "--reply-timeout-s: must be > 0"),
     (["scenario", "lan", "--rate-mbit", "-1"], "--rate-mbit: must be > 0"),
     (["scenario", "lan", "--prompts", "{malformed}"], "line 2: not JSON"),
-    (["scenario", "{bad_strategy_yaml}"], "strategies[1]: unknown strategy 'nasd'"),
+    (["scenario", "{bad_strategy_yaml}"], "strategies[1]: unknown strategy 'teleport'"),
     # link, probe, linkcheck, validate (root)
     (["link", "up"], "link up needs a SCENARIO"),
     (["link", "up", "no-such-scenario"], "no scenario of that name"),
@@ -63,7 +63,7 @@ CASES = [
     (["validate", "--rejudge", "{missing}"], "--rejudge: {missing}: no such folder"),
     (["validate", "--rejudge", "{tmp}"], "no calibration.json"),
     # sweep
-    (["sweep", "--sim", "--strategies", "nasd"], "--strategies: unknown strategy 'nasd'"),
+    (["sweep", "--sim", "--strategies", "teleport"], "--strategies: unknown strategy 'teleport'"),
     (["sweep", "--sim", "--rtt-ms", "10,x"], "--rtt-ms: must be a number, got 'x'"),
     (["sweep", "--sim", "--rtt-ms", "-10"], "--rtt-ms: must be >= 0, got '-10'"),
     (["sweep", "--sim", "--rate-mbit", "0"], "--rate-mbit: must be > 0"),
@@ -94,7 +94,7 @@ def files():
     malformed = d / "prompts.jsonl"
     malformed.write_text('{"id": "a", "prompt": "fine"}\n{"id": "b", "prompt": \n')
     bad_yaml = d / "bad-strategy.yaml"
-    bad_yaml.write_text("link: {delay_ms: 5}\nstrategies: [cloud-only, nasd]\n")
+    bad_yaml.write_text("link: {delay_ms: 5}\nstrategies: [cloud-only, teleport]\n")
     for p in (malformed, bad_yaml):
         p.chmod(0o644)
     yield {"missing": str(d / "no-such-file"), "malformed": str(malformed), "bad_strategy_yaml": str(bad_yaml),

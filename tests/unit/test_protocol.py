@@ -35,6 +35,7 @@ ALL = [
     Message("verdict", 3, {"query": "q1", "seq": 0, "n_accepted": 1, "token": 9, "cloud_compute_ms": 3.5}),
     Message("generate", 4, {"query": "q2", "mode": "spec", "k": 5, "max_new_tokens": 8, "temperature": 0,
                             "seed": 0}, {"prompt_ids": ids([7, 8])}),
+    Message("continue", 6, {"query": "q2", "max_new_tokens": 4, "temperature": 0, "seed": 3}),
     Message("generate", 5, {"query": "q3", "mode": "target", "k": 0, "max_new_tokens": 8, "temperature": 1.0,
                             "seed": 3}, {"prompt_ids": ids([7, 8])}),
     Message("tokens", 4, {"query": "q2", "seq": 0, "tokens": [1, 2], "done": False, "cloud_compute_ms": 1.0,

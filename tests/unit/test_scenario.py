@@ -70,7 +70,7 @@ def _write(tmp_path, body, name="bad.yaml"):
     ("link: {}\nworkload: {queries: 0}\n", "workload.queries", "> 0"),
     ("link: {}\nworkload: {payload: topk:x}\n", "workload.payload", "topk:N"),
     ("link: {}\nstrategies: fixed-k:5\n", "strategies", "list"),
-    ("link: {}\nstrategies: [cloud-only, nasd]\n", "strategies[1]", "unknown strategy 'nasd' (known: cloud-only"),
+    ("link: {}\nstrategies: [cloud-only, teleport]\n", "strategies[1]", "unknown strategy 'teleport' (known: cloud-only"),
     ("link: {}\nstrategies: [fixed-k:0]\n", "strategies[0]", "fixed-k"),
     ("link: {}\ntcp: {congestion_control: 5}\n", "tcp.congestion_control", "string"),
 ])

@@ -1,0 +1,108 @@
+"""`python -m lab calibrate`: NASD's RTT → K table, from a simulator sweep over the profile in use.
+
+Per RTT bucket (a stable link at `rate_mbit`), every fixed K = 1..k_max, cloud-only and edge-only are
+simulated with the profile and the default workload; a row keeps tokens/s (median over the measured
+queries) of each, and the network time a cycle measured there — what NASD compares its own
+measurement with, so the row a cycle picks is the one whose link it saw (the measured time includes
+serialization, so a slow link looks like a longer RTT, which is how NASD meets bandwidth).  The best K
+of a row, and where cloud-only (the lossless fallback) overtakes it — the reversal — follow.
+
+    python -m lab calibrate --models synthetic:gpu-orin-3090ti     # → lab/models/profiles/<name>.nasd.json
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+RTT_BUCKETS_MS = (0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 60, 70, 80, 90, 100, 110, 120, 140, 160, 180,
+                  200, 250, 300, 400, 500, 750, 1000)
+
+
+def calibrate(profile: str, rate_mbit: float = 100.0, k_max: int = 20, link_model: str = "tcp",
+              rtts=RTT_BUCKETS_MS, queries: int | None = None) -> dict:
+    """The table document: rows per RTT bucket, the transitions of K*, the reversal, provenance."""
+    from lab.results import git_commit
+    from lab.sim.simulator import ComputeProfile, simulate
+    from lab.sweep import GridPoint
+
+    cands = [f"fixed-k:{k}" for k in range(1, k_max + 1)] + ["cloud-only", "edge-only"]
+    rows, t0 = [], time.perf_counter()
+    for rtt in rtts:
+        sc = GridPoint(rtt, rate_mbit).scenario(cands)
+        tps: dict[str, list[float]] = {c: [] for c in cands}
+        net: dict[str, list[float]] = {c: [] for c in cands}
+        for rec, _ in simulate(sc, cands, profile, queries=queries, seed=0, link_model=link_model):
+            if rec["warmup"]:
+                continue
+            if not math.isnan(rec["tokens_per_s"]):
+                tps[rec["strategy"]].append(rec["tokens_per_s"])
+            net[rec["strategy"]].extend(rec["network_ms_per_cycle"])
+        med = {c: statistics.median(v) if v else 0.0 for c, v in tps.items()}
+        by_k = {k: med[f"fixed-k:{k}"] for k in range(1, k_max + 1)}
+        best = max(by_k, key=lambda k: (by_k[k], -k))
+        rows.append({"rtt_ms": rtt, "network_ms": round(statistics.median(net[f"fixed-k:{best}"]), 3),
+                     "k": best, "split_tokens_per_s": round(by_k[best], 4),
+                     "tokens_per_s_by_k": {str(k): round(v, 4) for k, v in by_k.items()},
+                     "cloud_tokens_per_s": round(med["cloud-only"], 4),
+                     "edge_tokens_per_s": round(med["edge-only"], 4)})
+    prof = ComputeProfile.of(profile)
+    return {"profile": prof.name, "rows": rows, "transitions": transitions(rows), "reversal": reversal(rows),
+            "provenance": {"command": "python -m lab calibrate " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["calibrate"] else "lab.calibrate.calibrate()",
+                           "profile": {k: getattr(prof, k) for k in ("t_draft_ms", "verify_a_ms", "verify_b_ms",
+                                                                     "prefill_ms_per_token", "alpha", "vocab")},
+                           "rate_mbit": rate_mbit, "k_max": k_max, "link_model": link_model,
+                           "queries": queries, "git_commit": git_commit(),
+                           "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                           "wall_s": round(time.perf_counter() - t0, 2)}}
+
+
+def transitions(rows: list[dict]) -> list[dict]:
+    """Where K* changes between consecutive buckets: [{from_k, to_k, rtt_ms: (below, at)}]."""
+    out = []
+    for a, b in zip(rows, rows[1:]):
+        if b["k"] != a["k"]:
+            out.append({"from_k": a["k"], "to_k": b["k"], "rtt_ms": [a["rtt_ms"], b["rtt_ms"]]})
+    return out
+
+
+def reversal(rows: list[dict]) -> dict:
+    """The first bucket from which the fallback beats the best split K, for each fallback (None: never)."""
+    out = {}
+    for fb in ("cloud", "edge"):
+        at = next((r["rtt_ms"] for r in rows if r[f"{fb}_tokens_per_s"] > r["split_tokens_per_s"]), None)
+        out[fb] = at
+    return out
+
+
+def format_table(doc: dict) -> str:
+    lines = [f"NASD table for synthetic:{doc['profile']} ({doc['provenance']['rate_mbit']:g} Mbit/s, "
+             f"{doc['provenance']['link_model']} link model)",
+             f"{'RTT ms':>7} {'net ms':>8} {'K*':>3} {'split tok/s':>11} {'cloud tok/s':>11} {'edge tok/s':>10}"]
+    for r in doc["rows"]:
+        mark = "  ← cloud wins" if r["cloud_tokens_per_s"] > r["split_tokens_per_s"] else ""
+        lines.append(f"{r['rtt_ms']:7g} {r['network_ms']:8.1f} {r['k']:3d} {r['split_tokens_per_s']:11.2f} "
+                     f"{r['cloud_tokens_per_s']:11.2f} {r['edge_tokens_per_s']:10.2f}{mark}")
+    tr = ", ".join(f"K* {t['from_k']}→{t['to_k']} between {t['rtt_ms'][0]:g} and {t['rtt_ms'][1]:g} ms"
+                   for t in doc["transitions"]) or "K* constant"
+    rv = doc["reversal"]
+    lines += [f"transitions: {tr}",
+              f"reversal: cloud-only from {rv['cloud']} ms, edge-only from {rv['edge']} ms (None: never in range)"]
+    return "\n".join(lines)
+
+
+def calibrate_main(profile: str, out: str | None, rate_mbit: float, link_model: str,
+                   queries: int | None, emit: Callable[[str], None] = print) -> Path:
+    from lab.models.synthetic import nasd_table_path
+    doc = calibrate(profile, rate_mbit=rate_mbit, link_model=link_model, queries=queries)
+    path = Path(out) if out else nasd_table_path(doc["profile"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    emit(format_table(doc))
+    emit(f"\n{path} ({doc['provenance']['wall_s']} s)")
+    return path

@@ -1,0 +1,216 @@
+"""Adaptive strategies: nasd follows its table and falls back past the reversal, ucb-specstop
+converges on a synthetic bandit, the oracle is at least every fixed K, and the simulator's cloud
+fallback streams at cloud-only's pace."""
+import math
+import random
+import statistics
+
+import pytest
+
+from lab.core.strategies import (CLOUD_ALONE, CycleObservation, Nasd, NasdTable, StrategyError, UcbSpecStop,
+                                 make_strategy, split_strategies)
+from lab.sim.simulator import simulate
+from lab.sweep import GridPoint
+
+
+def _table():
+    def row(net, best_k, best, cloud):
+        by_k = {str(k): (best if k == best_k else best * 0.8) for k in range(1, 21)}
+        return {"rtt_ms": net, "network_ms": net, "k": best_k, "split_tokens_per_s": best,
+                "tokens_per_s_by_k": by_k, "cloud_tokens_per_s": cloud, "edge_tokens_per_s": 12.0}
+    return NasdTable({"rows": [row(10, 2, 9.0, 5.0), row(100, 6, 6.0, 5.0), row(400, 9, 4.0, 5.0)],
+                      "provenance": {"test": True}}, "test-table")
+
+
+def _obs(k, net, accepted=1):
+    return CycleObservation(k=k, accepted=accepted, cycle_ms=net + 50, network_ms=net,
+                            cloud_compute_ms=30, edge_compute_ms=20)
+
+
+def test_nasd_takes_the_tables_k_from_the_measured_network_time():
+    s = Nasd("smoothing=1", table=_table())
+    s.start_query()
+    s.link_hint(12.0)                    # the handshake's RTT decides the first cycle
+    assert s.next_k() == 2
+    s.observe(_obs(2, 95.0))
+    assert s.next_k() == 6
+    assert s.control()["estimate_ms"] == 95.0 and s.control()["fallback"] is None
+
+
+def test_nasd_respects_k_bounds():
+    s = Nasd("smoothing=1,k_max=4", table=_table())
+    s.link_hint(100.0)
+    assert s.next_k() <= 4
+
+
+def test_nasd_falls_back_past_the_reversal_and_resumes():
+    s = Nasd("smoothing=1", table=_table())
+    s.link_hint(10.0)
+    assert s.next_k() == 2
+    s.observe(_obs(2, 420.0))
+    assert s.next_k() == 9               # patience: one cycle past the reversal is ridden out
+    s.observe(_obs(9, 420.0))
+    assert s.next_k() == CLOUD_ALONE
+    assert s.control()["fallback"] == "cloud" and "cloud" in s.control()["fallback_reason"]
+    s.observe(_obs(CLOUD_ALONE, 11.0))   # a probe from the cloud's stretch sees the link recover
+    assert s.next_k() == 2
+
+
+def test_nasd_edge_fallback_probes_every_few_tokens():
+    s = Nasd("smoothing=1,fallback=edge,probe=3,patience=1", table=_table())
+    s.link_hint(420.0)
+    ks = []
+    for _ in range(4):
+        k = s.next_k()
+        ks.append(k)
+        s.observe(_obs(0, 0.0, 0) if k == 0 else _obs(k, 420.0))
+    assert ks == [0, 0, 0, 9]            # three edge tokens, then one cycle at the row's K measures the link
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("nasd:kmax=3", "unknown option 'kmax'"),
+    ("nasd:k_max=0", "option 'k_max'"),
+    ("nasd:fallback=moon", "option 'fallback'"),
+    ("nasd:smoothing=", "option 'smoothing' needs a value"),
+    ("nasd:k_min=9,k_max=3", "'k_min' \\(9\\) exceeds 'k_max'"),
+    ("nasd:table=/nonexistent.json", "cannot read"),
+    ("ucb-specstop:c=x", "option 'c'"),
+    ("oracle:3", "takes no parameter"),
+])
+def test_bad_options_name_the_option(spec, words):
+    with pytest.raises(StrategyError, match=words):
+        make_strategy(spec)
+
+
+def test_split_strategies_keeps_options_with_their_strategy():
+    assert split_strategies("fixed-k:3,nasd:k_max=12,fallback=edge,cloud-only") == \
+        ["fixed-k:3", "nasd:k_max=12,fallback=edge", "cloud-only"]
+
+
+def _best_k(alpha, t_draft, t_verify, d, k_max=20):
+    rate = {k: (1 - alpha ** (k + 1)) / (1 - alpha) / (k * t_draft + t_verify + d) for k in range(1, k_max + 1)}
+    return max(rate, key=rate.get), rate
+
+
+@pytest.mark.parametrize("d", [0.0, 100.0, 400.0])
+def test_ucb_converges_on_a_synthetic_bandit(d):
+    alpha, t_draft, t_verify = 0.8, 10.0, 40.0
+    k_star, rate = _best_k(alpha, t_draft, t_verify, d)
+    s, rng = UcbSpecStop("fallback=none"), random.Random(1)
+    played = []
+    for _ in range(3000):
+        k = s.next_k()
+        n = 0
+        while n < k and rng.random() < alpha:
+            n += 1
+        s.observe(CycleObservation(k=k, accepted=n, cycle_ms=k * t_draft + t_verify + d, network_ms=d,
+                                   cloud_compute_ms=t_verify, edge_compute_ms=k * t_draft))
+        played.append(k)
+    late = played[-500:]
+    mode = statistics.mode(late)
+    assert rate[mode] >= 0.98 * rate[k_star], (mode, k_star)
+    assert s.provenance()["warmup_cycles"] == UcbSpecStop.WARMUP_CYCLES
+
+
+def test_ucb_k_grows_with_delay():
+    ks = []
+    for d in (0.0, 100.0, 1000.0):
+        s, rng = UcbSpecStop("fallback=none"), random.Random(2)
+        for _ in range(1500):
+            k = s.next_k()
+            n = 0
+            while n < k and rng.random() < 0.8:
+                n += 1
+            s.observe(CycleObservation(k=k, accepted=n, cycle_ms=0, network_ms=d, cloud_compute_ms=40,
+                                       edge_compute_ms=10 * k))
+        ks.append(s.split_k())
+    assert ks[0] <= ks[1] <= ks[2] and ks[0] < ks[2]
+
+
+def _tps(records):
+    by = {}
+    for r in records:
+        if not r["warmup"]:
+            by.setdefault(r["strategy"], []).append(r["tokens_per_s"])
+    return {k: statistics.median(v) for k, v in by.items()}
+
+
+def test_oracle_is_at_least_every_fixed_k():
+    fixed = [f"fixed-k:{k}" for k in range(1, 21)]
+    sc = GridPoint(50, 100).scenario(fixed + ["oracle"])
+    tps = _tps([r for r, _ in simulate(sc, fixed + ["oracle", "cloud-only"], "fast", queries=2)])
+    assert tps["oracle"] >= max(tps[s] for s in fixed + ["cloud-only"]) * (1 - 1e-9)
+
+
+def test_oracle_refuses_outside_the_simulator():
+    s = make_strategy("oracle")
+    with pytest.raises(StrategyError, match="only in the simulator"):
+        s.next_k()
+
+
+def test_nasd_cloud_fallback_streams_at_cloud_only_pace_in_the_simulator():
+    sc = GridPoint(500, 100).scenario(["nasd", "cloud-only"])
+    recs, cycles = [], []
+    for r, c in simulate(sc, ["nasd", "cloud-only", "fixed-k:3"], "embedded-cpu", queries=2):
+        recs.append(r)
+        cycles += c
+    tps = _tps(recs)
+    assert tps["nasd"] >= 0.99 * tps["cloud-only"] > tps["fixed-k:3"]
+    nasd = [c for c in cycles if c["strategy"] == "nasd" and not c["warmup"]]
+    assert nasd and all(c["fallback"] == "cloud" for c in nasd)
+    assert all(r["n_tokens"] == 48 for r in recs)
+    assert all(c["fallback"] is None and "estimate_ms" in c for c in cycles if c["strategy"] == "fixed-k:3")
+
+
+def test_nasd_resumes_speculation_when_the_link_recovers():
+    from lab.scenario import parse_scenario
+    sc = parse_scenario({"name": "flip", "link": {"delay_ms": 250, "rate_mbit": 100},
+                         "timeline": {"steps": [{"at_s": 0, "link": {"delay_ms": 250}},
+                                                {"at_s": 10, "link": {"delay_ms": 5}}]},
+                         "workload": {"queries": 4}, "strategies": ["nasd"]})
+    ks = [k for r, _ in simulate(sc, ["nasd"], "embedded-cpu") if not r["warmup"] for k in r["k_per_cycle"]]
+    assert ks[0] == 0 and max(ks[-5:]) > 0      # cloud stretches first, speculation at the end
+
+
+def test_calibrate_finds_the_reversal():
+    from lab.calibrate import calibrate
+    doc = calibrate("embedded-cpu", rtts=(0, 500), queries=1)
+    assert [r["rtt_ms"] for r in doc["rows"]] == [0, 500]
+    assert doc["reversal"]["cloud"] == 500
+    by_k = doc["rows"][0]["tokens_per_s_by_k"]
+    assert by_k[str(doc["rows"][0]["k"])] == max(by_k.values())
+    table = NasdTable(doc, "calibrated")
+    assert table.choose(0.0, 1, 20, "cloud")[1] > table.choose(0.0, 1, 20, "cloud")[2]
+    assert table.choose(500.0, 1, 20, "cloud")[1] < table.choose(500.0, 1, 20, "cloud")[2]
+    assert math.isfinite(doc["rows"][1]["network_ms"])
+
+
+def test_timeline_ramp_interpolates_and_checks_its_start():
+    from lab.scenario import ScenarioError, parse_scenario
+    sc = parse_scenario({"name": "r", "link": {"delay_ms": 5},
+                         "timeline": {"steps": [{"at_s": 0, "link": {"delay_ms": 5}},
+                                                {"at_s": 40, "link": {"delay_ms": 150}, "ramp_s": 40}]}})
+    rtt = [sc.timeline.link_at(t, sc.link).rtt_ms for t in (0, 10, 20, 39.5, 40, 100)]
+    assert rtt[0] == 10 and rtt[-2] == rtt[-1] == 300
+    assert rtt == sorted(rtt) and 140 <= rtt[2] <= 160
+    with pytest.raises(ScenarioError, match=r"timeline.steps\[1\].ramp_s"):
+        parse_scenario({"name": "r", "link": {}, "timeline": {"steps": [
+            {"at_s": 10, "link": {}}, {"at_s": 20, "link": {"delay_ms": 50}, "ramp_s": 15}]}})
+
+
+def test_results_record_controller_and_trace_draws(tmp_path):
+    import json
+    from lab.results import read_jsonl
+    from lab.scenario import load_scenario
+    from lab.sim.simulator import write_run
+    from lab.trace import draw
+    run = write_run(load_scenario("oscillating"), tmp_path, strategies=["fixed-k:3", "nasd"], profile="embedded-cpu",
+                    queries=3)
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["controllers"]["nasd"]["table"].endswith("embedded-cpu.nasd.json")
+    assert meta["controllers"]["nasd"]["table_provenance"]["rate_mbit"] == 100.0
+    cycles = read_jsonl(run / "cycles.jsonl")
+    assert all({"k", "network_ms", "accepted", "fallback", "fallback_reason", "estimate_ms"} <= set(c) for c in cycles)
+    assert any(c["fallback"] == "cloud" for c in cycles if c["strategy"] == "nasd")
+    paths = draw(run)
+    assert [p.suffix for p in paths] == [".png", ".svg"] and all(p.stat().st_size > 10_000 for p in paths)
