@@ -294,6 +294,17 @@ def cmd_sweep(args) -> int:
     return EXIT_OK
 
 
+def cmd_report(args) -> int:
+    """report.md + plots/ from sweep, validation and run folders (lab/report.py)."""
+    from lab.report import write_report
+    from lab.verdict import ReportError
+    try:
+        write_report(args.folders, args.out, export=args.export)
+    except ReportError as e:
+        raise UsageError(str(e)) from None
+    return EXIT_OK
+
+
 def cmd_validate(args) -> int:
     """The simulator against the kernel lab (lab/validate.py)."""
     from lab.validate import run_validation, select_cases
@@ -427,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "one here); needs the optional extra: pip install '.[ray]'")
     p.add_argument("--out", help="the sweep folder; an existing one is resumed (default: results/<UTC>-sweep-<sim|lab>/)")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="report.md + plots from sweep/validation/run folders; verdict, claims, Ianvs export")
+    p.add_argument("folders", nargs="+", help="sweep folders (lab and/or sim), validation folders, run folders")
+    p.add_argument("--out", help="where report.md and plots/ go (default: <first folder>/report)")
+    p.add_argument("--export", choices=["ianvs"], help="also write Ianvs rank tables (ianvs/<source>/<link>/rank/all_rank.csv)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("validate", help="the simulator vs the kernel lab: per-cycle network time and E2E, Δ per row")
     p.add_argument("scenarios", nargs="*", help="scenario names/paths or default-set case names (default: all)")

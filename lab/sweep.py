@@ -182,17 +182,19 @@ def _grid_columns(df: pd.DataFrame, p: GridPoint, run: int, payload: str, run_di
 
 
 def cycle_columns(records: list[dict], df: pd.DataFrame) -> pd.DataFrame:
-    """Per strategy, what the claims need beyond summary.csv's columns: mean tokens per split cycle
-    (accepted + the target's one) and mean K, over the measured queries."""
-    tpc, kmean = [], []
+    """Per strategy, what the claims and the Ianvs export need beyond summary.csv's columns: mean
+    tokens per split cycle (accepted + the target's one), mean K, median tokens per query."""
+    tpc, kmean, ntok = [], [], []
     for s in df["strategy"]:
+        n = sorted(r.get("n_tokens", 0) for r in records if r["strategy"] == s and not r.get("warmup"))
+        ntok.append(float(n[len(n) // 2]) if n else math.nan)
         k = [x for r in records if r["strategy"] == s and not r.get("warmup") for x in r.get("k_per_cycle", [])]
         a = [x for r in records if r["strategy"] == s and not r.get("warmup")
              for x in r.get("accepted_per_cycle", [])]
         pairs = [(kk, aa) for kk, aa in zip(k, a) if kk > 0]
         tpc.append(sum(aa + 1 for _, aa in pairs) / len(pairs) if pairs else math.nan)
         kmean.append(sum(kk for kk, _ in pairs) / len(pairs) if pairs else math.nan)
-    return df.assign(tokens_per_cycle=tpc, k_mean=kmean)
+    return df.assign(tokens_per_cycle=tpc, k_mean=kmean, tokens_p50=ntok)
 
 
 def run_point_sim(p: GridPoint, plan: Plan, dest: Path) -> pd.DataFrame:
