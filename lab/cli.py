@@ -287,6 +287,9 @@ def cmd_sweep(args) -> int:
             from lab.models.select import prepare
             prepare(models)
         run_sweep(points, plan, out_dir=args.out, ray_address=args.ray)
+    except KeyboardInterrupt as e:
+        e.kept = "finished sweep points are kept; the same command resumes"    # main's closing line
+        raise
     except SweepError as e:
         raise UsageError(str(e)) from None
     except (SimError, ModelError, ValueError) as e:
@@ -497,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-        print(f"{what}; everything this run created has been removed", file=sys.stderr)
+        print(f"{what}; {getattr(e, 'kept', 'everything this run created has been removed')}", file=sys.stderr)
         return 128 + signum
     except BrokenPipeError:          # `… | head`: the reader went away; nothing to report
         sys.stderr.close()
