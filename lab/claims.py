@@ -104,7 +104,7 @@ def split_beats_cloud(points: pd.DataFrame, src: str) -> dict:
         rv = reversal(g, "cloud")
         gain = 100 * (low["cloud"] - low["split"]) / low["cloud"]
         parts.append(f"{rate:g} Mbit/s: at {low['rtt_ms']:g} ms {low['best_split']} {low['split']:.0f} ms vs cloud-only "
-                     f"{low['cloud']:.0f} ms ({gain:+.0f} %), crossover {rv.describe(sorted(g['rtt_ms']))}")
+                     f"{low['cloud']:.0f} ms ({gain:+.0f} %), crossover {rv.describe(sorted(g['rtt_ms']), 'cloud-only')}")
         verdicts.append(low["split"] < low["cloud"])
     verdict = "confirmed" if all(verdicts) else "refuted" if not any(verdicts) else "partly"
     return _row(claim, src, verdict, "; ".join(parts))
@@ -119,7 +119,7 @@ def reversal_threshold(points: pd.DataFrame, src: str) -> dict:
     parts, inside, overlaps = [], [], []
     for rate, g in c.groupby("rate_mbit", sort=False):
         rv = reversal(g, "cloud")
-        parts.append(f"{rate:g} Mbit/s: {rv.describe(sorted(g['rtt_ms']))}")
+        parts.append(f"{rate:g} Mbit/s: {rv.describe(sorted(g['rtt_ms']), 'cloud-only')}")
         if rv.estimate is not None:
             inside.append(lo <= rv.estimate <= hi)
             overlaps.append(rv.last_win <= hi and rv.first_loss >= lo)
@@ -161,7 +161,7 @@ def sleep_model_under_loss(points: pd.DataFrame, val: pd.DataFrame) -> dict:
         sim_lossy = val[val["loss_pct"] > 0]["e2e_frac"].abs()
         if len(lossy):
             return _row(claim, "validation", "confirmed" if lossy.median() > max(2 * clean.median(), 0.05) else "refuted",
-                        f"|naive − lab| E2E P50: median {100 * lossy.median():.1f} % on {len(lossy)} lossy rows vs "
+                        f"naive vs lab, absolute E2E P50 error: median {100 * lossy.median():.1f} % on {len(lossy)} lossy rows vs "
                         f"{100 * clean.median():.1f} % on {len(clean)} clean; the TCP simulator "
                         f"{100 * sim_lossy.median():.1f} % on the lossy ones")
     ref_src = "lab" if (points["source"] == "lab").any() else "sim"
@@ -179,7 +179,7 @@ def sleep_model_under_loss(points: pd.DataFrame, val: pd.DataFrame) -> dict:
         return _row(claim, f"sim-sleep vs {ref_src}", NOT_MEASURED, "no lossy link in both folders")
     verdict = "confirmed" if lossy.median() > max(2 * (clean.median() if len(clean) else 0), 0.05) else "refuted"
     return _row(claim, f"sim-sleep vs {ref_src}", verdict,
-                f"|naive − {ref_src}| E2E P50: median {100 * lossy.median():.1f} % on {len(lossy)} lossy rows vs "
+                f"naive vs {ref_src}, absolute E2E P50 error: median {100 * lossy.median():.1f} % on {len(lossy)} lossy rows vs "
                 f"{100 * (clean.median() if len(clean) else math.nan):.1f} % on {len(clean)} clean")
 
 

@@ -142,12 +142,12 @@ def bytes_by_payload(figs: Figures, points: pd.DataFrame) -> None:
 def retrans_vs_loss(figs: Figures, points: pd.DataFrame) -> None:
     data = points[(points["jitter_ms"] == 0) & (points["payload"] == "tokens")].dropna(subset=["tcp_retrans_segs"])
     data = data[data["strategy"].map(placement) != "edge"]
-    lossy_rtts = set(data[data["loss_pct"] > 0]["rtt_ms"])
-    data = data[data["rtt_ms"].isin(lossy_rtts)]
+    lossy = set(zip(data[data["loss_pct"] > 0]["rtt_ms"], data[data["loss_pct"] > 0]["rate_mbit"]))
+    data = data[[k in lossy for k in zip(data["rtt_ms"], data["rate_mbit"])]]     # links with a lossy variant
     if data.empty:
         return
     data = data.assign(retrans_per_query=data["tcp_retrans_segs"] / data["queries"])
-    keys = sorted(set(zip(data["rtt_ms"], data["rate_mbit"])))
+    keys = sorted(lossy)
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), squeeze=False, sharey=True)
     for ax, (rtt, rate) in zip(axes[0], keys):
         _lines(figs, ax, data[(data["rtt_ms"] == rtt) & (data["rate_mbit"] == rate)], "retrans_per_query", x="loss_pct")

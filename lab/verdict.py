@@ -131,11 +131,11 @@ class Reversal:
     first_loss: float | None    # the first grid RTT at which it no longer does
     estimate: float | None      # linear interpolation of the E2E difference between the two
 
-    def describe(self, rtts) -> str:
+    def describe(self, rtts, rival: str = "the rival") -> str:
         if self.first_loss is None:
             return f"none up to {max(rtts):g} ms (split wins at every RTT)" if self.last_win is not None else "–"
         if self.last_win is None:
-            return f"never (the rival is faster at every RTT from {min(rtts):g} ms)"
+            return f"never: {rival} is faster at every RTT from {min(rtts):g} ms"
         return f"{self.last_win:g}–{self.first_loss:g} ms (≈ {self.estimate:.0f})"
 
 
@@ -196,7 +196,7 @@ def verdict(points: pd.DataFrame) -> pd.DataFrame:
         rc, re = reversal(g, "cloud"), reversal(g, "edge")
         rows.append({"rate_mbit": rate, "source": src,
                      "winners": "; ".join(f"{a:g}{'' if a == b else f'–{b:g}'} ms: {w}" for a, b, w in ranges(g)),
-                     "split_vs_cloud": rc.describe(rtts), "split_vs_edge": re.describe(rtts),
+                     "split_vs_cloud": rc.describe(rtts, "cloud-only"), "split_vs_edge": re.describe(rtts, "edge-only"),
                      "reversal_cloud_ms": rc.first_loss, "reversal_cloud_est_ms": rc.estimate,
                      "reversal_edge_ms": re.first_loss, "rtts": rtts})
     return pd.DataFrame(rows)
