@@ -266,6 +266,18 @@ def execute_point(p: GridPoint, plan: Plan, dest: Path) -> dict:
     return doc
 
 
+def point_files(point: dict, plan: dict) -> dict[str, bytes]:
+    """A point run where Ray put it (lab/sweep_ray.py): into a temporary folder; its files by relative path."""
+    import tempfile
+    tmp = Path(tempfile.mkdtemp(prefix="sdlab-ray-point-"))
+    try:
+        dest = tmp / "point"
+        execute_point(GridPoint(**point), Plan.from_json(plan), dest)
+        return {str(f.relative_to(dest)): f.read_bytes() for f in dest.rglob("*") if f.is_file()}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # ---------------------------------------------------------------- the folder
 
 class SweepFolder:
@@ -366,8 +378,11 @@ def run_sweep(points: list[GridPoint], plan: Plan, out_dir: str | Path | None = 
     bar = tqdm(total=len(todo), unit="point", disable=not progress, dynamic_ncols=True, file=sys.stderr)
     try:
         if ray_address:
-            from lab.sweep_ray import run_points_on_ray
-            failed = run_points_on_ray(todo, plan, folder, ray_address, bar)
+            from lab import sweep_ray
+            try:
+                failed = sweep_ray.run_points_on_ray(todo, plan, folder, ray_address, bar, point_files)
+            except sweep_ray.RayMissing as e:
+                raise SweepError(str(e)) from None
         else:
             for p in todo:
                 bar.set_description(p.name)

@@ -1,8 +1,8 @@
 """`sweep --ray ADDRESS`: the points of a sweep as Ray tasks, gathered into the same resumable folder.
 
 Ray is an optional extra (`pip install '.[ray]'`, or SDLAB_EXTRAS=ray for scripts/setup.sh); nothing
-else imports it.  Each point is one task: it runs lab/sweep.py's execute_point into a temporary folder
-on whichever host Ray picks and returns the folder's files; this process writes them under the
+else imports it.  Each point is one task, lab/sweep.py's point_files: it runs execute_point into a
+temporary folder on whichever host Ray picks and returns the folder's files; this process writes them under the
 point's .partial- name and renames it, exactly as a local point finishes — so a Ray sweep is resumed
 by the same command with or without --ray, and its folder reads the same.
 
@@ -15,8 +15,6 @@ path with its .venv (the tasks import lab/ from it: PYTHONPATH) and, for lab poi
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,12 +23,15 @@ WAIT_S = 1.0              # how often the gathering loop wakes (Ctrl-C is seen a
 
 
 
+class RayMissing(Exception):
+    """Ray is not installed; the message says how to install it."""
+
+
 def _ray():
     try:
         import ray
     except ImportError:
-        from lab.sweep import SweepError
-        raise SweepError("--ray: Ray is not installed (it is an optional extra: .venv/bin/pip install '.[ray]', "
+        raise RayMissing("--ray: Ray is not installed (it is an optional extra: .venv/bin/pip install '.[ray]', "
                          "or SDLAB_EXTRAS=ray make setup)") from None
     return ray
 
@@ -52,18 +53,6 @@ def connect(address: str):
     return ray
 
 
-def point_task(point: dict, plan: dict) -> dict[str, bytes]:
-    """On a Ray worker: run one point into a temporary folder; its files, by relative path."""
-    from lab.sweep import GridPoint, Plan, execute_point
-    tmp = Path(tempfile.mkdtemp(prefix="sdlab-ray-point-"))
-    try:
-        dest = tmp / "point"
-        execute_point(GridPoint(**point), Plan.from_json(plan), dest)
-        return {str(f.relative_to(dest)): f.read_bytes() for f in dest.rglob("*") if f.is_file()}
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def unpack(files: dict[str, bytes], dest: Path) -> None:
     for rel, data in files.items():
         target = dest / rel
@@ -73,8 +62,9 @@ def unpack(files: dict[str, bytes], dest: Path) -> None:
         target.write_bytes(data)
 
 
-def run_points_on_ray(todo, plan, folder, address: str, bar) -> list[tuple]:
-    """Submit every unfinished point, finish each as it returns; (point, message) for the failed ones."""
+def run_points_on_ray(todo, plan, folder, address: str, bar, point_task) -> list[tuple]:
+    """Submit every unfinished point, finish each as it returns; (point, message) for the failed ones.
+    point_task(point dict, plan dict) → {relative path: bytes}: lab/sweep.py's point_files, run remotely."""
     ray = connect(address)
     failed = []
     try:
