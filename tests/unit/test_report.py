@@ -1,4 +1,5 @@
 """python -m lab report: the verdict, the claims, the figures' traces, the Ianvs export."""
+import json
 import math
 
 import pandas as pd
@@ -121,3 +122,36 @@ def test_cli_report_errors(tmp_path, capsys):
     assert "no such folder" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2
     assert "neither a sweep" in capsys.readouterr().err
+
+
+def test_adaptive_trace_drawn_when_k_changes(tmp_path):
+    from lab.plots import Figures, adaptive_traces
+    run = tmp_path / "run-0"
+    run.mkdir()
+    rec = {"strategy": "nasd", "warmup": False, "k_per_cycle": [3, 5, 8, 8], "t_ms_per_cycle": [0, 90, 200, 330],
+           "network_ms_per_cycle": [40, 60, 80, 80]}
+    (run / "queries.jsonl").write_text(json.dumps({**rec, "warmup": True}) + "\n" + json.dumps(rec) + "\n")
+    rows = pd.DataFrame([{"source": "sim", "strategy": s, "rtt_ms": 50.0, "rate_mbit": 10.0, "folder": str(tmp_path),
+                          "run_dir": "run-0", "summary_csv": "s.csv", "summary_line": 2 + i}
+                         for i, s in enumerate(("fixed-k:3", "nasd"))])
+    figs = Figures(tmp_path / "rep")
+    adaptive_traces(figs, rows)
+    assert [m[0] for m in figs.made] == ["adaptive_traces"]
+    data = pd.read_csv(tmp_path / "rep" / "plots" / "adaptive_traces.csv")
+    assert list(data["strategy"]) == ["nasd"] and data["summary_rows"][0] == "s.csv:3"
+
+
+def test_validation_folder_gives_deltas_figure_and_sleep_claim(tmp_path):
+    v = tmp_path / "val"
+    for name, loss in (("lossy", 5), ("clean", 0)):
+        (v / f"20260101T000000Z-{name}").mkdir(parents=True)
+        (v / f"20260101T000000Z-{name}" / "meta.json").write_text(json.dumps(
+            {"scenario": {"name": name, "link": {"uplink": {"delay_ms": 25, "loss_pct": loss}}}}))
+    pd.DataFrame([{"case": "lossy", "strategy": "fixed-k:5", "e2e_frac": 0.01, "naive_e2e_frac": -0.30},
+                  {"case": "clean", "strategy": "fixed-k:5", "e2e_frac": 0.005, "naive_e2e_frac": 0.01}]
+                 ).to_csv(v / "validation.csv", index=False)
+    out = write_report([v], tmp_path / "rep", out=lambda s: None)
+    md = (out / "report.md").read_text()
+    assert "validation_deltas.png" in md and "No sweep or run rows" in md
+    row = [l for l in md.splitlines() if "sleep-based" in l][0]
+    assert "**confirmed**" in row and "30.0 % on 1 lossy rows vs 1.0 % on 1 clean" in row
