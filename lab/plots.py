@@ -207,12 +207,15 @@ def lab_vs_sim(figs: Figures, points: pd.DataFrame) -> pd.DataFrame | None:
     d["delta_pct"] = 100 * (d["sim_e2e_ms_p50"] - d["lab_e2e_ms_p50"]) / d["lab_e2e_ms_p50"]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for s, g in d.groupby("strategy", sort=False):
-        ax.plot(g["rtt_ms"] + 0 * g["loss_pct"], g["delta_pct"], "o", color=figs.colour(s), label=s, markersize=4)
+        clean = (g["loss_pct"] == 0) & (g["jitter_ms"] == 0)
+        ax.plot(g[clean]["rtt_ms"], g[clean]["delta_pct"], "o", color=figs.colour(s), label=s, markersize=4)
+        ax.plot(g[~clean]["rtt_ms"], g[~clean]["delta_pct"], "x", color=figs.colour(s), markersize=6)
     ax.axhline(0, color="black", linewidth=0.6)
     _rtt_axis(ax)
+    ax.set_xlim(left=0)
     ax.set_ylabel("simulator − lab, E2E P50 (%)")
     figs.save(fig, "lab_vs_sim", "Lab vs simulator: E2E P50 at the points both ran",
-              "Positive: the simulator is slower than the lab.", d)
+              "Positive: the simulator is slower than the lab; ○ stable links, × with jitter or loss.", d)
     return d
 
 
