@@ -281,7 +281,7 @@ def cmd_sweep(args) -> int:
             p.scenario(strategies)      # every grid link is a valid scenario (ScenarioError names the value)
         plan = Plan(backend=backend, strategies=tuple(strategies), runs=args.runs, models=models,
                     queries=args.queries, link_model=args.sim_link if args.sim else "tcp",
-                    lab_backend=args.backend if args.lab else None)
+                    lab_backend=args.backend if args.lab else None, temperature=args.temperature)
         if args.lab and not args.ray:
             _need_root("sweep --lab")
             from lab.models.select import prepare
@@ -435,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss-pct", type=usage.number_list(0, maximum=100), help="comma-separated loss rates (the product)")
     p.add_argument("--payloads", type=lambda t: tuple(usage.payload(x) for x in t.split(",")),
                    help="comma-separated payload modes, an axis of the grid (default: the workload's, tokens)")
+    p.add_argument("--temperature", type=usage.number(0),
+                   help="sampling temperature (default: the workload's, 0; > 0 makes the payload modes differ)")
     p.add_argument("--sim-link", choices=["tcp", "sleep"], default="tcp")
     p.add_argument("--backend", choices=BACKENDS, help="--lab: the link backend")
     p.add_argument("--ray", metavar="ADDRESS", help="run the points as Ray tasks (ray:// or host:port; `local` starts "

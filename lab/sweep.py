@@ -165,13 +165,16 @@ class Plan:
     queries: int | None = None
     link_model: str = "tcp"            # the simulator's (sim only)
     lab_backend: str | None = None     # netem | wire | auto (lab only)
+    temperature: float | None = None   # None: the workload's (0, greedy); > 0 makes the payload modes differ
 
     def to_json(self) -> dict:
         return {**asdict(self), "strategies": list(self.strategies)}
 
     @classmethod
     def from_json(cls, doc: dict) -> "Plan":
-        return cls(**{**doc, "strategies": tuple(doc["strategies"])})
+        # a folder written before a field existed resumes with that field's default
+        known = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
+        return cls(**{**known, "strategies": tuple(doc["strategies"])})
 
 
 # ---------------------------------------------------------------- one point
@@ -211,7 +214,7 @@ def run_point_sim(p: GridPoint, plan: Plan, dest: Path) -> pd.DataFrame:
         rd.mkdir(parents=True)
         records, cycles = [], []
         for q, cs in simulate(sc, list(plan.strategies), profile, queries=plan.queries, seed=r,
-                              link_model=plan.link_model):
+                              link_model=plan.link_model, temperature=plan.temperature):
             records.append(q)
             cycles += cs
         # One write per file, no fsync per record (JsonlWriter's): the point's folder only takes its
@@ -243,6 +246,7 @@ def run_point_lab(p: GridPoint, plan: Plan, dest: Path, out: Callable[[str], Non
     frames = []
     for r in range(plan.runs):
         opts = RunOptions(models=plan.models, strategies=plan.strategies, queries=plan.queries, seed=r,
+                          temperature=plan.temperature,
                           backend=plan.lab_backend, out=str(dest), progress=False)
         with LAB_LOCK.holding(f"sweep --lab {p.name} run {r}"):
             run_dir = run_scenario(sc, opts, out=lambda s: None)
@@ -457,9 +461,9 @@ def best_by_link(df: pd.DataFrame) -> pd.DataFrame:
 
 def format_best(best: pd.DataFrame) -> str:
     lines = ["", f"{'RTT ms':>7} {'Mbit/s':>7} {'jitter':>7} {'loss %':>7}  {'best lossless (E2E p50)':24s} "
-                 f"{'ms':>7}  {'runner-up (+%)':24s} {'edge-only ms':>12}"]
+                 f"{'ms':>7}  {'runner-up (+%)':24s} {'edge-only ms':>12}  payload"]
     for _, r in best.iterrows():
         runner = f"{r.runner_up} (+{r.margin_pct:.0f} %)" if isinstance(r.runner_up, str) else "–"
         lines.append(f"{r.rtt_ms:7g} {r.rate_mbit:7g} {r.jitter_ms:7g} {r.loss_pct:7g}  {str(r.best):24s} "
-                     f"{r.e2e_ms_p50:7.0f}  {runner:24s} {r.edge_only_e2e_ms_p50:12.0f}")
+                     f"{r.e2e_ms_p50:7.0f}  {runner:24s} {r.edge_only_e2e_ms_p50:12.0f}  {r.get('payload', 'tokens')}")
     return "\n".join(lines)
