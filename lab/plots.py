@@ -117,7 +117,7 @@ def bytes_by_payload(figs: Figures, points: pd.DataFrame) -> None:
     agg = data.groupby(["source", "payload", "strategy"], sort=True).agg(
         bytes_per_cycle=("bytes_per_cycle", "median"),
         summary_rows=("summary_rows", " ".join)).reset_index()
-    payloads = list(dict.fromkeys(agg["payload"]))
+    payloads = list(agg.groupby("payload")["bytes_per_cycle"].median().sort_values().index)   # smallest first
     strategies = list(dict.fromkeys(agg["strategy"]))
     fig, ax = plt.subplots(figsize=(1.2 + 1.6 * len(payloads) * max(1, len(strategies)) / 3, 3.4))
     width = 0.8 / max(1, len(strategies) * agg["source"].nunique())
