@@ -114,10 +114,10 @@ def by_point(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def placement(strategy: str) -> str:
-    from lab.core.strategies import make_strategy
+    from lab.core.strategies import StrategyError, make_strategy
     try:
         return make_strategy(strategy).placement
-    except Exception:        # a strategy this checkout does not know (a newer branch's): by its name
+    except StrategyError:    # a strategy this checkout does not know (a newer branch's folder): by its name
         return "edge" if strategy == "edge-only" else "cloud" if strategy.startswith("cloud") else "split"
 
 
