@@ -292,6 +292,9 @@ class SweepFolder:
         self.points_dir = self.path / "points"
         doc_path = self.path / "sweep.json"
         known: list[GridPoint] = []
+        if not doc_path.exists() and self.path.exists() and any(self.path.iterdir()):
+            raise SweepError(f"--out {self.path}: not empty and not a sweep folder (no sweep.json); "
+                             f"give a new folder or an earlier sweep's")
         if doc_path.exists():
             doc = json.loads(doc_path.read_text())
             old = Plan.from_json(doc["plan"])

@@ -95,10 +95,14 @@ def test_resume_skips_finished_redoes_half_written_and_interrupt_keeps_finished(
     assert calls == []
 
 
-def test_resume_with_another_plan_is_refused(tmp_path):
-    run_sweep(grid(rtt=(0,), rate=(10,)), _plan(), out_dir=tmp_path, **QUIET)
+def test_resume_with_another_plan_or_into_a_foreign_folder_is_refused(tmp_path):
+    run_sweep(grid(rtt=(0,), rate=(10,)), _plan(), out_dir=tmp_path / "s", **QUIET)
     with pytest.raises(SweepError, match="runs = 2, this one asks 3"):
-        run_sweep(grid(rtt=(0,), rate=(10,)), _plan(runs=3), out_dir=tmp_path, **QUIET)
+        run_sweep(grid(rtt=(0,), rate=(10,)), _plan(runs=3), out_dir=tmp_path / "s", **QUIET)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(SweepError, match="not a sweep folder"):
+        run_sweep(grid(rtt=(0,), rate=(10,)), _plan(), out_dir=tmp_path / "other", **QUIET)
 
 
 def test_best_by_link_margin():
