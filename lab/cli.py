@@ -282,7 +282,7 @@ def cmd_sweep(args) -> int:
         plan = Plan(backend=backend, strategies=tuple(strategies), runs=args.runs, models=models,
                     queries=args.queries, link_model=args.sim_link if args.sim else "tcp",
                     lab_backend=args.backend if args.lab else None, temperature=args.temperature)
-        if args.lab and not args.ray:
+        if args.lab and args.ray in (None, "local"):      # a cluster's hosts need root there, not here
             _need_root("sweep --lab")
             from lab.models.select import prepare
             prepare(models)
