@@ -159,7 +159,9 @@ def reversal(curve: pd.DataFrame, rival: str) -> Reversal:
 def curves(points: pd.DataFrame) -> pd.DataFrame:
     """Per source × rate × RTT on stable links: the winner, best split and its E2E, cloud-only's, edge-only's."""
     rows = []
-    for (src, rate, rtt), g in stable(points).groupby(["source", "rate_mbit", "rtt_ms"], sort=True):
+    # The oracle (hindsight K) is a bound for the claims, not a strategy anyone can deploy: not ranked.
+    ranked = stable(points)[stable(points)["strategy"] != "oracle"]
+    for (src, rate, rtt), g in ranked.groupby(["source", "rate_mbit", "rtt_ms"], sort=True):
         pl = g["strategy"].map(placement)
         lossless = g[pl != "edge"].sort_values("e2e_ms_p50")
         split = g[pl == "split"].sort_values("e2e_ms_p50")

@@ -68,9 +68,14 @@ def test_e_tau_claim_uses_one_alpha_across_k():
 def test_missing_strategies_are_not_measured_and_oracle_gap_is_judged():
     pts = _points(CURVE)
     assert claims.near_oracle(pts, "sim", "nasd", (0, 4), "seed")["verdict"] == "not measured"
-    extra = _points({0: {"nasd": 103, "oracle": 100}, 50: {"nasd": 106, "oracle": 100}})
+    extra = _points({0: {"nasd": 103, "oracle": 10}, 50: {"nasd": 106, "oracle": 100}})
+    extra.loc[extra["strategy"] == "oracle", "e2e_ms_p50"] = 100.0
     r = claims.near_oracle(pd.concat([pts, extra]), "sim", "nasd", (0, 4), "seed")
-    assert r["verdict"] == "refuted" and "+6.0 %" in r["numbers"]
+    assert r["verdict"] == "refuted" and "worst +6.0 % at 50 ms" in r["numbers"]
+    within = _points({0: {"nasd:cutoff=0.5": 102, "oracle": 100}})
+    assert claims.near_oracle(within, "sim", "nasd", (0, 4), "seed")["verdict"] == "confirmed"
+    # the oracle bounds the others; it is never the verdict's winner
+    assert vd.curves(pd.concat([pts, _points({0: {"oracle": 1}})]))["winner"].iloc[0] == "fixed-k:3"
 
 
 def test_ianvs_rank_table_layout_and_order():
