@@ -286,7 +286,7 @@ def cmd_sweep(args) -> int:
             _need_root("sweep --lab")
             from lab.models.select import prepare
             prepare(models)
-        run_sweep(points, plan, out_dir=args.out, ray_address=args.ray)
+        path = run_sweep(points, plan, out_dir=args.out, ray_address=args.ray)
     except KeyboardInterrupt as e:
         e.kept = "finished sweep points are kept; the same command resumes"    # main's closing line
         raise
@@ -294,7 +294,9 @@ def cmd_sweep(args) -> int:
         raise UsageError(str(e)) from None
     except (SimError, ModelError, ValueError) as e:
         raise UsageError(str(e)) from None
-    return EXIT_OK
+    import json
+    failed = json.loads((path / "meta.json").read_text()).get("points_failed")
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_report(args) -> int:

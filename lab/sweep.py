@@ -398,7 +398,7 @@ def run_sweep(points: list[GridPoint], plan: Plan, out_dir: str | Path | None = 
                     execute_point(p, plan, staging)
                 except _point_errors() as e:
                     failed.append((p, str(e)))
-                    bar.write(f"  {p.name}: FAILED: {e}")
+                    bar.write(f"  {p.name}: FAILED: {e}", file=sys.stderr)
                     shutil.rmtree(staging, ignore_errors=True)
                 else:
                     folder.finish(p, staging)
@@ -409,11 +409,12 @@ def run_sweep(points: list[GridPoint], plan: Plan, out_dir: str | Path | None = 
         meta.update(interrupted_by=getattr(e, "signal_name", "SIGINT"))
         n = sum(folder.done(p) for p in folder.asked)
         bar.write(f"sweep interrupted: {n}/{len(folder.asked)} points finished and kept in {path}; "
-                  f"the same command resumes it")
+                  f"the same command resumes it", file=sys.stderr)
         raise
     finally:
         bar.close()
-        meta.update(wall_s=round(time.perf_counter() - t0, 3), points_failed=[p.name for p, _ in failed],
+        meta.update(wall_s=round(time.perf_counter() - t0, 3),
+                    points_failed=[{"point": p.name, "error": m} for p, m in failed],
                     points_finished=sum(folder.done(p) for p in folder.points))
         meta.finish(status)
     df = folder.roll_up()

@@ -15,6 +15,7 @@ path with its .venv (the tasks import lab/ from it: PYTHONPATH) and, for lab poi
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def run_points_on_ray(todo, plan, folder, address: str, bar, point_task) -> list
                     except ray.exceptions.RayError as e:
                         msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
                         failed.append((p, msg))
-                        bar.write(f"  {p.name}: FAILED on Ray: {msg}")
+                        bar.write(f"  {p.name}: FAILED on Ray: {msg}", file=sys.stderr)
                     else:
                         staging = folder.staging(p)
                         unpack(files, staging)

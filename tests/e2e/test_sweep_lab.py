@@ -46,7 +46,7 @@ def test_lab_sweep_through_local_ray_gives_the_same_table(tmp_path):
     plain, viaray = tmp_path / "plain", tmp_path / "ray"
     for out, extra in ((plain, []), (viaray, ["--ray", "local"])):
         r = lab(*ARGS, "--out", str(out), *extra)
-        assert r.returncode == 0, r.stderr
+        assert r.returncode == 0, (r.stdout, r.stderr, (out / "meta.json").read_text())
     a, b = pd.read_csv(plain / "summary.csv"), pd.read_csv(viaray / "summary.csv")
     key = ["rtt_ms", "strategy", "run", "queries", "backend"]
     pd.testing.assert_frame_equal(a[key], b[key])
