@@ -251,25 +251,61 @@ def cmd_sim(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    """The experiment grid in the simulator (lab/sweep.py)."""
+    """The experiment grid, in the simulator or the kernel lab, one resumable folder (lab/sweep.py)."""
     from lab.models import ModelError
     from lab.sim.netsim import SimError
-    from lab.sweep import STRATEGIES, grid, run_sweep
+    from lab.sweep import Plan, SweepError, default_grid, default_strategies, grid, load_grid_file, run_sweep
 
-    if not args.sim:
-        raise UsageError("sweep runs in the simulator: add --sim (a lab point is `python -m lab scenario`; "
-                         "`python -m lab validate` compares the two)")
-    models = args.models or "synthetic:embedded-cpu"
-    if not models.startswith("synthetic"):
+    if args.sim == args.lab:
+        raise UsageError("sweep: give exactly one of --sim (the simulator, seconds) or --lab (the kernel lab, root)")
+    backend = "sim" if args.sim else "lab"
+    models = args.models or ("synthetic:embedded-cpu" if args.sim else "synthetic:fast")
+    if args.sim and not models.startswith("synthetic"):
         raise UsageError("sweep --sim takes --models synthetic[:PROFILE] (python -m lab profile measures one)")
-    strategies = args.strategies or STRATEGIES
-    points = grid(args.full, rtt=args.rtt_ms, rate=args.rate_mbit, jitter=args.jitter_ms, loss=args.loss_pct)
-    for p in points:
-        p.scenario(strategies)      # every grid link is a valid scenario (ScenarioError names the value)
+    strategies = args.strategies or default_strategies(backend)
+    axes = dict(rtt=args.rtt_ms, rate=args.rate_mbit, jitter=args.jitter_ms, loss=args.loss_pct)
     try:
-        run_sweep(points, strategies, runs=args.runs, profile=models.partition(":")[2] or "embedded-cpu",
-                  queries=args.queries, link_model=args.sim_link, out_dir=args.out)
+        if args.grid in (None, "default"):
+            # --jitter-ms/--loss-pct name their own axes: the product, as before the layered default.
+            points = grid(**axes) if args.jitter_ms or args.loss_pct else default_grid(args.rtt_ms, args.rate_mbit)
+        elif args.grid == "full" or args.full:
+            points = grid(True, **axes)
+        else:
+            if any(v is not None for v in axes.values()):
+                raise UsageError("--grid FILE: the file holds the grid; drop --rtt-ms/--rate-mbit/--jitter-ms/--loss-pct")
+            points = load_grid_file(args.grid)
+        if args.payloads:
+            from dataclasses import replace
+            points = [replace(p, payload=m) for p in points for m in args.payloads]
+        for p in points:
+            p.scenario(strategies)      # every grid link is a valid scenario (ScenarioError names the value)
+        plan = Plan(backend=backend, strategies=tuple(strategies), runs=args.runs, models=models,
+                    queries=args.queries, link_model=args.sim_link if args.sim else "tcp",
+                    lab_backend=args.backend if args.lab else None, temperature=args.temperature)
+        if args.lab and args.ray in (None, "local"):      # a cluster's hosts need root there, not here
+            _need_root("sweep --lab")
+            from lab.models.select import prepare
+            prepare(models)
+        path = run_sweep(points, plan, out_dir=args.out, ray_address=args.ray)
+    except KeyboardInterrupt as e:
+        e.kept = "finished sweep points are kept; the same command resumes"    # main's closing line
+        raise
+    except SweepError as e:
+        raise UsageError(str(e)) from None
     except (SimError, ModelError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    import json
+    failed = json.loads((path / "meta.json").read_text()).get("points_failed")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_report(args) -> int:
+    """report.md + plots/ from sweep, validation and run folders (lab/report.py)."""
+    from lab.report import write_report
+    from lab.verdict import ReportError
+    try:
+        write_report(args.folders, args.out, export=args.export)
+    except ReportError as e:
         raise UsageError(str(e)) from None
     return EXIT_OK
 
@@ -412,20 +448,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_link_flags(p)
     p.set_defaults(func=cmd_sim)
 
-    p = sub.add_parser("sweep", help="the experiment grid (RTT × rate [× jitter × loss]) in the simulator, in seconds")
-    p.add_argument("--sim", action="store_true", help="run in the simulator (required: the only mode)")
-    p.add_argument("--full", action="store_true", help="also jitter {0,10,25} ms × loss {0,1,5} %% (189 links)")
-    p.add_argument("--models", type=usage.models, help="synthetic[:PROFILE] (default synthetic:embedded-cpu)")
+    p = sub.add_parser("sweep", help="the experiment grid (RTT × rate, jitter, loss) in the simulator or the lab; resumable")
+    mode = p.add_argument_group("where (exactly one)")
+    mode.add_argument("--sim", action="store_true", help="the simulator (seconds, no root)")
+    mode.add_argument("--lab", action="store_true", help="the kernel lab, each point through the runner (root)")
+    p.add_argument("--grid", help="default (7 RTT × 3 rates + jitter/loss on RTT 50/100/200 ms at 10 Mbit/s, 33 links) "
+                                  "| full (189 links) | FILE (YAML: axes and/or points)")
+    p.add_argument("--full", action="store_true", help="same as --grid full")
+    p.add_argument("--models", type=usage.models,
+                   help="synthetic[:PROFILE] (default synthetic:embedded-cpu with --sim, synthetic:fast with --lab)")
     p.add_argument("--strategies", type=usage.strategies,
                    help="comma-separated (default: cloud-only, edge-only, fixed-k:3/5/10/15)")
-    p.add_argument("--runs", type=count, default=3, help="runs per link and strategy (different link seeds)")
+    p.add_argument("--runs", type=count, default=3, help="runs per link and strategy (different seeds)")
     p.add_argument("--queries", type=count, help="measured queries per run (default: the workload's)")
     p.add_argument("--rtt-ms", type=usage.number_list(0), help="comma-separated RTTs (default 0,10,25,50,100,200,500)")
     p.add_argument("--rate-mbit", type=usage.number_list(0, above=True), help="comma-separated rates (default 100,10,1)")
-    p.add_argument("--jitter-ms", type=usage.number_list(0), help="comma-separated ±jitter values")
-    p.add_argument("--loss-pct", type=usage.number_list(0, maximum=100), help="comma-separated loss rates")
+    p.add_argument("--jitter-ms", type=usage.number_list(0), help="comma-separated ±jitter values (the product)")
+    p.add_argument("--loss-pct", type=usage.number_list(0, maximum=100), help="comma-separated loss rates (the product)")
+    p.add_argument("--payloads", type=lambda t: tuple(usage.payload(x) for x in t.split(",")),
+                   help="comma-separated payload modes, an axis of the grid (default: the workload's, tokens)")
+    p.add_argument("--temperature", type=usage.number(0),
+                   help="sampling temperature (default: the workload's, 0; > 0 makes the payload modes differ)")
     p.add_argument("--sim-link", choices=["tcp", "sleep"], default="tcp")
-    p.add_argument("--out", help="results base folder (default: results/)")
+    p.add_argument("--backend", choices=BACKENDS, help="--lab: the link backend")
+    p.add_argument("--ray", metavar="ADDRESS", help="run the points as Ray tasks (ray:// or host:port; `local` starts "
+                                                    "one here); needs the optional extra: pip install '.[ray]'")
+    p.add_argument("--out", help="the sweep folder; an existing one is resumed (default: results/<UTC>-sweep-<sim|lab>/)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("calibrate", help="NASD's RTT → K table for a profile, from a simulator sweep")
@@ -439,6 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("trace", help="plot K and RTT over time per strategy from a results folder (PNG + SVG)")
     p.add_argument("results_dir")
     p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("report", help="report.md + plots from sweep/validation/run folders; verdict, claims, Ianvs export")
+    p.add_argument("folders", nargs="+", help="sweep folders (lab and/or sim), validation folders, run folders")
+    p.add_argument("--out", help="where report.md and plots/ go (default: <first folder>/report)")
+    p.add_argument("--export", choices=["ianvs"], help="also write Ianvs rank tables (ianvs/<source>/<link>/rank/all_rank.csv)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("validate", help="the simulator vs the kernel lab: per-cycle network time and E2E, Δ per row")
     p.add_argument("scenarios", nargs="*", help="scenario names/paths or default-set case names (default: all)")
@@ -492,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-        print(f"{what}; everything this run created has been removed", file=sys.stderr)
+        print(f"{what}; {getattr(e, 'kept', 'everything this run created has been removed')}", file=sys.stderr)
         return 128 + signum
     except BrokenPipeError:          # `… | head`: the reader went away; nothing to report
         sys.stderr.close()

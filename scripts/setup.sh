@@ -33,9 +33,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "setup: installing pinned dependencies into .venv (torch 2.13.0 CPU; first time takes a few minutes)"
 # --progress-bar off keeps logs readable in CI; pip's own timeouts bound each download.
-.venv/bin/pip install --disable-pip-version-check --progress-bar off -q -e '.[test]' 2>&1 \
+# SDLAB_EXTRAS: more optional extras, comma-separated (ray: `sweep --ray`, and its tests run instead of skipping).
+extras="test${SDLAB_EXTRAS:+,$SDLAB_EXTRAS}"
+.venv/bin/pip install --disable-pip-version-check --progress-bar off -q -e ".[$extras]" 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
 .venv/bin/python -c "import torch, transformers, pyroute2, zmq, scipy" \
     || { echo "setup: the .venv is incomplete (see pip's errors above)" >&2; exit 1; }
-sha256sum pyproject.toml > .venv/.sdlab-installed
+{ sha256sum pyproject.toml; echo "extras $extras"; } > .venv/.sdlab-installed
 echo "setup: done"

@@ -17,7 +17,14 @@ stage() {  # stage NAME CMD...
         exit $rc
     fi
 }
+# Optional extras asked for (SDLAB_EXTRAS=ray) but missing from an existing .venv: install them now.
+if [[ ",${SDLAB_EXTRAS:-}," == *",ray,"* ]] && ! $PY -c "import ray" 2>/dev/null; then
+    bash scripts/setup.sh
+fi
 stage unit  $PY -m pytest tests/unit -q -p no:cacheprovider
+if ! $PY -c "import ray" 2>/dev/null; then
+    echo "=== ray: SKIPPED — Ray (optional extra) is not installed, so sweep --ray was NOT tested (SDLAB_EXTRAS=ray make test installs it)"
+fi
 stage netns $PY -m pytest tests/netns -q -p no:cacheprovider
 stage e2e   $PY -m pytest tests/e2e -q -p no:cacheprovider
 stage linkcheck $PY -m lab linkcheck --quick

@@ -70,7 +70,8 @@ CASES = [
     (["sweep", "--sim", "--loss-pct", "150"], "--loss-pct: must be <= 100"),
     (["sweep", "--sim", "--runs", "0"], "--runs: must be a whole number >= 1"),
     (["sweep", "--sim", "--models", "synthetic:nope"], "--models: no synthetic profile 'nope'"),
-    (["sweep"], "sweep runs in the simulator: add --sim"),
+    (["sweep"], "sweep: give exactly one of --sim"),
+    (["sweep", "--sim", "--lab"], "sweep: give exactly one of --sim"),
     # profile, bench, models
     (["profile", "--models", "synthetic"], "profile measures a real pair"),
     (["profile", "--limit", "0"], "--limit: must be a whole number >= 1"),
