@@ -23,7 +23,8 @@ The accuracy folder (--out; an existing one is resumed):
   accuracy.json   the settings; resuming needs the same bench, scenario, models, dtype, shots,
                   max_new_tokens, prompt format and seed (questions and strategies may change)
   records.jsonl   one scored record per (strategy, question), appended and flushed as each query ends
-  runs/<run>/     the lab runs the records come from (queries.jsonl, meta.json, summary.csv, ...)
+  runs/<run>/     the lab runs the records come from (queries.jsonl, meta.json, summary.csv, ...),
+                  each over a batch of questions (--batch) with every strategy
   summary.csv     per strategy: accuracy, counts, Wilson 95 % interval, tokens/s, E2E, wall time
                   (summary.partial.csv while questions are missing)
 A crash loses no finished question: a query the edge wrote but that was not yet scored is scored from
@@ -345,17 +346,21 @@ class Scorer:
         self.writer.close()
 
 
-def missing_groups(settings: Settings, done: set) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
-    """(question ids, strategies) to run: strategies that miss the same questions share one lab run."""
+def missing_groups(settings: Settings, done: set, batch: int | None = None
+                   ) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """(question ids, strategies) to run: strategies that miss the same questions share one lab run,
+    of at most `batch` questions, so that every strategy advances together and a run stopped part-way
+    leaves the strategies comparable question by question."""
     groups: dict[tuple[str, ...], list[str]] = {}
     for s in settings.strategies:
         qids = tuple(q for q in settings.questions if (s, q) not in done)
         if qids:
             groups.setdefault(qids, []).append(s)
-    return [(qids, tuple(ss)) for qids, ss in groups.items()]
+    step = batch or max(1, len(settings.questions))
+    return [(qids[i:i + step], tuple(ss)) for qids, ss in groups.items() for i in range(0, len(qids), step)]
 
 
-def run_accuracy(sc, settings: Settings, questions: list[Question], out_dir: Path, *,
+def run_accuracy(sc, settings: Settings, questions: list[Question], out_dir: Path, *, batch: int | None = None,
                  progress: bool = True, reply_timeout_s: float = 20.0, out=print) -> Path:
     """Run what is missing of `settings` in out_dir; write the summary; returns its path."""
     from lab.runner import RunOptions, run_scenario
@@ -368,16 +373,16 @@ def run_accuracy(sc, settings: Settings, questions: list[Question], out_dir: Pat
         for run_dir in sorted(p for p in (out_dir / "runs").glob("*") if p.is_dir()):
             if (n := scorer.absorb(run_dir)):
                 out(f"recovered {n} finished queries from {run_dir.name}")
-        groups = missing_groups(settings, scorer.done)
+        groups = missing_groups(settings, scorer.done, batch)
         if not groups:
             out("every (strategy, question) is already in records.jsonl")
-        for qids, strategies in groups:
+        for n, (qids, strategies) in enumerate(groups, 1):
             tag = hashlib.sha256("\n".join(qids).encode()).hexdigest()[:10]
             prompts = out_dir / f"prompts-{tag}.jsonl"
             with open(prompts, "w", encoding="utf-8") as f:
                 for qid in qids:
                     f.write(json.dumps({"id": qid, "prompt": qmap[qid].prompt, "template": qmap[qid].template}) + "\n")
-            out(f"{len(qids)} questions × {', '.join(strategies)} on {sc.name}")
+            out(f"lab run {n}/{len(groups)}: {len(qids)} questions × {', '.join(strategies)} on {sc.name}")
             opts = RunOptions(models=settings.models, strategies=strategies, queries=len(qids), warmup_queries=0,
                               max_new_tokens=settings.max_new_tokens, temperature=0.0, prompts=str(prompts),
                               seed=settings.seed, out=str(out_dir / "runs"), dtype=settings.dtype,

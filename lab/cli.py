@@ -351,7 +351,7 @@ def cmd_accuracy(args) -> int:
             if args.bench == "humaneval":
                 acc.netless_prefix()          # the sandbox works, before an hour of generation
             prepare(args.models, dtype=args.dtype)
-            acc.run_accuracy(sc, settings, questions, out_dir, reply_timeout_s=args.reply_timeout_s)
+            acc.run_accuracy(sc, settings, questions, out_dir, batch=args.batch, reply_timeout_s=args.reply_timeout_s)
         except acc.AccuracyError as e:
             raise UsageError(str(e)) from None
         except (RunError, ModelError) as e:
@@ -386,6 +386,8 @@ def _add_accuracy_commands(sub) -> None:
     p.add_argument("--prompt-format", choices=["raw", "chat"],
                    help="raw text or the chat template (default raw for MMLU, chat for HumanEval)")
     p.add_argument("--seed", type=usage.whole(0), default=0)
+    p.add_argument("--batch", type=count, default=10,
+                   help="questions per lab run (every strategy runs each batch; default 10)")
     p.add_argument("--out", help="accuracy folder; an existing one is resumed (default results/<UTC>-accuracy-…)")
     p.add_argument("--reply-timeout-s", type=usage.number(0, above=True), default=60.0,
                    help="edge's wait for a cloud reply (a 5-shot prefill takes seconds on a CPU)")

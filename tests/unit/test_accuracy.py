@@ -315,3 +315,13 @@ def test_resume_refuses_other_settings(tmp_path, monkeypatch):
     acc.run_accuracy(Sc(), settings(), QUESTIONS, tmp_path, out=lambda m: None)
     with pytest.raises(acc.AccuracyError, match=r"accuracy\.json: made with other settings \(dtype='float32', now 'bfloat16'\)"):
         acc.run_accuracy(Sc(), settings(dtype="bfloat16"), QUESTIONS, tmp_path, out=lambda m: None)
+
+
+def test_batches_advance_every_strategy_together(tmp_path, monkeypatch):
+    import lab.runner
+    lab_ = FakeLab()
+    monkeypatch.setattr(lab.runner, "run_scenario", lab_)
+    acc.run_accuracy(Sc(), settings(), QUESTIONS, tmp_path, batch=3, out=lambda m: None)
+    assert lab_.calls == [(("cloud-only", "fixed-k:5"), ["mmlu/s/0", "mmlu/s/1", "mmlu/s/2"]),
+                          (("cloud-only", "fixed-k:5"), ["mmlu/s/3"])]
+    assert len(records(tmp_path)) == 8 and (tmp_path / "summary.csv").exists()
