@@ -325,3 +325,17 @@ def test_batches_advance_every_strategy_together(tmp_path, monkeypatch):
     assert lab_.calls == [(("cloud-only", "fixed-k:5"), ["mmlu/s/0", "mmlu/s/1", "mmlu/s/2"]),
                           (("cloud-only", "fixed-k:5"), ["mmlu/s/3"])]
     assert len(records(tmp_path)) == 8 and (tmp_path / "summary.csv").exists()
+
+
+def test_the_command_names_a_missing_dataset_file(tmp_path, monkeypatch, capsys):
+    from lab.cli import main
+    monkeypatch.setenv("SDLAB_CACHE", str(tmp_path))
+    dest = tmp_path / "datasets" / "mmlu"
+    (dest / "algebra").mkdir(parents=True)
+    dev = arrow_bytes([row(i) for i in range(5)])
+    (dest / "algebra" / "dev.arrow").write_bytes(dev)
+    files = {"algebra/dev.arrow": hashlib.sha256(dev).hexdigest(), "algebra/test.arrow": "0" * 64}
+    (dest / ds.MANIFEST).write_text(json.dumps({"files": files}))
+    assert main(["accuracy", "--subjects", "algebra"]) == 2
+    err = capsys.readouterr().err
+    assert f"{dest / 'algebra' / 'test.arrow'}: cannot read" in err and err.count("\n") == 1
