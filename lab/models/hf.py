@@ -166,12 +166,13 @@ class HFModel:
     def new_session(self) -> HFSession:
         return HFSession(self.model)
 
-    def encode_prompt(self, prompt: str) -> list[int]:
+    def encode_prompt(self, prompt: str, template: str = "chat") -> list[int]:
         """Prompt wrapped in the chat template (a single user turn, generation prompt appended).
 
-        Models without a template (base models) get the plain encoding; `has_chat_template` says which.
+        Models without a template (base models), and template="raw" (a few-shot prompt meant to be
+        continued as it is), get the plain encoding; `has_chat_template` says which a model has.
         """
-        if not self.has_chat_template:
+        if template == "raw" or not self.has_chat_template:
             return list(self.tokenizer.encode(prompt))
         text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                   add_generation_prompt=True)

@@ -243,7 +243,8 @@ class SyntheticModel:
     def new_session(self) -> SyntheticSession:
         return SyntheticSession(self)
 
-    def encode_prompt(self, prompt: str) -> list[int]:
+    def encode_prompt(self, prompt: str, template: str = "chat") -> list[int]:
+        # No chat template to apply: raw and chat prompts encode alike.
         words = prompt.split() or ["<empty>"]
         return [1] + [_h(0, i, w) % self.vocab_size for i, w in enumerate(words)]
 

@@ -178,3 +178,21 @@ def test_set_threads_records_value():
             set_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+class _ChatTokenizer(_NoTokenizer):
+    """A tokenizer with a chat template that wraps the user turn in markers 1 … 2."""
+    chat_template = "{{ messages }}"
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        return f"<1> {messages[0]['content']} <2>"
+
+    def encode(self, text, add_special_tokens=True):
+        return [int(w.strip("<>")) for w in text.split()]
+
+
+def test_raw_prompts_skip_the_chat_template(tiny):
+    """lab accuracy's few-shot prompts are continued as they are; everything else is a user turn."""
+    model = HFModel.from_objects(tiny, _ChatTokenizer(), "tiny-qwen2")
+    assert model.encode_prompt("7 8") == [1, 7, 8, 2]
+    assert model.encode_prompt("7 8", "raw") == [7, 8]
