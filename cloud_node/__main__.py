@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bind", required=True, help="e.g. tcp://198.18.0.2:5555 (the lab address only)")
     ap.add_argument("--models", default="embedded")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--no-draft", action="store_true", help="serve without a draft model (no cloud-spec)")
     ap.add_argument("--max-message-bytes", type=int, default=protocol.MAX_MESSAGE_BYTES)
     ap.add_argument("--cpus", help="pin to these CPUs, e.g. 1 (the runner gives each node its own)")
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     from lab.affinity import pin
     pin(a.cpus)                    # before the models' and zmq's threads start
     t0 = time.monotonic()
-    from lab.models.select import load_role
+    from lab.models.select import load_role, resolved
     try:
         target = load_role(a.models, "target", dtype=a.dtype, threads=a.threads)
         draft = None if a.no_draft else load_role(a.models, "draft", dtype=a.dtype, threads=a.threads)
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     print(json.dumps({"event": "ready", "bind": a.bind, "target": target.model_id,
-                      "draft": draft.model_id if draft else None, "threads": a.threads, "dtype": a.dtype,
+                      "draft": draft.model_id if draft else None, "threads": a.threads, "dtype": resolved(a.dtype),
                       "tokenizer_hash": target.tokenizer_hash, "load_s": round(time.monotonic() - t0, 2)}),
           flush=True)
     try:

@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cloud", required=True)
     ap.add_argument("--models", default="embedded")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--strategies", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--scenario", default="?")
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     from lab.affinity import pin
     pin(a.cpus)                    # before the models' and zmq's threads start
-    from lab.models.select import load_role
+    from lab.models.select import load_role, resolved
     from lab.prompts import load_prompts
     workload = json.loads(a.workload)
     strategies = [make_strategy(s) for s in a.strategies.split(",") if s]
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CloudDown, ProtocolError) as e:
         node.cloud_ok = False
         cloud = {"error": str(e)}
-    emit(event="ready", draft=draft.model_id, threads=a.threads, dtype=a.dtype, cloud=cloud,
+    emit(event="ready", draft=draft.model_id, threads=a.threads, dtype=resolved(a.dtype), cloud=cloud,
          load_s=round(time.monotonic() - t0, 2))
     go = (lambda: None) if a.standalone else _wait_go
     try:

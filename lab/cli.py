@@ -304,7 +304,8 @@ def cmd_profile(args) -> int:
 
 def cmd_models(args) -> int:
     from lab.models.embedded import fetch_main
-    return fetch_main()
+    from lab.models.select import resolved
+    return fetch_main(resolved(args.dtype))
 
 
 def cmd_scenarios(args) -> int:
@@ -359,8 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS)
     p.add_argument("--out", help="results base folder (default: results/)")
     p.add_argument("--reply-timeout-s", type=usage.number(0, above=True), default=20.0)
-    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
-                   help="model precision (float32 for strict losslessness checks; bf16 ties can flip a token)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="model precision; auto = float32 (exactly lossless; bf16 ties can flip a token)")
     _add_link_flags(p)
     p.set_defaults(func=cmd_scenario)
 
@@ -424,11 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="greedy tokens per prompt for α and the trace")
     p.add_argument("--prompts", type=usage.prompts_file, help="JSONL file of {\"id\", \"prompt\"} (default: the built-in set)")
     p.add_argument("--limit", type=count, help="use only the first N prompts")
-    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="auto = float32 (the nodes' default)")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("models", help="fetch and verify the embedded model pair")
     p.add_argument("action", choices=["fetch"])
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="which converted copy to make (auto = float32, the nodes' default)")
     p.set_defaults(func=cmd_models)
     return ap
 

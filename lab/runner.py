@@ -74,8 +74,8 @@ class RunOptions:
     backend: str | None = None
     out: str | None = None
     threads_per_node: int = 1
-    dtype: str = "bfloat16"
-    reply_timeout_s: float = 20.0
+    dtype: str = "auto"            # auto = float32 (lab/models/cpu.py)
+    reply_timeout_s: float | None = None   # None: from the cloud's measured compute (lab/core/budget.py)
     progress: bool = True
     pin_cpus: bool = True          # edge and cloud on disjoint CPUs when the host has enough (lab/affinity.py)
 
@@ -244,11 +244,14 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
     teardown share one try/finally, which is what guarantees the teardown on every path."""
     from netns.topology import CLOUD_ADDR, Topology
 
+    from lab.models import cpu
+
     workload = effective_workload(sc, opts)
     strategies = list(opts.strategies or sc.strategies)
+    dtype = cpu.resolve_dtype(opts.dtype)
     run_dir = new_run_dir(sc.name, Path(opts.out) if opts.out else None)
     meta = Meta(run_dir, {"scenario": sc.to_dict(), "options": asdict(opts), "workload": workload,
-                          "strategies": strategies, "models": opts.models})
+                          "strategies": strategies, "models": opts.models, "dtype": dtype, "cpu": cpu.describe()})
     out(f"results: {run_dir}")
     topo = Topology(backend=opts.backend or sc.backend, congestion_control=sc.congestion_control)
     topo.paired_seed = int(workload["seed"])     # the wire relay keys loss and jitter draws as the simulator does (netns/paired.py)
@@ -268,7 +271,7 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
         out(f"link up ({topo.backend_name}, TCP {topo.congestion_control}): {sc.link.describe()}")
 
         node_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(opts.threads_per_node)}
-        common = ["--models", opts.models, "--threads", str(opts.threads_per_node), "--dtype", opts.dtype]
+        common = ["--models", opts.models, "--threads", str(opts.threads_per_node), "--dtype", dtype]
         cpus = node_cpus(opts.threads_per_node) if opts.pin_cpus else {}
         meta.update(node_cpus={k: sorted(v) for k, v in cpus.items()} or None)
         pin = {k: ["--cpus", format_cpus(v)] for k, v in cpus.items()}
@@ -339,7 +342,8 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
             meta.update(tcp_recovery_by_strategy=retrans, **timeline.meta())
             meta.finish(status)
             _write_summary(run_dir, sc, topo.backend_name or "?", opts.models, retrans,
-                           complete=(status == "complete"), out=out)
+                           complete=(status == "complete"), out=out,
+                           note=cpu.bf16_note(dtype) if not opts.models.startswith("synthetic") else None)
     return run_dir
 
 
@@ -386,7 +390,7 @@ def _progress(total: int, enabled: bool):
 
 
 def _write_summary(run_dir: Path, sc: Scenario, backend: str, models: str, retrans: dict, *,
-                   complete: bool, out=print) -> None:
+                   complete: bool, out=print, note: str | None = None) -> None:
     """summary.csv for a complete run, summary.partial.csv otherwise; the table on the terminal."""
     from lab import metrics
 
@@ -401,4 +405,7 @@ def _write_summary(run_dir: Path, sc: Scenario, backend: str, models: str, retra
     out("")
     out(f"{sc.name} — {sc.link.describe()} ({backend} backend){'' if complete else '  [INCOMPLETE RUN]'}")
     out(metrics.format_table(df))
+    for line in [note, metrics.fallback_note(df)]:
+        if line:
+            out(line)
     out(f"\n{run_dir / name}")

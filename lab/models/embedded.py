@@ -473,7 +473,7 @@ def load_embedded(role: str, dtype: str = "bfloat16", threads: int | None = None
     return model
 
 
-def fetch_main(dtype: str = "bfloat16") -> int:
+def fetch_main(dtype: str = "float32") -> int:
     """`python -m lab models fetch`: ensure the pair, print paths, sizes, hashes and timings."""
     t0 = time.monotonic()
     try:
