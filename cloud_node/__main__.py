@@ -19,7 +19,7 @@ import zmq
 
 from lab.core import protocol, spec
 from lab.core.decoding import TargetState, now_ms, speculative_generate, verify_rng
-from lab.models import ModelError, warm_up
+from lab.models import ModelError, measure_compute, warm_up
 from lab.core.protocol import Message, ProtocolError
 
 POLL_MS = 200
@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in (target, draft):
         if m is not None:
             warm_up(m)
+    compute = measure_compute(target, draft)      # the edge's reply budget comes from these (lab/core/budget.py)
     server = CloudServer(target, draft, a.max_message_bytes)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
@@ -183,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     print(json.dumps({"event": "ready", "bind": a.bind, "target": target.model_id,
                       "draft": draft.model_id if draft else None, "threads": a.threads, "dtype": resolved(a.dtype),
-                      "tokenizer_hash": target.tokenizer_hash, "load_s": round(time.monotonic() - t0, 2)}),
+                      "tokenizer_hash": target.tokenizer_hash, "compute": compute,
+                      "load_s": round(time.monotonic() - t0, 2)}),
           flush=True)
     try:
         server.serve(sock)

@@ -359,7 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=some)
     p.add_argument("--backend", choices=BACKENDS)
     p.add_argument("--out", help="results base folder (default: results/)")
-    p.add_argument("--reply-timeout-s", type=usage.number(0, above=True), default=20.0)
+    p.add_argument("--reply-timeout-s", type=usage.number(0, above=True),
+                   help="one fixed wait for every cloud reply (default: from the cloud's measured compute "
+                        "and the link's RTO backoff, lab/core/budget.py)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="model precision; auto = float32 (exactly lossless; bf16 ties can flip a token)")
     _add_link_flags(p)

@@ -115,3 +115,24 @@ def fallback_note(df: pd.DataFrame) -> str | None:
         return None
     return ("fallbacks: " + ", ".join(fb) + " queries finished by the draft alone (cloud did not answer in "
             "time); left out of every other column (queries.jsonl: edge_fallback, fallback_reason)")
+
+
+def token_equality(records: list[dict], reference: dict[str, list[int]]) -> tuple[list[str], list[str]]:
+    """The lossless check: each measured query's output against reference[prompt_id] (the target's own
+    greedy decode).  Returns (differences, skipped): a fallback query is skipped and listed, since
+    its tokens after `fallback_at_token` are the draft's and say nothing about the strategy."""
+    wrong, skipped = [], []
+    for r in records:
+        if r.get("warmup"):
+            continue
+        where = f"{r['strategy']} query {r['query_index']} ({r['prompt_id']})"
+        if r.get("edge_fallback"):
+            skipped.append(f"{where}: skipped, finished by the draft alone from token "
+                           f"{r.get('fallback_at_token')} ({r.get('fallback_reason')})")
+            continue
+        ours, ref = r["output_token_ids"], reference[r["prompt_id"]]
+        if ours != ref:
+            i = next((j for j, (x, y) in enumerate(zip(ours, ref)) if x != y), min(len(ours), len(ref)))
+            wrong.append(f"{where}: differs at token {i}: ours {ours[i:i + 4]}… ({len(ours)} tokens) "
+                         f"vs reference {ref[i:i + 4]}… ({len(ref)})")
+    return wrong, skipped

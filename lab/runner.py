@@ -283,11 +283,15 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
         if not line or json.loads(line).get("event") != "ready":
             raise RunError(f"cloud node did not become ready (got {line!r}); see its output above")
         meta.update(cloud=json.loads(line))
+        budget = reply_budget(sc, meta.data["cloud"].get("compute"), opts.reply_timeout_s)
+        meta.update(reply_budget=budget.to_dict(),
+                    reply_waits_s={"prefill_200_tokens": round(budget.prefill_s(200), 2),
+                                   "verify_k5": round(budget.verify_s(5), 2), "hello": round(budget.hello_s(), 2)})
         edge_args = [_python(), "-m", "edge_node", *pin.get("edge", []),
                      "--cloud", f"tcp://{CLOUD_ADDR}:{CLOUD_PORT}", *common,
                      "--strategies", ",".join(strategies), "--out", str(run_dir), "--scenario", sc.name,
                      "--backend", topo.backend_name, "--workload", json.dumps(workload),
-                     "--reply-timeout-s", str(opts.reply_timeout_s)]
+                     "--reply-budget", json.dumps(budget.to_dict())]
         edge = _Proc("edge", topo.popen("edge", edge_args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         env=node_env, start_new_session=True))
         line = edge.readline(READY_TIMEOUT_S)
@@ -320,7 +324,8 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
             elif kind == "query":
                 bar.update(1)
                 if ev.get("edge_fallback"):
-                    bar.write(f"  {ev['strategy']} query {ev['index']}: cloud unreachable, finished edge-only")
+                    bar.write(f"  {ev['strategy']} query {ev['index']}: FALLBACK — the cloud did not answer in "
+                              f"time; finished by the draft alone (not counted as {ev['strategy']}'s output)")
             elif kind == "done":
                 break
             elif kind == "error":
@@ -345,6 +350,18 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
                            complete=(status == "complete"), out=out,
                            note=cpu.bf16_note(dtype) if not opts.models.startswith("synthetic") else None)
     return run_dir
+
+
+def reply_budget(sc: Scenario, compute: dict | None, fixed_s: float | None):
+    """The edge's reply waits: the cloud's measured compute plus RTO room for the scenario's worst RTT
+    (lab/core/budget.py); --reply-timeout-s fixes one wait for all."""
+    from lab.core.budget import DEFAULT_FIXED_S, ReplyBudget, budget_from_compute
+
+    if fixed_s is not None or not compute:
+        return ReplyBudget(fixed_s=fixed_s or DEFAULT_FIXED_S)
+    links = [sc.link] + [step.link for step in sc.timeline.steps]
+    rtt = max(p.rtt_ms + p.uplink.jitter_ms + p.downlink.jitter_ms for p in links)
+    return budget_from_compute(compute, rtt)
 
 
 def _next_event(edge: _Proc, timeline: _Timeline, topo) -> dict:

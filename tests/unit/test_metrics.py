@@ -49,3 +49,15 @@ def test_summary_row_from_hand_computed_cycles():
 def test_percentiles_ignore_nan():
     assert percentiles([1, 2, 3, math.nan], (50,)) == [2.0]
     assert all(math.isnan(x) for x in percentiles([]))
+
+
+def test_token_equality_skips_fallbacks_and_says_so():
+    from lab.metrics import token_equality
+    base = {"strategy": "fixed-k:3", "warmup": False, "prompt_id": "p", "edge_fallback": False}
+    records = [{**base, "query_index": 0, "output_token_ids": [1, 2, 3]},
+               {**base, "query_index": 1, "output_token_ids": [1, 9, 3]},
+               {**base, "query_index": 2, "output_token_ids": [7, 7, 7], "edge_fallback": True,
+                "fallback_at_token": 0, "fallback_reason": "CloudDown: no reply"}]
+    wrong, skipped = token_equality(records, {"p": [1, 2, 3]})
+    assert wrong == ["fixed-k:3 query 1 (p): differs at token 1: ours [9, 3]… (3 tokens) vs reference [2, 3]… (3)"]
+    assert len(skipped) == 1 and skipped[0].startswith("fixed-k:3 query 2 (p): skipped, finished by the draft alone")
