@@ -199,6 +199,13 @@ def cmd_scenario(args) -> int:
     # Taken before anything slow, so a second run refuses at once; held for the whole run.
     with LAB_LOCK.holding():
         print(f"scenario {sc.name}: {sc.link.describe()}; models {models}; strategies {', '.join(strategies)}")
+        if not models.startswith("synthetic"):
+            from lab.models.select import resolved
+            from lab.models.synthetic import host_profile_path
+            if not host_profile_path(models, resolved(args.dtype)).exists():
+                print(f"note: no measured profile of this host for {models} in {resolved(args.dtype)} "
+                      "(the simulator falls back to the shipped one, measured on another CPU); "
+                      f"`python -m lab profile --models {models}` measures one")
         try:
             prepare(models, dtype=args.dtype)
             run_scenario(sc, opts)
@@ -227,7 +234,9 @@ def cmd_sim(args) -> int:
     if not models.startswith("synthetic"):
         raise UsageError("the simulator takes --models synthetic[:PROFILE] (compute comes from a profile; "
                          "python -m lab profile measures one for a real pair)")
-    profile = models.partition(":")[2] or "fast"
+    from lab.models.synthetic import resolve_profile
+    profile, which = resolve_profile(models.partition(":")[2] or "fast")
+    print(which)
     strategies = list(args.strategies) if args.strategies else None
     _check_run_inputs(sc, strategies or sc.strategies, args.prompts)
     if args.sim_link == "tcp":
@@ -419,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="measure the real pair here (t_draft, t_verify(K), prefill, α); write a synthetic profile")
     p.add_argument("--models", type=usage.models, default="embedded", help="embedded | DRAFT_ID,TARGET_ID")
     out = p.add_mutually_exclusive_group()
-    out.add_argument("--out", help="profile YAML to write (default: results/<UTC>-profile/embedded-cpu.yaml)")
+    out.add_argument("--out", help="profile YAML to write (default: this host's profile in the model cache, "
+                                   "which `sim --models synthetic:embedded-cpu` then uses)")
     out.add_argument("--replace-shipped", action="store_true",
                      help="overwrite the tracked lab/models/profiles/embedded-cpu.yaml (measured.yaml for a HF pair)")
     # two tokens at least: the draft's time per token is measured on the tokens after the first
