@@ -236,7 +236,6 @@ def cmd_sim(args) -> int:
                          "python -m lab profile measures one for a real pair)")
     from lab.models.synthetic import resolve_profile
     profile, which = resolve_profile(models.partition(":")[2] or "fast")
-    print(which)
     strategies = list(args.strategies) if args.strategies else None
     _check_run_inputs(sc, strategies or sc.strategies, args.prompts)
     if args.sim_link == "tcp":
@@ -245,6 +244,7 @@ def cmd_sim(args) -> int:
         if cc not in CONGESTION_CONTROLS:
             where = "--congestion-control" if args.congestion_control else f"{sc.source}: tcp.congestion_control"
             raise UsageError(f"{where}: {cc!r} is not modelled (modelled: {', '.join(sorted(CONGESTION_CONTROLS))})")
+    print(which)
     try:
         run_dir = write_run(sc, args.out, strategies=strategies, profile=profile, queries=args.queries,
                             warmup_queries=args.warmup, max_new_tokens=args.max_new_tokens, payload=args.payload,
