@@ -195,7 +195,9 @@ def cmd_scenario(args) -> int:
     opts = RunOptions(models=models, strategies=strategies, queries=args.queries, warmup_queries=args.warmup,
                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, payload=args.payload,
                       prompts=args.prompts, seed=args.seed, backend=args.backend, out=args.out,
-                      reply_timeout_s=args.reply_timeout_s, dtype=args.dtype)
+                      reply_timeout_s=args.reply_timeout_s, dtype=args.dtype,
+                      **({"threads_per_node": args.threads_per_node} if args.threads_per_node else {}),
+                      **({"omp_wait_policy": args.omp_wait_policy} if args.omp_wait_policy else {}))
     # Taken before anything slow, so a second run refuses at once; held for the whole run.
     with LAB_LOCK.holding():
         print(f"scenario {sc.name}: {sc.link.describe()}; models {models}; strategies {', '.join(strategies)}")
@@ -373,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "and the link's RTO backoff, lab/core/budget.py)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="model precision; auto = float32 (exactly lossless; bf16 ties can flip a token)")
+    p.add_argument("--threads-per-node", type=count,
+                   help="torch threads per node (default: RunOptions; nodes are pinned to disjoint CPUs only "
+                        "when the host has room for both)")
+    p.add_argument("--omp-wait-policy", choices=["ACTIVE", "PASSIVE"],
+                   help="OpenMP idle threads spin (ACTIVE) or sleep (PASSIVE); matters when nodes share CPUs")
     _add_link_flags(p)
     p.set_defaults(func=cmd_scenario)
 

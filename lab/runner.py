@@ -78,6 +78,7 @@ class RunOptions:
     reply_timeout_s: float | None = None   # None: from the cloud's measured compute (lab/core/budget.py)
     progress: bool = True
     pin_cpus: bool = True          # edge and cloud on disjoint CPUs when the host has enough (lab/affinity.py)
+    omp_wait_policy: str | None = None   # PASSIVE: a node's idle OpenMP threads sleep instead of spinning
 
 
 def effective_workload(sc: Scenario, opts: RunOptions) -> dict:
@@ -271,9 +272,13 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
         out(f"link up ({topo.backend_name}, TCP {topo.congestion_control}): {sc.link.describe()}")
 
         node_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(opts.threads_per_node)}
+        if opts.omp_wait_policy:
+            node_env["OMP_WAIT_POLICY"] = opts.omp_wait_policy
         common = ["--models", opts.models, "--threads", str(opts.threads_per_node), "--dtype", dtype]
         cpus = node_cpus(opts.threads_per_node) if opts.pin_cpus else {}
-        meta.update(node_cpus={k: sorted(v) for k, v in cpus.items()} or None)
+        meta.update(node_cpus={k: sorted(v) for k, v in cpus.items()} or None,
+                    thread_layout={"threads_per_node": opts.threads_per_node, "pinned": bool(cpus),
+                                   "omp_wait_policy": node_env.get("OMP_WAIT_POLICY")})
         pin = {k: ["--cpus", format_cpus(v)] for k, v in cpus.items()}
         cloud = _Proc("cloud", topo.popen("cloud", [_python(), "-m", "cloud_node", *pin.get("cloud", []),
                                                     "--bind", f"tcp://{CLOUD_ADDR}:{CLOUD_PORT}", *common],
