@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import os
 
+# torch threads per node process.  1 with each node pinned to its own core: the layout the
+# figures in docs/MEASUREMENTS.md ("dtype and threads") compare against the alternatives.
+DEFAULT_THREADS_PER_NODE = 1
+
 
 def node_cpus(threads_per_node: int) -> dict[str, set[int]]:
     """{"edge": …, "cloud": …}: disjoint CPU sets when the host has room for both, else {} (no pinning)."""

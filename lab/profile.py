@@ -126,7 +126,8 @@ def profile_path(kind: str, out_path: str | None = None, replace_shipped: bool =
 def profile_main(models: str = "embedded", out_path: str | None = None, max_new_tokens: int = 32,
                  prompts_file: str | None = None, dtype: str = "auto", limit: int | None = None,
                  out: Callable[[str], None] = print, replace_shipped: bool = False,
-                 results_base: Path | None = None) -> int:
+                 results_base: Path | None = None, threads: int | None = None) -> int:
+    from lab.affinity import DEFAULT_THREADS_PER_NODE
     from lab.models import warm_up
     from lab.models.select import load_role, parse_models, prepare
     from lab.models.synthetic import PROFILE_DIR, Profile, load_profile, save_profile
@@ -144,10 +145,11 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
     prepare(models, dtype=dtype)
     prompts = load_prompts(prompts_file)[:limit] if limit else load_prompts(prompts_file)
     t0 = time.monotonic()
-    out(f"profile: {models} ({dtype}, 1 torch thread per model, as the nodes run), {len(prompts)} prompts × "
+    threads = threads or DEFAULT_THREADS_PER_NODE
+    out(f"profile: {models} ({dtype}, {threads} torch thread(s) per model, as the nodes run), {len(prompts)} prompts × "
         f"{max_new_tokens} tokens; t_verify(n) for n in {', '.join(map(str, VERIFY_NS))}")
-    draft = load_role(models, "draft", dtype=dtype, threads=1)
-    target = load_role(models, "target", dtype=dtype, threads=1)
+    draft = load_role(models, "draft", dtype=dtype, threads=threads)
+    target = load_role(models, "target", dtype=dtype, threads=threads)
     warm_up(draft)
     warm_up(target)
     m = measure_pair(draft, target, prompts, max_new_tokens, out)
@@ -163,7 +165,7 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
         f"{m['draft_prefill_ms_per_token']:.2f} (draft); alpha {prof.alpha:.3f} over {m['positions']} positions "
         f"(trace of {len(prof.trace or ())} runs)")
     path = profile_path(kind, out_path, replace_shipped, results_base, models, dtype)
-    provenance = {"measured_by": "python -m lab profile", "models": models, "dtype": dtype, "threads_per_model": 1,
+    provenance = {"measured_by": "python -m lab profile", "models": models, "dtype": dtype, "threads_per_model": threads,
                   "host": platform.node(), "cpu": platform.processor() or platform.machine(),
                   "cpu_model": cpu.describe()["cpu_model"], "cpu_flags": cpu.describe()["cpu_flags"],
                   "isa_cap": cpu.isa_cap(), "torch_capability": cpu.torch_capability(),

@@ -42,7 +42,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lab.affinity import format_cpus, node_cpus
+from lab.affinity import DEFAULT_THREADS_PER_NODE, format_cpus, node_cpus
 from lab.results import Meta, new_run_dir, read_jsonl
 from lab.scenario import TIMELINE_ALIGNMENT, Scenario
 from netns.counters import jiffy_grid_ms, kernel_hz
@@ -73,7 +73,7 @@ class RunOptions:
     seed: int | None = None
     backend: str | None = None
     out: str | None = None
-    threads_per_node: int = 1
+    threads_per_node: int = DEFAULT_THREADS_PER_NODE
     dtype: str = "auto"            # auto = float32 (lab/models/cpu.py)
     reply_timeout_s: float | None = None   # None: from the cloud's measured compute (lab/core/budget.py)
     progress: bool = True
