@@ -215,7 +215,7 @@ def test_one_lab_at_a_time(tmp_path, lab_lock):
 
 @pytest.mark.models
 def test_embedded_pair_lossy_equals_transformers_generate(tmp_path):
-    """The real pair across 5 % loss, fp32 (bf16 ties can flip a token), temperature 0: every measured
+    """The real pair across 5 % loss with the default dtype and kernels (fp32), temperature 0: every measured
     query of the split strategies and of the co-located ones is token for token the target's own
     `generate(do_sample=False)` output; a query the edge finished alone fails the test; and the kernel
     retransmitted (the link's loss was real)."""
@@ -223,12 +223,14 @@ def test_embedded_pair_lossy_equals_transformers_generate(tmp_path):
     prompts_file.write_text("".join(json.dumps(p) + "\n" for p in E2E_PROMPTS))
     out_dir = tmp_path / "results"
     n_queries = len(E2E_PROMPTS)
-    r = lab("scenario", "lossy-5pct", "--models", "embedded", "--dtype", "float32", "--temperature", "0",
+    r = lab("scenario", "lossy-5pct", "--models", "embedded", "--temperature", "0",     # default dtype: float32
             "--strategies", ",".join(E2E_STRATEGIES), "--queries", str(n_queries), "--warmup", "0",
             "--max-new-tokens", str(E2E_MAX_NEW), "--prompts", str(prompts_file), "--out", str(out_dir),
             timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     run = only_run_dir(out_dir)
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["dtype"] == "float32" and meta["cpu"]["cpu_model"]
     recs = [rec for rec in map(json.loads, (run / "queries.jsonl").read_text().splitlines()) if not rec["warmup"]]
     assert sorted(rec["strategy"] for rec in recs) == sorted(E2E_STRATEGIES * n_queries)
     fallbacks = [f"{rec['strategy']} query {rec['query_index']} ({rec['prompt_id']}): {rec['fallback_reason']}"
