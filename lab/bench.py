@@ -91,7 +91,8 @@ def _threads() -> int:
 
 
 def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 48, n_prompts: int = 3,
-                    threads: int = 2, dtypes: tuple[str, ...] = ("float32", "bfloat16"), out=print) -> dict:
+                    threads: int = 2, dtypes: tuple[str, ...] = ("float32", "bfloat16"), out=print,
+                    packed: bool | None = None) -> dict:
     """For each dtype: tokens/s of plain, assisted and cloud-spec decoding; t_verify(K+1)/t_decode;
     TTFT of a three-line prompt at `threads` and at the old defaults (one pinned thread)."""
     from lab.models import cpu
@@ -102,7 +103,7 @@ def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 
         f"so each phase gets every core)")
     results = {}
     for dtype in dtypes:
-        results[dtype] = _bench_dtype(models, k, max_new_tokens, n_prompts, threads, dtype, out)
+        results[dtype] = _bench_dtype(models, k, max_new_tokens, n_prompts, threads, dtype, out, packed)
     out("\nsummary (tok/s; verify ratio = t_verify(K+1) / t_decode):")
     for dtype, r in results.items():
         tps = r["tokens_per_s"]
@@ -119,7 +120,8 @@ def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 
     return results
 
 
-def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threads: int, dtype: str, out) -> dict:
+def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threads: int, dtype: str, out,
+                 packed: bool | None = None) -> dict:
     import os
 
     import torch
@@ -128,11 +130,11 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
     from lab.models import warm_up
     from lab.models.select import load_role
 
-    draft = load_role(models, "draft", dtype=dtype, threads=threads)
-    target = load_role(models, "target", dtype=dtype, threads=threads)
+    draft = load_role(models, "draft", dtype=dtype, threads=threads, packed=packed)
+    target = load_role(models, "target", dtype=dtype, threads=threads, packed=packed)
     for m in (draft, target):
         warm_up(m)
-    out(f"\n{dtype}:")
+    out(f"\n{dtype} (kernels: {target.kernels}):")
     three = target.encode_prompt(THREE_LINE_PROMPT)
     costs = verify_costs(target, three)
     out(f"  t_decode {costs['t_decode_ms']:.0f} ms; t_verify(K+1): "
@@ -278,6 +280,8 @@ def bench_main(argv: list[str] | None = None) -> int:
                     help="all: every dtype this CPU runs (float32 and bfloat16)")
     ap.add_argument("--isa", choices=["avx2"],
                     help="cap torch/oneDNN/MKL at this ISA (ATEN_CPU_CAPABILITY etc.): emulates an AVX2-only CPU")
+    ap.add_argument("--kernels", choices=["auto", "default", "packed"], default="auto",
+                    help="Linear kernels: torch's default or oneDNN-packed weights (auto: the lab's default)")
     ap.add_argument("--no-lan", action="store_true", help="skip the distributed fixed-k over lan part")
     a = ap.parse_args(argv)
     if a.what == "colocated" and a.models.startswith("synthetic"):
@@ -297,7 +301,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     from lab.models.cpu import resolve_dtype
     dtypes = ("float32", "bfloat16") if a.dtype == "all" else (resolve_dtype(a.dtype),)
     a.k = a.k or default_k(a.models)
-    bench_colocated(a.models, a.k, a.max_new_tokens, a.prompts, a.threads, dtypes)
+    packed = {"auto": None, "default": False, "packed": True}[a.kernels]
+    bench_colocated(a.models, a.k, a.max_new_tokens, a.prompts, a.threads, dtypes, packed=packed)
     if not a.no_lan:
         bench_lan(a.models, a.k, a.max_new_tokens, a.prompts, dtypes[0])
     return 0

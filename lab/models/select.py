@@ -26,7 +26,8 @@ def resolved(dtype: str) -> str:
         raise ModelError(f"--dtype: {e}") from None
 
 
-def load_role(spec: str, role: str, dtype: str = "auto", threads: int | None = None, progress: bool = False):
+def load_role(spec: str, role: str, dtype: str = "auto", threads: int | None = None, progress: bool = False,
+              packed: bool | None = None):
     """The draft or target model named by `spec`, loaded in this process."""
     if role not in ("draft", "target"):
         raise ModelError(f"role must be draft or target, got {role!r}")
@@ -34,12 +35,12 @@ def load_role(spec: str, role: str, dtype: str = "auto", threads: int | None = N
     kind, a, b = parse_models(spec)
     if kind == "embedded":
         from lab.models.embedded import load_embedded
-        return load_embedded(role, dtype=dtype, threads=threads, progress=progress)
+        return load_embedded(role, dtype=dtype, threads=threads, progress=progress, packed=packed)
     if kind == "synthetic":
         from lab.models.synthetic import load_synthetic
         return load_synthetic(role, a)
     from lab.models.hf import HFModel
-    return HFModel(a if role == "draft" else b, dtype=dtype, threads=threads)
+    return HFModel(a if role == "draft" else b, dtype=dtype, threads=threads, packed=packed)
 
 
 def prepare(spec: str, dtype: str = "auto") -> dict:
