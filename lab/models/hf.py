@@ -30,7 +30,7 @@ from lab.models import ModelError
 DTYPES = ("bfloat16", "float32")
 # Linear weights packed once for oneDNN: block verify at about the cost of one decode step on CPU
 # (lab/models/packed.py; the figures in docs/MEASUREMENTS.md, "Block verify").
-PACKED_DEFAULT = False
+PACKED_DEFAULT = True
 
 
 def set_threads(n: int) -> int:
