@@ -11,7 +11,7 @@ and prints tokens/s of each, the ratios, and whether the three produced the same
 (at temperature 0 they should; bf16 can flip a near-tie, which is reported, not hidden).
 Then (as root) the distributed path on the `lan` scenario: `fixed-k:K` (draft in sdl-edge,
 target in sdl-cloud, every cycle over the kernel link) against `cloud-spec:K` (both in the
-cloud), one torch thread per node, same prompts — what splitting costs when the network is free.
+cloud), the lab's default threads per node, same prompts — what splitting costs when the network is free.
 `--isa avx2` reruns all of it with torch, oneDNN and MKL capped at AVX2: an emulation of an
 AVX2-only CPU on this one (same cores, caches and memory; only the instruction set is limited).
 A benchmark, not a test: it prints measured figures and asserts nothing.
@@ -199,7 +199,7 @@ def bench_lan(models: str = "embedded", k: int = 5, max_new_tokens: int = 48, n_
     strategies = (f"fixed-k:{k}", f"cloud-spec:{k}")
     opts = RunOptions(models=models, strategies=strategies, queries=n_prompts, warmup_queries=1,
                       max_new_tokens=max_new_tokens, seed=0, dtype=dtype, progress=False)
-    out(f"\nlan: {' vs '.join(strategies)}, {n_prompts} queries each (+1 warm-up), one torch thread per node …")
+    out(f"\nlan: {' vs '.join(strategies)}, {n_prompts} queries each (+1 warm-up), the lab's default threads per node …")
     run_dir = run_scenario(load_scenario("lan"), opts, out=lambda s: None)
     df = pd.read_csv(run_dir / "summary.csv").set_index("strategy")
     tps = {s: float(df.loc[s, "tokens_per_s_p50"]) for s in strategies}

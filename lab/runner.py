@@ -73,7 +73,7 @@ class RunOptions:
     seed: int | None = None
     backend: str | None = None
     out: str | None = None
-    threads_per_node: int = DEFAULT_THREADS_PER_NODE
+    threads_per_node: int | None = None   # None: every CPU for real models, 1 (pinned) for synthetic ones
     dtype: str = "auto"            # auto = float32 (lab/models/cpu.py)
     reply_timeout_s: float | None = None   # None: from the cloud's measured compute (lab/core/budget.py)
     progress: bool = True
@@ -271,13 +271,16 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print) -> Path:
                     link_read_back=topo.read_back(), link_up_ms=round((time.monotonic() - t) * 1e3, 1))
         out(f"link up ({topo.backend_name}, TCP {topo.congestion_control}): {sc.link.describe()}")
 
-        node_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(opts.threads_per_node)}
+        # Synthetic models compute nothing: one pinned core per node keeps their per-message host cost
+        # unimodal (lab/affinity.py), as validate's comparison with the simulator assumes.
+        threads = opts.threads_per_node or (1 if opts.models.startswith("synthetic") else DEFAULT_THREADS_PER_NODE)
+        node_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
         if opts.omp_wait_policy:
             node_env["OMP_WAIT_POLICY"] = opts.omp_wait_policy
-        common = ["--models", opts.models, "--threads", str(opts.threads_per_node), "--dtype", dtype]
-        cpus = node_cpus(opts.threads_per_node) if opts.pin_cpus else {}
+        common = ["--models", opts.models, "--threads", str(threads), "--dtype", dtype]
+        cpus = node_cpus(threads) if opts.pin_cpus else {}
         meta.update(node_cpus={k: sorted(v) for k, v in cpus.items()} or None,
-                    thread_layout={"threads_per_node": opts.threads_per_node, "pinned": bool(cpus),
+                    thread_layout={"threads_per_node": threads, "pinned": bool(cpus),
                                    "omp_wait_policy": node_env.get("OMP_WAIT_POLICY")})
         pin = {k: ["--cpus", format_cpus(v)] for k, v in cpus.items()}
         cloud = _Proc("cloud", topo.popen("cloud", [_python(), "-m", "cloud_node", *pin.get("cloud", []),
