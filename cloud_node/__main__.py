@@ -20,7 +20,7 @@ import zmq
 
 from lab.core import protocol, spec
 from lab.core.decoding import TargetState, now_ms, speculative_generate, verify_rng
-from lab.models import ModelError, warm_up
+from lab.models import ModelError, measure_compute, warm_up
 from lab.core.protocol import Message, ProtocolError
 
 POLL_MS = 200
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bind", required=True, help="e.g. tcp://198.18.0.2:5555 (the lab address only)")
     ap.add_argument("--models", default="embedded")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--no-draft", action="store_true", help="serve without a draft model (no cloud-spec)")
     ap.add_argument("--max-message-bytes", type=int, default=protocol.MAX_MESSAGE_BYTES)
     ap.add_argument("--cpus", help="pin to these CPUs, e.g. 1 (the runner gives each node its own)")
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     from lab.affinity import pin
     pin(a.cpus)                    # before the models' and zmq's threads start
     t0 = time.monotonic()
-    from lab.models.select import load_role
+    from lab.models.select import load_role, resolved
     try:
         target = load_role(a.models, "target", dtype=a.dtype, threads=a.threads)
         draft = None if a.no_draft else load_role(a.models, "draft", dtype=a.dtype, threads=a.threads)
@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in (target, draft):
         if m is not None:
             warm_up(m)
+    compute = measure_compute(target, draft)      # the edge's reply budget comes from these (lab/core/budget.py)
     server = CloudServer(target, draft, a.max_message_bytes)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
@@ -234,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     print(json.dumps({"event": "ready", "bind": a.bind, "target": target.model_id,
-                      "draft": draft.model_id if draft else None, "threads": a.threads, "dtype": a.dtype,
-                      "tokenizer_hash": target.tokenizer_hash, "load_s": round(time.monotonic() - t0, 2)}),
+                      "draft": draft.model_id if draft else None, "threads": a.threads, "dtype": resolved(a.dtype),
+                      "tokenizer_hash": target.tokenizer_hash, "compute": compute,
+                      "load_s": round(time.monotonic() - t0, 2)}),
           flush=True)
     try:
         server.serve(sock)

@@ -20,6 +20,7 @@ import numpy as np
 import zmq
 
 from lab.core import protocol, spec
+from lab.core.budget import DEFAULT_FIXED_S, ReplyBudget
 from lab.core.cycle import QueryLog, Verdict, alone_loop, run_query
 from lab.core.decoding import DraftSide, DraftState, now_ms
 from lab.core.protocol import Message, ProtocolError, ids
@@ -118,8 +119,8 @@ class EdgeSeam(DraftSide):
         mid, self.up0 = self.link.send("prefill", {"query": qid}, {"prompt_ids": ids(prompt_ids)})
         d, _ = DraftState.start(node.draft, prompt_ids)           # prefills while the cloud does
         super().__init__(d, node.w["temperature"], seed, node.w["payload"])
-        _, self.down0 = self.link.wait(mid)
-        self.sent: dict[int, int] = {}               # pipelined: block seq -> its verify request id
+        _, self.down0 = self.link.wait(mid, node.budget.prefill_s(len(prompt_ids)))
+        self.sent: dict[int, tuple[int, int]] = {}   # pipelined: block seq -> (verify request id, K)
         self.unreported_up = self.up0                # cycle 0 carries the prefill exchange's bytes
         self.rtt_hint_ms = node.hello_rtt_ms
         self.last_net_ms = node.hello_rtt_ms or 0.0   # the latest round trip measured (for sizing stretches)
@@ -133,7 +134,7 @@ class EdgeSeam(DraftSide):
         t_sent = now_ms()
         mid, up = self.link.send("verify", {"query": self.qid, "seq": seq, "payload": self.payload,
                                             "temperature": self.temperature, "seed": self.seed}, arrays)
-        msg, down = self.link.wait(mid)
+        msg, down = self.link.wait(mid, self.node.budget.verify_s(len(drafts)))
         self.last_net_ms = now_ms() - t_sent - float(msg["cloud_compute_ms"])
         if seq == 0:                                  # cycle 0 carries the prefill exchange's bytes
             up, down = up + self.up0, down + self.down0
@@ -150,14 +151,18 @@ class EdgeSeam(DraftSide):
         mid, up = self.link.send("verify", {"query": self.qid, "seq": seq, "payload": self.payload,
                                             "temperature": self.temperature, "seed": self.seed,
                                             "pos": pos, "last": int(last)}, arrays)
-        self.sent[seq] = mid
+        self.sent[seq] = (mid, len(drafts))
         self.unreported_up += up                   # superseded blocks' bytes go to the next verdict
 
     def poll(self, seq: int, timeout_ms: float | None) -> Verdict | None:
-        mid = self.sent.pop(seq)
-        got = self.link.wait(mid) if timeout_ms is None else self.link.receive(mid, timeout_ms / 1000)
+        mid, k = self.sent.pop(seq)
+        if timeout_ms is None:
+            # the cloud may still be verifying the blocks sent before this one: one verify wait each
+            got = self.link.wait(mid, self.node.budget.verify_s(k) * (1 + len(self.sent)))
+        else:
+            got = self.link.receive(mid, timeout_ms / 1000)
         if got is None:
-            self.sent[seq] = mid
+            self.sent[seq] = (mid, k)
             return None
         msg, down = got
         if msg.get("stale"):
@@ -177,7 +182,8 @@ class EdgeSeam(DraftSide):
         mid, t_sent, up, n_req = self.stretch
         self.stretch, got, first = None, [], True
         while True:
-            msg, down = self.link.wait(mid)
+            # each message is one target step (the first may follow the correction's: two)
+            msg, down = self.link.wait(mid, self.node.budget.step_s(0) * (2 if first else 1))
             toks = [int(x) for x in msg["tokens"]]
             compute = float(msg["cloud_compute_ms"])
             net = None
@@ -208,7 +214,7 @@ class EdgeSeam(DraftSide):
     def resync(self) -> None:
         """The cloud's cache no longer matches S: re-prefill it before the next verify."""
         mid, _ = self.link.send("prefill", {"query": self.qid}, {"prompt_ids": ids(self.d.committed)})
-        self.link.wait(mid)
+        self.link.wait(mid, self.node.budget.prefill_s(len(self.d.committed)))
 
     def close(self) -> None:
         if self.node.cloud_ok:
@@ -216,8 +222,10 @@ class EdgeSeam(DraftSide):
 
 
 class EdgeNode:
-    def __init__(self, draft, link: CloudLink | None, workload: dict, writers, scenario: str, backend: str):
+    def __init__(self, draft, link: CloudLink | None, workload: dict, writers, scenario: str, backend: str,
+                 budget: ReplyBudget | None = None):
         self.draft, self.link, self.w = draft, link, workload
+        self.budget = budget or ReplyBudget(fixed_s=DEFAULT_FIXED_S)
         self.queries_out, self.cycles_out = writers
         self.scenario, self.backend = scenario, backend
         self.cloud_ok = link is not None
@@ -258,21 +266,24 @@ class EdgeNode:
         rec = {"scenario": self.scenario, "strategy": strategy.name, "placement": strategy.placement,
                "query_index": index, "prompt_id": prompt["id"], "warmup": warmup, "backend": self.backend,
                "prompt_tokens": len(prompt_ids), "temperature": self.w["temperature"], "payload": self.w["payload"],
-               "seed": seed, "edge_fallback": False, "fallback_reason": None}
+               "seed": seed, "edge_fallback": False, "fallback_reason": None, "fallback_at_token": None}
         log = QueryLog(now_ms, strategy.placement)
         rec["t_start_mono_ms"] = round(log.t_submit, 3)   # the kernel timers' clock (validate pairs its phase)
         query = EdgeQuery(self, prompt_ids, seed, f"{strategy.name}/{index}/{time.monotonic_ns()}")
         use_cloud = strategy.placement != "edge" and self._cloud_usable()
         try:
             if strategy.placement != "edge" and not use_cloud:
-                rec.update(edge_fallback=True, fallback_reason="cloud unreachable at query start")
+                rec.update(edge_fallback=True, fallback_reason="cloud unreachable at query start",
+                           fallback_at_token=0)
                 alone_loop(query.alone_seam(), log, max_new, self.eos)
             else:
                 run_query(strategy, query, log, max_new, self.eos)
         except (CloudDown, ProtocolError, zmq.ZMQError) as e:
             # The cloud went away mid-query: finish from what is committed, with the draft alone.
             self.cloud_ok = False
-            rec.update(edge_fallback=True, fallback_reason=f"{type(e).__name__}: {e}")
+            # Tokens from fallback_at_token on are the draft's: not this strategy's target output.
+            rec.update(edge_fallback=True, fallback_reason=f"{type(e).__name__}: {e}",
+                       fallback_at_token=len(log.tokens))
             alone_loop(AloneSeam(self.draft, prompt_ids + log.tokens, self.w["temperature"], seed),
                        log, max_new, self.eos)
         rec.update(log.result(max_new))
@@ -304,8 +315,10 @@ class EdgeQuery:
                                          "temperature": w["temperature"], "seed": self.seed},
                             {"prompt_ids": ids(self.prompt_ids)})
         t_prev = log.t_submit
+        wait_s = self.node.budget.generate_first_s(len(self.prompt_ids), k)
         while True:
-            msg, down = link.wait(mid)
+            msg, down = link.wait(mid, wait_s)
+            wait_s = self.node.budget.step_s(k)
             t = now_ms()
             log.add([int(x) for x in msg["tokens"]], msg.get("drafted", 0) or 0, msg.get("accepted", 0) or 0,
                     t - t_prev, 0.0, float(msg["cloud_compute_ms"]), up, down)
@@ -339,19 +352,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cloud", required=True)
     ap.add_argument("--models", default="embedded")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--strategies", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--scenario", default="?")
     ap.add_argument("--backend", default="?")
     ap.add_argument("--workload", required=True, help="JSON: queries, warmup_queries, max_new_tokens, ...")
-    ap.add_argument("--reply-timeout-s", type=float, default=20.0)
+    ap.add_argument("--reply-timeout-s", type=float,
+                    help="one fixed wait for every reply (default: --reply-budget, else 20 s)")
+    ap.add_argument("--reply-budget", help="JSON ReplyBudget (lab/core/budget.py): waits from the cloud's "
+                                           "measured compute; the runner passes it")
     ap.add_argument("--standalone", action="store_true", help="no runner on stdin: do not wait for 'go'")
     ap.add_argument("--cpus", help="pin to these CPUs, e.g. 0 (the runner gives each node its own)")
     a = ap.parse_args(argv)
     from lab.affinity import pin
     pin(a.cpus)                    # before the models' and zmq's threads start
-    from lab.models.select import load_role
+    from lab.models.select import load_role, resolved
     from lab.prompts import load_prompts
     workload = json.loads(a.workload)
     strategies = [make_strategy(s) for s in split_strategies(a.strategies)]
@@ -360,16 +376,20 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     draft = load_role(a.models, "draft", dtype=a.dtype, threads=a.threads)
     warm_up(draft)
-    link = CloudLink(a.cloud, a.reply_timeout_s)
+    if a.reply_budget and a.reply_timeout_s is None:
+        budget = ReplyBudget.from_dict(json.loads(a.reply_budget))
+    else:
+        budget = ReplyBudget(fixed_s=a.reply_timeout_s or DEFAULT_FIXED_S)
+    link = CloudLink(a.cloud, budget.hello_s())
     qw, cw = JsonlWriter(f"{a.out}/queries.jsonl"), JsonlWriter(f"{a.out}/cycles.jsonl")
-    node = EdgeNode(draft, link, workload, (qw, cw), a.scenario, a.backend)
+    node = EdgeNode(draft, link, workload, (qw, cw), a.scenario, a.backend, budget)
     try:
         cloud = node.hello()
         node.hello()               # a second handshake measures the round trip with the cloud idle
     except (CloudDown, ProtocolError) as e:
         node.cloud_ok = False
         cloud = {"error": str(e)}
-    emit(event="ready", draft=draft.model_id, threads=a.threads, dtype=a.dtype, cloud=cloud,
+    emit(event="ready", draft=draft.model_id, threads=a.threads, dtype=resolved(a.dtype), cloud=cloud,
          load_s=round(time.monotonic() - t0, 2))
     go = (lambda: None) if a.standalone else _wait_go
     try:

@@ -1,8 +1,9 @@
 """CPU placement of the node processes.
 
-The edge and the cloud are different machines; on one host the lab gives
-each node its own core, so a message wakes a process on another core every
-time instead of sometimes on its own core and sometimes on the other's.
+The edge and the cloud are different machines; when the host has room, the lab gives
+each node its own cores, so a message wakes a process on another core every
+time instead of sometimes on its own core and sometimes on the other's.  By default
+each node uses every core (DEFAULT_THREADS_PER_NODE), so they share them unpinned.
 Left to the scheduler, the per-message host cost on a 0 ms link is bimodal
 (which is what `lan`'s network time is made of; figures in
 docs/MEASUREMENTS.md, "Node placement").
@@ -10,6 +11,12 @@ docs/MEASUREMENTS.md, "Node placement").
 from __future__ import annotations
 
 import os
+
+# torch threads per node process: every CPU, shared.  The speculative cycle is sequential (the edge
+# waits while the cloud verifies and vice versa), so one pinned core per node leaves a core idle in
+# every phase; all cores per node ran the embedded pair 1.8x faster on `lan` (docs/MEASUREMENTS.md,
+# "dtype, threads and block verify").  Nodes are pinned only when they get disjoint cores.
+DEFAULT_THREADS_PER_NODE = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def node_cpus(threads_per_node: int) -> dict[str, set[int]]:

@@ -1,6 +1,9 @@
 """`python -m lab bench colocated`: our co-located speculation against the obvious references.
 
-On the same pair, prompts and thread count, in one process:
+For each dtype this CPU runs (float32 and bfloat16; `--dtype` picks one), first what the premise of
+speculation rests on — t_decode and t_verify(K+1) for K = 1…5 — and the time to first token of a
+three-line prompt at the chosen threads and at the old defaults (bf16, one pinned thread); then on
+the same pair, prompts and thread count, in one process:
   cloud-spec   lab.core.decoding.speculative_generate (draft + target co-located, K fixed)
   assisted     Hugging Face assisted generation: target.generate(assistant_model=draft)
   plain        the target alone: target.generate (greedy)
@@ -8,11 +11,14 @@ and prints tokens/s of each, the ratios, and whether the three produced the same
 (at temperature 0 they should; bf16 can flip a near-tie, which is reported, not hidden).
 Then (as root) the distributed path on the `lan` scenario: `fixed-k:K` (draft in sdl-edge,
 target in sdl-cloud, every cycle over the kernel link) against `cloud-spec:K` (both in the
-cloud), one torch thread per node, same prompts — what splitting costs when the network is free.
+cloud), the lab's default threads per node, same prompts — what splitting costs when the network is free.
+`--isa avx2` reruns all of it with torch, oneDNN and MKL capped at AVX2: an emulation of an
+AVX2-only CPU on this one (same cores, caches and memory; only the instruction set is limited).
 A benchmark, not a test: it prints measured figures and asserts nothing.
 """
 from __future__ import annotations
 
+import statistics
 import time
 
 from lab import usage
@@ -21,21 +27,123 @@ from lab.sim.simulator import simulate
 from lab.sweep import STRATEGIES, grid
 
 
+THREE_LINE_PROMPT = ("Write a Python function merge_intervals(intervals) that merges overlapping intervals.\n"
+                     "The input is a list of [start, end] pairs, possibly unsorted.\n"
+                     "Return the merged list sorted by start, with a docstring and two doctest examples.")
+OLD_DEFAULTS = {"dtype": "bfloat16", "threads": 1, "pinned": True}   # before issue 15: bf16, one pinned thread
+VERIFY_KS = (1, 2, 3, 4, 5)
+REPEATS = 5
+
+
 def _tps(n_tokens: int, seconds: float) -> float:
     return n_tokens / seconds if seconds > 0 else float("nan")
 
 
-def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 48, n_prompts: int = 3,
-                    threads: int = 2, dtype: str = "bfloat16", out=print) -> dict:
+def _median_ms(fn, repeats: int = REPEATS) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def verify_costs(target, prompt_ids: list[int], ks=VERIFY_KS, repeats: int = REPEATS) -> dict:
+    """t_decode (one token after the prompt) and t_verify(K+1) for each K, in ms, on one session
+    rolled back after every forward: the premise of speculation is t_verify(K+1) ≈ t_decode."""
+    s = target.new_session()
+    s.prefill(list(prompt_ids))
+    n = s.length
+    toks = [int(t) for t in prompt_ids[-max(ks) - 1:]]            # ordinary ids of this prompt
+
+    def fwd(m: int):
+        s.extend(toks[:m])
+        s.rollback(n)
+    fwd(1)
+    decode = _median_ms(lambda: fwd(1), repeats)
+    verify = {k: _median_ms(lambda: fwd(k + 1), repeats) for k in ks}
+    return {"t_decode_ms": decode, "t_verify_ms": verify, "ratio": {k: v / decode for k, v in verify.items()}}
+
+
+def ttft_ms(target, prompt_ids: list[int], threads: int, pinned_cpu: int | None, repeats: int = 3) -> float:
+    """Cloud-only's time to first token (prefill + the first token) at `threads`, optionally pinned."""
+    import os
+
+    import numpy as np
+
+    from lab.core.decoding import TargetState
+    from lab.models.hf import set_threads
+
+    before_threads, before_cpus = _threads(), os.sched_getaffinity(0)
+    set_threads(threads)
+    if pinned_cpu is not None:
+        os.sched_setaffinity(0, {pinned_cpu})
+    try:
+        return _median_ms(lambda: TargetState.start(target, prompt_ids).step(0.0, np.random.default_rng(0)), repeats)
+    finally:
+        os.sched_setaffinity(0, before_cpus)
+        set_threads(before_threads)
+
+
+def _threads() -> int:
     import torch
+    return torch.get_num_threads()
+
+
+def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 48, n_prompts: int = 3,
+                    threads: int = 2, dtypes: tuple[str, ...] = ("float32", "bfloat16"), out=print,
+                    packed: bool | None = None) -> dict:
+    """For each dtype: tokens/s of plain, assisted and cloud-spec decoding; t_verify(K+1)/t_decode;
+    TTFT of a three-line prompt at `threads` and at the old defaults (one pinned thread)."""
+    from lab.models import cpu
+
+    for line in cpu.dtype_report():
+        out(line)
+    out(f"thread layout: {threads} torch thread(s), unpinned, one process (draft and target alternate, "
+        f"so each phase gets every core)")
+    results = {}
+    for dtype in dtypes:
+        results[dtype] = _bench_dtype(models, k, max_new_tokens, n_prompts, threads, dtype, out, packed)
+    out("\nsummary (tok/s; verify ratio = t_verify(K+1) / t_decode):")
+    for dtype, r in results.items():
+        tps = r["tokens_per_s"]
+        out(f"  {dtype:9s} plain {tps['plain']:6.2f}  assisted {tps['assisted']:6.2f}  cloud-spec "
+            f"{tps['cloud-spec']:6.2f}  = {tps['cloud-spec'] / tps['plain']:.2f}x plain (goal >= 1.3), "
+            f"{tps['cloud-spec'] / tps['assisted']:.2f}x assisted (goal >= 1.2)")
+        out(f"  {'':9s} t_decode {r['verify']['t_decode_ms']:.0f} ms; verify ratio "
+            + " ".join(f"K={kk}:{v:.2f}" for kk, v in r["verify"]["ratio"].items()) + "  (goal <= 1.3)")
+    new, old = results.get("float32"), results.get(OLD_DEFAULTS["dtype"])
+    if new and old:
+        ratio = old["ttft_old_layout_ms"] / new["ttft_ms"]
+        out(f"  TTFT of a 3-line prompt: new defaults (float32, {threads} threads) {new['ttft_ms']:.0f} ms; "
+            f"old (bfloat16, 1 pinned thread) {old['ttft_old_layout_ms']:.0f} ms → {ratio:.2f}x lower (goal >= 2)")
+    return results
+
+
+def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threads: int, dtype: str, out,
+                 packed: bool | None = None) -> dict:
+    import os
+
+    import torch
+
     from lab.core.decoding import speculative_generate
     from lab.models import warm_up
     from lab.models.select import load_role
 
-    draft = load_role(models, "draft", dtype=dtype, threads=threads)
-    target = load_role(models, "target", dtype=dtype, threads=threads)
+    draft = load_role(models, "draft", dtype=dtype, threads=threads, packed=packed)
+    target = load_role(models, "target", dtype=dtype, threads=threads, packed=packed)
     for m in (draft, target):
         warm_up(m)
+    out(f"\n{dtype} (kernels: {target.kernels}):")
+    three = target.encode_prompt(THREE_LINE_PROMPT)
+    costs = verify_costs(target, three)
+    out(f"  t_decode {costs['t_decode_ms']:.0f} ms; t_verify(K+1): "
+        + ", ".join(f"K={kk} {v:.0f} ms ({costs['ratio'][kk]:.2f}x)" for kk, v in costs["t_verify_ms"].items()))
+    ttft = ttft_ms(target, three, threads, None)
+    cpus = sorted(os.sched_getaffinity(0))
+    ttft_old = ttft_ms(target, three, 1, cpus[-1])
+    out(f"  TTFT (3-line prompt, {len(three)} tokens): {ttft:.0f} ms at {threads} threads; "
+        f"{ttft_old:.0f} ms at 1 thread pinned to CPU {cpus[-1]}")
     prompts = load_prompts(None)[:n_prompts]
     totals = {"cloud-spec": [0, 0.0], "assisted": [0, 0.0], "plain": [0, 0.0]}
     mismatches = []
@@ -47,7 +155,8 @@ def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 
         totals["cloud-spec"][1] += time.perf_counter() - t0
         x = torch.tensor([ids])
         eos = list(target.eos_token_ids)
-        gen_kw = dict(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos[0])
+        gen_kw = dict(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos[0],
+                      attention_mask=torch.ones_like(x))
         with torch.inference_mode():
             t0 = time.perf_counter()
             assisted = target.model.generate(x, assistant_model=draft.model, **gen_kw)[0, len(ids):].tolist()
@@ -63,14 +172,15 @@ def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 
                 mismatches.append(f"{p['id']}: {name} differs from cloud-spec at token {first}")
         out(f"  {p['id']}: {len(ours)} tokens")
     tps = {name: _tps(n, s) for name, (n, s) in totals.items()}
-    out(f"\ncolocated benchmark: {models} ({dtype}, {threads} threads), K={k}, {len(prompts)} prompts × "
-        f"≤{max_new_tokens} tokens")
+    out(f"  {models} ({dtype}, {threads} threads), K={k}, {len(prompts)} prompts × ≤{max_new_tokens} tokens")
     for name, v in tps.items():
         out(f"  {name:10s} {v:7.2f} tok/s  ({totals[name][0]} tokens in {totals[name][1]:.1f} s)")
     out(f"  cloud-spec / assisted = {tps['cloud-spec'] / tps['assisted']:.2f}x   (goal >= 1.2x)")
-    out(f"  cloud-spec / plain    = {tps['cloud-spec'] / tps['plain']:.2f}x")
+    out(f"  cloud-spec / plain    = {tps['cloud-spec'] / tps['plain']:.2f}x   (goal >= 1.3x)")
     out("  outputs: " + ("identical token ids" if not mismatches else "; ".join(mismatches)))
-    return {"tokens_per_s": tps, "mismatches": mismatches}
+    del draft, target
+    return {"tokens_per_s": tps, "mismatches": mismatches, "verify": costs, "ttft_ms": ttft,
+            "ttft_old_layout_ms": ttft_old}
 
 
 def bench_lan(models: str = "embedded", k: int = 5, max_new_tokens: int = 48, n_prompts: int = 3,
@@ -89,7 +199,7 @@ def bench_lan(models: str = "embedded", k: int = 5, max_new_tokens: int = 48, n_
     strategies = (f"fixed-k:{k}", f"cloud-spec:{k}")
     opts = RunOptions(models=models, strategies=strategies, queries=n_prompts, warmup_queries=1,
                       max_new_tokens=max_new_tokens, seed=0, dtype=dtype, progress=False)
-    out(f"\nlan: {' vs '.join(strategies)}, {n_prompts} queries each (+1 warm-up), one torch thread per node …")
+    out(f"\nlan: {' vs '.join(strategies)}, {n_prompts} queries each (+1 warm-up), the lab's default threads per node …")
     run_dir = run_scenario(load_scenario("lan"), opts, out=lambda s: None)
     df = pd.read_csv(run_dir / "summary.csv").set_index("strategy")
     tps = {s: float(df.loc[s, "tokens_per_s_p50"]) for s in strategies}
@@ -108,10 +218,12 @@ def default_k(models: str, out=print) -> int:
 
     if models != "embedded":
         return COLOCATED_DEFAULT_K
-    from lab.models.synthetic import load_profile
-    prof = load_profile("embedded-cpu")
+    from lab.models.synthetic import load_profile, resolve_profile
+    name, which = resolve_profile("embedded-cpu")
+    out(which)
+    prof = load_profile(name)
     k, tps = spec.best_k(prof.alpha, prof.t_draft_ms, lambda k: prof.verify_ms(k + 1), rtt_ms=0.0)
-    out(f"K={k}: the throughput model's optimum for the measured embedded-cpu profile "
+    out(f"K={k}: the throughput model's optimum for that profile "
         f"(α {prof.alpha:.2f}, t_draft {prof.t_draft_ms:.0f} ms, t_verify(K+1) {prof.verify_a_ms:.0f} + "
         f"{prof.verify_b_ms:.1f}·(K+1) ms → {tps:.2f} tok/s predicted at 1 thread)")
     return k
@@ -134,7 +246,27 @@ def bench_grid(runs: int = 3, profile="fast", link_model: str = "tcp", out=print
     return wall
 
 
+def _rerun_capped(isa: str, argv: list[str], out=print) -> int | None:
+    """--isa: torch, oneDNN and MKL read their ISA caps at import, so the benchmark reruns itself in a
+    child with the caps set (an emulation of an older CPU on this one: same cores, caches and memory,
+    only the instructions are limited).  None when this process already runs capped."""
+    import os
+    import subprocess
+    import sys
+
+    from lab.models.cpu import isa_env
+    env = isa_env(isa)
+    if all(os.environ.get(k) == v for k, v in env.items()):
+        return None
+    out(f"--isa {isa}: rerunning with {' '.join(f'{k}={v}' for k, v in env.items())}")
+    return subprocess.run([sys.executable, "-m", "lab", "bench", *argv], env={**os.environ, **env}).returncode
+
+
 def bench_main(argv: list[str] | None = None) -> int:
+    import os
+    import sys
+
+    argv = list(sys.argv[2:] if argv is None else argv)
     ap = usage.ArgumentParser(prog="python -m lab bench")
     ap.add_argument("what", choices=["colocated", "sim"])
     ap.add_argument("--models", type=usage.models, default="embedded")
@@ -142,8 +274,14 @@ def bench_main(argv: list[str] | None = None) -> int:
                     help="draft length (default: the throughput model's optimum for the profile)")
     ap.add_argument("--max-new-tokens", type=usage.whole(1), default=48)
     ap.add_argument("--prompts", type=usage.whole(1), default=3, help="how many of the built-in prompts")
-    ap.add_argument("--threads", type=usage.whole(1), default=2)
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--threads", type=usage.whole(1), default=len(os.sched_getaffinity(0)),
+                    help="torch threads of the co-located process (default: every CPU this process may use)")
+    ap.add_argument("--dtype", default="all", choices=["all", "auto", "float32", "bfloat16"],
+                    help="all: every dtype this CPU runs (float32 and bfloat16)")
+    ap.add_argument("--isa", choices=["avx2"],
+                    help="cap torch/oneDNN/MKL at this ISA (ATEN_CPU_CAPABILITY etc.): emulates an AVX2-only CPU")
+    ap.add_argument("--kernels", choices=["auto", "default", "packed"], default="auto",
+                    help="Linear kernels: torch's default or oneDNN-packed weights (auto: the lab's default)")
     ap.add_argument("--no-lan", action="store_true", help="skip the distributed fixed-k over lan part")
     a = ap.parse_args(argv)
     if a.what == "colocated" and a.models.startswith("synthetic"):
@@ -152,8 +290,19 @@ def bench_main(argv: list[str] | None = None) -> int:
     if a.what == "sim":
         bench_grid()
         return 0
+    if a.isa:
+        rc = _rerun_capped(a.isa, argv)
+        if rc is not None:
+            return rc
+        from lab.models.cpu import torch_capability
+        if torch_capability() != a.isa.upper():
+            print(f"error: --isa {a.isa}: torch dispatches to {torch_capability()} despite the caps", file=sys.stderr)
+            return 1
+    from lab.models.cpu import resolve_dtype
+    dtypes = ("float32", "bfloat16") if a.dtype == "all" else (resolve_dtype(a.dtype),)
     a.k = a.k or default_k(a.models)
-    bench_colocated(a.models, a.k, a.max_new_tokens, a.prompts, a.threads, a.dtype)
+    packed = {"auto": None, "default": False, "packed": True}[a.kernels]
+    bench_colocated(a.models, a.k, a.max_new_tokens, a.prompts, a.threads, dtypes, packed=packed)
     if not a.no_lan:
-        bench_lan(a.models, a.k, a.max_new_tokens, a.prompts, a.dtype)
+        bench_lan(a.models, a.k, a.max_new_tokens, a.prompts, dtypes[0])
     return 0

@@ -195,10 +195,19 @@ def cmd_scenario(args) -> int:
     opts = RunOptions(models=models, strategies=strategies, queries=args.queries, warmup_queries=args.warmup,
                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, payload=args.payload,
                       prompts=args.prompts, seed=args.seed, backend=args.backend, out=args.out,
-                      reply_timeout_s=args.reply_timeout_s, dtype=args.dtype)
+                      reply_timeout_s=args.reply_timeout_s, dtype=args.dtype,
+                      **({"threads_per_node": args.threads_per_node} if args.threads_per_node else {}),
+                      **({"omp_wait_policy": args.omp_wait_policy} if args.omp_wait_policy else {}))
     # Taken before anything slow, so a second run refuses at once; held for the whole run.
     with LAB_LOCK.holding():
         print(f"scenario {sc.name}: {sc.link.describe()}; models {models}; strategies {', '.join(strategies)}")
+        if not models.startswith("synthetic"):
+            from lab.models.select import resolved
+            from lab.models.synthetic import host_profile_path
+            if not host_profile_path(models, resolved(args.dtype)).exists():
+                print(f"note: no measured profile of this host for {models} in {resolved(args.dtype)} "
+                      "(the simulator falls back to the shipped one, measured on another CPU); "
+                      f"`python -m lab profile --models {models}` measures one")
         try:
             prepare(models, dtype=args.dtype)
             run_scenario(sc, opts)
@@ -227,7 +236,8 @@ def cmd_sim(args) -> int:
     if not models.startswith("synthetic"):
         raise UsageError("the simulator takes --models synthetic[:PROFILE] (compute comes from a profile; "
                          "python -m lab profile measures one for a real pair)")
-    profile = models.partition(":")[2] or "fast"
+    from lab.models.synthetic import resolve_profile
+    profile, which = resolve_profile(models.partition(":")[2] or "fast")
     strategies = list(args.strategies) if args.strategies else None
     _check_run_inputs(sc, strategies or sc.strategies, args.prompts)
     if args.sim_link == "tcp":
@@ -236,6 +246,7 @@ def cmd_sim(args) -> int:
         if cc not in CONGESTION_CONTROLS:
             where = "--congestion-control" if args.congestion_control else f"{sc.source}: tcp.congestion_control"
             raise UsageError(f"{where}: {cc!r} is not modelled (modelled: {', '.join(sorted(CONGESTION_CONTROLS))})")
+    print(which)
     try:
         run_dir = write_run(sc, args.out, strategies=strategies, profile=profile, queries=args.queries,
                             warmup_queries=args.warmup, max_new_tokens=args.max_new_tokens, payload=args.payload,
@@ -370,7 +381,8 @@ def cmd_profile(args) -> int:
 
 def cmd_models(args) -> int:
     from lab.models.embedded import fetch_main
-    return fetch_main()
+    from lab.models.select import resolved
+    return fetch_main(resolved(args.dtype))
 
 
 def cmd_scenarios(args) -> int:
@@ -401,6 +413,8 @@ def cmd_accuracy(args) -> int:
     except (DatasetError, acc.AccuracyError) as e:
         raise UsageError(str(e)) from None
     strategies = tuple(args.strategies or acc.DEFAULT_STRATEGIES)
+    from lab.models.select import resolved
+    args.dtype = resolved(args.dtype)          # recorded as the concrete dtype (a resume must match it)
     settings = acc.Settings(bench=args.bench, scenario=sc.name, models=args.models, dtype=args.dtype,
                             shots=args.shots, max_new_tokens=args.max_new_tokens or acc.DEFAULT_MAX_NEW_TOKENS[args.bench],
                             template=template, seed=args.seed, strategies=strategies,
@@ -446,8 +460,8 @@ def _add_accuracy_commands(sub) -> None:
                    help="comma-separated (default cloud-only,edge-only,fixed-k:5,cloud-spec)")
     p.add_argument("--scenario", default="lan", help="name in scenarios/ or a YAML file (default lan)")
     p.add_argument("--models", type=usage.models, default="embedded")
-    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="float32",
-                   help="float32 (default) keeps speculative answers exactly the target's")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="auto = float32 (default), which keeps speculative answers exactly the target's")
     p.add_argument("--max-new-tokens", type=count, help="default 4 for MMLU, 384 for HumanEval")
     p.add_argument("--prompt-format", choices=["raw", "chat"],
                    help="raw text or the chat template (default raw for MMLU, chat for HumanEval)")
@@ -510,9 +524,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=some)
     p.add_argument("--backend", choices=BACKENDS)
     p.add_argument("--out", help="results base folder (default: results/)")
-    p.add_argument("--reply-timeout-s", type=usage.number(0, above=True), default=20.0)
-    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
-                   help="model precision (float32 for strict losslessness checks; bf16 ties can flip a token)")
+    p.add_argument("--reply-timeout-s", type=usage.number(0, above=True),
+                   help="one fixed wait for every cloud reply (default: from the cloud's measured compute "
+                        "and the link's RTO backoff, lab/core/budget.py)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="model precision; auto = float32 (exactly lossless; bf16 ties can flip a token)")
+    p.add_argument("--threads-per-node", type=count,
+                   help="torch threads per node (default: RunOptions; nodes are pinned to disjoint CPUs only "
+                        "when the host has room for both)")
+    p.add_argument("--omp-wait-policy", choices=["ACTIVE", "PASSIVE"],
+                   help="OpenMP idle threads spin (ACTIVE) or sleep (PASSIVE); matters when nodes share CPUs")
     _add_link_flags(p)
     p.set_defaults(func=cmd_scenario)
 
@@ -598,7 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="measure the real pair here (t_draft, t_verify(K), prefill, α); write a synthetic profile")
     p.add_argument("--models", type=usage.models, default="embedded", help="embedded | DRAFT_ID,TARGET_ID")
     out = p.add_mutually_exclusive_group()
-    out.add_argument("--out", help="profile YAML to write (default: results/<UTC>-profile/embedded-cpu.yaml)")
+    out.add_argument("--out", help="profile YAML to write (default: this host's profile in the model cache, "
+                                   "which `sim --models synthetic:embedded-cpu` then uses)")
     out.add_argument("--replace-shipped", action="store_true",
                      help="overwrite the tracked lab/models/profiles/embedded-cpu.yaml (measured.yaml for a HF pair)")
     # two tokens at least: the draft's time per token is measured on the tokens after the first
@@ -606,11 +628,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="greedy tokens per prompt for α and the trace")
     p.add_argument("--prompts", type=usage.prompts_file, help="JSONL file of {\"id\", \"prompt\"} (default: the built-in set)")
     p.add_argument("--limit", type=count, help="use only the first N prompts")
-    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="auto = float32 (the nodes' default)")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("models", help="fetch and verify the embedded model pair")
     p.add_argument("action", choices=["fetch"])
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="which converted copy to make (auto = float32, the nodes' default)")
     p.set_defaults(func=cmd_models)
 
     _add_accuracy_commands(sub)

@@ -54,6 +54,10 @@ def run_doctor(out=print) -> int:
     else:
         chosen = "none: no sch_netem and no /dev/net/tun"
     out(f"backend `auto` picks: {chosen}")
+    if "torch" not in missing:
+        from lab.models.cpu import dtype_report
+        for line in dtype_report():
+            out(line)
     for c in caps:
         if not c.ok and c.name in ADVICE:
             out(f"  -> {ADVICE[c.name]}")

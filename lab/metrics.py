@@ -8,6 +8,10 @@ kept in the files, marked, and left out of every statistic.
     tokens/s      decode throughput after the first token: (n_tokens − 1) / (e2e − ttft)
     acceptance α  accepted draft tokens / drafted tokens, over all cycles with K > 0
     overhead      Σ network time / Σ cycle time (network = cycle − draft − verify compute)
+
+A query the edge finished alone because the cloud did not answer (`edge_fallback`) is counted in
+`edge_fallbacks` and left out of every other statistic: its tokens are the draft's, not the
+strategy's target output.
 """
 from __future__ import annotations
 
@@ -43,10 +47,12 @@ def _concat(records: list[dict], key: str) -> np.ndarray:
 
 def summarize_strategy(records: list[dict], *, scenario: str, strategy: str, backend: str,
                        models: str, tcp_retrans_segs: int | None = None) -> dict:
-    """One summary row from the measured (non-warm-up) query records of one strategy."""
-    rs = [r for r in records if not r.get("warmup")]
+    """One summary row from the measured (non-warm-up) query records of one strategy; fallback
+    queries are counted, not summarized (module docstring)."""
+    measured = [r for r in records if not r.get("warmup")]
+    rs = [r for r in measured if not r.get("edge_fallback")]
     row: dict = {"scenario": scenario, "strategy": strategy, "backend": backend, "models": models,
-                 "queries": len(rs)}
+                 "queries": len(measured)}
     for name, key in (("ttft_ms", "ttft_ms"), ("tokens_per_s", "tokens_per_s"), ("e2e_ms", "e2e_ms")):
         p50, p95, p99 = percentiles(r.get(key) for r in rs)
         row.update({f"{name}_p50": p50, f"{name}_p95": p95, f"{name}_p99": p99})
@@ -62,7 +68,7 @@ def summarize_strategy(records: list[dict], *, scenario: str, strategy: str, bac
     up, down = _concat(rs, "bytes_up_per_cycle"), _concat(rs, "bytes_down_per_cycle")
     row["bytes_per_cycle"] = float((up.sum() + down.sum()) / len(up)) if up.size else math.nan
     row["tcp_retrans_segs"] = tcp_retrans_segs if tcp_retrans_segs is not None else math.nan
-    row["edge_fallbacks"] = sum(1 for r in rs if r.get("edge_fallback"))
+    row["edge_fallbacks"] = len(measured) - len(rs)
     used = _concat(rs, "optimistic_per_cycle")                  # None (nothing drafted ahead) → NaN
     used = used[~np.isnan(used)]
     row["optimistic_used"] = float(used.mean()) if used.size else math.nan
@@ -89,7 +95,8 @@ def format_table(df: pd.DataFrame) -> str:
             ("ttft_ms_p50", "TTFT p50 ms", "{:.0f}"), ("tokens_per_s_p50", "tok/s p50", "{:.2f}"),
             ("e2e_ms_p50", "E2E p50 ms", "{:.0f}"), ("e2e_ms_p95", "E2E p95 ms", "{:.0f}"),
             ("acceptance", "α", "{:.2f}"), ("network_overhead_ratio", "net/cycle", "{:.0%}"),
-            ("cycle_network_ms_p50", "net p50 ms", "{:.1f}"), ("tcp_retrans_segs", "retrans", "{:.0f}")]
+            ("cycle_network_ms_p50", "net p50 ms", "{:.1f}"), ("tcp_retrans_segs", "retrans", "{:.0f}"),
+            ("edge_fallbacks", "fallbacks", "{:d}")]
     header = [h for _, h, _ in cols]
     body = []
     for _, row in df.iterrows():
@@ -104,3 +111,33 @@ def format_table(df: pd.DataFrame) -> str:
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
     line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
+def fallback_note(df: pd.DataFrame) -> str | None:
+    """The line under the table when some queries were finished by the edge alone, else None."""
+    fb = [f"{r.strategy} {int(r.edge_fallbacks)}/{int(r.queries)}" for r in df.itertuples() if r.edge_fallbacks]
+    if not fb:
+        return None
+    return ("fallbacks: " + ", ".join(fb) + " queries finished by the draft alone (cloud did not answer in "
+            "time); left out of every other column (queries.jsonl: edge_fallback, fallback_reason)")
+
+
+def token_equality(records: list[dict], reference: dict[str, list[int]]) -> tuple[list[str], list[str]]:
+    """The lossless check: each measured query's output against reference[prompt_id] (the target's own
+    greedy decode).  Returns (differences, skipped): a fallback query is skipped and listed, since
+    its tokens after `fallback_at_token` are the draft's and say nothing about the strategy."""
+    wrong, skipped = [], []
+    for r in records:
+        if r.get("warmup"):
+            continue
+        where = f"{r['strategy']} query {r['query_index']} ({r['prompt_id']})"
+        if r.get("edge_fallback"):
+            skipped.append(f"{where}: skipped, finished by the draft alone from token "
+                           f"{r.get('fallback_at_token')} ({r.get('fallback_reason')})")
+            continue
+        ours, ref = r["output_token_ids"], reference[r["prompt_id"]]
+        if ours != ref:
+            i = next((j for j, (x, y) in enumerate(zip(ours, ref)) if x != y), min(len(ours), len(ref)))
+            wrong.append(f"{where}: differs at token {i}: ours {ours[i:i + 4]}… ({len(ours)} tokens) "
+                         f"vs reference {ref[i:i + 4]}… ({len(ref)})")
+    return wrong, skipped

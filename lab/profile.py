@@ -104,10 +104,11 @@ def measure_pair(draft, target, prompts: list[dict], max_new_tokens: int,
 
 
 def profile_path(kind: str, out_path: str | None = None, replace_shipped: bool = False,
-                 results_base: Path | None = None) -> Path:
-    """Where the profile goes: --out, the shipped profile (only when asked to replace it), or a new
-    results folder — a measurement never overwrites a tracked file by default."""
-    from lab.models.synthetic import PROFILE_DIR
+                 results_base: Path | None = None, models: str = "embedded", dtype: str = "float32") -> Path:
+    """Where the profile goes: --out, the shipped profile (only when asked to replace it), or this
+    host's profile in the model cache (keyed by CPU and dtype) — a measurement never overwrites a
+    tracked file by default.  `results_base` (tests): a new results folder instead of the cache."""
+    from lab.models.synthetic import PROFILE_DIR, host_profile_path
     from lab.results import new_run_dir
 
     name = "embedded-cpu.yaml" if kind == "embedded" else "measured.yaml"
@@ -115,19 +116,28 @@ def profile_path(kind: str, out_path: str | None = None, replace_shipped: bool =
         return Path(out_path)
     if replace_shipped:
         return PROFILE_DIR / name
-    return new_run_dir("profile", results_base) / name
+    if results_base is not None:
+        return new_run_dir("profile", results_base) / name
+    path = host_profile_path(models, dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def profile_main(models: str = "embedded", out_path: str | None = None, max_new_tokens: int = 32,
-                 prompts_file: str | None = None, dtype: str = "bfloat16", limit: int | None = None,
+                 prompts_file: str | None = None, dtype: str = "auto", limit: int | None = None,
                  out: Callable[[str], None] = print, replace_shipped: bool = False,
-                 results_base: Path | None = None) -> int:
+                 results_base: Path | None = None, threads: int | None = None) -> int:
+    from lab.affinity import DEFAULT_THREADS_PER_NODE
     from lab.models import warm_up
     from lab.models.select import load_role, parse_models, prepare
     from lab.models.synthetic import PROFILE_DIR, Profile, load_profile, save_profile
     from lab.prompts import load_prompts
 
+    from lab.models import cpu
+    from lab.models.select import resolved
+
     kind, _, _ = parse_models(models)
+    dtype = resolved(dtype)
     if kind == "synthetic":
         out("error: profile measures a real pair (embedded or DRAFT_ID,TARGET_ID); a synthetic pair "
             "already is a profile")
@@ -135,10 +145,11 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
     prepare(models, dtype=dtype)
     prompts = load_prompts(prompts_file)[:limit] if limit else load_prompts(prompts_file)
     t0 = time.monotonic()
-    out(f"profile: {models} ({dtype}, 1 torch thread per model, as the nodes run), {len(prompts)} prompts × "
+    threads = threads or DEFAULT_THREADS_PER_NODE
+    out(f"profile: {models} ({dtype}, {threads} torch thread(s) per model, as the nodes run), {len(prompts)} prompts × "
         f"{max_new_tokens} tokens; t_verify(n) for n in {', '.join(map(str, VERIFY_NS))}")
-    draft = load_role(models, "draft", dtype=dtype, threads=1)
-    target = load_role(models, "target", dtype=dtype, threads=1)
+    draft = load_role(models, "draft", dtype=dtype, threads=threads)
+    target = load_role(models, "target", dtype=dtype, threads=threads)
     warm_up(draft)
     warm_up(target)
     m = measure_pair(draft, target, prompts, max_new_tokens, out)
@@ -153,9 +164,12 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
     out(f"t_draft {prof.t_draft_ms:.1f} ms/token; prefill {prof.prefill_ms_per_token:.2f} ms/token (target), "
         f"{m['draft_prefill_ms_per_token']:.2f} (draft); alpha {prof.alpha:.3f} over {m['positions']} positions "
         f"(trace of {len(prof.trace or ())} runs)")
-    path = profile_path(kind, out_path, replace_shipped, results_base)
-    provenance = {"measured_by": "python -m lab profile", "models": models, "dtype": dtype, "threads_per_model": 1,
+    path = profile_path(kind, out_path, replace_shipped, results_base, models, dtype)
+    provenance = {"measured_by": "python -m lab profile", "models": models, "dtype": dtype, "threads_per_model": threads,
                   "host": platform.node(), "cpu": platform.processor() or platform.machine(),
+                  "cpu_model": cpu.describe()["cpu_model"], "cpu_flags": cpu.describe()["cpu_flags"],
+                  "isa_cap": cpu.isa_cap(), "torch_capability": cpu.torch_capability(),
+                  "host_key": cpu.host_key(dtype),
                   "date": time.strftime("%Y-%m-%d %H:%M %Z"), "prompts": prompts_file or "built-in",
                   "max_new_tokens": max_new_tokens,
                   "verify_ms_by_n": {int(n): round(v, 2) for n, v in m["verify_ms_by_n"].items()},

@@ -42,7 +42,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lab.affinity import format_cpus, node_cpus
+from lab.affinity import DEFAULT_THREADS_PER_NODE, format_cpus, node_cpus
 from lab.results import Meta, new_run_dir, read_jsonl
 from lab.scenario import TIMELINE_ALIGNMENT, Scenario
 from netns.counters import jiffy_grid_ms, kernel_hz
@@ -73,11 +73,12 @@ class RunOptions:
     seed: int | None = None
     backend: str | None = None
     out: str | None = None
-    threads_per_node: int = 1
-    dtype: str = "bfloat16"
-    reply_timeout_s: float = 20.0
+    threads_per_node: int | None = None   # None: every CPU for real models, 1 (pinned) for synthetic ones
+    dtype: str = "auto"            # auto = float32 (lab/models/cpu.py)
+    reply_timeout_s: float | None = None   # None: from the cloud's measured compute (lab/core/budget.py)
     progress: bool = True
     pin_cpus: bool = True          # edge and cloud on disjoint CPUs when the host has enough (lab/affinity.py)
+    omp_wait_policy: str | None = None   # PASSIVE: a node's idle OpenMP threads sleep instead of spinning
 
 
 def effective_workload(sc: Scenario, opts: RunOptions) -> dict:
@@ -248,11 +249,14 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print, on_query=None) -> Pa
     (lab/accuracy.py)."""
     from netns.topology import CLOUD_ADDR, Topology
 
+    from lab.models import cpu
+
     workload = effective_workload(sc, opts)
     strategies = list(opts.strategies or sc.strategies)
+    dtype = cpu.resolve_dtype(opts.dtype)
     run_dir = new_run_dir(sc.name, Path(opts.out) if opts.out else None)
     meta = Meta(run_dir, {"scenario": sc.to_dict(), "options": asdict(opts), "workload": workload,
-                          "strategies": strategies, "models": opts.models})
+                          "strategies": strategies, "models": opts.models, "dtype": dtype, "cpu": cpu.describe()})
     out(f"results: {run_dir}")
     topo = Topology(backend=opts.backend or sc.backend, congestion_control=sc.congestion_control)
     topo.paired_seed = int(workload["seed"])     # the wire relay keys loss and jitter draws as the simulator does (netns/paired.py)
@@ -271,10 +275,17 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print, on_query=None) -> Pa
                     link_read_back=topo.read_back(), link_up_ms=round((time.monotonic() - t) * 1e3, 1))
         out(f"link up ({topo.backend_name}, TCP {topo.congestion_control}): {sc.link.describe()}")
 
-        node_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(opts.threads_per_node)}
-        common = ["--models", opts.models, "--threads", str(opts.threads_per_node), "--dtype", opts.dtype]
-        cpus = node_cpus(opts.threads_per_node) if opts.pin_cpus else {}
-        meta.update(node_cpus={k: sorted(v) for k, v in cpus.items()} or None)
+        # Synthetic models compute nothing: one pinned core per node keeps their per-message host cost
+        # unimodal (lab/affinity.py), as validate's comparison with the simulator assumes.
+        threads = opts.threads_per_node or (1 if opts.models.startswith("synthetic") else DEFAULT_THREADS_PER_NODE)
+        node_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
+        if opts.omp_wait_policy:
+            node_env["OMP_WAIT_POLICY"] = opts.omp_wait_policy
+        common = ["--models", opts.models, "--threads", str(threads), "--dtype", dtype]
+        cpus = node_cpus(threads) if opts.pin_cpus else {}
+        meta.update(node_cpus={k: sorted(v) for k, v in cpus.items()} or None,
+                    thread_layout={"threads_per_node": threads, "pinned": bool(cpus),
+                                   "omp_wait_policy": node_env.get("OMP_WAIT_POLICY")})
         pin = {k: ["--cpus", format_cpus(v)] for k, v in cpus.items()}
         cloud = _Proc("cloud", topo.popen("cloud", [_python(), "-m", "cloud_node", *pin.get("cloud", []),
                                                     "--bind", f"tcp://{CLOUD_ADDR}:{CLOUD_PORT}", *common],
@@ -284,11 +295,15 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print, on_query=None) -> Pa
         if not line or json.loads(line).get("event") != "ready":
             raise RunError(f"cloud node did not become ready (got {line!r}); see its output above")
         meta.update(cloud=json.loads(line))
+        budget = reply_budget(sc, meta.data["cloud"].get("compute"), opts.reply_timeout_s)
+        meta.update(reply_budget=budget.to_dict(),
+                    reply_waits_s={"prefill_200_tokens": round(budget.prefill_s(200), 2),
+                                   "verify_k5": round(budget.verify_s(5), 2), "hello": round(budget.hello_s(), 2)})
         edge_args = [_python(), "-m", "edge_node", *pin.get("edge", []),
                      "--cloud", f"tcp://{CLOUD_ADDR}:{CLOUD_PORT}", *common,
                      "--strategies", ",".join(strategies), "--out", str(run_dir), "--scenario", sc.name,
                      "--backend", topo.backend_name, "--workload", json.dumps(workload),
-                     "--reply-timeout-s", str(opts.reply_timeout_s)]
+                     "--reply-budget", json.dumps(budget.to_dict())]
         edge = _Proc("edge", topo.popen("edge", edge_args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         env=node_env, start_new_session=True))
         line = edge.readline(READY_TIMEOUT_S)
@@ -323,7 +338,8 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print, on_query=None) -> Pa
                 if on_query is not None:
                     on_query(ev, run_dir)
                 if ev.get("edge_fallback"):
-                    bar.write(f"  {ev['strategy']} query {ev['index']}: cloud unreachable, finished edge-only")
+                    bar.write(f"  {ev['strategy']} query {ev['index']}: FALLBACK — the cloud did not answer in "
+                              f"time; finished by the draft alone (not counted as {ev['strategy']}'s output)")
             elif kind == "done":
                 break
             elif kind == "error":
@@ -345,8 +361,21 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print, on_query=None) -> Pa
             meta.update(tcp_recovery_by_strategy=retrans, **timeline.meta())
             meta.finish(status)
             _write_summary(run_dir, sc, topo.backend_name or "?", opts.models, retrans,
-                           complete=(status == "complete"), out=out)
+                           complete=(status == "complete"), out=out,
+                           note=cpu.bf16_note(dtype) if not opts.models.startswith("synthetic") else None)
     return run_dir
+
+
+def reply_budget(sc: Scenario, compute: dict | None, fixed_s: float | None):
+    """The edge's reply waits: the cloud's measured compute plus RTO room for the scenario's worst RTT
+    (lab/core/budget.py); --reply-timeout-s fixes one wait for all."""
+    from lab.core.budget import DEFAULT_FIXED_S, ReplyBudget, budget_from_compute
+
+    if fixed_s is not None or not compute:
+        return ReplyBudget(fixed_s=fixed_s or DEFAULT_FIXED_S)
+    links = [sc.link] + [step.link for step in sc.timeline.steps]
+    rtt = max(p.rtt_ms + p.uplink.jitter_ms + p.downlink.jitter_ms for p in links)
+    return budget_from_compute(compute, rtt)
 
 
 def _next_event(edge: _Proc, timeline: _Timeline, topo) -> dict:
@@ -392,7 +421,7 @@ def _progress(total: int, enabled: bool):
 
 
 def _write_summary(run_dir: Path, sc: Scenario, backend: str, models: str, retrans: dict, *,
-                   complete: bool, out=print) -> None:
+                   complete: bool, out=print, note: str | None = None) -> None:
     """summary.csv for a complete run, summary.partial.csv otherwise; the table on the terminal."""
     from lab import metrics
 
@@ -407,4 +436,7 @@ def _write_summary(run_dir: Path, sc: Scenario, backend: str, models: str, retra
     out("")
     out(f"{sc.name} — {sc.link.describe()} ({backend} backend){'' if complete else '  [INCOMPLETE RUN]'}")
     out(metrics.format_table(df))
+    for line in [note, metrics.fallback_note(df)]:
+        if line:
+            out(line)
     out(f"\n{run_dir / name}")

@@ -463,17 +463,18 @@ def ensure_embedded(progress: bool = True, dtype: str = "bfloat16", keep_gguf: b
                          timings_s={**t_draft, **t_target})
 
 
-def load_embedded(role: str, dtype: str = "bfloat16", threads: int | None = None, progress: bool = True):
+def load_embedded(role: str, dtype: str = "float32", threads: int | None = None, progress: bool = True,
+                  packed: bool | None = None):
     """The embedded draft or target as an HFModel (fetching/converting on first use)."""
     from lab.models.hf import HFModel
 
     path, rec, _ = ensure_converted(role, dtype, progress)
-    model = HFModel(path, dtype=dtype, threads=threads, model_id=rec["model_id"])
+    model = HFModel(path, dtype=dtype, threads=threads, model_id=rec["model_id"], packed=packed)
     model.source = rec
     return model
 
 
-def fetch_main(dtype: str = "bfloat16") -> int:
+def fetch_main(dtype: str = "float32") -> int:
     """`python -m lab models fetch`: ensure the pair, print paths, sizes, hashes and timings."""
     t0 = time.monotonic()
     try:

@@ -28,6 +28,9 @@ import numpy as np
 from lab.models import ModelError
 
 DTYPES = ("bfloat16", "float32")
+# Linear weights packed once for oneDNN: block verify at about the cost of one decode step on CPU
+# (lab/models/packed.py; the figures in docs/MEASUREMENTS.md, "Block verify").
+PACKED_DEFAULT = True
 
 
 def set_threads(n: int) -> int:
@@ -120,8 +123,8 @@ class HFModel:
     safetensors and a tokenizer (the converted embedded models are the latter).
     """
 
-    def __init__(self, model_id_or_dir: str | Path, dtype: str = "bfloat16", threads: int | None = None,
-                 model_id: str | None = None):
+    def __init__(self, model_id_or_dir: str | Path, dtype: str = "float32", threads: int | None = None,
+                 model_id: str | None = None, packed: bool | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.threads = set_threads(threads) if threads is not None else None
@@ -133,6 +136,7 @@ class HFModel:
             raise ModelError(f"cannot load {src!r} with transformers ({e}); give a Hugging Face id "
                              "reachable from here or a directory with safetensors + tokenizer") from e
         self._init(model.eval(), tok, model_id or src, dtype)
+        self._pack(PACKED_DEFAULT if packed is None else packed)
 
     @classmethod
     def from_objects(cls, model, tokenizer, model_id: str, dtype: str | None = None) -> "HFModel":
@@ -142,8 +146,17 @@ class HFModel:
         self._init(model.eval(), tokenizer, model_id, dtype or str(model.dtype).removeprefix("torch."))
         return self
 
+    def _pack(self, want: bool) -> None:
+        """Pack the Linear weights for oneDNN (lab/models/packed.py) when asked and possible here."""
+        from lab.models.packed import can_pack, pack_linears
+
+        if want and can_pack(self.model.dtype):
+            self.kernels = f"onednn-packed ({pack_linears(self.model)} Linear layers)"
+
     def _init(self, model, tokenizer, model_id: str, dtype: str) -> None:
         self.model, self.tokenizer, self.model_id, self.dtype = model, tokenizer, model_id, dtype
+        self.n_params = sum(p.numel() for p in model.parameters())
+        self.kernels = "torch default"
         self.source: dict | None = None         # provenance (the embedded pair: GGUF name, sha256, conversion)
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])   # logits width
         if len(tokenizer) > self.vocab_size:
@@ -187,7 +200,7 @@ class HFModel:
 
         return {"model_id": self.model_id, "dtype": self.dtype, "vocab_size": self.vocab_size,
                 "tokenizer_sha256": self.tokenizer_hash, "eos_token_ids": list(self.eos_token_ids),
-                "threads": torch.get_num_threads(), "n_params": sum(p.numel() for p in self.model.parameters()),
+                "threads": torch.get_num_threads(), "n_params": self.n_params, "kernels": self.kernels,
                 "chat_template": self.has_chat_template, "source": self.source}
 
     def __repr__(self) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from lab.models import ModelError
+from lab.models.cpu import resolve_dtype
 
 
 def parse_models(spec: str) -> tuple[str, str | None, str | None]:
@@ -17,24 +18,35 @@ def parse_models(spec: str) -> tuple[str, str | None, str | None]:
     raise ModelError(f"--models must be embedded, synthetic[:PROFILE] or DRAFT_ID,TARGET_ID; got {spec!r}")
 
 
-def load_role(spec: str, role: str, dtype: str = "bfloat16", threads: int | None = None, progress: bool = False):
+def resolved(dtype: str) -> str:
+    """--dtype → the dtype loaded ("auto" is float32; lab/models/cpu.py says why)."""
+    try:
+        return resolve_dtype(dtype)
+    except ValueError as e:
+        raise ModelError(f"--dtype: {e}") from None
+
+
+def load_role(spec: str, role: str, dtype: str = "auto", threads: int | None = None, progress: bool = False,
+              packed: bool | None = None):
     """The draft or target model named by `spec`, loaded in this process."""
     if role not in ("draft", "target"):
         raise ModelError(f"role must be draft or target, got {role!r}")
+    dtype = resolved(dtype)
     kind, a, b = parse_models(spec)
     if kind == "embedded":
         from lab.models.embedded import load_embedded
-        return load_embedded(role, dtype=dtype, threads=threads, progress=progress)
+        return load_embedded(role, dtype=dtype, threads=threads, progress=progress, packed=packed)
     if kind == "synthetic":
         from lab.models.synthetic import load_synthetic
         return load_synthetic(role, a)
     from lab.models.hf import HFModel
-    return HFModel(a if role == "draft" else b, dtype=dtype, threads=threads)
+    return HFModel(a if role == "draft" else b, dtype=dtype, threads=threads, packed=packed)
 
 
-def prepare(spec: str, dtype: str = "bfloat16") -> dict:
+def prepare(spec: str, dtype: str = "auto") -> dict:
     """Fetch/convert what `spec` needs before the nodes start (progress bars in the foreground)."""
     kind, _, _ = parse_models(spec)
+    dtype = resolved(dtype)
     if kind == "embedded":
         from lab.models.embedded import ensure_embedded
         paths = ensure_embedded(progress=True, dtype=dtype)

@@ -260,3 +260,39 @@ class SyntheticModel:
 
 def load_synthetic(role: str, profile: str | None = None) -> SyntheticModel:
     return SyntheticModel(role, load_profile(profile))
+
+
+# ------------------------------------------------------------------ this host's measured profile
+# The shipped embedded-cpu.yaml was measured on one CPU; on another the compute times can be 3-10x
+# off (docs/MEASUREMENTS.md).  `lab profile` writes this host's own profile to the cache, keyed by
+# CPU model/flags, ISA cap and dtype (lab/models/cpu.py host_key), and `embedded-cpu` means that
+# one whenever it exists.
+HOST_PROFILE_OF = {"embedded-cpu": "embedded"}      # shipped profile name → the real pair it stands for
+
+
+def host_profile_dir() -> Path:
+    from lab.models.embedded import cache_dir
+    return cache_dir().parent / "profiles"
+
+
+def host_profile_path(models: str = "embedded", dtype: str = "float32") -> Path:
+    """Where `lab profile` keeps this host's profile of `models` in `dtype`."""
+    import re
+
+    from lab.models.cpu import host_key
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", models).strip("-")[:60]
+    return host_profile_dir() / f"{slug}--{host_key(dtype)}.yaml"
+
+
+def resolve_profile(name: str | None, dtype: str = "float32") -> tuple[str, str]:
+    """(profile to load, a line saying which one): `embedded-cpu` becomes this host's measured
+    profile of the embedded pair when there is one; anything else is used as given."""
+    name = name or DEFAULT_PROFILE
+    models = HOST_PROFILE_OF.get(name)
+    if models is None:
+        return name, f"profile {name}"
+    host = host_profile_path(models, dtype)
+    if host.exists():
+        return str(host), f"profile {name}: this host's, measured by `lab profile` ({host})"
+    return name, (f"profile {name}: the shipped one (measured on another CPU; no profile of this host in "
+                  f"{dtype} — run `python -m lab profile` to measure one)")

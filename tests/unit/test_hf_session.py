@@ -196,3 +196,34 @@ def test_raw_prompts_skip_the_chat_template(tiny):
     model = HFModel.from_objects(tiny, _ChatTokenizer(), "tiny-qwen2")
     assert model.encode_prompt("7 8") == [1, 7, 8, 2]
     assert model.encode_prompt("7 8", "raw") == [7, 8]
+
+
+def test_packed_linears_give_the_same_greedy_tokens(tiny):
+    """oneDNN-packed Linear weights (lab/models/packed.py): the same greedy continuation through a
+    session (prefill, one-token extends, a block extend) as transformers' own generate of the
+    unpacked model; the logits width still reads."""
+    import copy
+
+    from lab.models.packed import PackedLinear, can_pack, pack_linears
+    if not can_pack(torch.float32):
+        pytest.skip("torch built without oneDNN")
+    packed = copy.deepcopy(tiny)
+    assert pack_linears(packed) == 2 * 7 + 1                  # q k v o gate up down per layer, lm_head
+    assert isinstance(packed.lm_head, PackedLinear) and packed.get_output_embeddings().weight.shape[0] == VOCAB
+    prompt = ids(12, seed=3)
+    s = HFSession(packed)
+    logits = s.prefill(prompt)
+    ours = []
+    for _ in range(20):
+        ours.append(int(np.argmax(logits)))
+        logits = s.extend([ours[-1]])[-1]
+    x = torch.tensor([prompt])
+    with torch.inference_mode():
+        ref = tiny.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=20,
+                            min_new_tokens=20)[0, len(prompt):].tolist()
+    assert ours == ref
+    # a block extend scores the same as the unpacked model's, to fp32 summation-order noise
+    s2 = HFSession(tiny)
+    s2.prefill(prompt)
+    s.rollback(len(prompt))
+    np.testing.assert_allclose(s.extend(ref[:6]), s2.extend(ref[:6]), atol=ATOL)

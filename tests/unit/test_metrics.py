@@ -4,7 +4,7 @@ import math
 import pytest
 
 from lab.core.cycle import tokens_per_s
-from lab.metrics import SUMMARY_COLUMNS, format_table, percentiles, summarize
+from lab.metrics import SUMMARY_COLUMNS, fallback_note, format_table, percentiles, summarize
 
 
 def rec(strategy, ttft, e2e, n, ks, accs, cyc, net, warmup=False, fallback=False):
@@ -31,17 +31,33 @@ def test_summary_row_from_hand_computed_cycles():
     assert list(df.columns) == SUMMARY_COLUMNS
     row = df.set_index("strategy").loc["fixed-k:3"]
     assert row["queries"] == 2
-    assert row["acceptance"] == pytest.approx(6 / 12)
-    assert row["network_overhead_ratio"] == pytest.approx(100 / 400)
-    assert row["ttft_ms_p50"] == pytest.approx(250)
+    # The fallback query is counted, not summarized: its tokens are the draft's.
+    assert row["acceptance"] == pytest.approx(4 / 6)
+    assert row["network_overhead_ratio"] == pytest.approx(80 / 200)
+    assert row["ttft_ms_p50"] == pytest.approx(200)
     assert row["tokens_per_s_p50"] == pytest.approx(10.0)
     assert row["bytes_per_cycle"] == pytest.approx(120)
     assert row["edge_fallbacks"] == 1
     assert math.isnan(df.set_index("strategy").loc["edge-only"]["acceptance"])
     table = format_table(df)
     assert "fixed-k:3" in table and "edge-only" in table and "50%" not in table.splitlines()[0]
+    assert table.splitlines()[0].split()[-1] == "fallbacks"
+    assert [line.split()[-1] for line in table.splitlines()[2:]] == ["1", "0"]
+    assert fallback_note(df).startswith("fallbacks: fixed-k:3 1/2 queries")
 
 
 def test_percentiles_ignore_nan():
     assert percentiles([1, 2, 3, math.nan], (50,)) == [2.0]
     assert all(math.isnan(x) for x in percentiles([]))
+
+
+def test_token_equality_skips_fallbacks_and_says_so():
+    from lab.metrics import token_equality
+    base = {"strategy": "fixed-k:3", "warmup": False, "prompt_id": "p", "edge_fallback": False}
+    records = [{**base, "query_index": 0, "output_token_ids": [1, 2, 3]},
+               {**base, "query_index": 1, "output_token_ids": [1, 9, 3]},
+               {**base, "query_index": 2, "output_token_ids": [7, 7, 7], "edge_fallback": True,
+                "fallback_at_token": 0, "fallback_reason": "CloudDown: no reply"}]
+    wrong, skipped = token_equality(records, {"p": [1, 2, 3]})
+    assert wrong == ["fixed-k:3 query 1 (p): differs at token 1: ours [9, 3]… (3 tokens) vs reference [2, 3]… (3)"]
+    assert len(skipped) == 1 and skipped[0].startswith("fixed-k:3 query 2 (p): skipped, finished by the draft alone")

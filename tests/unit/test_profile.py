@@ -84,3 +84,27 @@ def test_profile_replaces_the_shipped_one_only_when_asked(pair, shipped, monkeyp
     assert rc == 0 and (shipped / "embedded-cpu.yaml").read_bytes() != before
     assert not (tmp_path / "results").exists()
     assert "--models synthetic:embedded-cpu)" in lines[-1]
+
+
+def test_profile_goes_to_this_hosts_cache_and_sim_uses_it(pair, shipped, monkeypatch, tmp_path):
+    """By default the profile is this host's (keyed by CPU model/flags and dtype) in the model cache, and
+    `embedded-cpu` then means it; before that, the shipped one, with a line saying so."""
+    import lab.models.select as select
+    from lab.models import cpu
+    from lab.models.synthetic import host_profile_path, resolve_profile
+    from lab.profile import profile_main
+    monkeypatch.setenv("SDLAB_CACHE", str(tmp_path / "cache" / "models"))
+    name, which = resolve_profile("embedded-cpu")
+    assert name == "embedded-cpu" and "no profile of this host" in which
+    draft, target, _ = pair
+    monkeypatch.setattr(select, "prepare", lambda models, dtype: {})
+    monkeypatch.setattr(select, "load_role", lambda models, role, **_: draft if role == "draft" else target)
+    lines: list[str] = []
+    assert profile_main("embedded", max_new_tokens=8, limit=1, out=lines.append) == 0
+    path = host_profile_path("embedded", "float32")
+    assert path.exists() and path.parent == tmp_path / "cache" / "profiles"
+    assert cpu.host_key("float32") in path.name and "float32" in path.name
+    name, which = resolve_profile("embedded-cpu")
+    assert name == str(path) and "this host's" in which
+    assert resolve_profile("fast") == ("fast", "profile fast")
+    assert not host_profile_path("embedded", "bfloat16").exists()     # the dtype is part of the key
