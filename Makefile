@@ -32,7 +32,8 @@ scenario: $(STAMP)
 
 test: $(STAMP)
 	$(need_root)
-	bash scripts/test.sh
+	@# the whole suite tests the optional Ray path too: install that extra unless SDLAB_EXTRAS says otherwise
+	SDLAB_EXTRAS=$${SDLAB_EXTRAS-ray} bash scripts/test.sh
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q

@@ -23,7 +23,7 @@ if [[ ",${SDLAB_EXTRAS:-}," == *",ray,"* ]] && ! $PY -c "import ray" 2>/dev/null
 fi
 stage unit  $PY -m pytest tests/unit -q -p no:cacheprovider
 if ! $PY -c "import ray" 2>/dev/null; then
-    echo "=== ray: SKIPPED — Ray (optional extra) is not installed, so sweep --ray was NOT tested (SDLAB_EXTRAS=ray make test installs it)"
+    echo "=== ray: SKIPPED — Ray (optional extra) is not installed, so sweep --ray was NOT tested (make test installs it unless SDLAB_EXTRAS is set without ray)"
 fi
 stage netns $PY -m pytest tests/netns -q -p no:cacheprovider
 stage e2e   $PY -m pytest tests/e2e -q -p no:cacheprovider
