@@ -63,6 +63,18 @@ def unpack(files: dict[str, bytes], dest: Path) -> None:
         target.write_bytes(data)
 
 
+def _with_default_sigterm(point_task):
+    """point_task with SIGTERM's default action in the worker.  Ray's workers handle SIGTERM by raising
+    SystemExit and disconnecting from the raylet; pyroute2 forks a child to open each namespace's
+    netlink socket and ends it with SIGTERM, and the child, running Ray's inherited handler, tore down
+    the worker's raylet connection: every lab point died as "the worker died unexpectedly"."""
+    def run(point: dict, plan: dict) -> dict[str, bytes]:
+        import signal
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        return point_task(point, plan)
+    return run
+
+
 def run_points_on_ray(todo, plan, folder, address: str, bar, point_task) -> list[tuple]:
     """Submit every unfinished point, finish each as it returns; (point, message) for the failed ones.
     point_task(point dict, plan dict) → {relative path: bytes}: lab/sweep.py's point_files, run remotely."""
@@ -72,7 +84,7 @@ def run_points_on_ray(todo, plan, folder, address: str, bar, point_task) -> list
         options = {"num_cpus": 1, "max_retries": 0}
         if plan.backend == "lab":
             options["resources"] = {LAB_RESOURCE: 1}
-        task = ray.remote(**options)(point_task)
+        task = ray.remote(**options)(_with_default_sigterm(point_task))
         pending = {task.remote(asdict(p), plan.to_json()): p for p in todo}
         try:
             while pending:
