@@ -31,8 +31,10 @@ class Figures:
 
     def colour(self, strategy: str):
         if strategy not in self.colours:
-            cmap = plt.get_cmap("tab10")
-            self.colours[strategy] = cmap(len(self.colours) % 10)
+            # tab20's dark shades first, then its light ones: 20 distinct colours before any repeats
+            # (the default grid alone has eleven strategies; tab10 gave two of them the same blue)
+            cmap, i = plt.get_cmap("tab20"), len(self.colours) % 20
+            self.colours[strategy] = cmap(2 * i if i < 10 else 2 * (i - 10) + 1)
         return self.colours[strategy]
 
     def save(self, fig, name: str, title: str, caption: str, data: pd.DataFrame) -> None:
