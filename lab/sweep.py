@@ -447,9 +447,10 @@ def best_by_link(df: pd.DataFrame) -> pd.DataFrame:
     """Per link: the lossless strategy (one whose output is the target's) with the lowest median (over
     runs) E2E P50, its margin over the runner-up, and edge-only's E2E beside it — edge-only is faster
     where the network is bad but answers with the draft model's quality, so it is shown, not ranked."""
-    from lab.core.strategies import make_strategy
+    from lab.core.strategies import deployable, make_strategy
 
     keys = [k for k in GRID_COLUMNS if k in df.columns]
+    df = df[df["strategy"].map(deployable)]
     df = df.assign(**{k: df[k].fillna("tokens") for k in keys if k == "payload"})
     agg = df.groupby(keys + ["strategy"], sort=False)["e2e_ms_p50"].median().reset_index()
     edge = {s for s in agg["strategy"].unique() if make_strategy(s).placement == "edge"}

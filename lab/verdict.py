@@ -159,8 +159,8 @@ def reversal(curve: pd.DataFrame, rival: str) -> Reversal:
 def curves(points: pd.DataFrame) -> pd.DataFrame:
     """Per source × rate × RTT on stable links: the winner, best split and its E2E, cloud-only's, edge-only's."""
     rows = []
-    # The oracle (hindsight K) is a bound for the claims, not a strategy anyone can deploy: not ranked.
-    ranked = stable(points)[stable(points)["strategy"] != "oracle"]
+    from lab.core.strategies import deployable
+    ranked = stable(points)[stable(points)["strategy"].map(deployable)]     # the oracle is not ranked
     for (src, rate, rtt), g in ranked.groupby(["source", "rate_mbit", "rtt_ms"], sort=True):
         pl = g["strategy"].map(placement)
         lossless = g[pl != "edge"].sort_values("e2e_ms_p50")

@@ -567,3 +567,9 @@ class Oracle:
 register("nasd", lambda p: Nasd(p))
 register("ucb-specstop", lambda p: UcbSpecStop(p))
 register("oracle", lambda p: Oracle(p))
+
+
+def deployable(spec: str) -> bool:
+    """Whether a real edge could run the strategy: the oracle knows the link in hindsight, so tables of
+    winners (sweep's best.csv, the report's verdict) rank every strategy but it; the claims compare with it."""
+    return spec.partition(":")[0] != "oracle"

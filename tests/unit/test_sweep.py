@@ -113,6 +113,14 @@ def test_best_by_link_margin():
     assert b["edge_only_e2e_ms_p50"] == 50.0
 
 
+def test_best_by_link_never_ranks_the_oracle():
+    """The oracle knows the link in hindsight: the fastest row, but no edge could deploy it."""
+    df = pd.DataFrame([{"rtt_ms": 0, "rate_mbit": 1, "jitter_ms": 0, "loss_pct": 0, "strategy": s, "e2e_ms_p50": v}
+                       for s, v in (("oracle", 90.0), ("nasd", 95.0), ("cloud-only", 200.0))])
+    b = best_by_link(df).iloc[0]
+    assert b["best"] == "nasd" and b["runner_up"] == "cloud-only"
+
+
 def test_cli_sweep_needs_one_mode_and_checks_lists(capsys, tmp_path):
     assert main(["sweep"]) == 2
     assert "exactly one of --sim" in capsys.readouterr().err
