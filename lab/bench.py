@@ -18,10 +18,10 @@ A benchmark, not a test: it prints measured figures and asserts nothing.
 """
 from __future__ import annotations
 
-import statistics
 import time
 
 from lab import usage
+from lab.models import median_ms
 from lab.prompts import load_prompts
 from lab.sim.simulator import simulate
 from lab.sweep import STRATEGIES, grid
@@ -39,13 +39,6 @@ def _tps(n_tokens: int, seconds: float) -> float:
     return n_tokens / seconds if seconds > 0 else float("nan")
 
 
-def _median_ms(fn, repeats: int = REPEATS) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def verify_costs(target, prompt_ids: list[int], ks=VERIFY_KS, repeats: int = REPEATS) -> dict:
@@ -60,8 +53,8 @@ def verify_costs(target, prompt_ids: list[int], ks=VERIFY_KS, repeats: int = REP
         s.extend(toks[:m])
         s.rollback(n)
     fwd(1)
-    decode = _median_ms(lambda: fwd(1), repeats)
-    verify = {k: _median_ms(lambda: fwd(k + 1), repeats) for k in ks}
+    decode = median_ms(lambda: fwd(1), repeats)
+    verify = {k: median_ms(lambda: fwd(k + 1), repeats) for k in ks}
     return {"t_decode_ms": decode, "t_verify_ms": verify, "ratio": {k: v / decode for k, v in verify.items()}}
 
 
@@ -79,7 +72,7 @@ def ttft_ms(target, prompt_ids: list[int], threads: int, pinned_cpu: int | None,
     if pinned_cpu is not None:
         os.sched_setaffinity(0, {pinned_cpu})
     try:
-        return _median_ms(lambda: TargetState.start(target, prompt_ids).step(0.0, np.random.default_rng(0)), repeats)
+        return median_ms(lambda: TargetState.start(target, prompt_ids).step(0.0, np.random.default_rng(0)), repeats)
     finally:
         os.sched_setaffinity(0, before_cpus)
         set_threads(before_threads)

@@ -21,6 +21,7 @@ speculate_pipelined): the edge drafts the next block while the cloud verifies.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -195,25 +196,20 @@ def _whole(lo: int, hi: int) -> Callable[[str], int]:
     return parse
 
 
-def _fraction(v: str) -> float:
-    try:
-        x = float(v)
-    except ValueError:
-        raise ValueError(f"must be a number in (0, 1], got {v!r}") from None
-    if not 0 < x <= 1:
-        raise ValueError(f"must be a number in (0, 1], got {v!r}")
-    return x
+def _in_range(lo: float, hi: float, lo_open: bool, words: str) -> Callable[[str], float]:
+    def parse(v: str) -> float:
+        try:
+            x = float(v)
+        except ValueError:
+            raise ValueError(f"must be {words}, got {v!r}") from None
+        if not ((lo < x) if lo_open else (lo <= x)) or not x <= hi:      # NaN fails both
+            raise ValueError(f"must be {words}, got {v!r}")
+        return x
+    return parse
 
 
-def _positive(v: str) -> float:
-    try:
-        x = float(v)
-    except ValueError:
-        raise ValueError(f"must be a number >= 0, got {v!r}") from None
-    if not x >= 0:
-        raise ValueError(f"must be a number >= 0, got {v!r}")
-    return x
-
+_fraction = _in_range(0.0, 1.0, True, "a number in (0, 1]")
+_positive = _in_range(0.0, math.inf, False, "a number >= 0")
 
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(v: str) -> str:
@@ -295,7 +291,6 @@ class NasdTable:
         self.source, self.provenance = source, doc.get("provenance", {})
 
     def row(self, net_ms: float) -> dict:
-        import math
         x = math.log1p(max(0.0, net_ms))
         return min(self.rows, key=lambda r: abs(math.log1p(r["network_ms"]) - x))
 
@@ -480,7 +475,6 @@ class UcbSpecStop:
         return k * (self.est.t_draft or 1.0) + self.est.verify_ms(k) + (self.d_ms or 0.0)
 
     def _index(self, k: int, bonus: bool) -> float:
-        import math
         # The arm's mean shrinks toward the geometric model at the pooled α̂ (PRIOR_SAMPLES pseudo-
         # samples): every cycle informs α̂, so an arm seen once is not judged on one draw.
         a = min(self.est.alpha, 0.999)

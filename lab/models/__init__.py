@@ -56,7 +56,8 @@ def warm_up(model: LanguageModel) -> None:
     s.extend([5, 6])
 
 
-def _median_ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int) -> float:
+    """fn's median wall time over `repeats` calls (ms): the profile's and bench's one timer."""
     import statistics
     import time
     times = []
@@ -74,15 +75,15 @@ def measure_compute(target: LanguageModel, draft: LanguageModel | None = None, p
     step and prefill share.  A second or two on a CPU; run after warm_up."""
     ids = [(i * 7919) % 1000 + 10 for i in range(prompt_tokens)]     # ordinary ids, no special tokens
     s = target.new_session()
-    prefill = _median_ms(lambda: (s.rollback(0), s.prefill(ids)), 1) / prompt_tokens
+    prefill = median_ms(lambda: (s.rollback(0), s.prefill(ids)), 1) / prompt_tokens
     v = {}
     for n in (1, 8):
-        v[n] = _median_ms(lambda: (s.extend(ids[:n]), s.rollback(prompt_tokens)), repeats)
+        v[n] = median_ms(lambda: (s.extend(ids[:n]), s.rollback(prompt_tokens)), repeats)
     b = max(0.0, (v[8] - v[1]) / 7)
     out = {"prefill_ms_per_token": prefill, "verify_a_ms": v[1] - b, "verify_b_ms": b}
     if draft is not None:
         d = draft.new_session()
-        d_prefill = _median_ms(lambda: d.prefill(ids), 1) / prompt_tokens
-        out["draft_ms"] = _median_ms(lambda: (d.extend(ids[:1]), d.rollback(prompt_tokens)), repeats)
+        d_prefill = median_ms(lambda: d.prefill(ids), 1) / prompt_tokens
+        out["draft_ms"] = median_ms(lambda: (d.extend(ids[:1]), d.rollback(prompt_tokens)), repeats)
         out["draft_prefill_share"] = d_prefill / prefill if prefill > 0 else 0.0
     return {k: round(v, 3) for k, v in out.items()}
