@@ -1,6 +1,6 @@
 """`python -m lab profile`: measure a real model pair on this machine; write a synthetic profile.
 
-What is measured, one torch thread per model as the nodes run them:
+What is measured, with the torch threads per model the nodes run with (DEFAULT_THREADS_PER_NODE):
   t_draft_ms            one draft forward of one token after a prompt (median)
   t_verify(n)           one target forward over n tokens, n in VERIFY_NS (median of repeats,
                         rolled back after each), fitted as verify_a_ms + verify_b_ms·n
