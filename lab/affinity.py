@@ -19,6 +19,19 @@ import os
 DEFAULT_THREADS_PER_NODE = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def threads_per_node(models: str, strategies) -> int:
+    """The default layout for a run.  Synthetic models compute nothing: one pinned core per node keeps
+    their per-message host cost unimodal, as validate's comparison with the simulator assumes.  A run
+    with a pipelined strategy gets disjoint cores too: there the edge drafts while the cloud verifies,
+    and on shared cores the two fight (docs/MEASUREMENTS.md: on 2 cores, wan-50ms, pipelined:3 fell to
+    2.2 tok/s shared against fixed-k:3's 5.5).  Otherwise every core per node, shared."""
+    from lab.core.strategies import make_strategy
+    overlapping = any(getattr(make_strategy(s), "pipeline_depth", 0) for s in strategies)
+    if models.startswith("synthetic"):
+        return 1
+    return max(1, DEFAULT_THREADS_PER_NODE // 2) if overlapping else DEFAULT_THREADS_PER_NODE
+
+
 def node_cpus(threads_per_node: int) -> dict[str, set[int]]:
     """{"edge": …, "cloud": …}: disjoint CPU sets when the host has room for both, else {} (no pinning)."""
     try:

@@ -42,7 +42,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lab.affinity import DEFAULT_THREADS_PER_NODE, format_cpus, node_cpus
+from lab.affinity import format_cpus, node_cpus, threads_per_node
 from lab.results import Meta, new_run_dir, read_jsonl
 from lab.scenario import TIMELINE_ALIGNMENT, Scenario
 from netns.counters import jiffy_grid_ms, kernel_hz
@@ -275,9 +275,7 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print, on_query=None) -> Pa
                     link_read_back=topo.read_back(), link_up_ms=round((time.monotonic() - t) * 1e3, 1))
         out(f"link up ({topo.backend_name}, TCP {topo.congestion_control}): {sc.link.describe()}")
 
-        # Synthetic models compute nothing: one pinned core per node keeps their per-message host cost
-        # unimodal (lab/affinity.py), as validate's comparison with the simulator assumes.
-        threads = opts.threads_per_node or (1 if opts.models.startswith("synthetic") else DEFAULT_THREADS_PER_NODE)
+        threads = opts.threads_per_node or threads_per_node(opts.models, strategies)     # lab/affinity.py says why
         node_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
         if opts.omp_wait_policy:
             node_env["OMP_WAIT_POLICY"] = opts.omp_wait_policy

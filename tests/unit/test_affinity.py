@@ -30,3 +30,13 @@ def test_pin_sets_this_process_affinity(monkeypatch):
     affinity.pin(None)
     affinity.pin("1")
     assert calls == [(0, {1})]
+
+
+def test_default_layout_gives_pipelined_runs_their_own_cores(monkeypatch):
+    """Sequential strategies share every core; a run where edge and cloud compute at once (pipelined)
+    gets half the cores per node, so node_cpus can pin them apart; synthetic runs one pinned core."""
+    from lab import affinity
+    monkeypatch.setattr(affinity, "DEFAULT_THREADS_PER_NODE", 4)
+    assert affinity.threads_per_node("embedded", ["cloud-only", "fixed-k:3"]) == 4
+    assert affinity.threads_per_node("embedded", ["fixed-k:3", "pipelined:3"]) == 2
+    assert affinity.threads_per_node("synthetic:fast", ["pipelined:3"]) == 1
