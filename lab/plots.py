@@ -4,7 +4,6 @@ on every axis.  Each figure also writes <name>.csv — exactly the points drawn,
 naming the summary.csv lines (file:line) each rests on."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -14,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from lab.results import read_jsonl  # noqa: E402
 from lab.verdict import placement, stable  # noqa: E402
 
 SOURCE_STYLE = {"lab": dict(linestyle="-", marker="o"), "sim": dict(linestyle="--", marker="s"),
@@ -168,11 +168,8 @@ def adaptive_traces(figs: Figures, rows: pd.DataFrame, limit: int = 3) -> None:
     for _, r in rows.drop_duplicates(["source", "strategy", "rtt_ms", "rate_mbit"]).iterrows():
         if placement(r["strategy"]) != "split" or r.get("strategy", "").startswith("fixed-k"):
             continue
-        q = Path(r["folder"]) / str(r["run_dir"]) / "queries.jsonl"
-        if not q.exists():
-            continue
-        for line in q.read_text().splitlines():
-            rec = json.loads(line)
+        # read_jsonl: a missing file has no records, and an interrupted run's torn last record is skipped
+        for rec in read_jsonl(Path(r["folder"]) / str(r["run_dir"]) / "queries.jsonl"):
             if rec.get("strategy") == r["strategy"] and not rec.get("warmup") and len(set(rec.get("k_per_cycle", []))) > 1:
                 picked.append((r, rec))
                 break
