@@ -374,7 +374,7 @@ def cmd_profile(args) -> int:
                          "a synthetic pair already is a profile")
     try:
         return profile_main(args.models, args.out, args.max_new_tokens, args.prompts, args.dtype, args.limit,
-                            replace_shipped=args.replace_shipped)
+                            replace_shipped=args.replace_shipped, acceptance_only=args.acceptance_only)
     except ModelError as e:
         raise UsageError(str(e)) from None
 
@@ -624,8 +624,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--replace-shipped", action="store_true",
                      help="overwrite the tracked lab/models/profiles/embedded-cpu.yaml (measured.yaml for a HF pair)")
     # two tokens at least: the draft's time per token is measured on the tokens after the first
-    p.add_argument("--max-new-tokens", type=usage.whole(2), default=32,
-                   help="greedy tokens per prompt for α and the trace")
+    p.add_argument("--max-new-tokens", type=usage.whole(2), default=48,
+                   help="greedy tokens per prompt for α and the traces (default 48, a scenario's default query)")
+    p.add_argument("--acceptance-only", action="store_true",
+                   help="measure the agreement alone (α, trace, per-prompt agreement) into the existing profile, "
+                        "keeping its compute times")
     p.add_argument("--prompts", type=usage.prompts_file, help="JSONL file of {\"id\", \"prompt\"} (default: the built-in set)")
     p.add_argument("--limit", type=count, help="use only the first N prompts")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",

@@ -10,6 +10,13 @@ What is measured, with the torch threads per model the nodes run with (DEFAULT_T
                         greedy continuation of every prompt (teacher-forced): alpha is the
                         agreeing fraction, trace the runs of agreement (lab.models.synthetic
                         reads a trace as "n0 agreeing positions, one disagreeing, n1, …")
+  prompt_agreement      the same agreement per prompt, position by position, so a synthetic run
+                        (or the simulator) on these prompts accepts what the real pair accepts on
+                        each of them, not the pooled pattern
+
+`--acceptance-only` measures the agreement alone and writes it into an existing profile, keeping
+its compute times: agreement depends on the pair, the dtype and the prompts, not on how busy the
+host is, so it can be re-measured (say, for longer continuations) without re-timing.
 
 The profile written reproduces the pair in the synthetic models and the
 simulator: the same compute times, and (with the trace) the same acceptance
@@ -61,9 +68,13 @@ def agreement_trace(agree: list[bool]) -> list[int]:
 
 
 def measure_pair(draft, target, prompts: list[dict], max_new_tokens: int,
-                 out: Callable[[str], None] = print) -> dict:
-    """Everything the profile needs, measured; plus the raw figures for the record."""
+                 out: Callable[[str], None] = print, timing: bool = True) -> dict:
+    """Everything the profile needs, measured; plus the raw figures for the record.  timing=False:
+    the agreement only (alpha, trace, prompt_agreement), no t_verify repeats."""
+    from lab.models.synthetic import encode_words, prompt_key
+
     prefill_t, prefill_d, t_draft, agree, trace = [], [], [], [], []
+    per_prompt: dict[str, str] = {}
     verify: dict[int, list[float]] = {n: [] for n in VERIFY_NS}
     for i, p in enumerate(prompts, 1):
         ids = target.encode_prompt(p["prompt"])
@@ -76,7 +87,7 @@ def measure_pair(draft, target, prompts: list[dict], max_new_tokens: int,
             cont.append(int(np.argmax(s.extend([cont[-1]])[-1])))
         # t_verify(n): n tokens of the continuation after the prompt, rolled back each time.
         s.rollback(len(ids))
-        for n in VERIFY_NS:
+        for n in VERIFY_NS if timing else ():
             for _ in range(REPEATS):
                 ms, _ = _ms(lambda: s.extend((cont * (n // len(cont) + 1))[:n]))
                 verify[n].append(ms)
@@ -90,17 +101,22 @@ def measure_pair(draft, target, prompts: list[dict], max_new_tokens: int,
             ms, lg = _ms(lambda: d.extend([tok]))
             t_draft.append(ms)
             preds.append(int(np.argmax(lg[-1])))
-        agree += [a == b for a, b in zip(preds, cont)]
-        trace += agreement_trace([a == b for a, b in zip(preds, cont)])
+        mine = [a == b for a, b in zip(preds, cont)]
+        agree += mine
+        trace += agreement_trace(mine)
+        # Keyed as a synthetic session on the same prompt text will key it (lab.models.synthetic).
+        per_prompt[prompt_key(encode_words(p["prompt"], int(target.vocab_size)))] = "".join("01"[a] for a in mine)
         out(f"  [{i}/{len(prompts)}] {p['id']:14s} prompt {len(ids)} tokens, agreement "
-            f"{sum(a == b for a, b in zip(preds, cont))}/{len(cont)}")
-    ns = sorted(verify)
-    med = [statistics.median(verify[n]) for n in ns]
-    a, b = fit_line(ns, med)
-    return {"t_draft_ms": statistics.median(t_draft), "verify_a_ms": a, "verify_b_ms": b,
-            "prefill_ms_per_token": statistics.median(prefill_t), "alpha": float(np.mean(agree)),
-            "trace": trace, "verify_ms_by_n": dict(zip(ns, med)),
-            "draft_prefill_ms_per_token": statistics.median(prefill_d), "positions": len(agree)}
+            f"{sum(mine)}/{len(cont)}")
+    m = {"alpha": float(np.mean(agree)), "trace": trace, "prompt_agreement": per_prompt,
+         "t_draft_ms": statistics.median(t_draft), "prefill_ms_per_token": statistics.median(prefill_t),
+         "draft_prefill_ms_per_token": statistics.median(prefill_d), "positions": len(agree)}
+    if timing:
+        ns = sorted(verify)
+        med = [statistics.median(verify[n]) for n in ns]
+        a, b = fit_line(ns, med)
+        m.update(verify_a_ms=a, verify_b_ms=b, verify_ms_by_n=dict(zip(ns, med)))
+    return m
 
 
 def profile_path(kind: str, out_path: str | None = None, replace_shipped: bool = False,
@@ -123,10 +139,11 @@ def profile_path(kind: str, out_path: str | None = None, replace_shipped: bool =
     return path
 
 
-def profile_main(models: str = "embedded", out_path: str | None = None, max_new_tokens: int = 32,
+def profile_main(models: str = "embedded", out_path: str | None = None, max_new_tokens: int = 48,
                  prompts_file: str | None = None, dtype: str = "auto", limit: int | None = None,
                  out: Callable[[str], None] = print, replace_shipped: bool = False,
-                 results_base: Path | None = None, threads: int | None = None) -> int:
+                 results_base: Path | None = None, threads: int | None = None,
+                 acceptance_only: bool = False) -> int:
     from lab.affinity import DEFAULT_THREADS_PER_NODE
     from lab.models import warm_up
     from lab.models.select import load_role, parse_models, prepare
@@ -142,39 +159,56 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
         out("error: profile measures a real pair (embedded or DRAFT_ID,TARGET_ID); a synthetic pair "
             "already is a profile")
         return 2
+    path = profile_path(kind, out_path, replace_shipped, results_base, models, dtype)
+    if acceptance_only and not path.is_file():
+        out(f"error: --acceptance-only updates an existing profile and there is none at {path}: run "
+            f"`python -m lab profile` first (or name one with --out)")
+        return 2
     prepare(models, dtype=dtype)
     prompts = load_prompts(prompts_file)[:limit] if limit else load_prompts(prompts_file)
     t0 = time.monotonic()
     threads = threads or DEFAULT_THREADS_PER_NODE
+    what = "agreement only" if acceptance_only else f"t_verify(n) for n in {', '.join(map(str, VERIFY_NS))}"
     out(f"profile: {models} ({dtype}, {threads} torch thread(s) per model, as the nodes run), {len(prompts)} prompts × "
-        f"{max_new_tokens} tokens; t_verify(n) for n in {', '.join(map(str, VERIFY_NS))}")
+        f"{max_new_tokens} tokens; {what}")
     draft = load_role(models, "draft", dtype=dtype, threads=threads)
     target = load_role(models, "target", dtype=dtype, threads=threads)
     warm_up(draft)
     warm_up(target)
-    m = measure_pair(draft, target, prompts, max_new_tokens, out)
-    vocab = int(target.vocab_size)
-    prof = Profile(t_draft_ms=round(m["t_draft_ms"], 2), verify_a_ms=round(m["verify_a_ms"], 2),
-                   verify_b_ms=round(m["verify_b_ms"], 3), prefill_ms_per_token=round(m["prefill_ms_per_token"], 3),
-                   alpha=round(m["alpha"], 4), vocab=vocab, trace=tuple(m["trace"]) or None)
-    out("\nt_verify(n), measured vs the fit a + b·n:")
-    for n, ms in m["verify_ms_by_n"].items():
-        fit = prof.verify_ms(n)
-        out(f"  n={n:2d}  {ms:7.1f} ms   fit {fit:7.1f} ms   residual {ms - fit:+6.1f} ms")
-    out(f"t_draft {prof.t_draft_ms:.1f} ms/token; prefill {prof.prefill_ms_per_token:.2f} ms/token (target), "
-        f"{m['draft_prefill_ms_per_token']:.2f} (draft); alpha {prof.alpha:.3f} over {m['positions']} positions "
-        f"(trace of {len(prof.trace or ())} runs)")
-    path = profile_path(kind, out_path, replace_shipped, results_base, models, dtype)
-    provenance = {"measured_by": "python -m lab profile", "models": models, "dtype": dtype, "threads_per_model": threads,
-                  "host": platform.node(), "cpu": platform.processor() or platform.machine(),
-                  "cpu_model": cpu.describe()["cpu_model"], "cpu_flags": cpu.describe()["cpu_flags"],
-                  "isa_cap": cpu.isa_cap(), "torch_capability": cpu.torch_capability(),
-                  "host_key": cpu.host_key(dtype),
-                  "date": time.strftime("%Y-%m-%d %H:%M %Z"), "prompts": prompts_file or "built-in",
-                  "max_new_tokens": max_new_tokens,
-                  "verify_ms_by_n": {int(n): round(v, 2) for n, v in m["verify_ms_by_n"].items()},
-                  "draft_prefill_ms_per_token": round(m["draft_prefill_ms_per_token"], 3),
-                  "target_token_ms": round(prof.verify_ms(1), 2)}
+    m = measure_pair(draft, target, prompts, max_new_tokens, out, timing=not acceptance_only)
+    acceptance = {"alpha": round(m["alpha"], 4), "trace": tuple(m["trace"]) or None,
+                  "prompt_agreement": tuple(m["prompt_agreement"].items()) or None}
+    measured = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "prompts": prompts_file or "built-in",
+                "max_new_tokens": max_new_tokens}
+    if acceptance_only:
+        import yaml
+        prof = replace(load_profile(str(path)), **acceptance)
+        provenance = (yaml.safe_load(path.read_text()) or {}).get("provenance") or {}
+        provenance["acceptance"] = {"measured_by": "python -m lab profile --acceptance-only", "dtype": dtype,
+                                    **measured}
+        out(f"alpha {prof.alpha:.3f} over {m['positions']} positions (trace of {len(prof.trace or ())} runs, "
+            f"{len(m['prompt_agreement'])} prompts); compute times kept from {path}")
+    else:
+        prof = Profile(t_draft_ms=round(m["t_draft_ms"], 2), verify_a_ms=round(m["verify_a_ms"], 2),
+                       verify_b_ms=round(m["verify_b_ms"], 3),
+                       prefill_ms_per_token=round(m["prefill_ms_per_token"], 3),
+                       vocab=int(target.vocab_size), **acceptance)
+        out("\nt_verify(n), measured vs the fit a + b·n:")
+        for n, ms in m["verify_ms_by_n"].items():
+            fit = prof.verify_ms(n)
+            out(f"  n={n:2d}  {ms:7.1f} ms   fit {fit:7.1f} ms   residual {ms - fit:+6.1f} ms")
+        out(f"t_draft {prof.t_draft_ms:.1f} ms/token; prefill {prof.prefill_ms_per_token:.2f} ms/token (target), "
+            f"{m['draft_prefill_ms_per_token']:.2f} (draft); alpha {prof.alpha:.3f} over {m['positions']} positions "
+            f"(trace of {len(prof.trace or ())} runs)")
+        provenance = {"measured_by": "python -m lab profile", "models": models, "dtype": dtype,
+                      "threads_per_model": threads,
+                      "host": platform.node(), "cpu": platform.processor() or platform.machine(),
+                      "cpu_model": cpu.describe()["cpu_model"], "cpu_flags": cpu.describe()["cpu_flags"],
+                      "isa_cap": cpu.isa_cap(), "torch_capability": cpu.torch_capability(),
+                      "host_key": cpu.host_key(dtype), **measured,
+                      "verify_ms_by_n": {int(n): round(v, 2) for n, v in m["verify_ms_by_n"].items()},
+                      "draft_prefill_ms_per_token": round(m["draft_prefill_ms_per_token"], 3),
+                      "target_token_ms": round(prof.verify_ms(1), 2)}
     save_profile(prof, path, provenance)
     back = load_profile(str(path))
     if replace(back, name="custom", source="") != replace(prof, name="custom", source=""):

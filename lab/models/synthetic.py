@@ -21,9 +21,12 @@ Logits put 10.0 on the chosen token and 0 elsewhere, so at temperature 0 the
 loop sees exactly this; at T > 0 the distributions are soft and acceptance
 differs from α (not calibrated for sampling).
 
+  * per prompt: a profile measured on named prompts (`lab profile`) carries
+    each prompt's own agreement string; a session whose prompt is one of them
+    follows it (its position i agrees iff digit i is 1), then the rule above.
 Profile (YAML): t_draft_ms (one draft forward, any length), verify_a_ms +
 verify_b_ms·n (one target forward over n tokens), prefill_ms_per_token
-(both models), alpha or trace, vocab, seed.
+(both models), alpha or trace, prompt_agreement, vocab, seed.
 """
 from __future__ import annotations
 
@@ -67,6 +70,11 @@ class Profile:
     vocab: int = 1000
     seed: int = 0
     trace: tuple[int, ...] | None = None       # accept counts; overrides alpha when given
+    # Per prompt (prompt_key of its synthetic encoding → "1101…", one digit per generated position:
+    # does the draft agree with the target there?).  A query on a profiled prompt replays its own
+    # agreement, as the real pair would on that prompt; elsewhere (and past the measured positions)
+    # the trace or alpha decides.
+    prompt_agreement: tuple[tuple[str, str], ...] | None = None
     name: str = "custom"
     source: str = ""
 
@@ -96,6 +104,10 @@ def load_profile(name_or_path: str | None) -> Profile:
         if not isinstance(doc["trace"], list):
             raise ModelError(f"{p}: trace must be a list of accept counts")
         doc["trace"] = tuple(doc["trace"])
+    if doc.get("prompt_agreement") is not None:
+        if not isinstance(doc["prompt_agreement"], dict):
+            raise ModelError(f"{p}: prompt_agreement must be a mapping of prompt key to a string of 0/1")
+        doc["prompt_agreement"] = tuple((str(k), str(v)) for k, v in doc["prompt_agreement"].items())
     try:
         prof = Profile(**{"name": p.stem, "source": str(p), **doc})
     except TypeError as e:
@@ -120,6 +132,9 @@ def check_profile(prof: Profile) -> str | None:
         return f"seed must be an integer, got {prof.seed!r}"
     if prof.trace is not None and (not prof.trace or not all(isinstance(n, int) and n >= 0 for n in prof.trace)):
         return "trace must be a non-empty list of accept counts (integers >= 0)"
+    for key, bits in prof.prompt_agreement or ():
+        if not bits or set(bits) - {"0", "1"}:
+            return f"prompt_agreement[{key}] must be a non-empty string of 0 and 1, got {bits!r}"
     return None
 
 
@@ -137,6 +152,10 @@ def save_profile(profile: Profile, path: Path, provenance: dict | None = None) -
         del d["trace"]
     else:
         d["trace"] = list(d["trace"])
+    if d["prompt_agreement"] is None:
+        del d["prompt_agreement"]
+    else:
+        d["prompt_agreement"] = dict(d["prompt_agreement"])
     if provenance:
         d["provenance"] = provenance
     Path(path).write_text(yaml.safe_dump(d, sort_keys=False))
@@ -158,6 +177,18 @@ def _h(seed: int, pos: int, salt: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{pos}:{salt}".encode(), digest_size=8).digest(), "big")
 
 
+def encode_words(prompt: str, vocab: int) -> list[int]:
+    """A synthetic model's prompt encoding: a start token, then one id per word (no chat template)."""
+    words = prompt.split() or ["<empty>"]
+    return [1] + [_h(0, i, w) % vocab for i, w in enumerate(words)]
+
+
+def prompt_key(token_ids) -> str:
+    """A prompt's identity in prompt_agreement: a hash of its synthetic encoding, which the edge, the
+    cloud and the simulator each compute from what they have (the ids, or the text via encode_words)."""
+    return hashlib.blake2b(",".join(map(str, token_ids)).encode(), digest_size=6).hexdigest()
+
+
 def _trace_bits(trace: tuple[int, ...]) -> tuple[bool, ...]:
     """[2, 0, 3] → agree agree DISAGREE | DISAGREE | agree agree agree DISAGREE."""
     bits: list[bool] = []
@@ -173,6 +204,7 @@ class SyntheticSession:
         self.m = model
         self.length = 0
         self.origin = 0                   # prompt length: generated positions count from here (traces)
+        self.key = ""                     # prompt_key of the prompt (per-prompt agreement)
         self.compute_ms = 0.0             # wall time spent in this session's forwards, as measured
         self.last_compute_ms = 0.0        # … in the last call
 
@@ -182,7 +214,7 @@ class SyntheticSession:
 
     def _logits(self, pos: int) -> np.ndarray:
         row = np.zeros(self.m.vocab_size, dtype=np.float32)
-        row[self.m.token_at(pos, self.origin)] = PEAK_LOGIT
+        row[self.m.token_at(pos, self.origin, self.key)] = PEAK_LOGIT
         return row
 
     def prefill(self, token_ids: list[int]) -> np.ndarray:
@@ -192,6 +224,7 @@ class SyntheticSession:
             raise ModelError("prefill needs at least one token")
         self._spend(self.m.profile.prefill_ms_per_token * len(token_ids))
         self.length = self.origin = len(token_ids)
+        self.key = prompt_key(token_ids) if self.m.per_prompt else ""
         return self._logits(self.length)
 
     def extend(self, token_ids: list[int]) -> np.ndarray:
@@ -223,20 +256,25 @@ class SyntheticModel:
         self.tokenizer_hash = f"synthetic-vocab-{profile.vocab}"
         self.eos_token_ids: tuple[int, ...] = ()
         self._bits = _trace_bits(profile.trace) if profile.trace else None
+        self.per_prompt = {k: tuple(c == "1" for c in v) for k, v in profile.prompt_agreement or ()}
 
     def forward_ms(self, n: int) -> float:
         """The compute time one extend() of n tokens takes (and reports)."""
         return self.profile.t_draft_ms if self.role == "draft" else self.profile.verify_ms(n)
 
-    def agrees(self, pos: int, origin: int = 0) -> bool:
-        """Does the draft propose the target's token at sequence position pos (prompt length origin)?"""
+    def agrees(self, pos: int, origin: int = 0, key: str = "") -> bool:
+        """Does the draft propose the target's token at sequence position pos (prompt length origin,
+        prompt_key key)?"""
+        own = self.per_prompt.get(key)
+        if own is not None and 0 <= pos - origin < len(own):
+            return own[pos - origin]
         if self._bits is not None:
             return self._bits[(pos - origin) % len(self._bits)]
         return (_h(self.profile.seed, pos, "accept") % 1_000_000) / 1_000_000 < self.profile.alpha
 
-    def token_at(self, pos: int, origin: int = 0) -> int:
+    def token_at(self, pos: int, origin: int = 0, key: str = "") -> int:
         true = _h(self.profile.seed, pos, "token") % self.vocab_size
-        if self.role == "target" or self.agrees(pos, origin):
+        if self.role == "target" or self.agrees(pos, origin, key):
             return true
         return (true + 1) % self.vocab_size
 
@@ -245,8 +283,7 @@ class SyntheticModel:
 
     def encode_prompt(self, prompt: str, template: str = "chat") -> list[int]:
         # No chat template to apply: raw and chat prompts encode alike.
-        words = prompt.split() or ["<empty>"]
-        return [1] + [_h(0, i, w) % self.vocab_size for i, w in enumerate(words)]
+        return encode_words(prompt, self.vocab_size)
 
     def decode(self, token_ids: list[int]) -> str:
         return " ".join(f"<{t}>" for t in token_ids)
@@ -255,6 +292,8 @@ class SyntheticModel:
         d = {"model_id": self.model_id, **asdict(self.profile)}
         if d["trace"] is not None:
             d["trace"] = list(d["trace"])
+        if d["prompt_agreement"] is not None:
+            d["prompt_agreement"] = dict(d["prompt_agreement"])
         return d
 
 

@@ -105,15 +105,16 @@ class SyntheticAcceptance:
     """lab.models.synthetic's own rule (SyntheticModel.agrees): whether the draft proposes the
     target's token at a sequence position; the draft session's origin is the prompt length."""
 
-    def __init__(self, profile, prompt_len: int):
-        from lab.models.synthetic import SyntheticModel
-        self.draft, self.origin = SyntheticModel("draft", profile), prompt_len
+    def __init__(self, profile, prompt: str):
+        from lab.models.synthetic import SyntheticModel, encode_words, prompt_key
+        ids = encode_words(prompt, profile.vocab)      # what a synthetic edge would prefill
+        self.draft, self.origin, self.key = SyntheticModel("draft", profile), len(ids), prompt_key(ids)
         self.cache: dict[int, bool] = {}
 
     def hit(self, pos: int) -> bool:
         h = self.cache.get(pos)
         if h is None:
-            h = self.cache[pos] = bool(self.draft.agrees(pos, self.origin))
+            h = self.cache[pos] = bool(self.draft.agrees(pos, self.origin, self.key))
         return h
 
     def accepted(self, k: int, position: int) -> int:
@@ -200,9 +201,9 @@ class _Run:
         _, done = self._cloud(self._arrive(h), 0.0)
         self._submit(done, "down", self.sizes.end_ok(mid, qid).wire)
 
-    def acceptance(self, strategy_name: str, index: int, prompt_len: int):
+    def acceptance(self, strategy_name: str, index: int, prompt: str):
         if self.acceptance_mode == "synthetic":
-            return SyntheticAcceptance(self.synthetic_profile, prompt_len)
+            return SyntheticAcceptance(self.synthetic_profile, prompt)
         return IidAcceptance(self.p.alpha, random.Random(f"{self.seed}:{strategy_name}:{index}"))
 
     # -------------------------------------------------------------- one query
@@ -220,7 +221,7 @@ class _Run:
         before = self.link.stats()
         log = QueryLog(self.now, strategy.placement)
         query = _SimQuery(self, f"{strategy.name}/{index}/{SIM_QID_SUFFIX}", L, seed,
-                          self.acceptance(strategy.name, index, L))
+                          self.acceptance(strategy.name, index, prompt["prompt"]))
         try:
             run_query(strategy, query, log, max_new, SYNTHETIC_EOS)
         except StrategyError as e:
@@ -537,8 +538,9 @@ class _SimColocated:
 
 
 def _prompt_tokens(prompt: str) -> int:
-    """Prompt length as lab.models.synthetic encodes it: a start token plus one per word."""
-    return 1 + len(prompt.split() or ["<empty>"])
+    """Prompt length as lab.models.synthetic encodes it (a start token plus one per word)."""
+    from lab.models.synthetic import encode_words
+    return len(encode_words(prompt, 2))
 
 
 def _link_changes(sc: Scenario, start_ms: float = 0.0):

@@ -108,3 +108,35 @@ def test_profile_goes_to_this_hosts_cache_and_sim_uses_it(pair, shipped, monkeyp
     assert name == str(path) and "this host's" in which
     assert resolve_profile("fast") == ("fast", "profile fast")
     assert not host_profile_path("embedded", "bfloat16").exists()     # the dtype is part of the key
+
+
+def test_measure_pair_keeps_each_prompts_agreement_keyed_as_a_synthetic_session_keys_it(pair):
+    from lab.models.synthetic import encode_words, prompt_key
+    draft, target, _ = pair
+    m = measure_pair(draft, target, PROMPTS, max_new_tokens=16, out=lambda s: None, timing=False)
+    assert "verify_a_ms" not in m                   # timing=False: no verify repeats
+    want = "11001110" * 2                          # T T F | F | T T T F, from the first generated position
+    assert m["prompt_agreement"] == {prompt_key(encode_words(p["prompt"], 500)): want for p in PROMPTS}
+
+
+def test_acceptance_only_rewrites_the_agreement_and_keeps_the_compute_times(pair, monkeypatch, tmp_path):
+    import yaml
+
+    from lab.models.synthetic import load_profile
+    timed = Profile(t_draft_ms=77.0, verify_a_ms=123.0, verify_b_ms=4.0, prefill_ms_per_token=9.0, alpha=0.1,
+                    vocab=500, trace=(0,))
+    path = tmp_path / "host.yaml"
+    save_profile(timed, path, {"measured_by": "python -m lab profile", "date": "then"})
+    rc, lines = _profile_run(pair, monkeypatch, tmp_path, out_path=str(path), acceptance_only=True)
+    assert rc == 0, lines
+    got = load_profile(str(path))
+    assert (got.t_draft_ms, got.verify_a_ms, got.verify_b_ms, got.prefill_ms_per_token) == (77.0, 123.0, 4.0, 9.0)
+    assert got.trace == (2, 0, 3) and got.alpha == pytest.approx(5 / 8)     # 8 tokens: T T F F T T T F
+    assert list(dict(got.prompt_agreement).values()) == ["11001110"]        # limit=1: one prompt
+    prov = yaml.safe_load(path.read_text())["provenance"]
+    assert prov["date"] == "then" and prov["acceptance"]["max_new_tokens"] == 8
+
+
+def test_acceptance_only_needs_a_profile_to_update(pair, monkeypatch, tmp_path):
+    rc, lines = _profile_run(pair, monkeypatch, tmp_path, out_path=str(tmp_path / "none.yaml"), acceptance_only=True)
+    assert rc == 2 and "none.yaml" in lines[-1] and "python -m lab profile" in lines[-1]

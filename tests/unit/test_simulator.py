@@ -162,6 +162,25 @@ def test_synthetic_acceptance_equals_the_synthetic_models():
     assert rec["accepted_per_cycle"] == gen.accepted and rec["k_per_cycle"] == gen.drafted
 
 
+def test_the_simulator_replays_each_prompts_own_agreement():
+    """A profile measured per prompt: query i on prompt i accepts what the synthetic models accept on
+    that prompt (and so what the real pair accepted on it), not one pooled pattern for every query."""
+    from lab.models.synthetic import encode_words, prompt_key
+    from lab.prompts import load_prompts
+    texts = [p["prompt"] for p in load_prompts(None)[:2]]
+    digits = ["1111111101", "0010010010"]
+    prof = Profile(t_draft_ms=0, verify_a_ms=0, verify_b_ms=0, prefill_ms_per_token=0, alpha=0.7, seed=3,
+                   vocab=1000, trace=(1, 0), name="pp",
+                   prompt_agreement=tuple((prompt_key(encode_words(t, 1000)), d) for t, d in zip(texts, digits)))
+    sc = scenario({"delay_ms": 5}, workload={"max_new_tokens": 24, "warmup_queries": 0})
+    recs = run(sc, ["fixed-k:4"], profile=prof, queries=2)
+    d, t = SyntheticModel("draft", prof), SyntheticModel("target", prof)
+    for rec, text in zip(recs, texts):
+        gen = speculative_generate(d, t, d.encode_prompt(text), 24, k_fn=lambda: 4)
+        assert rec["accepted_per_cycle"] == gen.accepted
+    assert recs[0]["accepted_per_cycle"][:3] == [4, 3, 1] and recs[1]["accepted_per_cycle"][:3] == [0, 0, 1]
+
+
 def test_synthetic_acceptance_needs_a_synthetic_profile():
     with pytest.raises(SimError, match="synthetic"):
         run(scenario({}), ["fixed-k:3"], acceptance="synthetic")

@@ -91,6 +91,31 @@ def test_trace_driven_acceptance_is_replayed():
     assert max(g3.accepted) == 3 and 0 in g3.accepted
 
 
+def test_a_profiled_prompt_replays_its_own_agreement_then_the_trace(tmp_path):
+    """prompt_agreement: a session on a profiled prompt follows that prompt's digits from its first
+    generated position; past them, and on any other prompt, the trace decides."""
+    from lab.models.synthetic import encode_words, prompt_key
+    ids = encode_words("write a function", 50)
+    prof = Profile(t_draft_ms=0, verify_a_ms=0, verify_b_ms=0, prefill_ms_per_token=0, alpha=0.5, vocab=50,
+                   trace=(0,), prompt_agreement=((prompt_key(ids), "1111011"),))
+    path = tmp_path / "pp.yaml"
+    save_profile(prof, path)
+    back = load_profile(str(path))
+    assert back == prof.__class__(**{**prof.__dict__, "name": "pp", "source": str(path)})
+    d, t = SyntheticModel("draft", back), SyntheticModel("target", back)
+    g = speculative_generate(d, t, ids, 12, k_fn=lambda: 6)
+    # 1111 0 11 then the trace (0,) = always disagree: cycles accept 4, then 2 (6 drafted, the 3rd
+    # past the digits disagrees), then 0 …
+    assert g.accepted[:3] == [4, 2, 0]
+    other = speculative_generate(d, t, encode_words("something else", 50), 12, k_fn=lambda: 6)
+    assert set(other.accepted) == {0}
+    p = tmp_path / "bad.yaml"
+    p.write_text("t_draft_ms: 1\nverify_a_ms: 1\nverify_b_ms: 1\nprefill_ms_per_token: 1\nalpha: 0.5\n"
+                 "prompt_agreement: {abc: '10x'}\n")
+    with pytest.raises(ModelError, match=r"prompt_agreement\[abc\]"):
+        load_profile(str(p))
+
+
 def test_lossless_and_deterministic_by_seed():
     d, t = _pair()
     prompt = t.encode_prompt("a b c")
