@@ -446,29 +446,19 @@ def _point_errors() -> tuple:
 def best_by_link(df: pd.DataFrame) -> pd.DataFrame:
     """Per link: the lossless strategy (one whose output is the target's) with the lowest median (over
     runs) E2E P50, its margin over the runner-up, and edge-only's E2E beside it — edge-only is faster
-    where the network is bad but answers with the draft model's quality, so it is shown, not ranked."""
-    from lab.core.strategies import deployable, make_strategy
+    where the network is bad but answers with the draft model's quality, so it is shown, not ranked.
+    The ranking is the report's (lab/verdict.py rank_link)."""
+    from lab.verdict import rank_link
 
     keys = [k for k in GRID_COLUMNS if k in df.columns]
-    df = df[df["strategy"].map(deployable)]
     df = df.assign(**{k: df[k].fillna("tokens") for k in keys if k == "payload"})
     agg = df.groupby(keys + ["strategy"], sort=False)["e2e_ms_p50"].median().reset_index()
-    edge = {s for s in agg["strategy"].unique() if make_strategy(s).placement == "edge"}
     rows = []
     for link, g in agg.groupby(keys, sort=False):
-        link = link if isinstance(link, tuple) else (link,)
-        ranked = g[~g["strategy"].isin(edge)].sort_values("e2e_ms_p50")
-        e = g[g["strategy"].isin(edge)]["e2e_ms_p50"]
-        row = {**dict(zip(keys, link)), "best": None, "e2e_ms_p50": float("nan"), "runner_up": None,
-               "margin_pct": float("nan"), "edge_only_e2e_ms_p50": float(e.min()) if len(e) else float("nan")}
-        if len(ranked):
-            first = ranked.iloc[0]
-            row.update(best=first["strategy"], e2e_ms_p50=first["e2e_ms_p50"])
-            if len(ranked) > 1:
-                second = ranked.iloc[1]
-                row.update(runner_up=second["strategy"],
-                           margin_pct=100 * (second["e2e_ms_p50"] - first["e2e_ms_p50"]) / first["e2e_ms_p50"])
-        rows.append(row)
+        r = rank_link(g)
+        rows.append({**dict(zip(keys, link if isinstance(link, tuple) else (link,))),
+                     "best": r["winner"], "e2e_ms_p50": r["winner_e2e_ms"], "runner_up": r["runner_up"],
+                     "margin_pct": r["margin_pct"], "edge_only_e2e_ms_p50": r["edge"]})
     return pd.DataFrame(rows)
 
 

@@ -156,24 +156,38 @@ def reversal(curve: pd.DataFrame, rival: str) -> Reversal:
     return Reversal(float(rtt[-1]), None, None)
 
 
+def rank_link(g: pd.DataFrame) -> dict:
+    """One link's rows (strategy, e2e_ms_p50; one per strategy): the fastest lossless strategy and the
+    runner-up with its margin, the best split strategy, cloud-only's and edge-only's E2E.  The one
+    ranking of the sweep's best.csv and of the report's verdict; the oracle is never ranked."""
+    from lab.core.strategies import deployable
+    g = g[g["strategy"].map(deployable)]
+    pl = g["strategy"].map(placement)
+    lossless = g[pl != "edge"].sort_values("e2e_ms_p50", kind="stable")
+    split = g[pl == "split"].sort_values("e2e_ms_p50", kind="stable")
+    cloud, edge = g[g["strategy"] == "cloud-only"]["e2e_ms_p50"], g[pl == "edge"]["e2e_ms_p50"]
+    first = lossless.iloc[0] if len(lossless) else None
+    second = lossless.iloc[1] if len(lossless) > 1 else None
+    return {"winner": first["strategy"] if first is not None else None,
+            "winner_e2e_ms": float(first["e2e_ms_p50"]) if first is not None else math.nan,
+            "runner_up": second["strategy"] if second is not None else None,
+            "margin_pct": (100 * (second["e2e_ms_p50"] - first["e2e_ms_p50"]) / first["e2e_ms_p50"]
+                           if second is not None else math.nan),
+            "best_split": split.iloc[0]["strategy"] if len(split) else None,
+            "split": float(split.iloc[0]["e2e_ms_p50"]) if len(split) else math.nan,
+            "cloud": float(cloud.min()) if len(cloud) else math.nan,
+            "edge": float(edge.min()) if len(edge) else math.nan}
+
+
 def curves(points: pd.DataFrame) -> pd.DataFrame:
     """Per source × rate × RTT on stable links: the winner, best split and its E2E, cloud-only's, edge-only's."""
-    rows = []
     from lab.core.strategies import deployable
-    ranked = stable(points)[stable(points)["strategy"].map(deployable)]     # the oracle is not ranked
+    ranked = stable(points)[stable(points)["strategy"].map(deployable)]     # rows the ranking rests on
+    rows = []
     for (src, rate, rtt), g in ranked.groupby(["source", "rate_mbit", "rtt_ms"], sort=True):
-        pl = g["strategy"].map(placement)
-        lossless = g[pl != "edge"].sort_values("e2e_ms_p50")
-        split = g[pl == "split"].sort_values("e2e_ms_p50")
-        cloud = g[g["strategy"] == "cloud-only"]["e2e_ms_p50"]
-        edge = g[pl == "edge"]["e2e_ms_p50"]
+        r = rank_link(g)
         rows.append({"source": src, "rate_mbit": rate, "rtt_ms": rtt,
-                     "winner": lossless.iloc[0]["strategy"] if len(lossless) else None,
-                     "winner_e2e_ms": lossless.iloc[0]["e2e_ms_p50"] if len(lossless) else math.nan,
-                     "best_split": split.iloc[0]["strategy"] if len(split) else None,
-                     "split": split.iloc[0]["e2e_ms_p50"] if len(split) else math.nan,
-                     "cloud": cloud.min() if len(cloud) else math.nan,
-                     "edge": edge.min() if len(edge) else math.nan,
+                     **{k: r[k] for k in ("winner", "winner_e2e_ms", "best_split", "split", "cloud", "edge")},
                      "summary_rows": " ".join(g["summary_rows"])})
     return pd.DataFrame(rows)
 
