@@ -225,15 +225,10 @@ def parse_humaneval(data: bytes, where: str) -> list[dict]:
         text = gzip.decompress(data).decode("utf-8")
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise DatasetError(f"{where}: not a gzip'd UTF-8 file ({e})") from None
+    from lab.results import json_objects
     problems = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{where}: line {n}: not JSON ({e.msg})") from None
-        bad = [k for k in HUMANEVAL_FIELDS if not isinstance(rec, dict) or not isinstance(rec.get(k), str)]
+    for n, rec in json_objects(text, where, DatasetError):
+        bad = [k for k in HUMANEVAL_FIELDS if not isinstance(rec.get(k), str)]
         if bad:
             raise DatasetError(f"{where}: line {n}: needs string field(s) {', '.join(bad)}")
         problems.append({k: rec[k] for k in HUMANEVAL_FIELDS})

@@ -4,7 +4,6 @@ A record may add "template": "chat" (the default: one user turn in the model's c
 "raw" (the text as it is, e.g. a few-shot prompt that ends in "Answer:"; lab/accuracy.py uses it)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 BUILTIN = (
@@ -31,18 +30,13 @@ def load_prompts(path: str | None) -> list[dict]:
         return [dict(p) for p in BUILTIN]
     p = Path(path)
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise PromptError(f"{p}: cannot read ({e.strerror})") from None
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PromptError(f"{p}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    from lab.results import json_objects
     out = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PromptError(f"{p}: line {i}: not JSON ({e.msg})") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
+    for i, rec in json_objects(text, p, PromptError):
+        if not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
             raise PromptError(f"{p}: line {i}: needs a non-empty string field \"prompt\"")
         extra = set(rec) - {"id", "prompt", "template"}
         if extra:

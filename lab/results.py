@@ -94,15 +94,29 @@ def read_jsonl(path: Path, report: Callable[[str], None] | None = None) -> list[
 
 def _record(raw: bytes, path: Path, line: int) -> dict | None:
     """One line's record; None for a blank line (it holds no record, so nothing is lost)."""
+    return json_object(raw, path, line)
+
+
+def json_object(raw: bytes | str, where, line: int, error: type[Exception] = ResultsError) -> dict | None:
+    """One JSONL line's object, None for a blank line; anything else raises `error` naming the file and
+    the line — the one parser of every JSONL file the lab reads (results, prompts, datasets)."""
     if not raw.strip():
         return None
     try:
-        rec = json.loads(raw.decode("utf-8"))
+        rec = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ResultsError(f"{path}: line {line}: not JSON ({getattr(e, 'msg', None) or e.reason})") from None
+        raise error(f"{where}: line {line}: not JSON ({getattr(e, 'msg', None) or e.reason})") from None
     if not isinstance(rec, dict):
-        raise ResultsError(f"{path}: line {line}: a record must be a JSON object, got {type(rec).__name__}")
+        raise error(f"{where}: line {line}: a record must be a JSON object, got {type(rec).__name__}")
     return rec
+
+
+def json_objects(text: str, where, error: type[Exception] = ResultsError):
+    """(line number, object) for every non-blank line of a JSONL text."""
+    for n, line in enumerate(text.splitlines(), 1):
+        rec = json_object(line, where, n, error)
+        if rec is not None:
+            yield n, rec
 
 
 def _to_stderr(message: str) -> None:
