@@ -327,11 +327,11 @@ class EdgeQuery:
                 return
 
 
-def _default_tables(strategies, models: str) -> None:
+def _default_tables(strategies, models: str, dtype: str) -> None:
     """NASD without a table= option takes the calibrated table of the pair in use, if there is one."""
     from lab.core.strategies import load_table
     from lab.models.synthetic import nasd_table_for
-    path = nasd_table_for(models)
+    path = nasd_table_for(models, dtype)
     for s in strategies:
         if path is not None and hasattr(s, "use_table") and getattr(s, "table", None) is None:
             s.use_table(load_table(str(path)))
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     from lab.prompts import load_prompts
     workload = json.loads(a.workload)
     strategies = [make_strategy(s) for s in split_strategies(a.strategies)]
-    _default_tables(strategies, a.models)
+    _default_tables(strategies, a.models, resolved(a.dtype))
     prompts = load_prompts(workload.get("prompts"))
     t0 = time.monotonic()
     draft = load_role(a.models, "draft", dtype=a.dtype, threads=a.threads)

@@ -8,6 +8,9 @@ serialization, so a slow link looks like a longer RTT, which is how NASD meets b
 of a row, and where cloud-only (the lossless fallback) overtakes it — the reversal — follow.
 
     python -m lab calibrate --models synthetic:gpu-orin-3090ti     # → lab/models/profiles/<name>.nasd.json
+
+`synthetic:embedded-cpu` means this host's measured profile when `lab profile` wrote one (as for `sim`),
+and its table then goes beside it in the cache, where the edge's nasd finds it for the embedded pair.
 """
 from __future__ import annotations
 
@@ -100,7 +103,7 @@ def calibrate_main(profile: str, out: str | None, rate_mbit: float, link_model: 
                    queries: int | None, emit: Callable[[str], None] = print) -> Path:
     from lab.models.synthetic import nasd_table_path
     doc = calibrate(profile, rate_mbit=rate_mbit, link_model=link_model, queries=queries)
-    path = Path(out) if out else nasd_table_path(doc["profile"])
+    path = Path(out) if out else nasd_table_path(profile)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n")
     emit(format_table(doc))

@@ -273,6 +273,11 @@ def cmd_sweep(args) -> int:
     models = args.models or ("synthetic:embedded-cpu" if args.sim else "synthetic:fast")
     if args.sim and not models.startswith("synthetic"):
         raise UsageError("sweep --sim takes --models synthetic[:PROFILE] (python -m lab profile measures one)")
+    if args.sim:        # as `sim` and `calibrate`: embedded-cpu is this host's measured profile when there is one
+        from lab.models.synthetic import resolve_profile
+        profile, which = resolve_profile(models.partition(":")[2] or "embedded-cpu")
+        models = f"synthetic:{profile}"
+        print(which)
     strategies = args.strategies or default_strategies(backend)
     axes = dict(rtt=args.rtt_ms, rate=args.rate_mbit, jitter=args.jitter_ms, loss=args.loss_pct)
     try:
@@ -329,9 +334,11 @@ def cmd_calibrate(args) -> int:
     models = args.models or "synthetic:embedded-cpu"
     if not models.startswith("synthetic"):
         raise UsageError("calibrate takes --models synthetic[:PROFILE] (python -m lab profile measures one)")
+    from lab.models.synthetic import resolve_profile
+    profile, which = resolve_profile(models.partition(":")[2] or "embedded-cpu")
+    print(which)
     try:
-        calibrate_main(models.partition(":")[2] or "embedded-cpu", args.out, args.rate_mbit, args.sim_link,
-                       args.queries)
+        calibrate_main(profile, args.out, args.rate_mbit, args.sim_link, args.queries)
     except (SimError, ModelError, ValueError) as e:
         raise UsageError(str(e)) from None
     return EXIT_OK

@@ -44,18 +44,32 @@ PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 DEFAULT_PROFILE = "embedded-cpu"
 
 
-def nasd_table_path(profile_name: str) -> Path:
-    """Where `python -m lab calibrate` puts a profile's NASD table, and where nasd looks by default."""
-    return PROFILE_DIR / f"{profile_name}.nasd.json"
+def nasd_table_path(profile: str) -> Path:
+    """Where `python -m lab calibrate` puts a profile's NASD table, and where nasd looks by default:
+    beside the profile's YAML — a shipped profile's (NAME) in lab/models/profiles/, a measured host
+    profile's (a path) in the cache beside it, so a table is never paired with another host's times."""
+    if Path(profile).suffix in (".yaml", ".yml") or "/" in profile:
+        return Path(profile).with_suffix(".nasd.json")
+    return PROFILE_DIR / f"{profile}.nasd.json"
 
 
-def nasd_table_for(models: str) -> Path | None:
+def nasd_table_for(models: str, dtype: str = "float32") -> Path | None:
     """The calibrated table for a --models value, if there is one: synthetic:NAME uses NAME's; the
-    embedded pair uses the profile measured for it (embedded-cpu)."""
+    embedded pair uses its profile's — this host's when `lab profile` and `lab calibrate` have run
+    here, else the shipped embedded-cpu one's."""
     kind, _, name = models.partition(":")
-    name = (name or DEFAULT_PROFILE) if kind == "synthetic" else DEFAULT_PROFILE if kind == "embedded" else None
-    path = nasd_table_path(name) if name else None
-    return path if path is not None and path.is_file() else None
+    if kind == "synthetic":
+        path = nasd_table_path(name or DEFAULT_PROFILE)
+        return path if path.is_file() else None
+    if kind != "embedded":
+        return None
+    for candidate in (resolve_profile(DEFAULT_PROFILE, dtype)[0], DEFAULT_PROFILE):
+        path = nasd_table_path(candidate)
+        if path.is_file():
+            return path
+    return None
+
+
 SPIN_MS = 0.3          # the last part of each wait is spent spinning, for sub-millisecond accuracy
 PEAK_LOGIT = 10.0
 

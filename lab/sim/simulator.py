@@ -59,6 +59,7 @@ class ComputeProfile:
     seed: int = 0
     name: str = "custom"
     target_token_ms: float | None = None      # one autoregressive target step; default verify_ms(1)
+    source: str = ""                          # the profile's YAML, when it came from one
 
     def verify_ms(self, n: int) -> float:
         return self.verify_a_ms + self.verify_b_ms * n
@@ -79,7 +80,7 @@ class ComputeProfile:
                        verify_b_ms=float(profile.verify_b_ms),
                        prefill_ms_per_token=float(profile.prefill_ms_per_token), alpha=float(profile.alpha),
                        vocab=int(getattr(profile, "vocab", 151_936)), seed=int(getattr(profile, "seed", 0)),
-                       name=str(getattr(profile, "name", "custom")))
+                       name=str(getattr(profile, "name", "custom")), source=str(getattr(profile, "source", "")))
         except AttributeError as e:
             raise SimError(f"profile {profile!r} lacks a field the simulator needs ({e})") from None
 
@@ -639,7 +640,7 @@ def _bind_controllers(objs, run: _Run, profile, prof: ComputeProfile, link_model
     from lab.sim.oracle import OracleChooser
     for o in objs:
         if hasattr(o, "use_table") and getattr(o, "table", None) is None:
-            path = nasd_table_path(prof.name)
+            path = nasd_table_path(prof.source or prof.name)
             if path.is_file():
                 o.use_table(load_table(str(path)))
         if hasattr(o, "bind"):

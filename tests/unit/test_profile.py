@@ -140,3 +140,24 @@ def test_acceptance_only_rewrites_the_agreement_and_keeps_the_compute_times(pair
 def test_acceptance_only_needs_a_profile_to_update(pair, monkeypatch, tmp_path):
     rc, lines = _profile_run(pair, monkeypatch, tmp_path, out_path=str(tmp_path / "none.yaml"), acceptance_only=True)
     assert rc == 2 and "none.yaml" in lines[-1] and "python -m lab profile" in lines[-1]
+
+
+def test_a_hosts_nasd_table_sits_beside_its_profile_and_wins_over_the_shipped_one(monkeypatch, tmp_path):
+    """calibrate on this host's profile writes the table beside it in the cache; the edge's nasd for the
+    embedded pair takes that one, and the shipped embedded-cpu table only while there is none."""
+    from lab.models.synthetic import (PROFILE_DIR, host_profile_path, nasd_table_for, nasd_table_path,
+                                      resolve_profile)
+    monkeypatch.setenv("SDLAB_CACHE", str(tmp_path / "cache" / "models"))
+    assert nasd_table_path("gpu-orin-3090ti") == PROFILE_DIR / "gpu-orin-3090ti.nasd.json"
+    shipped = nasd_table_for("embedded")
+    assert shipped == PROFILE_DIR / "embedded-cpu.nasd.json" and shipped.is_file()
+    host = host_profile_path("embedded", "float32")
+    host.parent.mkdir(parents=True)
+    save_profile(Profile(t_draft_ms=1, verify_a_ms=2, verify_b_ms=0, prefill_ms_per_token=0, alpha=0.5), host)
+    assert resolve_profile("embedded-cpu")[0] == str(host)
+    assert nasd_table_for("embedded") == shipped                  # measured, not yet calibrated here
+    table = nasd_table_path(str(host))
+    assert table.parent == host.parent and table.name.endswith(".nasd.json")
+    table.write_text("{}")
+    assert nasd_table_for("embedded") == table
+    assert nasd_table_for("embedded", "bfloat16") == shipped      # the dtype is part of the host's key
