@@ -24,7 +24,7 @@ from lab.core.budget import DEFAULT_FIXED_S, ReplyBudget
 from lab.core.cycle import QueryLog, Verdict, alone_loop, run_query
 from lab.core.decoding import DraftSide, DraftState, now_ms
 from lab.core.protocol import Message, ProtocolError, ids
-from lab.core.strategies import CLOUD_ALONE, make_strategy, split_strategies
+from lab.core.strategies import CLOUD_ALONE, StrategyError, make_strategy, split_strategies
 from lab.models import warm_up
 from lab.results import JsonlWriter
 
@@ -343,6 +343,16 @@ def _wait_go() -> None:
         raise SystemExit("edge: the runner did not answer 'go' in time")
 
 
+def _json_arg(flag: str, text: str) -> dict:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{flag}: not JSON ({e.msg})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{flag}: must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
 def emit(**event) -> None:
     print(json.dumps(event), flush=True)
 
@@ -369,15 +379,23 @@ def main(argv: list[str] | None = None) -> int:
     pin(a.cpus)                    # before the models' and zmq's threads start
     from lab.models.select import load_role, resolved
     from lab.prompts import load_prompts
-    workload = json.loads(a.workload)
-    strategies = [make_strategy(s) for s in split_strategies(a.strategies)]
-    _default_tables(strategies, a.models, resolved(a.dtype))
-    prompts = load_prompts(workload.get("prompts"))
+    from lab.models import ModelError
+    from lab.prompts import PromptError
     t0 = time.monotonic()
-    draft = load_role(a.models, "draft", dtype=a.dtype, threads=a.threads)
+    # Run by hand, a bad argument is an error event naming it (as the cloud's), not a traceback.
+    try:
+        workload = _json_arg("--workload", a.workload)
+        strategies = [make_strategy(s) for s in split_strategies(a.strategies)]
+        _default_tables(strategies, a.models, resolved(a.dtype))
+        prompts = load_prompts(workload.get("prompts"))
+        budget_doc = _json_arg("--reply-budget", a.reply_budget) if a.reply_budget else None
+        draft = load_role(a.models, "draft", dtype=a.dtype, threads=a.threads)
+    except (ValueError, StrategyError, PromptError, ModelError) as e:
+        emit(event="error", message=str(e))
+        return 2
     warm_up(draft)
-    if a.reply_budget and a.reply_timeout_s is None:
-        budget = ReplyBudget.from_dict(json.loads(a.reply_budget))
+    if budget_doc is not None and a.reply_timeout_s is None:
+        budget = ReplyBudget.from_dict(budget_doc)
     else:
         budget = ReplyBudget(fixed_s=a.reply_timeout_s or DEFAULT_FIXED_S)
     link = CloudLink(a.cloud, budget.hello_s())
