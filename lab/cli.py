@@ -371,6 +371,21 @@ def cmd_validate(args) -> int:
                               calibrate_host=not args.no_calibration, rejudge=args.rejudge)
 
 
+def measuring_alone(command: str):
+    """Model timing (profile, bench colocated) while a lab run computes would measure the contention —
+    two torch jobs on the same cores slow each other several-fold — and would spoil the run's own
+    figures.  Root takes the lab lock for the measurement (LabBusy, exit 75, names a live run); others
+    cannot take it, and are refused while a run holds it."""
+    import contextlib
+    from netns.lock import owner_alive
+    if os.geteuid() == 0:
+        return LAB_LOCK.holding(command)
+    rec = LAB_LOCK.read_record()
+    if rec and owner_alive(rec):
+        raise LabBusy(rec, LAB_LOCK.path)
+    return contextlib.nullcontext()
+
+
 def cmd_profile(args) -> int:
     """Measure a real pair; write a synthetic profile that reproduces it (lab/profile.py)."""
     from lab.models import ModelError
@@ -380,10 +395,19 @@ def cmd_profile(args) -> int:
         raise UsageError("profile --models: profile measures a real pair (embedded or DRAFT_ID,TARGET_ID); "
                          "a synthetic pair already is a profile")
     try:
-        return profile_main(args.models, args.out, args.max_new_tokens, args.prompts, args.dtype, args.limit,
-                            replace_shipped=args.replace_shipped, acceptance_only=args.acceptance_only)
+        with measuring_alone("profile"):
+            return profile_main(args.models, args.out, args.max_new_tokens, args.prompts, args.dtype, args.limit,
+                                replace_shipped=args.replace_shipped, acceptance_only=args.acceptance_only)
     except ModelError as e:
         raise UsageError(str(e)) from None
+
+
+def cmd_bench(args) -> int:
+    from lab.bench import bench_main
+    if args.rest[:1] == ["colocated"]:
+        with measuring_alone("bench colocated"):
+            return bench_main(args.rest)
+    return bench_main(args.rest)
 
 
 def cmd_models(args) -> int:
@@ -621,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks that print measured ratios (colocated)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda a: __import__("lab.bench", fromlist=["bench_main"]).bench_main(a.rest))
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("profile", help="measure the real pair here (t_draft, t_verify(K), prefill, α); write a synthetic profile")
     p.add_argument("--models", type=usage.models, default="embedded", help="embedded | DRAFT_ID,TARGET_ID")

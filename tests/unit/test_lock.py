@@ -182,3 +182,22 @@ def test_the_lock_file_is_not_inherited_by_children(tmp_path):
         lk.release()
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("euid", [0, 1000])
+def test_profile_and_bench_refuse_to_time_models_beside_a_live_run(tmp_path, monkeypatch, euid):
+    """lab profile / bench colocated under a live lab run would time the contention and spoil the run:
+    root is refused by the lock, anyone else by the live owner's record; both go ahead once it ends."""
+    import lab.cli as cli
+    monkeypatch.setattr(cli, "LAB_LOCK", LabLock(tmp_path))
+    monkeypatch.setattr(cli.os, "geteuid", lambda: euid)
+    holder = start_holder(tmp_path)
+    try:
+        with pytest.raises(LabBusy, match=f"pid {holder.pid}"):
+            with cli.measuring_alone("profile"):
+                pass
+    finally:
+        stop(holder)
+    with cli.measuring_alone("profile"):
+        assert cli.LAB_LOCK.held == (euid == 0)
+    assert not cli.LAB_LOCK.held
