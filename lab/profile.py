@@ -77,7 +77,7 @@ def measure_pair(draft, target, prompts: list[dict], max_new_tokens: int,
     per_prompt: dict[str, str] = {}
     verify: dict[int, list[float]] = {n: [] for n in VERIFY_NS}
     for i, p in enumerate(prompts, 1):
-        ids = target.encode_prompt(p["prompt"])
+        ids = target.encode_prompt(p["prompt"], p.get("template", "chat"))     # as the edge encodes it
         # The target's greedy continuation, one token per forward.
         s = target.new_session()
         ms, logits = _ms(lambda: s.prefill(ids))
