@@ -1,7 +1,7 @@
 """`python -m lab calibrate`: NASD's RTT → K table, from a simulator sweep over the profile in use.
 
 Per RTT bucket (a stable link at `rate_mbit`), every fixed K = 1..k_max, cloud-only and edge-only are
-simulated with the profile and the default workload; a row keeps tokens/s (median over the measured
+simulated with the profile and the default workload, over every built-in prompt; a row keeps tokens/s (median over the measured
 queries) of each, and the network time a cycle measured there — what NASD compares its own
 measurement with, so the row a cycle picks is the one whose link it saw (the measured time includes
 serialization, so a slow link looks like a longer RTT, which is how NASD meets bandwidth).  The best K
@@ -30,10 +30,14 @@ RTT_BUCKETS_MS = (0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 60, 70, 80, 90, 100,
 def calibrate(profile: str, rate_mbit: float = 100.0, k_max: int = 20, link_model: str = "tcp",
               rtts=RTT_BUCKETS_MS, queries: int | None = None) -> dict:
     """The table document: rows per RTT bucket, the transitions of K*, the reversal, provenance."""
+    from lab.prompts import load_prompts
     from lab.results import git_commit
     from lab.sim.simulator import ComputeProfile, simulate
     from lab.sweep import GridPoint
 
+    # Every prompt once (after the warm-up query) by default: a profile measured per prompt accepts
+    # differently on each, and a table fitted to the default workload's three would be fitted to them.
+    queries = queries or len(load_prompts(None))
     cands = [f"fixed-k:{k}" for k in range(1, k_max + 1)] + ["cloud-only", "edge-only"]
     rows, t0 = [], time.perf_counter()
     for rtt in rtts:

@@ -618,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=usage.models, help="synthetic[:PROFILE] (default synthetic:embedded-cpu)")
     p.add_argument("--out", help="table file (default lab/models/profiles/PROFILE.nasd.json, where nasd looks)")
     p.add_argument("--rate-mbit", type=usage.number(0, above=True), default=100.0)
-    p.add_argument("--queries", type=count, help="measured queries per K and RTT (default: the workload's)")
+    p.add_argument("--queries", type=count, help="measured queries per K and RTT (default: one per built-in prompt)")
     p.add_argument("--sim-link", choices=["tcp", "sleep"], default="tcp")
     p.set_defaults(func=cmd_calibrate)
 
