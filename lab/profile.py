@@ -53,10 +53,12 @@ def fit_line(xs, ys) -> tuple[float, float]:
 
 
 def agreement_trace(agree: list[bool]) -> list[int]:
-    """Runs of agreement each ended by a disagreement: [T, T, F, T, F, F, T] → [2, 1, 0].
+    """Runs of agreement each ended by a disagreement: [T, T, F, T, F, F, T] → [2, 1, 0, 1].
 
-    A trailing run with no disagreement after it is cut off by the end of the continuation, not by
-    the draft; it is left out (the prompts' traces are concatenated, each complete on its own)."""
+    A trailing run was cut by the end of the continuation, not by the draft; it is kept, read as
+    ended by a disagreement (the trace's grammar).  That costs one position per prompt; leaving it
+    out would drop whole runs — on these prompts most agreement sits in runs that reach the end
+    (e.g. 47 of 48 positions), and the pooled trace would understate α (0.87 measured)."""
     trace, run = [], 0
     for a in agree:
         if a:
@@ -64,6 +66,8 @@ def agreement_trace(agree: list[bool]) -> list[int]:
         else:
             trace.append(run)
             run = 0
+    if run:
+        trace.append(run)
     return trace
 
 

@@ -8,10 +8,10 @@ from lab.profile import agreement_trace, fit_line, measure_pair
 PROMPTS = [{"id": "a", "prompt": "one two three"}, {"id": "b", "prompt": "four five six seven"}]
 
 
-def test_agreement_trace_counts_complete_runs_only():
+def test_agreement_trace_keeps_the_run_the_continuation_cut():
     T, F = True, False
-    assert agreement_trace([T, T, F, T, F, F, T]) == [2, 1, 0]
-    assert agreement_trace([T, T, T]) == []
+    assert agreement_trace([T, T, F, T, F, F, T]) == [2, 1, 0, 1]
+    assert agreement_trace([T, T, T]) == [3]
     assert agreement_trace([F]) == [0]
 
 
