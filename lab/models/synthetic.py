@@ -17,13 +17,13 @@ edge and cloud processes agree on it:
     counted from the first generated position; with K ≥ every n the greedy
     cycles accept exactly n0, n1, …; with smaller K, the same agreement
     pattern is cut into shorter cycles (as a real draft/target pair would).
+  * per prompt: a profile measured on named prompts (`lab profile`) carries
+    each prompt's own agreement string; a session whose prompt is one of them
+    follows it (generated position i agrees iff digit i is 1), then the rules above.
 Logits put 10.0 on the chosen token and 0 elsewhere, so at temperature 0 the
 loop sees exactly this; at T > 0 the distributions are soft and acceptance
 differs from α (not calibrated for sampling).
 
-  * per prompt: a profile measured on named prompts (`lab profile`) carries
-    each prompt's own agreement string; a session whose prompt is one of them
-    follows it (its position i agrees iff digit i is 1), then the rule above.
 Profile (YAML): t_draft_ms (one draft forward, any length), verify_a_ms +
 verify_b_ms·n (one target forward over n tokens), prefill_ms_per_token
 (both models), alpha or trace, prompt_agreement, vocab, seed.
