@@ -8,7 +8,9 @@ the same pair, prompts and thread count, in one process:
   assisted     Hugging Face assisted generation: target.generate(assistant_model=draft)
   plain        the target alone: target.generate (greedy)
 and prints tokens/s of each, the ratios, and whether the three produced the same token ids
-(at temperature 0 they should; bf16 can flip a near-tie, which is reported, not hidden).
+(at temperature 0 they should; bf16 can flip a near-tie, which is reported, not hidden).  In
+float32 also cloud-spec with the draft's Linear layers in int8 (lab/models/quant.py): the target is
+untouched, so its tokens must stay the same; only the acceptance and the draft's time move.
 Then (as root) the distributed path on the `lan` scenario: `fixed-k:K` (draft in sdl-edge,
 target in sdl-cloud, every cycle over the kernel link) against `cloud-spec:K` (both in the
 cloud), the lab's default threads per node, same prompts — what splitting costs when the network is free.
@@ -47,7 +49,7 @@ def verify_costs(target, prompt_ids: list[int], ks=VERIFY_KS, repeats: int = REP
     s = target.new_session()
     s.prefill(list(prompt_ids))
     n = s.length
-    toks = [int(t) for t in prompt_ids[-max(ks) - 1:]]            # ordinary ids of this prompt
+    toks = [int(t) for t in prompt_ids[-max(ks, default=0) - 1:]]            # ordinary ids of this prompt
 
     def fwd(m: int):
         s.extend(toks[:m])
@@ -85,7 +87,7 @@ def _threads() -> int:
 
 def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 48, n_prompts: int = 3,
                     threads: int = 2, dtypes: tuple[str, ...] = ("float32", "bfloat16"), out=print,
-                    packed: bool | None = None) -> dict:
+                    kernels: str | None = None) -> dict:
     """For each dtype: tokens/s of plain, assisted and cloud-spec decoding; t_verify(K+1)/t_decode;
     TTFT of a three-line prompt at `threads` and at the old defaults (one pinned thread)."""
     from lab.models import cpu
@@ -96,13 +98,17 @@ def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 
         f"so each phase gets every core)")
     results = {}
     for dtype in dtypes:
-        results[dtype] = _bench_dtype(models, k, max_new_tokens, n_prompts, threads, dtype, out, packed)
+        results[dtype] = _bench_dtype(models, k, max_new_tokens, n_prompts, threads, dtype, out, kernels)
     out("\nsummary (tok/s; verify ratio = t_verify(K+1) / t_decode):")
     for dtype, r in results.items():
         tps = r["tokens_per_s"]
         out(f"  {dtype:9s} plain {tps['plain']:6.2f}  assisted {tps['assisted']:6.2f}  cloud-spec "
             f"{tps['cloud-spec']:6.2f}  = {tps['cloud-spec'] / tps['plain']:.2f}x plain (goal >= 1.3), "
             f"{tps['cloud-spec'] / tps['assisted']:.2f}x assisted (goal >= 1.2)")
+        if "cloud-spec-int8-draft" in tps:
+            out(f"  {'':9s} cloud-spec with an int8 draft {tps['cloud-spec-int8-draft']:6.2f} = "
+                f"{tps['cloud-spec-int8-draft'] / tps['plain']:.2f}x plain, "
+                f"{tps['cloud-spec-int8-draft'] / tps['assisted']:.2f}x assisted")
         out(f"  {'':9s} t_decode {r['verify']['t_decode_ms']:.0f} ms; verify ratio "
             + " ".join(f"K={kk}:{v:.2f}" for kk, v in r["verify"]["ratio"].items()) + "  (goal <= 1.3)")
     new, old = results.get("float32"), results.get(OLD_DEFAULTS["dtype"])
@@ -114,7 +120,7 @@ def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 
 
 
 def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threads: int, dtype: str, out,
-                 packed: bool | None = None) -> dict:
+                 kernels: str | None = None) -> dict:
     import os
 
     import torch
@@ -123,8 +129,8 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
     from lab.models import warm_up
     from lab.models.select import load_role
 
-    draft = load_role(models, "draft", dtype=dtype, threads=threads, packed=packed)
-    target = load_role(models, "target", dtype=dtype, threads=threads, packed=packed)
+    draft = load_role(models, "draft", dtype=dtype, threads=threads, kernels=kernels)
+    target = load_role(models, "target", dtype=dtype, threads=threads, kernels=kernels)
     for m in (draft, target):
         warm_up(m)
     out(f"\n{dtype} (kernels: {target.kernels}):")
@@ -132,6 +138,8 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
     costs = verify_costs(target, three)
     out(f"  t_decode {costs['t_decode_ms']:.0f} ms; t_verify(K+1): "
         + ", ".join(f"K={kk} {v:.0f} ms ({costs['ratio'][kk]:.2f}x)" for kk, v in costs["t_verify_ms"].items()))
+    draft_step = verify_costs(draft, three, ks=())["t_decode_ms"]
+    out(f"  draft step (t_draft) {draft_step:.0f} ms ({draft.kernels})")
     ttft = ttft_ms(target, three, threads, None)
     cpus = sorted(os.sched_getaffinity(0))
     ttft_old = ttft_ms(target, three, 1, cpus[-1])
@@ -139,13 +147,15 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
         f"{ttft_old:.0f} ms at 1 thread pinned to CPU {cpus[-1]}")
     prompts = load_prompts(None)[:n_prompts]
     totals = {"cloud-spec": [0, 0.0], "assisted": [0, 0.0], "plain": [0, 0.0]}
-    mismatches = []
+    mismatches, alpha, greedy_reference = [], {}, {}
     for p in prompts:
         ids = target.encode_prompt(p["prompt"])
         t0 = time.perf_counter()
-        ours = speculative_generate(draft, target, ids, max_new_tokens, k_fn=lambda: k).tokens
+        gen = speculative_generate(draft, target, ids, max_new_tokens, k_fn=lambda: k)
+        ours = gen.tokens
         totals["cloud-spec"][0] += len(ours)
         totals["cloud-spec"][1] += time.perf_counter() - t0
+        _count_acceptance(alpha, "cloud-spec", gen)
         x = torch.tensor([ids])
         eos = list(target.eos_token_ids)
         gen_kw = dict(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos[0],
@@ -159,21 +169,67 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
             plain = target.model.generate(x, **gen_kw)[0, len(ids):].tolist()
             totals["plain"][1] += time.perf_counter() - t0
             totals["plain"][0] += len(plain)
+        greedy_reference[p["id"]] = plain
         for name, toks in (("assisted", assisted), ("plain", plain)):
             if toks != ours:
-                first = next((i for i, (a, b) in enumerate(zip(toks, ours)) if a != b), min(len(toks), len(ours)))
-                mismatches.append(f"{p['id']}: {name} differs from cloud-spec at token {first}")
+                mismatches.append(f"{p['id']}: {name} differs from cloud-spec at token {_first_difference(toks, ours)}")
         out(f"  {p['id']}: {len(ours)} tokens")
+    int8_draft = _int8_draft(models, dtype, threads, out)
+    if int8_draft is not None:
+        out(f"  int8 draft step (t_draft) {verify_costs(int8_draft, three, ks=())['t_decode_ms']:.0f} ms")
+        totals["cloud-spec-int8-draft"] = [0, 0.0]
+        for p in prompts:
+            ids = target.encode_prompt(p["prompt"])
+            t0 = time.perf_counter()
+            gen = speculative_generate(int8_draft, target, ids, max_new_tokens, k_fn=lambda: k)
+            totals["cloud-spec-int8-draft"][1] += time.perf_counter() - t0
+            totals["cloud-spec-int8-draft"][0] += len(gen.tokens)
+            _count_acceptance(alpha, "cloud-spec-int8-draft", gen)
+            plain = greedy_reference[p["id"]]
+            if gen.tokens != plain:
+                mismatches.append(f"{p['id']}: cloud-spec with the int8 draft differs from plain at token "
+                                  f"{_first_difference(gen.tokens, plain)}")
+        del int8_draft
     tps = {name: _tps(n, s) for name, (n, s) in totals.items()}
     out(f"  {models} ({dtype}, {threads} threads), K={k}, {len(prompts)} prompts × ≤{max_new_tokens} tokens")
     for name, v in tps.items():
-        out(f"  {name:10s} {v:7.2f} tok/s  ({totals[name][0]} tokens in {totals[name][1]:.1f} s)")
+        acc = f", acceptance {alpha[name][0] / alpha[name][1]:.2f}" if alpha.get(name, (0, 0))[1] else ""
+        out(f"  {name:21s} {v:7.2f} tok/s  ({totals[name][0]} tokens in {totals[name][1]:.1f} s{acc})")
     out(f"  cloud-spec / assisted = {tps['cloud-spec'] / tps['assisted']:.2f}x   (goal >= 1.2x)")
     out(f"  cloud-spec / plain    = {tps['cloud-spec'] / tps['plain']:.2f}x   (goal >= 1.3x)")
     out("  outputs: " + ("identical token ids" if not mismatches else "; ".join(mismatches)))
     del draft, target
     return {"tokens_per_s": tps, "mismatches": mismatches, "verify": costs, "ttft_ms": ttft,
             "ttft_old_layout_ms": ttft_old}
+
+
+def _first_difference(a: list[int], b: list[int]) -> int:
+    """Index of the first token where two outputs differ (the shorter one's length if one is a prefix)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def _count_acceptance(alpha: dict, name: str, gen) -> None:
+    """Accumulate (drafts accepted, drafts proposed) of one generation under `name`."""
+    acc, prop = alpha.get(name, (0, 0))
+    alpha[name] = (acc + sum(gen.accepted), prop + sum(gen.drafted))
+
+
+def _int8_draft(models: str, dtype: str, threads: int, out):
+    """The draft again with int8 Linear layers (lab/models/quant.py), or None where that cannot run:
+    not float32, or no fbgemm in this torch."""
+    import torch
+
+    from lab.models import warm_up
+    from lab.models.quant import can_quantize
+    from lab.models.select import load_role
+
+    if not can_quantize(getattr(torch, dtype)):
+        out(f"  (no int8 draft: dynamic int8 needs float32 and fbgemm; this run is {dtype})")
+        return None
+    draft = load_role(models, "draft", dtype=dtype, threads=threads, kernels="int8")
+    warm_up(draft)
+    out(f"  int8 draft: {draft.kernels}")
+    return draft
 
 
 def bench_lan(models: str = "embedded", k: int = 5, max_new_tokens: int = 48, n_prompts: int = 3,
@@ -274,7 +330,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--isa", choices=["avx2"],
                     help="cap torch/oneDNN/MKL at this ISA (ATEN_CPU_CAPABILITY etc.): emulates an AVX2-only CPU")
     ap.add_argument("--kernels", choices=["auto", "default", "packed"], default="auto",
-                    help="Linear kernels: torch's default or oneDNN-packed weights (auto: the lab's default)")
+                    help="Linear kernels of both models: torch's default or oneDNN-packed weights "
+                         "(auto: the lab's default, packed); the int8 draft is measured beside them in float32")
     ap.add_argument("--no-lan", action="store_true", help="skip the distributed fixed-k over lan part")
     a = ap.parse_args(argv)
     if a.what == "colocated" and a.models.startswith("synthetic"):
@@ -294,8 +351,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     from lab.models.cpu import resolve_dtype
     dtypes = ("float32", "bfloat16") if a.dtype == "all" else (resolve_dtype(a.dtype),)
     a.k = a.k or default_k(a.models)
-    packed = {"auto": None, "default": False, "packed": True}[a.kernels]
-    bench_colocated(a.models, a.k, a.max_new_tokens, a.prompts, a.threads, dtypes, packed=packed)
+    bench_colocated(a.models, a.k, a.max_new_tokens, a.prompts, a.threads, dtypes,
+                    kernels=None if a.kernels == "auto" else a.kernels)
     if not a.no_lan:
         bench_lan(a.models, a.k, a.max_new_tokens, a.prompts, dtypes[0])
     return 0

@@ -464,12 +464,12 @@ def ensure_embedded(progress: bool = True, dtype: str = "bfloat16", keep_gguf: b
 
 
 def load_embedded(role: str, dtype: str = "float32", threads: int | None = None, progress: bool = True,
-                  packed: bool | None = None):
+                  kernels: str | None = None):
     """The embedded draft or target as an HFModel (fetching/converting on first use)."""
     from lab.models.hf import HFModel
 
     path, rec, _ = ensure_converted(role, dtype, progress)
-    model = HFModel(path, dtype=dtype, threads=threads, model_id=rec["model_id"], packed=packed)
+    model = HFModel(path, dtype=dtype, threads=threads, model_id=rec["model_id"], kernels=kernels)
     model.source = rec
     return model
 

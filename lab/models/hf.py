@@ -28,9 +28,11 @@ import numpy as np
 from lab.models import ModelError
 
 DTYPES = ("bfloat16", "float32")
-# Linear weights packed once for oneDNN: block verify at about the cost of one decode step on CPU
-# (lab/models/packed.py; the figures in docs/MEASUREMENTS.md, "Block verify").
-PACKED_DEFAULT = True
+# The Linear layers' kernels.  packed: weights packed once for oneDNN, so a block verify costs about
+# one decode step on CPU (lab/models/packed.py; docs/MEASUREMENTS.md, "Block verify"); the default.
+# int8: dynamic int8 quantisation (lab/models/quant.py), for a draft only: it changes the weights.
+KERNELS = ("default", "packed", "int8")
+KERNELS_DEFAULT = "packed"
 
 
 def set_threads(n: int) -> int:
@@ -66,6 +68,7 @@ class HFSession:
         self._model = model
         self._cache = DynamicCache(config=model.config)
         self._n_embed = int(model.get_input_embeddings().num_embeddings)
+        self._vocab = int(model.get_output_embeddings().out_features)   # logits width, whatever the kernels
         self.length = 0
 
     def _forward(self, token_ids: list[int], keep: int) -> np.ndarray:
@@ -113,7 +116,7 @@ class HFSession:
 
     @property
     def vocab_size(self) -> int:
-        return int(self._model.get_output_embeddings().weight.shape[0])
+        return self._vocab
 
 
 class HFModel:
@@ -124,7 +127,7 @@ class HFModel:
     """
 
     def __init__(self, model_id_or_dir: str | Path, dtype: str = "float32", threads: int | None = None,
-                 model_id: str | None = None, packed: bool | None = None):
+                 model_id: str | None = None, kernels: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.threads = set_threads(threads) if threads is not None else None
@@ -136,29 +139,41 @@ class HFModel:
             raise ModelError(f"cannot load {src!r} with transformers ({e}); give a Hugging Face id "
                              "reachable from here or a directory with safetensors + tokenizer") from e
         self._init(model.eval(), tok, model_id or src, dtype)
-        self._pack(PACKED_DEFAULT if packed is None else packed)
+        self._set_kernels(kernels or KERNELS_DEFAULT)
 
     @classmethod
-    def from_objects(cls, model, tokenizer, model_id: str, dtype: str | None = None) -> "HFModel":
-        """Wrap an already-built model and tokenizer (tests, custom loading)."""
+    def from_objects(cls, model, tokenizer, model_id: str, dtype: str | None = None,
+                     kernels: str = "default") -> "HFModel":
+        """Wrap an already-built model and tokenizer (tests, custom loading); `kernels` other than
+        "default" swap its Linear layers in place."""
         self = cls.__new__(cls)
         self.threads = None
         self._init(model.eval(), tokenizer, model_id, dtype or str(model.dtype).removeprefix("torch."))
+        self._set_kernels(kernels)
         return self
 
-    def _pack(self, want: bool) -> None:
-        """Pack the Linear weights for oneDNN (lab/models/packed.py) when asked and possible here."""
+    def _set_kernels(self, kernels: str) -> None:
+        """Swap the Linear layers for packed or int8 ones when asked; packing falls back to torch's
+        default where oneDNN cannot pack this dtype, int8 is refused where it cannot run."""
         from lab.models.packed import can_pack, pack_linears
+        from lab.models.quant import can_quantize, quantize_linears
 
-        if want and can_pack(self.model.dtype):
+        if kernels not in KERNELS:
+            raise ModelError(f"kernels must be one of {', '.join(KERNELS)}; got {kernels!r}")
+        if kernels == "packed" and can_pack(self.model.dtype):
             self.kernels = f"onednn-packed ({pack_linears(self.model)} Linear layers)"
+        elif kernels == "int8":
+            if not can_quantize(self.model.dtype):
+                raise ModelError(f"kernels int8 needs float32 weights and torch's fbgemm engine; "
+                                 f"this model is {self.dtype}")
+            self.kernels = f"int8-dynamic (fbgemm, per-channel; {quantize_linears(self.model)} Linear layers)"
 
     def _init(self, model, tokenizer, model_id: str, dtype: str) -> None:
         self.model, self.tokenizer, self.model_id, self.dtype = model, tokenizer, model_id, dtype
         self.n_params = sum(p.numel() for p in model.parameters())
         self.kernels = "torch default"
         self.source: dict | None = None         # provenance (the embedded pair: GGUF name, sha256, conversion)
-        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])   # logits width
+        self.vocab_size = int(model.get_output_embeddings().out_features)   # logits width
         if len(tokenizer) > self.vocab_size:
             raise ModelError(f"{model_id}: tokenizer has {len(tokenizer)} tokens but logits only "
                              f"{self.vocab_size}; model and tokenizer do not belong together")

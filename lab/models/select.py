@@ -27,7 +27,7 @@ def resolved(dtype: str) -> str:
 
 
 def load_role(spec: str, role: str, dtype: str = "auto", threads: int | None = None, progress: bool = False,
-              packed: bool | None = None):
+              kernels: str | None = None):
     """The draft or target model named by `spec`, loaded in this process."""
     if role not in ("draft", "target"):
         raise ModelError(f"role must be draft or target, got {role!r}")
@@ -35,12 +35,14 @@ def load_role(spec: str, role: str, dtype: str = "auto", threads: int | None = N
     kind, a, b = parse_models(spec)
     if kind == "embedded":
         from lab.models.embedded import load_embedded
-        return load_embedded(role, dtype=dtype, threads=threads, progress=progress, packed=packed)
+        return load_embedded(role, dtype=dtype, threads=threads, progress=progress, kernels=kernels)
     if kind == "synthetic":
+        if kernels not in (None, "default"):
+            raise ModelError(f"kernels {kernels!r}: synthetic models compute nothing; kernels apply to real models")
         from lab.models.synthetic import load_synthetic
         return load_synthetic(role, a)
     from lab.models.hf import HFModel
-    return HFModel(a if role == "draft" else b, dtype=dtype, threads=threads, packed=packed)
+    return HFModel(a if role == "draft" else b, dtype=dtype, threads=threads, kernels=kernels)
 
 
 def prepare(spec: str, dtype: str = "auto") -> dict:

@@ -227,3 +227,37 @@ def test_packed_linears_give_the_same_greedy_tokens(tiny):
     s2.prefill(prompt)
     s.rollback(len(prompt))
     np.testing.assert_allclose(s.extend(ref[:6]), s2.extend(ref[:6]), atol=ATOL)
+
+
+def test_int8_draft_keeps_the_targets_greedy_output(tiny):
+    """An int8 draft (lab/models/quant.py) only proposes: speculative decoding with it returns the
+    fp32 target's own greedy decode token for token, and its logits keep the vocabulary's width."""
+    import copy
+
+    from lab.core.decoding import speculative_generate
+    from lab.models.quant import can_quantize
+    if not can_quantize(torch.float32):
+        pytest.skip("torch built without fbgemm")
+    torch.manual_seed(1)
+    other = transformers.Qwen2ForCausalLM(tiny.config).to(torch.float32).eval()   # a different draft
+    draft = HFModel.from_objects(copy.deepcopy(other), _NoTokenizer(), "tiny-draft", kernels="int8")
+    assert draft.kernels.startswith("int8-dynamic") and draft.vocab_size == VOCAB
+    assert type(draft.model.lm_head).__module__.startswith("torch.ao.nn.quantized")
+    target = HFModel.from_objects(tiny, _NoTokenizer(), "tiny-target")
+    # the int8 draft scores close to its fp32 self (it is the same model, quantised)
+    s8, s32 = draft.new_session(), HFSession(other)
+    prompt = ids(12, seed=7)
+    l8, l32 = s8.prefill(prompt), s32.prefill(prompt)
+    assert l8.shape == (VOCAB,) and np.abs(l8 - l32).max() < 0.1 * np.abs(l32).max()
+    for k in (1, 3, 5):
+        gen = speculative_generate(draft, target, prompt, 24, k_fn=lambda: k)
+        assert gen.tokens == greedy_generate(target, prompt, 24)
+        assert sum(gen.drafted) > 0
+
+
+def test_int8_needs_float32(tiny):
+    import copy
+    with pytest.raises(ModelError, match="int8 needs float32"):
+        HFModel.from_objects(copy.deepcopy(tiny).to(torch.bfloat16), _NoTokenizer(), "t", kernels="int8")
+    with pytest.raises(ModelError, match="kernels must be one of"):
+        HFModel.from_objects(copy.deepcopy(tiny), _NoTokenizer(), "t", kernels="fp4")
