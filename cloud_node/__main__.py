@@ -21,6 +21,7 @@ import zmq
 from lab.core import protocol, spec
 from lab.core.decoding import TargetState, now_ms, speculative_generate, verify_rng
 from lab.models import ModelError, measure_compute, warm_up
+from lab.models.hf import KERNELS
 from lab.core.protocol import Message, ProtocolError
 
 POLL_MS = 200
@@ -205,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="embedded")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    ap.add_argument("--draft-kernels", choices=KERNELS, help="the co-located draft's Linear layers (default: packed)")
     ap.add_argument("--no-draft", action="store_true", help="serve without a draft model (no cloud-spec)")
     ap.add_argument("--max-message-bytes", type=int, default=protocol.MAX_MESSAGE_BYTES)
     ap.add_argument("--cpus", help="pin to these CPUs, e.g. 1 (the runner gives each node its own)")
@@ -215,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     from lab.models.select import load_role, resolved
     try:
         target = load_role(a.models, "target", dtype=a.dtype, threads=a.threads)
-        draft = None if a.no_draft else load_role(a.models, "draft", dtype=a.dtype, threads=a.threads)
+        draft = None if a.no_draft else load_role(a.models, "draft", dtype=a.dtype, threads=a.threads,
+                                                  kernels=a.draft_kernels)
     except ModelError as e:
         print(json.dumps({"event": "error", "message": str(e)}), flush=True)
         return 2
@@ -236,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     print(json.dumps({"event": "ready", "bind": a.bind, "target": target.model_id,
                       "draft": draft.model_id if draft else None, "threads": a.threads, "dtype": resolved(a.dtype),
+                      "target_kernels": getattr(target, "kernels", None),
+                      "draft_kernels": getattr(draft, "kernels", None),
                       "tokenizer_hash": target.tokenizer_hash, "compute": compute,
                       "load_s": round(time.monotonic() - t0, 2)}),
           flush=True)

@@ -26,6 +26,7 @@ from lab.core.decoding import DraftSide, DraftState, now_ms
 from lab.core.protocol import Message, ProtocolError, ids
 from lab.core.strategies import CLOUD_ALONE, StrategyError, make_strategy, split_strategies
 from lab.models import warm_up
+from lab.models.hf import KERNELS
 from lab.results import JsonlWriter
 
 GO_TIMEOUT_S = 60
@@ -363,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="embedded")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    ap.add_argument("--draft-kernels", choices=KERNELS, help="the draft's Linear layers (default: packed)")
     ap.add_argument("--strategies", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--scenario", default="?")
@@ -389,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         _default_tables(strategies, a.models, resolved(a.dtype))
         prompts = load_prompts(workload.get("prompts"))
         budget_doc = _json_arg("--reply-budget", a.reply_budget) if a.reply_budget else None
-        draft = load_role(a.models, "draft", dtype=a.dtype, threads=a.threads)
+        draft = load_role(a.models, "draft", dtype=a.dtype, threads=a.threads, kernels=a.draft_kernels)
     except (ValueError, StrategyError, PromptError, ModelError) as e:
         emit(event="error", message=str(e))
         return 2
@@ -407,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CloudDown, ProtocolError) as e:
         node.cloud_ok = False
         cloud = {"error": str(e)}
-    emit(event="ready", draft=draft.model_id, threads=a.threads, dtype=resolved(a.dtype), cloud=cloud,
+    emit(event="ready", draft=draft.model_id, threads=a.threads, dtype=resolved(a.dtype),
+         draft_kernels=getattr(draft, "kernels", None), cloud=cloud,
          load_s=round(time.monotonic() - t0, 2))
     go = (lambda: None) if a.standalone else _wait_go
     try:

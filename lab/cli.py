@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from netns.link import LinkError, LinkPair
 from lab import usage
 from lab.core.strategies import StrategyError, make_strategy
+from lab.models.hf import KERNELS
 from lab.prompts import PromptError, load_prompts
 from lab.results import ResultsError
 from netns.lock import LAB_LOCK, LabBusy
@@ -195,7 +196,7 @@ def cmd_scenario(args) -> int:
     opts = RunOptions(models=models, strategies=strategies, queries=args.queries, warmup_queries=args.warmup,
                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, payload=args.payload,
                       prompts=args.prompts, seed=args.seed, backend=args.backend, out=args.out,
-                      reply_timeout_s=args.reply_timeout_s, dtype=args.dtype,
+                      reply_timeout_s=args.reply_timeout_s, dtype=args.dtype, draft_kernels=args.draft_kernels,
                       **({"threads_per_node": args.threads_per_node} if args.threads_per_node else {}),
                       **({"omp_wait_policy": args.omp_wait_policy} if args.omp_wait_policy else {}))
     # Taken before anything slow, so a second run refuses at once; held for the whole run.
@@ -560,6 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "and the link's RTO backoff, lab/core/budget.py)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="model precision; auto = float32 (exactly lossless; bf16 ties can flip a token)")
+    p.add_argument("--draft-kernels", choices=KERNELS,
+                   help="the draft's Linear layers: packed (default; oneDNN, fp32 weights), int8 (dynamic "
+                        "quantisation: a faster draft; the target and so the output are untouched), default")
     p.add_argument("--threads-per-node", type=count,
                    help="torch threads per node (default: RunOptions; nodes are pinned to disjoint CPUs only "
                         "when the host has room for both)")

@@ -75,6 +75,7 @@ class RunOptions:
     out: str | None = None
     threads_per_node: int | None = None   # None: every CPU for real models, 1 (pinned) for synthetic ones
     dtype: str = "auto"            # auto = float32 (lab/models/cpu.py)
+    draft_kernels: str | None = None   # the draft's Linear kernels (lab/models/hf.py KERNELS); None: the default
     reply_timeout_s: float | None = None   # None: from the cloud's measured compute (lab/core/budget.py)
     progress: bool = True
     pin_cpus: bool = True          # edge and cloud on disjoint CPUs when the host has enough (lab/affinity.py)
@@ -279,7 +280,8 @@ def run_scenario(sc: Scenario, opts: RunOptions, out=print, on_query=None) -> Pa
         node_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
         if opts.omp_wait_policy:
             node_env["OMP_WAIT_POLICY"] = opts.omp_wait_policy
-        common = ["--models", opts.models, "--threads", str(threads), "--dtype", dtype]
+        common = ["--models", opts.models, "--threads", str(threads), "--dtype", dtype,
+                  *(["--draft-kernels", opts.draft_kernels] if opts.draft_kernels else [])]
         cpus = node_cpus(threads) if opts.pin_cpus else {}
         meta.update(node_cpus={k: sorted(v) for k, v in cpus.items()} or None,
                     thread_layout={"threads_per_node": threads, "pinned": bool(cpus),

@@ -19,6 +19,7 @@ def _edge(capsys, tmp_path, **over) -> tuple[int, dict]:
     ("--workload", "[1, 2]", "--workload"),
     ("--reply-budget", "nope", "--reply-budget"),
     ("--models", "synthetic:no-such-profile", "no-such-profile"),
+    ("--draft-kernels", "int8", "kernels 'int8'"),          # synthetic models have no Linear layers
 ])
 def test_edge_names_the_bad_argument(capsys, tmp_path, flag, value, named):
     rc, event = _edge(capsys, tmp_path, **{flag: value})
