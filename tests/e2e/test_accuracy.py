@@ -9,7 +9,9 @@ import pytest
 
 pytestmark = [pytest.mark.root, pytest.mark.models, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
-SPECULATIVE = ("fixed-k:3", "fixed-k:5", "cloud-spec")
+# Every strategy that speculates with the target, the adaptive ones included (nasd's cloud fallback
+# too): each must answer exactly as the target does.
+SPECULATIVE = ("fixed-k:3", "fixed-k:5", "cloud-spec", "nasd", "ucb-specstop")
 N_QUESTIONS = 3
 
 
