@@ -148,14 +148,21 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
     prompts = load_prompts(None)[:n_prompts]
     totals = {"cloud-spec": [0, 0.0], "assisted": [0, 0.0], "plain": [0, 0.0]}
     mismatches, alpha, greedy_reference = [], {}, {}
-    for p in prompts:
-        ids = target.encode_prompt(p["prompt"])
+    prompt_ids = {p["id"]: target.encode_prompt(p["prompt"]) for p in prompts}
+
+    def cloud_spec(name: str, drafter, ids: list[int]) -> list[int]:
+        """One co-located speculative generation, timed and counted under `name`; its tokens."""
         t0 = time.perf_counter()
-        gen = speculative_generate(draft, target, ids, max_new_tokens, k_fn=lambda: k)
-        ours = gen.tokens
-        totals["cloud-spec"][0] += len(ours)
-        totals["cloud-spec"][1] += time.perf_counter() - t0
-        _count_acceptance(alpha, "cloud-spec", gen)
+        gen = speculative_generate(drafter, target, ids, max_new_tokens, k_fn=lambda: k)
+        totals[name][1] += time.perf_counter() - t0
+        totals[name][0] += len(gen.tokens)
+        acc, prop = alpha.get(name, (0, 0))
+        alpha[name] = (acc + sum(gen.accepted), prop + sum(gen.drafted))
+        return gen.tokens
+
+    for p in prompts:
+        ids = prompt_ids[p["id"]]
+        ours = cloud_spec("cloud-spec", draft, ids)
         x = torch.tensor([ids])
         eos = list(target.eos_token_ids)
         gen_kw = dict(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos[0],
@@ -179,16 +186,10 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
         out(f"  int8 draft step (t_draft) {verify_costs(int8_draft, three, ks=())['t_decode_ms']:.0f} ms")
         totals["cloud-spec-int8-draft"] = [0, 0.0]
         for p in prompts:
-            ids = target.encode_prompt(p["prompt"])
-            t0 = time.perf_counter()
-            gen = speculative_generate(int8_draft, target, ids, max_new_tokens, k_fn=lambda: k)
-            totals["cloud-spec-int8-draft"][1] += time.perf_counter() - t0
-            totals["cloud-spec-int8-draft"][0] += len(gen.tokens)
-            _count_acceptance(alpha, "cloud-spec-int8-draft", gen)
-            plain = greedy_reference[p["id"]]
-            if gen.tokens != plain:
+            toks, plain = cloud_spec("cloud-spec-int8-draft", int8_draft, prompt_ids[p["id"]]), greedy_reference[p["id"]]
+            if toks != plain:
                 mismatches.append(f"{p['id']}: cloud-spec with the int8 draft differs from plain at token "
-                                  f"{_first_difference(gen.tokens, plain)}")
+                                  f"{_first_difference(toks, plain)}")
         del int8_draft
     tps = {name: _tps(n, s) for name, (n, s) in totals.items()}
     out(f"  {models} ({dtype}, {threads} threads), K={k}, {len(prompts)} prompts × ≤{max_new_tokens} tokens")
@@ -206,12 +207,6 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
 def _first_difference(a: list[int], b: list[int]) -> int:
     """Index of the first token where two outputs differ (the shorter one's length if one is a prefix)."""
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-
-
-def _count_acceptance(alpha: dict, name: str, gen) -> None:
-    """Accumulate (drafts accepted, drafts proposed) of one generation under `name`."""
-    acc, prop = alpha.get(name, (0, 0))
-    alpha[name] = (acc + sum(gen.accepted), prop + sum(gen.drafted))
 
 
 def _int8_draft(models: str, dtype: str, threads: int, out):

@@ -16,9 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_PACKAGES = ("lab", "netns", "edge_node", "cloud_node", "vm")
 FIRST_PARTY = set(RUNTIME_PACKAGES) | {"tests"}
-# Import names whose distribution is spelled otherwise, for a machine where the package is not installed.
-# Import names whose distribution differs, or that may be absent: an optional extra not installed
-# (`make test-unit` without SDLAB_EXTRAS=ray) still has to be declared in its extra.
+# Import names whose distribution is spelled otherwise, or that a machine may not have installed (an
+# optional extra: `make test-unit` without SDLAB_EXTRAS=ray), still checked against what is declared.
 DISTRIBUTION_OF = {"yaml": "PyYAML", "zmq": "pyzmq", "ray": "ray"}
 # An optional extra's import is allowed in the one module that is that extra's door, and nowhere else:
 # the default path never imports it (lab/sweep_ray.py says so when it is missing).
