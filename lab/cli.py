@@ -19,6 +19,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from contextlib import contextmanager
 
 from netns.link import LinkError, LinkPair
@@ -48,26 +49,51 @@ class Terminated(KeyboardInterrupt):
         super().__init__(self.signal_name)
 
 
+REDELIVER_AFTER_S = 0.05       # long enough for the main thread to leave the C callback that lost it
+
+
 @contextmanager
 def stop_signals_as_interrupt(signums=STOP_SIGNALS):
     """Within the block, the first of `signums` raises Terminated in the main thread; later ones are
     noted and ignored, so they cannot cut the teardown short.  A signal the process was started
-    with ignored (nohup) stays ignored."""
+    with ignored (nohup) stays ignored.
+
+    An interrupt (Ctrl-C's KeyboardInterrupt or Terminated) that Python loses is sent again.  Python
+    cannot raise where C calls back into it with no caller to take the exception: the at-fork hooks
+    that run around every fork (pyroute2's namespace helpers, Popen with preexec_fn, netns/nsexec.py),
+    __del__, weakref callbacks.  A handler that raises there is printed as "Exception ignored" and
+    dropped, and the run carried on as if Ctrl-C had never come (a CI sweep ran to its end).  The
+    unraisable hook sees the loss and a helper thread signals the main thread again a moment later."""
     fired: list[int] = []
+    lost: list[int] = []
+    main_ident, owner = threading.main_thread().ident, os.getpid()
 
     def handler(signum, frame):
-        if fired:
+        if fired and not lost:
             print(f"{signal.Signals(signum).name}: already stopping (teardown in progress)", file=sys.stderr)
             return
+        lost.clear()
         fired.append(signum)
         raise Terminated(signum)
+
+    def unraisable(u):
+        if not isinstance(u.exc_value, KeyboardInterrupt) or os.getpid() != owner:
+            return previous_hook(u)
+        signum = getattr(u.exc_value, "signum", signal.SIGINT)
+        lost.append(signum)
+        again = threading.Timer(REDELIVER_AFTER_S, signal.pthread_kill, (main_ident, signum))
+        again.daemon = True          # never holds up the exit of a run that ended meanwhile
+        again.start()
+
     old = {}
     for s in signums:
         if signal.getsignal(s) is not signal.SIG_IGN:
             old[s] = signal.signal(s, for_this_process_only(handler))
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         for s, h in old.items():
             signal.signal(s, h)
 

@@ -99,3 +99,49 @@ def test_a_forked_copy_dies_by_the_default_action(block):
     os.close(r)
     os.close(w)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+
+
+class _RaisesSignalWhenCollected:
+    """A signal whose handler runs inside __del__: Python prints the exception and drops it."""
+
+    def __init__(self, signum):
+        self.signum = signum
+
+    def __del__(self):
+        signal.raise_signal(self.signum)
+
+
+def _wait_for_interrupt(seconds=3.0):
+    import time
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupt_lost_in_a_callback_is_delivered_again(signum):
+    with pytest.raises(KeyboardInterrupt) as e:
+        with stop_signals_as_interrupt():
+            _RaisesSignalWhenCollected(signum)       # collected at once; its interrupt is lost there
+            _wait_for_interrupt()
+    assert getattr(e.value, "signum", signal.SIGINT) == signum
+
+
+def test_ctrl_c_during_a_fork_is_not_lost():
+    """The CI failure: Ctrl-C landed in logging's at-fork hook (pyroute2 and Popen(preexec_fn) fork) and
+    the sweep ran to its end.  Here an at-fork hook takes the signal on every fork."""
+    code = ("import os, signal, sys, time\n"
+            "import lab.cli as cli\n"
+            "def cmd(args):\n"
+            "    os.register_at_fork(after_in_parent=lambda: signal.raise_signal(signal.SIGINT))\n"
+            "    pid = os.fork()\n"
+            "    if pid == 0:\n"
+            "        os._exit(0)\n"
+            "    os.waitpid(pid, 0)\n"
+            "    time.sleep(3)\n"
+            "    print('ran to its end', flush=True)\n"
+            "cli.cmd_doctor = cmd\n"
+            "sys.exit(cli.main(['doctor']))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 130 and "ran to its end" not in r.stdout, (r.returncode, r.stdout, r.stderr)
+    assert "interrupted" in r.stderr and "Exception ignored" not in r.stderr, r.stderr
