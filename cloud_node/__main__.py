@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="embedded")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    ap.add_argument("--draft-kernels", choices=KERNELS, help="the co-located draft's Linear layers (default: packed)")
+    ap.add_argument("--draft-kernels", choices=KERNELS, help="the co-located draft's Linear layers (default: int8 where it runs, else packed)")
     ap.add_argument("--no-draft", action="store_true", help="serve without a draft model (no cloud-spec)")
     ap.add_argument("--max-message-bytes", type=int, default=protocol.MAX_MESSAGE_BYTES)
     ap.add_argument("--cpus", help="pin to these CPUs, e.g. 1 (the runner gives each node its own)")

@@ -328,11 +328,11 @@ class EdgeQuery:
                 return
 
 
-def _default_tables(strategies, models: str, dtype: str) -> None:
+def _default_tables(strategies, models: str, dtype: str, draft_kernels: str | None) -> None:
     """NASD without a table= option takes the calibrated table of the pair in use, if there is one."""
     from lab.core.strategies import load_table
     from lab.models.synthetic import nasd_table_for
-    path = nasd_table_for(models, dtype)
+    path = nasd_table_for(models, dtype, draft_kernels)
     for s in strategies:
         if path is not None and hasattr(s, "use_table") and getattr(s, "table", None) is None:
             s.use_table(load_table(str(path)))
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="embedded")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    ap.add_argument("--draft-kernels", choices=KERNELS, help="the draft's Linear layers (default: packed)")
+    ap.add_argument("--draft-kernels", choices=KERNELS, help="the draft's Linear layers (default: int8 where it runs, else packed)")
     ap.add_argument("--strategies", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--scenario", default="?")
@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         workload = _json_arg("--workload", a.workload)
         strategies = [make_strategy(s) for s in split_strategies(a.strategies)]
-        _default_tables(strategies, a.models, resolved(a.dtype))
+        _default_tables(strategies, a.models, resolved(a.dtype), a.draft_kernels)
         prompts = load_prompts(workload.get("prompts"))
         budget_doc = _json_arg("--reply-budget", a.reply_budget) if a.reply_budget else None
         draft = load_role(a.models, "draft", dtype=a.dtype, threads=a.threads, kernels=a.draft_kernels)

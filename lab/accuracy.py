@@ -20,8 +20,9 @@ Completions run in a sandbox: a subprocess in a fresh temporary directory, in a 
 its own with no interface up (`unshare --net`), with CPU/memory/file-size limits and a timeout.
 
 The accuracy folder (--out; an existing one is resumed):
-  accuracy.json   the settings; resuming needs the same bench, scenario, models, dtype, shots,
-                  max_new_tokens, prompt format and seed (questions and strategies may change)
+  accuracy.json   the settings; resuming needs the same bench, scenario, models, dtype, draft
+                  kernels, shots, max_new_tokens, prompt format and seed (questions and strategies
+                  may change); edge-only's answers are the draft's, so its kernels are the model's identity
   records.jsonl   one scored record per (strategy, question), appended and flushed as each query ends
   runs/<run>/     the lab runs the records come from (queries.jsonl, meta.json, summary.csv, ...),
                   each over a batch of questions (--batch) with every strategy
@@ -65,7 +66,9 @@ HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")   # 
 EVALPLUS_INSTRUCTION = ("Please provide a self-contained Python script that solves the following problem "
                         "in a markdown code block:\n```\n{prompt}\n```\n")
 SETTINGS_FILE = "accuracy.json"
-RESUME_KEYS = ("bench", "scenario", "models", "dtype", "shots", "max_new_tokens", "template", "seed")
+RESUME_KEYS = ("bench", "scenario", "models", "dtype", "draft_kernels", "shots", "max_new_tokens", "template", "seed")
+# What a folder written before a key existed ran with: the draft was packed fp32 until int8 became its default.
+RESUME_KEYS_BEFORE = {"draft_kernels": "packed"}
 
 
 class AccuracyError(Exception):
@@ -87,6 +90,7 @@ class Settings:
     scenario: str
     models: str
     dtype: str
+    draft_kernels: str               # lab/models/hf.py KERNELS, concrete (the default resolved)
     shots: int
     max_new_tokens: int
     template: str
@@ -305,9 +309,10 @@ def open_folder(out_dir: Path, settings: Settings) -> None:
         except (OSError, ValueError) as e:
             raise AccuracyError(f"{path}: unreadable ({e}); pass another --out") from None
         now = asdict(settings)
-        differ = [k for k in RESUME_KEYS if old.get(k) != now[k]]
+        was = {k: old.get(k, RESUME_KEYS_BEFORE.get(k)) for k in RESUME_KEYS}
+        differ = [k for k in RESUME_KEYS if was[k] != now[k]]
         if differ:
-            raise AccuracyError(f"{path}: made with other settings ({', '.join(f'{k}={old.get(k)!r}, now {now[k]!r}' for k in differ)}); "
+            raise AccuracyError(f"{path}: made with other settings ({', '.join(f'{k}={was[k]!r}, now {now[k]!r}' for k in differ)}); "
                                 "pass another --out or the same settings")
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
@@ -386,7 +391,7 @@ def run_accuracy(sc, settings: Settings, questions: list[Question], out_dir: Pat
             opts = RunOptions(models=settings.models, strategies=strategies, queries=len(qids), warmup_queries=0,
                               max_new_tokens=settings.max_new_tokens, temperature=0.0, prompts=str(prompts),
                               seed=settings.seed, out=str(out_dir / "runs"), dtype=settings.dtype,
-                              reply_timeout_s=reply_timeout_s, progress=progress)
+                              draft_kernels=settings.draft_kernels, reply_timeout_s=reply_timeout_s, progress=progress)
             run_scenario(sc, opts, out=out, on_query=scorer.on_query)
         complete = not missing_groups(settings, scorer.done)
     finally:
@@ -400,7 +405,7 @@ def write_summary(out_dir: Path, settings: Settings, complete: bool, out=print) 
     path = out_dir / ("summary.csv" if complete else "summary.partial.csv")
     df.to_csv(path, index=False)
     out("")
-    out(f"{settings.bench} on {settings.scenario}, {settings.models} ({settings.dtype}), "
+    out(f"{settings.bench} on {settings.scenario}, {settings.models} ({settings.dtype}, {settings.draft_kernels} draft), "
         f"{len(settings.questions)} questions{'' if complete else '  [INCOMPLETE]'}")
     out(format_summary(df))
     out(f"\n{path}")

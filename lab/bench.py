@@ -8,9 +8,10 @@ the same pair, prompts and thread count, in one process:
   assisted     Hugging Face assisted generation: target.generate(assistant_model=draft)
   plain        the target alone: target.generate (greedy)
 and prints tokens/s of each, the ratios, and whether the three produced the same token ids
-(at temperature 0 they should; bf16 can flip a near-tie, which is reported, not hidden).  In
-float32 also cloud-spec with the draft's Linear layers in int8 (lab/models/quant.py): the target is
-untouched, so its tokens must stay the same; only the acceptance and the draft's time move.
+(at temperature 0 they should; bf16 can flip a near-tie, which is reported, not hidden).  The draft
+runs with the lab's default kernels (int8 where that runs, lab/models/hf.py default_kernels), and
+cloud-spec is run again with the other draft (packed fp32 beside int8, or int8 beside packed): the
+target is untouched, so its tokens must stay the same; only the acceptance and the draft's time move.
 Then (as root) the distributed path on the `lan` scenario: `fixed-k:K` (draft in sdl-edge,
 target in sdl-cloud, every cycle over the kernel link) against `cloud-spec:K` (both in the
 cloud), the lab's default threads per node, same prompts — what splitting costs when the network is free.
@@ -104,11 +105,11 @@ def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 
         tps = r["tokens_per_s"]
         out(f"  {dtype:9s} plain {tps['plain']:6.2f}  assisted {tps['assisted']:6.2f}  cloud-spec "
             f"{tps['cloud-spec']:6.2f}  = {tps['cloud-spec'] / tps['plain']:.2f}x plain (goal >= 1.3), "
-            f"{tps['cloud-spec'] / tps['assisted']:.2f}x assisted (goal >= 1.2)")
-        if "cloud-spec-int8-draft" in tps:
-            out(f"  {'':9s} cloud-spec with an int8 draft {tps['cloud-spec-int8-draft']:6.2f} = "
-                f"{tps['cloud-spec-int8-draft'] / tps['plain']:.2f}x plain, "
-                f"{tps['cloud-spec-int8-draft'] / tps['assisted']:.2f}x assisted")
+            f"{tps['cloud-spec'] / tps['assisted']:.2f}x assisted (goal >= 1.2); "
+            f"draft {r['draft_kernels']} (assisted uses the same)")
+        for row in (r for r in tps if r.startswith("cloud-spec-")):
+            out(f"  {'':9s} {row.removeprefix('cloud-spec-').replace('-', ' ')}: cloud-spec {tps[row]:6.2f} = "
+                f"{tps[row] / tps['plain']:.2f}x plain, {tps[row] / tps['assisted']:.2f}x assisted")
         out(f"  {'':9s} t_decode {r['verify']['t_decode_ms']:.0f} ms; verify ratio "
             + " ".join(f"K={kk}:{v:.2f}" for kk, v in r["verify"]["ratio"].items()) + "  (goal <= 1.3)")
     new, old = results.get("float32"), results.get(OLD_DEFAULTS["dtype"])
@@ -129,7 +130,10 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
     from lab.models import warm_up
     from lab.models.select import load_role
 
-    draft = load_role(models, "draft", dtype=dtype, threads=threads, kernels=kernels)
+    from lab.models.hf import default_kernels
+
+    draft_kernels = kernels or default_kernels("draft", dtype)
+    draft = load_role(models, "draft", dtype=dtype, threads=threads, kernels=draft_kernels)
     target = load_role(models, "target", dtype=dtype, threads=threads, kernels=kernels)
     for m in (draft, target):
         warm_up(m)
@@ -181,16 +185,17 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
             if toks != ours:
                 mismatches.append(f"{p['id']}: {name} differs from cloud-spec at token {_first_difference(toks, ours)}")
         out(f"  {p['id']}: {len(ours)} tokens")
-    int8_draft = _int8_draft(models, dtype, threads, out)
-    if int8_draft is not None:
-        out(f"  int8 draft step (t_draft) {verify_costs(int8_draft, three, ks=())['t_decode_ms']:.0f} ms")
-        totals["cloud-spec-int8-draft"] = [0, 0.0]
+    other_kernels, other = _other_draft(models, dtype, threads, draft_kernels, out)
+    if other is not None:
+        row = f"cloud-spec-{other_kernels}-draft"
+        out(f"  {other_kernels} draft step (t_draft) {verify_costs(other, three, ks=())['t_decode_ms']:.0f} ms")
+        totals[row] = [0, 0.0]
         for p in prompts:
-            toks, plain = cloud_spec("cloud-spec-int8-draft", int8_draft, prompt_ids[p["id"]]), greedy_reference[p["id"]]
+            toks, plain = cloud_spec(row, other, prompt_ids[p["id"]]), greedy_reference[p["id"]]
             if toks != plain:
-                mismatches.append(f"{p['id']}: cloud-spec with the int8 draft differs from plain at token "
-                                  f"{_first_difference(toks, plain)}")
-        del int8_draft
+                mismatches.append(f"{p['id']}: cloud-spec with the {other_kernels} draft differs from plain "
+                                  f"at token {_first_difference(toks, plain)}")
+        del other
     tps = {name: _tps(n, s) for name, (n, s) in totals.items()}
     out(f"  {models} ({dtype}, {threads} threads), K={k}, {len(prompts)} prompts × ≤{max_new_tokens} tokens")
     for name, v in tps.items():
@@ -201,7 +206,7 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
     out("  outputs: " + ("identical token ids" if not mismatches else "; ".join(mismatches)))
     del draft, target
     return {"tokens_per_s": tps, "mismatches": mismatches, "verify": costs, "ttft_ms": ttft,
-            "ttft_old_layout_ms": ttft_old}
+            "ttft_old_layout_ms": ttft_old, "draft_kernels": draft_kernels}
 
 
 def _first_difference(a: list[int], b: list[int]) -> int:
@@ -209,22 +214,23 @@ def _first_difference(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def _int8_draft(models: str, dtype: str, threads: int, out):
-    """The draft again with int8 Linear layers (lab/models/quant.py), or None where that cannot run:
-    not float32, or no fbgemm in this torch."""
+def _other_draft(models: str, dtype: str, threads: int, used: str, out):
+    """(kernels, the draft again with them): the other of int8 and packed than `used`; the draft is
+    None where int8 cannot run (lab/models/quant.py: float32 and fbgemm)."""
     import torch
 
     from lab.models import warm_up
     from lab.models.quant import can_quantize
     from lab.models.select import load_role
 
-    if not can_quantize(getattr(torch, dtype)):
+    if used != "int8" and not can_quantize(getattr(torch, dtype)):
         out(f"  (no int8 draft: dynamic int8 needs float32 and fbgemm; this run is {dtype})")
-        return None
-    draft = load_role(models, "draft", dtype=dtype, threads=threads, kernels="int8")
+        return "int8", None
+    kernels = "packed" if used == "int8" else "int8"
+    draft = load_role(models, "draft", dtype=dtype, threads=threads, kernels=kernels)
     warm_up(draft)
-    out(f"  int8 draft: {draft.kernels}")
-    return draft
+    out(f"  {kernels} draft: {draft.kernels}")
+    return kernels, draft
 
 
 def bench_lan(models: str = "embedded", k: int = 5, max_new_tokens: int = 48, n_prompts: int = 3,
@@ -326,7 +332,8 @@ def bench_main(argv: list[str] | None = None) -> int:
                     help="cap torch/oneDNN/MKL at this ISA (ATEN_CPU_CAPABILITY etc.): emulates an AVX2-only CPU")
     ap.add_argument("--kernels", choices=["auto", "default", "packed"], default="auto",
                     help="Linear kernels of both models: torch's default or oneDNN-packed weights "
-                         "(auto: the lab's default, packed); the int8 draft is measured beside them in float32")
+                         "(auto: the lab's defaults, a packed target and an int8 draft where that runs); "
+                         "cloud-spec is measured again with the other draft (packed beside int8)")
     ap.add_argument("--no-lan", action="store_true", help="skip the distributed fixed-k over lan part")
     a = ap.parse_args(argv)
     if a.what == "colocated" and a.models.startswith("synthetic"):

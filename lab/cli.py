@@ -231,7 +231,7 @@ def cmd_scenario(args) -> int:
         if not models.startswith("synthetic"):
             from lab.models.select import resolved
             from lab.models.synthetic import host_profile_path
-            if not host_profile_path(models, resolved(args.dtype)).exists():
+            if not host_profile_path(models, resolved(args.dtype), args.draft_kernels).exists():
                 print(f"note: no measured profile of this host for {models} in {resolved(args.dtype)} "
                       "(the simulator falls back to the shipped one, measured on another CPU); "
                       f"`python -m lab profile --models {models}` measures one")
@@ -424,7 +424,8 @@ def cmd_profile(args) -> int:
     try:
         with measuring_alone("profile"):
             return profile_main(args.models, args.out, args.max_new_tokens, args.prompts, args.dtype, args.limit,
-                                replace_shipped=args.replace_shipped, acceptance_only=args.acceptance_only)
+                                replace_shipped=args.replace_shipped, acceptance_only=args.acceptance_only,
+                                draft_kernels=args.draft_kernels)
     except ModelError as e:
         raise UsageError(str(e)) from None
 
@@ -473,7 +474,10 @@ def cmd_accuracy(args) -> int:
     strategies = tuple(args.strategies or acc.DEFAULT_STRATEGIES)
     from lab.models.select import resolved
     args.dtype = resolved(args.dtype)          # recorded as the concrete dtype (a resume must match it)
+    from lab.models.hf import default_kernels
     settings = acc.Settings(bench=args.bench, scenario=sc.name, models=args.models, dtype=args.dtype,
+                            draft_kernels=args.draft_kernels or ("default" if args.models.startswith("synthetic")
+                                                                 else default_kernels("draft", args.dtype)),
                             shots=args.shots, max_new_tokens=args.max_new_tokens or acc.DEFAULT_MAX_NEW_TOKENS[args.bench],
                             template=template, seed=args.seed, strategies=strategies,
                             questions=tuple(q.id for q in questions))
@@ -520,6 +524,9 @@ def _add_accuracy_commands(sub) -> None:
     p.add_argument("--models", type=usage.models, default="embedded")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="auto = float32 (default), which keeps speculative answers exactly the target's")
+    p.add_argument("--draft-kernels", choices=KERNELS,
+                   help="the draft's Linear layers, as `scenario --draft-kernels` (default: int8 where it runs); "
+                        "edge-only's answers are the draft's")
     p.add_argument("--max-new-tokens", type=count, help="default 4 for MMLU, 384 for HumanEval")
     p.add_argument("--prompt-format", choices=["raw", "chat"],
                    help="raw text or the chat template (default raw for MMLU, chat for HumanEval)")
@@ -588,8 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="model precision; auto = float32 (exactly lossless; bf16 ties can flip a token)")
     p.add_argument("--draft-kernels", choices=KERNELS,
-                   help="the draft's Linear layers: packed (default; oneDNN, fp32 weights), int8 (dynamic "
-                        "quantisation: a faster draft; the target and so the output are untouched), default")
+                   help="the draft's Linear layers: int8 (the default where it runs, float32 on x86 with AVX2: "
+                        "dynamic quantisation, a faster draft; the target and so the output are untouched), "
+                        "packed (oneDNN, fp32 weights), default (torch's)")
     p.add_argument("--threads-per-node", type=count,
                    help="torch threads per node (default: RunOptions; nodes are pinned to disjoint CPUs only "
                         "when the host has room for both)")
@@ -687,6 +695,9 @@ def build_parser() -> argparse.ArgumentParser:
     # two tokens at least: the draft's time per token is measured on the tokens after the first
     p.add_argument("--max-new-tokens", type=usage.whole(2), default=48,
                    help="greedy tokens per prompt for α and the traces (default 48, a scenario's default query)")
+    p.add_argument("--draft-kernels", choices=KERNELS,
+                   help="the draft's Linear layers, as `scenario --draft-kernels` (default: int8 where it runs, "
+                        "else packed); part of the profile's key")
     p.add_argument("--acceptance-only", action="store_true",
                    help="measure the agreement alone (α, trace, per-prompt agreement) into the existing profile, "
                         "keeping its compute times")

@@ -124,9 +124,10 @@ def measure_pair(draft, target, prompts: list[dict], max_new_tokens: int,
 
 
 def profile_path(kind: str, out_path: str | None = None, replace_shipped: bool = False,
-                 results_base: Path | None = None, models: str = "embedded", dtype: str = "float32") -> Path:
+                 results_base: Path | None = None, models: str = "embedded", dtype: str = "float32",
+                 draft_kernels: str | None = None) -> Path:
     """Where the profile goes: --out, the shipped profile (only when asked to replace it), or this
-    host's profile in the model cache (keyed by CPU and dtype) — a measurement never overwrites a
+    host's profile in the model cache (keyed by CPU, dtype and the draft's kernels) — a measurement never overwrites a
     tracked file by default.  `results_base` (tests): a new results folder instead of the cache."""
     from lab.models.synthetic import PROFILE_DIR, host_profile_path
     from lab.results import new_run_dir
@@ -138,7 +139,7 @@ def profile_path(kind: str, out_path: str | None = None, replace_shipped: bool =
         return PROFILE_DIR / name
     if results_base is not None:
         return new_run_dir("profile", results_base) / name
-    path = host_profile_path(models, dtype)
+    path = host_profile_path(models, dtype, draft_kernels)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -147,7 +148,7 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
                  prompts_file: str | None = None, dtype: str = "auto", limit: int | None = None,
                  out: Callable[[str], None] = print, replace_shipped: bool = False,
                  results_base: Path | None = None, threads: int | None = None,
-                 acceptance_only: bool = False) -> int:
+                 acceptance_only: bool = False, draft_kernels: str | None = None) -> int:
     from lab.affinity import DEFAULT_THREADS_PER_NODE
     from lab.models import warm_up
     from lab.models.select import load_role, parse_models, prepare
@@ -163,7 +164,7 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
         out("error: profile measures a real pair (embedded or DRAFT_ID,TARGET_ID); a synthetic pair "
             "already is a profile")
         return 2
-    path = profile_path(kind, out_path, replace_shipped, results_base, models, dtype)
+    path = profile_path(kind, out_path, replace_shipped, results_base, models, dtype, draft_kernels)
     if acceptance_only and not path.is_file():
         out(f"error: --acceptance-only updates an existing profile and there is none at {path}: run "
             f"`python -m lab profile` first (or name one with --out)")
@@ -175,10 +176,13 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
     what = "agreement only" if acceptance_only else f"t_verify(n) for n in {', '.join(map(str, VERIFY_NS))}"
     out(f"profile: {models} ({dtype}, {threads} torch thread(s) per model, as the nodes run), {len(prompts)} prompts × "
         f"{max_new_tokens} tokens; {what}")
-    draft = load_role(models, "draft", dtype=dtype, threads=threads)
+    draft = load_role(models, "draft", dtype=dtype, threads=threads, kernels=draft_kernels)
     target = load_role(models, "target", dtype=dtype, threads=threads)
     warm_up(draft)
     warm_up(target)
+    kernels = {"draft_kernels": getattr(draft, "kernels", None), "target_kernels": getattr(target, "kernels", None)}
+    if kernels["draft_kernels"]:
+        out(f"draft: {kernels['draft_kernels']}; target: {kernels['target_kernels']}")
     m = measure_pair(draft, target, prompts, max_new_tokens, out, timing=not acceptance_only)
     acceptance = {"alpha": round(m["alpha"], 4), "trace": tuple(m["trace"]) or None,
                   "prompt_agreement": tuple(m["prompt_agreement"].items()) or None}
@@ -205,7 +209,7 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
             f"{m['draft_prefill_ms_per_token']:.2f} (draft); alpha {prof.alpha:.3f} over {m['positions']} positions "
             f"(trace of {len(prof.trace or ())} runs)")
         provenance = {"measured_by": "python -m lab profile", "models": models, "dtype": dtype,
-                      "threads_per_model": threads,
+                      "threads_per_model": threads, **kernels,
                       "host": platform.node(), "cpu": platform.processor() or platform.machine(),
                       "cpu_model": cpu.describe()["cpu_model"], "cpu_flags": cpu.describe()["cpu_flags"],
                       "isa_cap": cpu.isa_cap(), "torch_capability": cpu.torch_capability(),

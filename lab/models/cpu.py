@@ -68,6 +68,13 @@ def torch_capability() -> str | None:
         return None
 
 
+def int8_runs_here(dtype: str) -> bool:
+    """Whether the int8 draft (lab/models/quant.py: fbgemm's dynamic int8 Linear) runs here: float32
+    activations on an x86-64 CPU with AVX2.  Read from the flags, so that naming this host's profile
+    (`lab sim`) does not import torch; x86 builds of torch carry fbgemm."""
+    return dtype == "float32" and platform.machine() in ("x86_64", "AMD64") and "avx2" in _cpuinfo()[1]
+
+
 def resolve_dtype(dtype: str) -> str:
     """`auto` → float32: exactly lossless at temperature 0 on every CPU, and on AVX2-only CPUs also
     faster than bf16.  bfloat16 only when asked for (near-tie tokens may then differ from the

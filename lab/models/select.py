@@ -33,16 +33,18 @@ def load_role(spec: str, role: str, dtype: str = "auto", threads: int | None = N
         raise ModelError(f"role must be draft or target, got {role!r}")
     dtype = resolved(dtype)
     kind, a, b = parse_models(spec)
+    from lab.models.hf import HFModel, default_kernels
     if kind == "embedded":
         from lab.models.embedded import load_embedded
-        return load_embedded(role, dtype=dtype, threads=threads, progress=progress, kernels=kernels)
+        return load_embedded(role, dtype=dtype, threads=threads, progress=progress,
+                             kernels=kernels or default_kernels(role, dtype))
     if kind == "synthetic":
         if kernels not in (None, "default"):
             raise ModelError(f"kernels {kernels!r}: synthetic models compute nothing; kernels apply to real models")
         from lab.models.synthetic import load_synthetic
         return load_synthetic(role, a)
-    from lab.models.hf import HFModel
-    return HFModel(a if role == "draft" else b, dtype=dtype, threads=threads, kernels=kernels)
+    return HFModel(a if role == "draft" else b, dtype=dtype, threads=threads,
+                   kernels=kernels or default_kernels(role, dtype))
 
 
 def prepare(spec: str, dtype: str = "auto") -> dict:

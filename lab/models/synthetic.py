@@ -53,7 +53,7 @@ def nasd_table_path(profile: str) -> Path:
     return PROFILE_DIR / f"{profile}.nasd.json"
 
 
-def nasd_table_for(models: str, dtype: str = "float32") -> Path | None:
+def nasd_table_for(models: str, dtype: str = "float32", draft_kernels: str | None = None) -> Path | None:
     """The calibrated table for a --models value, if there is one: synthetic:NAME uses NAME's; the
     embedded pair uses its profile's — this host's when `lab profile` and `lab calibrate` have run
     here, else the shipped embedded-cpu one's."""
@@ -63,7 +63,7 @@ def nasd_table_for(models: str, dtype: str = "float32") -> Path | None:
         return path if path.is_file() else None
     if kind != "embedded":
         return None
-    for candidate in (resolve_profile(DEFAULT_PROFILE, dtype)[0], DEFAULT_PROFILE):
+    for candidate in (resolve_profile(DEFAULT_PROFILE, dtype, draft_kernels)[0], DEFAULT_PROFILE):
         path = nasd_table_path(candidate)
         if path.is_file():
             return path
@@ -328,24 +328,28 @@ def host_profile_dir() -> Path:
     return cache_dir().parent / "profiles"
 
 
-def host_profile_path(models: str = "embedded", dtype: str = "float32") -> Path:
-    """Where `lab profile` keeps this host's profile of `models` in `dtype`."""
+def host_profile_path(models: str = "embedded", dtype: str = "float32", draft_kernels: str | None = None) -> Path:
+    """Where `lab profile` keeps this host's profile of `models` in `dtype` with the draft's kernels
+    (default: the draft's default here): an int8 draft's t_draft and acceptance are not packed fp32's."""
     import re
 
     from lab.models.cpu import host_key
+    from lab.models.hf import default_kernels
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", models).strip("-")[:60]
-    return host_profile_dir() / f"{slug}--{host_key(dtype)}.yaml"
+    kernels = draft_kernels or default_kernels("draft", dtype)
+    return host_profile_dir() / f"{slug}--{host_key(dtype)}--draft-{kernels}.yaml"
 
 
-def resolve_profile(name: str | None, dtype: str = "float32") -> tuple[str, str]:
+def resolve_profile(name: str | None, dtype: str = "float32", draft_kernels: str | None = None) -> tuple[str, str]:
     """(profile to load, a line saying which one): `embedded-cpu` becomes this host's measured
-    profile of the embedded pair when there is one; anything else is used as given."""
+    profile of the embedded pair (in `dtype`, with the draft's kernels) when there is one; anything
+    else is used as given."""
     name = name or DEFAULT_PROFILE
     models = HOST_PROFILE_OF.get(name)
     if models is None:
         return name, f"profile {name}"
-    host = host_profile_path(models, dtype)
+    host = host_profile_path(models, dtype, draft_kernels)
     if host.exists():
         return str(host), f"profile {name}: this host's, measured by `lab profile` ({host})"
-    return name, (f"profile {name}: the shipped one (measured on another CPU; no profile of this host in "
-                  f"{dtype} — run `python -m lab profile` to measure one)")
+    return name, (f"profile {name}: the shipped one (measured on another CPU; no profile of this host, "
+                  f"{host.name}, in {host.parent} — run `python -m lab profile` to measure one)")

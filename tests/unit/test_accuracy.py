@@ -233,7 +233,8 @@ QUESTIONS = [acc.Question(f"mmlu/s/{i}", f"prompt {i}", "raw", "ABCD"[i % 4], {"
 
 
 def settings(**kw) -> acc.Settings:
-    base = dict(bench="mmlu", scenario="lan", models="synthetic:fast", dtype="float32", shots=5, max_new_tokens=4,
+    base = dict(bench="mmlu", scenario="lan", models="synthetic:fast", dtype="float32", draft_kernels="default",
+                shots=5, max_new_tokens=4,
                 template="raw", seed=0, strategies=("cloud-only", "fixed-k:5"), questions=tuple(q.id for q in QUESTIONS))
     return acc.Settings(**{**base, **kw})
 
@@ -244,11 +245,13 @@ class FakeLab:
 
     def __init__(self, die_after: int | None = None, unscored_last: bool = False):
         self.die_after, self.unscored_last, self.calls, self.n = die_after, unscored_last, [], 0
+        self.options = []
 
     def __call__(self, sc, opts, out=print, on_query=None):
         from lab.results import JsonlWriter, new_run_dir
         prompts = load_prompts(opts.prompts)
         self.calls.append((opts.strategies, [p["id"] for p in prompts]))
+        self.options.append(opts)
         run_dir = new_run_dir(sc.name, Path(opts.out))
         with JsonlWriter(run_dir / "queries.jsonl") as w:
             for s in opts.strategies:
@@ -315,6 +318,27 @@ def test_resume_refuses_other_settings(tmp_path, monkeypatch):
     acc.run_accuracy(Sc(), settings(), QUESTIONS, tmp_path, out=lambda m: None)
     with pytest.raises(acc.AccuracyError, match=r"accuracy\.json: made with other settings \(dtype='float32', now 'bfloat16'\)"):
         acc.run_accuracy(Sc(), settings(dtype="bfloat16"), QUESTIONS, tmp_path, out=lambda m: None)
+
+
+def test_the_drafts_kernels_are_a_resume_key_and_older_folders_ran_packed(tmp_path, monkeypatch):
+    """edge-only's answers are the draft's: an int8 draft's folder is not a packed one's.  A folder
+    written before the key existed ran the packed draft, and resumes as such."""
+    import json
+
+    import lab.runner
+    lab_ = FakeLab()
+    monkeypatch.setattr(lab.runner, "run_scenario", lab_)
+    acc.run_accuracy(Sc(), settings(draft_kernels="int8"), QUESTIONS, tmp_path, out=lambda m: None)
+    assert lab_.options[-1].draft_kernels == "int8"
+    with pytest.raises(acc.AccuracyError, match=r"draft_kernels='int8', now 'packed'"):
+        acc.run_accuracy(Sc(), settings(draft_kernels="packed"), QUESTIONS, tmp_path, out=lambda m: None)
+    path = tmp_path / acc.SETTINGS_FILE
+    old = json.loads(path.read_text())
+    del old["draft_kernels"]
+    path.write_text(json.dumps(old))
+    acc.run_accuracy(Sc(), settings(draft_kernels="packed"), QUESTIONS, tmp_path, out=lambda m: None)
+    with pytest.raises(acc.AccuracyError, match=r"draft_kernels='packed', now 'int8'"):
+        acc.run_accuracy(Sc(), settings(draft_kernels="int8"), QUESTIONS, tmp_path, out=lambda m: None)
 
 
 def test_batches_advance_every_strategy_together(tmp_path, monkeypatch):

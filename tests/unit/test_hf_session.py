@@ -261,3 +261,19 @@ def test_int8_needs_float32(tiny):
         HFModel.from_objects(copy.deepcopy(tiny).to(torch.bfloat16), _NoTokenizer(), "t", kernels="int8")
     with pytest.raises(ModelError, match="kernels must be one of"):
         HFModel.from_objects(copy.deepcopy(tiny), _NoTokenizer(), "t", kernels="fp4")
+
+
+def test_the_draft_defaults_to_int8_where_it_runs_and_the_target_to_packed(monkeypatch):
+    from lab.models import cpu
+    from lab.models.hf import default_kernels
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: ("Some x86", frozenset({"avx", "avx2", "fma"})))
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    assert cpu.int8_runs_here("float32") and not cpu.int8_runs_here("bfloat16")
+    assert default_kernels("draft", "float32") == "int8"
+    assert default_kernels("draft", "bfloat16") == "packed"           # fbgemm's int8 takes fp32 activations
+    assert default_kernels("target", "float32") == "packed"           # the target's weights are the output's
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: ("Old x86", frozenset({"avx", "sse4_2"})))
+    assert default_kernels("draft", "float32") == "packed"
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: ("Some x86", frozenset({"avx2"})))
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "aarch64")
+    assert default_kernels("draft", "float32") == "packed"

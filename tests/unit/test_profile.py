@@ -161,3 +161,26 @@ def test_a_hosts_nasd_table_sits_beside_its_profile_and_wins_over_the_shipped_on
     table.write_text("{}")
     assert nasd_table_for("embedded") == table
     assert nasd_table_for("embedded", "bfloat16") == shipped      # the dtype is part of the host's key
+
+
+def test_the_drafts_kernels_are_part_of_the_hosts_key(monkeypatch, tmp_path):
+    """An int8 draft's t_draft and acceptance are not packed fp32's: each has its own host profile,
+    and without --draft-kernels the draft's default here picks which one is used."""
+    from lab.models import cpu
+    from lab.models.synthetic import PROFILE_DIR, host_profile_path, nasd_table_for, nasd_table_path, resolve_profile
+    monkeypatch.setenv("SDLAB_CACHE", str(tmp_path / "cache" / "models"))
+    packed, int8 = (host_profile_path("embedded", "float32", k) for k in ("packed", "int8"))
+    assert packed != int8 and packed.name.endswith("--draft-packed.yaml") and int8.name.endswith("--draft-int8.yaml")
+    monkeypatch.setattr(cpu, "int8_runs_here", lambda dtype: dtype == "float32")
+    assert host_profile_path("embedded", "float32") == int8
+    assert host_profile_path("embedded", "bfloat16").name.endswith("--draft-packed.yaml")
+    int8.parent.mkdir(parents=True)
+    save_profile(Profile(t_draft_ms=1, verify_a_ms=2, verify_b_ms=0, prefill_ms_per_token=0, alpha=0.5), int8)
+    assert resolve_profile("embedded-cpu")[0] == str(int8)
+    name, which = resolve_profile("embedded-cpu", draft_kernels="packed")
+    assert name == "embedded-cpu" and packed.name in which
+    (table := nasd_table_path(str(int8))).write_text("{}")
+    assert nasd_table_for("embedded") == table
+    assert nasd_table_for("embedded", "float32", "packed") == PROFILE_DIR / "embedded-cpu.nasd.json"
+    monkeypatch.setattr(cpu, "int8_runs_here", lambda dtype: False)
+    assert host_profile_path("embedded", "float32") == packed
