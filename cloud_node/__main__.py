@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     print(json.dumps({"event": "ready", "bind": a.bind, "target": target.model_id,
-                      "draft": draft.model_id if draft else None, "threads": a.threads, "dtype": resolved(a.dtype),
+                      "draft": draft.model_id if draft else None, "threads": a.threads,
+                      "dtype": getattr(target, "dtype", resolved(a.dtype)),      # "gguf" under llama.cpp
                       "target_kernels": getattr(target, "kernels", None),
                       "draft_kernels": getattr(draft, "kernels", None),
                       "tokenizer_hash": target.tokenizer_hash, "compute": compute,

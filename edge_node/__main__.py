@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CloudDown, ProtocolError) as e:
         node.cloud_ok = False
         cloud = {"error": str(e)}
-    emit(event="ready", draft=draft.model_id, threads=a.threads, dtype=resolved(a.dtype),
+    emit(event="ready", draft=draft.model_id, threads=a.threads, dtype=getattr(draft, "dtype", resolved(a.dtype)),
          draft_kernels=getattr(draft, "kernels", None), cloud=cloud,
          load_s=round(time.monotonic() - t0, 2))
     go = (lambda: None) if a.standalone else _wait_go

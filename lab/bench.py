@@ -15,6 +15,8 @@ target is untouched, so its tokens must stay the same; only the acceptance and t
 Then (as root) the distributed path on the `lan` scenario: `fixed-k:K` (draft in sdl-edge,
 target in sdl-cloud, every cycle over the kernel link) against `cloud-spec:K` (both in the
 cloud), the lab's default threads per node, same prompts — what splitting costs when the network is free.
+With the `gguf` extra installed, the same figures for the GGUF weights run by llama.cpp
+(`--models embedded-gguf`), side by side: plain greedy decoding and cloud-spec through the lab's sessions.
 `--isa avx2` reruns all of it with torch, oneDNN and MKL capped at AVX2: an emulation of an
 AVX2-only CPU on this one (same cores, caches and memory; only the instruction set is limited).
 A benchmark, not a test: it prints measured figures and asserts nothing.
@@ -100,6 +102,13 @@ def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 
     results = {}
     for dtype in dtypes:
         results[dtype] = _bench_dtype(models, k, max_new_tokens, n_prompts, threads, dtype, out, kernels)
+    gguf = None
+    if models == "embedded":
+        from lab.models.llamacpp import INSTALL_HINT, available
+        if available():
+            gguf = _bench_gguf(k, max_new_tokens, n_prompts, threads, out)
+        else:
+            out(f"\ngguf (llama.cpp) not measured: {INSTALL_HINT}")
     out("\nsummary (tok/s; verify ratio = t_verify(K+1) / t_decode):")
     for dtype, r in results.items():
         tps = r["tokens_per_s"]
@@ -112,6 +121,13 @@ def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 
                 f"{tps[row] / tps['plain']:.2f}x plain, {tps[row] / tps['assisted']:.2f}x assisted")
         out(f"  {'':9s} t_decode {r['verify']['t_decode_ms']:.0f} ms; verify ratio "
             + " ".join(f"K={kk}:{v:.2f}" for kk, v in r["verify"]["ratio"].items()) + "  (goal <= 1.3)")
+    if gguf:
+        tps = gguf["tokens_per_s"]
+        out(f"  {'gguf':9s} plain {tps['plain']:6.2f}  cloud-spec {tps['cloud-spec']:6.2f}  = "
+            f"{tps['cloud-spec'] / tps['plain']:.2f}x plain  (llama.cpp on the GGUF weights; its own greedy decode)")
+        out(f"  {'':9s} t_decode {gguf['verify']['t_decode_ms']:.0f} ms; verify ratio "
+            + " ".join(f"K={kk}:{v:.2f}" for kk, v in gguf["verify"]["ratio"].items()))
+        results["gguf"] = gguf
     new, old = results.get("float32"), results.get(OLD_DEFAULTS["dtype"])
     if new and old:
         ratio = old["ttft_old_layout_ms"] / new["ttft_ms"]
@@ -207,6 +223,55 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
     del draft, target
     return {"tokens_per_s": tps, "mismatches": mismatches, "verify": costs, "ttft_ms": ttft,
             "ttft_old_layout_ms": ttft_old, "draft_kernels": draft_kernels}
+
+
+def _bench_gguf(k: int, max_new_tokens: int, n_prompts: int, threads: int, out) -> dict:
+    """The same measurements on the GGUF weights run by llama.cpp (`--models embedded-gguf`), side by
+    side with torch's: t_decode, t_verify(K+1)/t_decode, the draft's step, TTFT, and tokens/s of plain
+    greedy decoding against cloud-spec through the lab's sessions, whose tokens must be equal (there is
+    no transformers `generate` of these weights to compare with)."""
+    from lab.core.decoding import speculative_generate
+    from lab.models import warm_up
+    from lab.models.hf import greedy_generate
+    from lab.models.select import load_role
+
+    draft = load_role("embedded-gguf", "draft", threads=threads)
+    target = load_role("embedded-gguf", "target", threads=threads)
+    for m in (draft, target):
+        warm_up(m)
+    out(f"\ngguf ({target.kernels}; draft {draft.kernels}; {threads} threads):")
+    three = target.encode_prompt(THREE_LINE_PROMPT)
+    costs = verify_costs(target, three)
+    out(f"  t_decode {costs['t_decode_ms']:.0f} ms; t_verify(K+1): "
+        + ", ".join(f"K={kk} {v:.0f} ms ({costs['ratio'][kk]:.2f}x)" for kk, v in costs["t_verify_ms"].items()))
+    out(f"  draft step (t_draft) {verify_costs(draft, three, ks=())['t_decode_ms']:.0f} ms")
+    import numpy as np
+
+    from lab.core.decoding import TargetState
+    ttft = median_ms(lambda: TargetState.start(target, three).step(0.0, np.random.default_rng(0)), 3)
+    out(f"  TTFT (3-line prompt, {len(three)} tokens): {ttft:.0f} ms")
+    totals = {"plain": [0, 0.0], "cloud-spec": [0, 0.0]}
+    mismatches, acc = [], [0, 0]
+    for p in load_prompts(None)[:n_prompts]:
+        ids = target.encode_prompt(p["prompt"])
+        t0 = time.perf_counter()
+        plain = greedy_generate(target, ids, max_new_tokens)
+        totals["plain"][0] += len(plain)
+        totals["plain"][1] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        gen = speculative_generate(draft, target, ids, max_new_tokens, k_fn=lambda: k)
+        totals["cloud-spec"][0] += len(gen.tokens)
+        totals["cloud-spec"][1] += time.perf_counter() - t0
+        acc[0], acc[1] = acc[0] + sum(gen.accepted), acc[1] + sum(gen.drafted)
+        if gen.tokens != plain:
+            mismatches.append(f"{p['id']}: cloud-spec differs from plain at token {_first_difference(gen.tokens, plain)}")
+    tps = {name: _tps(n, sec) for name, (n, sec) in totals.items()}
+    for name, v in tps.items():
+        a = f", acceptance {acc[0] / acc[1]:.2f}" if name == "cloud-spec" and acc[1] else ""
+        out(f"  {name:21s} {v:7.2f} tok/s  ({totals[name][0]} tokens in {totals[name][1]:.1f} s{a})")
+    out("  outputs: " + ("identical token ids" if not mismatches else "; ".join(mismatches)))
+    del draft, target
+    return {"tokens_per_s": tps, "mismatches": mismatches, "verify": costs, "ttft_ms": ttft}
 
 
 def _first_difference(a: list[int], b: list[int]) -> int:

@@ -231,10 +231,12 @@ def cmd_scenario(args) -> int:
         if not models.startswith("synthetic"):
             from lab.models.select import resolved
             from lab.models.synthetic import host_profile_path
-            if not host_profile_path(models, resolved(args.dtype), args.draft_kernels).exists():
-                print(f"note: no measured profile of this host for {models} in {resolved(args.dtype)} "
-                      "(the simulator falls back to the shipped one, measured on another CPU); "
-                      f"`python -m lab profile --models {models}` measures one")
+            host = host_profile_path(models, resolved(args.dtype), args.draft_kernels)
+            if not host.exists():
+                print(f"note: no measured profile of this host for {models} ({host.name}; the simulator "
+                      "falls back to the shipped one, measured on another CPU); "
+                      f"`python -m lab profile --models {models}"
+                      + (f" --draft-kernels {args.draft_kernels}" if args.draft_kernels else "") + "` measures one")
         try:
             prepare(models, dtype=args.dtype)
             run_scenario(sc, opts)
@@ -578,7 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scenario", help="run a scenario: link, nodes, every strategy, results folder")
     p.add_argument("scenario", help="name in scenarios/ or path to a YAML file")
     p.add_argument("--models", type=usage.models,
-                   help="embedded | synthetic[:PROFILE] | DRAFT_ID,TARGET_ID (default: the scenario's)")
+                   help="embedded | embedded-gguf (llama.cpp, the gguf extra) | synthetic[:PROFILE] | DRAFT_ID,TARGET_ID "
+                        "(default: the scenario's)")
     p.add_argument("--strategies", type=usage.strategies, help="comma-separated, e.g. cloud-only,edge-only,fixed-k:5")
     p.add_argument("--queries", type=count)
     p.add_argument("--warmup", type=some, help="warm-up queries per strategy (kept, marked, not summarized)")
@@ -686,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("profile", help="measure the real pair here (t_draft, t_verify(K), prefill, α); write a synthetic profile")
-    p.add_argument("--models", type=usage.models, default="embedded", help="embedded | DRAFT_ID,TARGET_ID")
+    p.add_argument("--models", type=usage.models, default="embedded", help="embedded | embedded-gguf | DRAFT_ID,TARGET_ID")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--out", help="profile YAML to write (default: this host's profile in the model cache, "
                                    "which `sim --models synthetic:embedded-cpu` then uses)")

@@ -113,7 +113,7 @@ def prompts_file(text: str) -> str:
 
 
 def models(text: str) -> str:
-    """embedded | synthetic[:PROFILE] (the profile must load) | DRAFT_ID,TARGET_ID."""
+    """embedded | embedded-gguf | synthetic[:PROFILE] (the profile must load) | DRAFT_ID,TARGET_ID."""
     from lab.models import ModelError
     from lab.models.select import parse_models
     try:

@@ -33,7 +33,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "setup: installing pinned dependencies into .venv (torch 2.13.0 CPU; first time takes a few minutes)"
 # --progress-bar off keeps logs readable in CI; pip's own timeouts bound each download.
-# SDLAB_EXTRAS: more optional extras, comma-separated (ray: `sweep --ray`, and its tests run instead of skipping).
+# SDLAB_EXTRAS: more optional extras, comma-separated (ray: `sweep --ray`; gguf: `--models embedded-gguf`,
+# llama.cpp built from source, minutes; with either, its tests run instead of skipping).
 extras="test${SDLAB_EXTRAS:+,$SDLAB_EXTRAS}"
 .venv/bin/pip install --disable-pip-version-check --progress-bar off -q -e ".[$extras]" 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true

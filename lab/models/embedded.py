@@ -474,6 +474,20 @@ def load_embedded(role: str, dtype: str = "float32", threads: int | None = None,
     return model
 
 
+def load_embedded_gguf(role: str, threads: int | None = None, progress: bool = True):
+    """The embedded draft or target as its GGUF run by llama.cpp (lab/models/llamacpp.py), with the
+    converted copy's tokenizer and configs (so token ids and eos are the embedded pair's)."""
+    from lab.models.llamacpp import INSTALL_HINT, LlamaCppModel, available
+
+    if not available():                   # before minutes of fetching and converting
+        raise ModelError(INSTALL_HINT)
+    tokenizer_dir, rec, _ = ensure_converted(role, "float32", progress)
+    gguf = ensure_gguf(EMBEDDED[role], progress=progress)
+    model = LlamaCppModel(gguf, tokenizer_dir, model_id=f"{rec['model_id']} (llama.cpp)", threads=threads)
+    model.source = rec
+    return model
+
+
 def fetch_main(dtype: str = "float32") -> int:
     """`python -m lab models fetch`: ensure the pair, print paths, sizes, hashes and timings."""
     t0 = time.monotonic()

@@ -132,7 +132,43 @@ class HFSession:
         return self._vocab
 
 
-class HFModel:
+class Tokenized:
+    """The tokenizer side of a LanguageModel (a Hugging Face tokenizer), whatever computes the logits:
+    prompts, the chat template, eos ids, the vocabulary hash.  HFModel and llama.cpp's model share it,
+    so the same prompt is the same token ids under either back-end."""
+
+    def _set_tokenizer(self, tokenizer, vocab_size: int, model_id: str, *eos_sources) -> None:
+        if len(tokenizer) > vocab_size:
+            raise ModelError(f"{model_id}: tokenizer has {len(tokenizer)} tokens but logits only "
+                             f"{vocab_size}; model and tokenizer do not belong together")
+        self.tokenizer, self.vocab_size = tokenizer, vocab_size
+        self.tokenizer_hash = tokenizer_sha256(tokenizer)
+        self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+        ids: list[int] = []        # every id that ends a generation, from each source, deduplicated
+        for src in (*eos_sources, tokenizer):
+            v = getattr(src, "eos_token_id", None)
+            for x in (v if isinstance(v, (list, tuple)) else [v]):
+                if x is not None and int(x) not in ids:
+                    ids.append(int(x))
+        self.eos_token_ids = tuple(ids)
+
+    def encode_prompt(self, prompt: str, template: str = "chat") -> list[int]:
+        """Prompt wrapped in the chat template (a single user turn, generation prompt appended).
+
+        Models without a template (base models), and template="raw" (a few-shot prompt meant to be
+        continued as it is), get the plain encoding; `has_chat_template` says which a model has.
+        """
+        if template == "raw" or not self.has_chat_template:
+            return list(self.tokenizer.encode(prompt))
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                  add_generation_prompt=True)
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode([int(t) for t in token_ids], skip_special_tokens=True)
+
+
+class HFModel(Tokenized):
     """A transformers causal LM plus its tokenizer, behind the LanguageModel protocol.
 
     `model_id_or_dir` is a Hugging Face id or a local directory with
@@ -182,45 +218,15 @@ class HFModel:
             self.kernels = f"int8-dynamic (fbgemm, per-channel; {quantize_linears(self.model)} Linear layers)"
 
     def _init(self, model, tokenizer, model_id: str, dtype: str) -> None:
-        self.model, self.tokenizer, self.model_id, self.dtype = model, tokenizer, model_id, dtype
+        self.model, self.model_id, self.dtype = model, model_id, dtype
         self.n_params = sum(p.numel() for p in model.parameters())
         self.kernels = "torch default"
         self.source: dict | None = None         # provenance (the embedded pair: GGUF name, sha256, conversion)
-        self.vocab_size = int(model.get_output_embeddings().out_features)   # logits width
-        if len(tokenizer) > self.vocab_size:
-            raise ModelError(f"{model_id}: tokenizer has {len(tokenizer)} tokens but logits only "
-                             f"{self.vocab_size}; model and tokenizer do not belong together")
-        self.tokenizer_hash = tokenizer_sha256(tokenizer)
-        self.eos_token_ids = self._eos_ids()
-        self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
-
-    def _eos_ids(self) -> tuple[int, ...]:
-        """Every id that ends a generation: generation config, model config and tokenizer, deduplicated."""
-        ids: list[int] = []
-        for src in (getattr(self.model, "generation_config", None), self.model.config, self.tokenizer):
-            v = getattr(src, "eos_token_id", None)
-            for x in (v if isinstance(v, (list, tuple)) else [v]):
-                if x is not None and int(x) not in ids:
-                    ids.append(int(x))
-        return tuple(ids)
+        self._set_tokenizer(tokenizer, int(model.get_output_embeddings().out_features),   # logits width
+                            model_id, getattr(model, "generation_config", None), model.config)
 
     def new_session(self) -> HFSession:
         return HFSession(self.model)
-
-    def encode_prompt(self, prompt: str, template: str = "chat") -> list[int]:
-        """Prompt wrapped in the chat template (a single user turn, generation prompt appended).
-
-        Models without a template (base models), and template="raw" (a few-shot prompt meant to be
-        continued as it is), get the plain encoding; `has_chat_template` says which a model has.
-        """
-        if template == "raw" or not self.has_chat_template:
-            return list(self.tokenizer.encode(prompt))
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                  add_generation_prompt=True)
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def decode(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode([int(t) for t in token_ids], skip_special_tokens=True)
 
     def describe(self) -> dict:
         """What results/meta.json records about this model (threads: torch's setting right now)."""

@@ -1,4 +1,7 @@
-"""`--models` → loaded models: "embedded", "synthetic[:PROFILE]" or "DRAFT_ID,TARGET_ID"."""
+"""`--models` → loaded models: "embedded", "embedded-gguf", "synthetic[:PROFILE]" or "DRAFT_ID,TARGET_ID".
+
+embedded-gguf is the embedded pair's GGUF files run by llama.cpp (lab/models/llamacpp.py, the
+optional `gguf` extra); its outputs are its own, not the fp32 pair's."""
 from __future__ import annotations
 
 from lab.models import ModelError
@@ -6,16 +9,17 @@ from lab.models.cpu import resolve_dtype
 
 
 def parse_models(spec: str) -> tuple[str, str | None, str | None]:
-    """("embedded"|"synthetic"|"hf", profile or draft id, target id)."""
-    if spec == "embedded":
-        return "embedded", None, None
+    """("embedded"|"embedded-gguf"|"synthetic"|"hf", profile or draft id, target id)."""
+    if spec in ("embedded", "embedded-gguf"):
+        return spec, None, None
     if spec == "synthetic" or spec.startswith("synthetic:"):
         return "synthetic", spec.partition(":")[2] or None, None
     if "," in spec:
         draft, _, target = spec.partition(",")
         if draft and target:
             return "hf", draft.strip(), target.strip()
-    raise ModelError(f"--models must be embedded, synthetic[:PROFILE] or DRAFT_ID,TARGET_ID; got {spec!r}")
+    raise ModelError(f"--models must be embedded, embedded-gguf, synthetic[:PROFILE] or DRAFT_ID,TARGET_ID; "
+                     f"got {spec!r}")
 
 
 def resolved(dtype: str) -> str:
@@ -38,9 +42,14 @@ def load_role(spec: str, role: str, dtype: str = "auto", threads: int | None = N
         from lab.models.embedded import load_embedded
         return load_embedded(role, dtype=dtype, threads=threads, progress=progress,
                              kernels=kernels or default_kernels(role, dtype))
+    if kind in ("synthetic", "embedded-gguf") and kernels not in (None, "default"):
+        raise ModelError(f"kernels {kernels!r}: " + ("synthetic models compute nothing" if kind == "synthetic" else
+                                                     "llama.cpp runs the GGUF's own kernels")
+                         + "; kernels apply to the torch models (embedded, DRAFT_ID,TARGET_ID)")
+    if kind == "embedded-gguf":
+        from lab.models.embedded import load_embedded_gguf
+        return load_embedded_gguf(role, threads=threads, progress=progress)
     if kind == "synthetic":
-        if kernels not in (None, "default"):
-            raise ModelError(f"kernels {kernels!r}: synthetic models compute nothing; kernels apply to real models")
         from lab.models.synthetic import load_synthetic
         return load_synthetic(role, a)
     return HFModel(a if role == "draft" else b, dtype=dtype, threads=threads,
@@ -51,9 +60,14 @@ def prepare(spec: str, dtype: str = "auto") -> dict:
     """Fetch/convert what `spec` needs before the nodes start (progress bars in the foreground)."""
     kind, _, _ = parse_models(spec)
     dtype = resolved(dtype)
-    if kind == "embedded":
+    if kind == "embedded-gguf":
+        from lab.models.llamacpp import INSTALL_HINT, available
+        if not available():
+            raise ModelError(INSTALL_HINT)
+        dtype = "float32"            # the converted copy only lends its tokenizer and configs
+    if kind in ("embedded", "embedded-gguf"):
         from lab.models.embedded import ensure_embedded
         paths = ensure_embedded(progress=True, dtype=dtype)
-        return {"kind": "embedded", "hashes": paths.hashes, "draft_dir": str(paths.draft_dir),
+        return {"kind": kind, "hashes": paths.hashes, "draft_dir": str(paths.draft_dir),
                 "target_dir": str(paths.target_dir)}
     return {"kind": kind}

@@ -336,6 +336,8 @@ def host_profile_path(models: str = "embedded", dtype: str = "float32", draft_ke
     from lab.models.cpu import host_key
     from lab.models.hf import default_kernels
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", models).strip("-")[:60]
+    if models == "embedded-gguf":           # llama.cpp runs the GGUF's own block types: no dtype, no kernels
+        return host_profile_dir() / f"{slug}--{host_key('gguf')}.yaml"
     kernels = draft_kernels or default_kernels("draft", dtype)
     return host_profile_dir() / f"{slug}--{host_key(dtype)}--draft-{kernels}.yaml"
 

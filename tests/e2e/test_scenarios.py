@@ -231,6 +231,9 @@ def test_embedded_pair_lossy_equals_transformers_generate(tmp_path):
     run = only_run_dir(out_dir)
     meta = json.loads((run / "meta.json").read_text())
     assert meta["dtype"] == "float32" and meta["cpu"]["cpu_model"]
+    from lab.models.cpu import int8_runs_here
+    if int8_runs_here("float32"):        # the default draft here is int8: the target's output must not move
+        assert meta["edge"]["draft_kernels"].startswith("int8") and meta["cloud"]["draft_kernels"].startswith("int8")
     recs = [rec for rec in map(json.loads, (run / "queries.jsonl").read_text().splitlines()) if not rec["warmup"]]
     assert sorted(rec["strategy"] for rec in recs) == sorted(E2E_STRATEGIES * n_queries)
     fallbacks = [f"{rec['strategy']} query {rec['query_index']} ({rec['prompt_id']}): {rec['fallback_reason']}"
@@ -249,6 +252,59 @@ def test_embedded_pair_lossy_equals_transformers_generate(tmp_path):
                for o in rec["optimistic_per_cycle"])
     s = summary(run)
     assert sum(int(float(row["tcp_retrans_segs"])) for row in s.values()) > 0
+
+
+GGUF_STRATEGIES = ("cloud-only", "cloud-spec", "fixed-k:3", "pipelined:3")
+
+
+def llama_cpp_greedy(prompts, max_new: int) -> dict[str, list[int]]:
+    """prompt id -> new tokens from llama-cpp-python's own `Llama.generate` of the embedded target's GGUF
+    at temperature 0 (its greedy sampler), stopped at the target's EOS (kept): no project decoding code.
+    The prompt ids come from the converted copy's tokenizer and chat template, as in transformers_greedy."""
+    from llama_cpp import Llama
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from lab.models.embedded import TARGET, cache_dir, converted_dir, verified_gguf
+    tok = AutoTokenizer.from_pretrained(converted_dir(TARGET, "float32"))
+    eos = GenerationConfig.from_pretrained(converted_dir(TARGET, "float32")).eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    gguf = verified_gguf(TARGET, cache_dir())
+    assert gguf is not None, "no verified target GGUF in the cache"
+    llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=2, logits_all=False, verbose=False)
+    out = {}
+    for p in prompts:
+        ids = tok.apply_chat_template([{"role": "user", "content": p["prompt"]}], add_generation_prompt=True,
+                                      tokenize=True, return_dict=True)["input_ids"]
+        new = []
+        for t in llm.generate(list(ids), temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
+            new.append(int(t))
+            if t in eos or len(new) == max_new:
+                break
+        out[p["id"]] = new
+    return out
+
+
+def test_gguf_pair_across_loss_equals_llama_cpps_own_greedy(tmp_path):
+    """The optional llama.cpp back-end (`--models embedded-gguf`, the `gguf` extra) through the lab on
+    lossy-5pct: every strategy's tokens are the GGUF target's own greedy decode by llama-cpp-python."""
+    from lab.models.llamacpp import INSTALL_HINT, available
+    if not available():
+        pytest.skip(f"the gguf extra is not installed ({INSTALL_HINT})")
+    prompts_file = tmp_path / "prompts.jsonl"
+    prompts_file.write_text("".join(json.dumps(p) + "\n" for p in E2E_PROMPTS))
+    r = lab("scenario", "lossy-5pct", "--models", "embedded-gguf", "--strategies", ",".join(GGUF_STRATEGIES),
+            "--queries", str(len(E2E_PROMPTS)), "--warmup", "0", "--max-new-tokens", str(E2E_MAX_NEW),
+            "--prompts", str(prompts_file), "--out", str(tmp_path / "results"), timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = only_run_dir(tmp_path / "results")
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["cloud"]["dtype"] == "gguf" and meta["cloud"]["target_kernels"].startswith("llama.cpp")
+    recs = [rec for rec in map(json.loads, (run / "queries.jsonl").read_text().splitlines()) if not rec["warmup"]]
+    assert sorted(rec["strategy"] for rec in recs) == sorted(GGUF_STRATEGIES * len(E2E_PROMPTS))
+    assert not [rec for rec in recs if rec["edge_fallback"]]
+    wrong, _ = token_equality(recs, llama_cpp_greedy(E2E_PROMPTS, E2E_MAX_NEW))
+    assert not wrong, "not the GGUF target's own greedy output (llama-cpp-python generate):\n" + "\n".join(wrong)
+    assert any(sum(rec["k_per_cycle"]) > 0 for rec in recs if rec["strategy"] == "fixed-k:3")
 
 
 def test_a_link_up_topology_is_a_live_lab_until_link_down(tmp_path, lab_lock):

@@ -44,7 +44,7 @@ CASES = [
     (["scenario", "lan", "--strategies", "cloud-only,teleport"], "--strategies: unknown strategy 'teleport'"),
     (["scenario", "no-such-scenario"], "no scenario of that name"),
     (["scenario", "lan", "--models", "synthetic:nope"], "--models: no synthetic profile 'nope'"),
-    (["scenario", "lan", "--models", "just-one-id"], "--models: --models must be embedded, synthetic"),
+    (["scenario", "lan", "--models", "just-one-id"], "--models: --models must be embedded, embedded-gguf, synthetic"),
     (["scenario", "lan", "--dtype", "float16"], "--dtype: invalid choice: 'float16'"),
     (["scenario", "lan", "--payload", "topk:0"], "--payload: payload mode must be"),
     (["scenario", "lan", "--queries", "0"], "--queries: must be a whole number >= 1"),

@@ -18,10 +18,10 @@ RUNTIME_PACKAGES = ("lab", "netns", "edge_node", "cloud_node", "vm")
 FIRST_PARTY = set(RUNTIME_PACKAGES) | {"tests"}
 # Import names whose distribution is spelled otherwise, or that a machine may not have installed (an
 # optional extra: `make test-unit` without SDLAB_EXTRAS=ray), still checked against what is declared.
-DISTRIBUTION_OF = {"yaml": "PyYAML", "zmq": "pyzmq", "ray": "ray"}
+DISTRIBUTION_OF = {"yaml": "PyYAML", "zmq": "pyzmq", "ray": "ray", "llama_cpp": "llama-cpp-python"}
 # An optional extra's import is allowed in the one module that is that extra's door, and nowhere else:
-# the default path never imports it (lab/sweep_ray.py says so when it is missing).
-OPTIONAL_DOORS = {"ray": ("ray", "lab/sweep_ray.py")}
+# the default path never imports it (lab/sweep_ray.py, lab/models/llamacpp.py say so when it is missing).
+OPTIONAL_DOORS = {"ray": ("ray", "lab/sweep_ray.py"), "llama_cpp": ("gguf", "lab/models/llamacpp.py")}
 
 
 def _normalize(dist: str) -> str:
