@@ -146,9 +146,9 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
     from lab.models import warm_up
     from lab.models.select import load_role
 
-    from lab.models.hf import default_kernels
+    from lab.models.select import kernels_of
 
-    draft_kernels = kernels or default_kernels("draft", dtype)
+    draft_kernels = kernels_of(models, "draft", dtype, kernels)
     draft = load_role(models, "draft", dtype=dtype, threads=threads, kernels=draft_kernels)
     target = load_role(models, "target", dtype=dtype, threads=threads, kernels=kernels)
     for m in (draft, target):
@@ -377,11 +377,10 @@ def _rerun_capped(isa: str, argv: list[str], out=print) -> int | None:
     return subprocess.run([sys.executable, "-m", "lab", "bench", *argv], env={**os.environ, **env}).returncode
 
 
-def bench_main(argv: list[str] | None = None) -> int:
+def bench_args(argv: list[str]):
+    """`bench`'s arguments, checked: bad input is refused before the lab lock is taken."""
     import os
-    import sys
 
-    argv = list(sys.argv[2:] if argv is None else argv)
     ap = usage.ArgumentParser(prog="python -m lab bench")
     ap.add_argument("what", choices=["colocated", "sim"])
     ap.add_argument("--models", type=usage.models, default="embedded")
@@ -404,6 +403,17 @@ def bench_main(argv: list[str] | None = None) -> int:
     if a.what == "colocated" and a.models.startswith("synthetic"):
         ap.error("--models: colocated compares against Hugging Face generate, which needs a real pair "
                  "(embedded or DRAFT_ID,TARGET_ID)")
+    if a.what == "colocated" and a.models == "embedded-gguf":
+        ap.error("--models: the GGUF pair is measured within `bench colocated --models embedded`, beside "
+                 "torch's, when the gguf extra is installed")
+    return a
+
+
+def bench_main(argv: list[str] | None = None) -> int:
+    import sys
+
+    argv = list(sys.argv[2:] if argv is None else argv)
+    a = bench_args(argv)
     if a.what == "sim":
         bench_grid()
         return 0

@@ -433,8 +433,9 @@ def cmd_profile(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from lab.bench import bench_main
+    from lab.bench import bench_args, bench_main
     if args.rest[:1] == ["colocated"]:
+        bench_args(args.rest)                  # bad input: exit 2 at once, not after waiting for the lock
         with measuring_alone("bench colocated"):
             return bench_main(args.rest)
     return bench_main(args.rest)
@@ -476,10 +477,13 @@ def cmd_accuracy(args) -> int:
     strategies = tuple(args.strategies or acc.DEFAULT_STRATEGIES)
     from lab.models.select import resolved
     args.dtype = resolved(args.dtype)          # recorded as the concrete dtype (a resume must match it)
-    from lab.models.hf import default_kernels
+    from lab.models.select import kernels_of
+    try:
+        draft_kernels = kernels_of(args.models, "draft", args.dtype, args.draft_kernels)
+    except ModelError as e:
+        raise UsageError(f"--draft-kernels: {e}") from None
     settings = acc.Settings(bench=args.bench, scenario=sc.name, models=args.models, dtype=args.dtype,
-                            draft_kernels=args.draft_kernels or ("default" if args.models.startswith("synthetic")
-                                                                 else default_kernels("draft", args.dtype)),
+                            draft_kernels=draft_kernels,
                             shots=args.shots, max_new_tokens=args.max_new_tokens or acc.DEFAULT_MAX_NEW_TOKENS[args.bench],
                             template=template, seed=args.seed, strategies=strategies,
                             questions=tuple(q.id for q in questions))

@@ -6,20 +6,7 @@ from __future__ import annotations
 
 from lab.models import ModelError
 from lab.models.cpu import resolve_dtype
-
-
-def parse_models(spec: str) -> tuple[str, str | None, str | None]:
-    """("embedded"|"embedded-gguf"|"synthetic"|"hf", profile or draft id, target id)."""
-    if spec in ("embedded", "embedded-gguf"):
-        return spec, None, None
-    if spec == "synthetic" or spec.startswith("synthetic:"):
-        return "synthetic", spec.partition(":")[2] or None, None
-    if "," in spec:
-        draft, _, target = spec.partition(",")
-        if draft and target:
-            return "hf", draft.strip(), target.strip()
-    raise ModelError(f"--models must be embedded, embedded-gguf, synthetic[:PROFILE] or DRAFT_ID,TARGET_ID; "
-                     f"got {spec!r}")
+from lab.models.kinds import kernels_of, parse_models  # noqa: F401 (parse_models: callers import it from here)
 
 
 def resolved(dtype: str) -> str:
@@ -37,23 +24,18 @@ def load_role(spec: str, role: str, dtype: str = "auto", threads: int | None = N
         raise ModelError(f"role must be draft or target, got {role!r}")
     dtype = resolved(dtype)
     kind, a, b = parse_models(spec)
-    from lab.models.hf import HFModel, default_kernels
+    kernels = kernels_of(spec, role, dtype, kernels)
     if kind == "embedded":
         from lab.models.embedded import load_embedded
-        return load_embedded(role, dtype=dtype, threads=threads, progress=progress,
-                             kernels=kernels or default_kernels(role, dtype))
-    if kind in ("synthetic", "embedded-gguf") and kernels not in (None, "default"):
-        raise ModelError(f"kernels {kernels!r}: " + ("synthetic models compute nothing" if kind == "synthetic" else
-                                                     "llama.cpp runs the GGUF's own kernels")
-                         + "; kernels apply to the torch models (embedded, DRAFT_ID,TARGET_ID)")
+        return load_embedded(role, dtype=dtype, threads=threads, progress=progress, kernels=kernels)
     if kind == "embedded-gguf":
         from lab.models.embedded import load_embedded_gguf
         return load_embedded_gguf(role, threads=threads, progress=progress)
     if kind == "synthetic":
         from lab.models.synthetic import load_synthetic
         return load_synthetic(role, a)
-    return HFModel(a if role == "draft" else b, dtype=dtype, threads=threads,
-                   kernels=kernels or default_kernels(role, dtype))
+    from lab.models.hf import HFModel
+    return HFModel(a if role == "draft" else b, dtype=dtype, threads=threads, kernels=kernels)
 
 
 def prepare(spec: str, dtype: str = "auto") -> dict:

@@ -334,11 +334,11 @@ def host_profile_path(models: str = "embedded", dtype: str = "float32", draft_ke
     import re
 
     from lab.models.cpu import host_key
-    from lab.models.hf import default_kernels
+    from lab.models.kinds import kernels_of
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", models).strip("-")[:60]
-    if models == "embedded-gguf":           # llama.cpp runs the GGUF's own block types: no dtype, no kernels
+    kernels = kernels_of(models, "draft", dtype, draft_kernels)
+    if kernels is None:                     # llama.cpp: the GGUF's own block types, no torch dtype or kernels
         return host_profile_dir() / f"{slug}--{host_key('gguf')}.yaml"
-    kernels = draft_kernels or default_kernels("draft", dtype)
     return host_profile_dir() / f"{slug}--{host_key(dtype)}--draft-{kernels}.yaml"
 
 

@@ -233,7 +233,7 @@ QUESTIONS = [acc.Question(f"mmlu/s/{i}", f"prompt {i}", "raw", "ABCD"[i % 4], {"
 
 
 def settings(**kw) -> acc.Settings:
-    base = dict(bench="mmlu", scenario="lan", models="synthetic:fast", dtype="float32", draft_kernels="default",
+    base = dict(bench="mmlu", scenario="lan", models="synthetic:fast", dtype="float32", draft_kernels=None,
                 shots=5, max_new_tokens=4,
                 template="raw", seed=0, strategies=("cloud-only", "fixed-k:5"), questions=tuple(q.id for q in QUESTIONS))
     return acc.Settings(**{**base, **kw})
