@@ -420,6 +420,11 @@ def cmd_profile(args) -> int:
     from lab.models import ModelError
     from lab.models.select import parse_models
     from lab.profile import profile_main
+    from lab.affinity import DEFAULT_THREADS_PER_NODE
+    if args.threads not in (None, DEFAULT_THREADS_PER_NODE) and not args.out:
+        raise UsageError(f"profile --threads {args.threads}: this host's profile in the cache is the nodes' default "
+                         f"layout ({DEFAULT_THREADS_PER_NODE} threads per model), which the simulator uses; give "
+                         "--out FILE for another layout and `sim --models synthetic:FILE`")
     if parse_models(args.models)[0] == "synthetic":
         raise UsageError("profile --models: profile measures a real pair (embedded or DRAFT_ID,TARGET_ID); "
                          "a synthetic pair already is a profile")
@@ -427,7 +432,7 @@ def cmd_profile(args) -> int:
         with measuring_alone("profile"):
             return profile_main(args.models, args.out, args.max_new_tokens, args.prompts, args.dtype, args.limit,
                                 replace_shipped=args.replace_shipped, acceptance_only=args.acceptance_only,
-                                draft_kernels=args.draft_kernels)
+                                draft_kernels=args.draft_kernels, threads=args.threads)
     except ModelError as e:
         raise UsageError(str(e)) from None
 
@@ -705,6 +710,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draft-kernels", choices=KERNELS,
                    help="the draft's Linear layers, as `scenario --draft-kernels` (default: int8 where it runs, "
                         "else packed); part of the profile's key")
+    p.add_argument("--threads", type=count,
+                   help="torch threads per model (default: the nodes' default, every core); another count "
+                        "is another layout (pipelined runs pin one core per node), so it needs --out")
     p.add_argument("--acceptance-only", action="store_true",
                    help="measure the agreement alone (α, trace, per-prompt agreement) into the existing profile, "
                         "keeping its compute times")

@@ -76,6 +76,7 @@ CASES = [
     (["profile", "--models", "synthetic"], "profile measures a real pair"),
     (["profile", "--limit", "0"], "--limit: must be a whole number >= 1"),
     (["profile", "--max-new-tokens", "1"], "--max-new-tokens: must be a whole number >= 2"),
+    (["profile", "--threads", "999"], "profile --threads 999: this host's profile in the cache is the nodes' default"),
     (["profile", "--prompts", "{missing}"], "--prompts: {missing}: cannot read"),
     (["profile", "--dtype", "int8"], "--dtype: invalid choice"),
     (["profile", "--out", "x.yaml", "--replace-shipped"], "--replace-shipped: not allowed with argument --out"),
