@@ -428,6 +428,12 @@ def cmd_profile(args) -> int:
     if parse_models(args.models)[0] == "synthetic":
         raise UsageError("profile --models: profile measures a real pair (embedded or DRAFT_ID,TARGET_ID); "
                          "a synthetic pair already is a profile")
+    if args.from_run:
+        from lab.profile import profile_from_run
+        try:
+            return profile_from_run(args.from_run, args.out)
+        except ModelError as e:
+            raise UsageError(str(e)) from None
     try:
         with measuring_alone("profile"):
             return profile_main(args.models, args.out, args.max_new_tokens, args.prompts, args.dtype, args.limit,
@@ -713,6 +719,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=count,
                    help="torch threads per model (default: the nodes' default, every core); another count "
                         "is another layout (pipelined runs pin one core per node), so it needs --out")
+    p.add_argument("--from-run", metavar="RUN_DIR",
+                   help="take the compute times from a lab run's own records (the nodes as they ran, sharing the "
+                        "cores) into this host's profile, keeping its agreement; see lab/profile.py")
     p.add_argument("--acceptance-only", action="store_true",
                    help="measure the agreement alone (α, trace, per-prompt agreement) into the existing profile, "
                         "keeping its compute times")

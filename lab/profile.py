@@ -14,6 +14,14 @@ What is measured, with the torch threads per model the nodes run with (DEFAULT_T
                         (or the simulator) on these prompts accepts what the real pair accepts on
                         each of them, not the pooled pattern
 
+`--from-run RUN_DIR` times the pair as the nodes ran it instead: t_draft and t_verify(n) from the
+compute each node recorded per cycle in a lab run (queries.jsonl), fitted the same way, written into
+this host's profile with its agreement kept.  The nodes are two processes sharing the host's cores
+(each with every core's torch threads, as a run lays them out); a forward there costs more than in
+`lab profile`'s one process (10–15 % on a 2-core EPYC, docs/MEASUREMENTS.md), and the simulator
+then predicts runs from the in-process times that much too fast.  Calibrate on one run (say `lan`
+with cloud-only, fixed-k:1, fixed-k:3, fixed-k:5), then predict the others.
+
 `--acceptance-only` measures the agreement alone and writes it into an existing profile, keeping
 its compute times: agreement depends on the pair, the dtype and the prompts, not on how busy the
 host is, so it can be re-measured (say, for longer continuations) without re-timing.
@@ -121,6 +129,85 @@ def measure_pair(draft, target, prompts: list[dict], max_new_tokens: int,
         a, b = fit_line(ns, med)
         m.update(verify_a_ms=a, verify_b_ms=b, verify_ms_by_n=dict(zip(ns, med)))
     return m
+
+
+def compute_from_run(records: list[dict]) -> dict:
+    """t_draft and t_verify(n) = a + b·n as the nodes computed them in a lab run: every measured
+    cycle of the split strategies (fixed-k, the adaptive ones: n = K + 1, the edge's drafting time
+    over K) and of cloud-only (n = 1).  A query's first cycle is left out (it holds the prefills), so
+    are co-located and pipelined cycles (a node's compute there is two models' or overlaps the wait)
+    and queries the edge finished alone."""
+    from lab.models import ModelError
+    verify: dict[int, list[float]] = {}
+    draft: list[float] = []
+    for r in records:
+        if r.get("warmup") or r.get("edge_fallback") or r["strategy"].startswith("pipelined"):
+            continue
+        if r.get("placement") not in ("split", "cloud"):
+            continue
+        cycles = zip(r["k_per_cycle"], r["cloud_compute_ms_per_cycle"], r["edge_compute_ms_per_cycle"])
+        for i, (k, cloud_ms, edge_ms) in enumerate(cycles):
+            if i == 0 or cloud_ms is None or (r["placement"] == "split" and not k):
+                continue
+            verify.setdefault(k + 1 if r["placement"] == "split" else 1, []).append(float(cloud_ms))
+            if r["placement"] == "split" and edge_ms is not None:
+                draft.append(float(edge_ms) / k)
+    if len(verify) < 2 or not draft:
+        raise ModelError("--from-run: the run needs measured cycles of at least two verify sizes and of a split "
+                         f"strategy (it has n = {sorted(verify) or 'none'}); run e.g. `scenario lan --strategies "
+                         "cloud-only,fixed-k:1,fixed-k:3,fixed-k:5`")
+    ns = sorted(verify)
+    med = [statistics.median(verify[n]) for n in ns]
+    a, b = fit_line(ns, med)
+    return {"t_draft_ms": statistics.median(draft), "verify_a_ms": a, "verify_b_ms": b,
+            "verify_ms_by_n": dict(zip(ns, med)), "cycles_by_n": {n: len(verify[n]) for n in ns},
+            "draft_cycles": len(draft)}
+
+
+def profile_from_run(run_dir: str | Path, out_path: str | None = None, out: Callable[[str], None] = print) -> int:
+    """`profile --from-run`: this host's profile of the run's pair, its compute times replaced by the
+    run's own (compute_from_run), its agreement kept.  Written where `lab profile` writes it (or --out)."""
+    import json
+
+    import yaml
+
+    from lab.models import ModelError
+    from lab.models.kinds import kernels_of
+    from lab.models.synthetic import host_profile_path, load_profile, save_profile
+    from lab.results import read_jsonl
+
+    run = Path(run_dir)
+    try:
+        meta = json.loads((run / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"--from-run {run}: no readable meta.json ({e}); give a `lab scenario` results folder") from None
+    models, dtype = meta.get("models"), meta.get("dtype")
+    if not models or str(models).startswith("synthetic"):
+        raise ModelError(f"--from-run {run}: a run of a real pair is needed (this one ran {models!r})")
+    host = host_profile_path(models, dtype, kernels_of(models, "draft", dtype, (meta.get("options") or {}).get("draft_kernels")))
+    if not host.is_file():
+        raise ModelError(f"--from-run: no profile of this host for the run's pair to take the agreement from "
+                         f"({host}); run `python -m lab profile` first")
+    m = compute_from_run(read_jsonl(run / "queries.jsonl"))
+    base = load_profile(str(host))
+    prof = replace(base, t_draft_ms=round(m["t_draft_ms"], 2), verify_a_ms=round(m["verify_a_ms"], 2),
+                   verify_b_ms=round(m["verify_b_ms"], 3))
+    out(f"{run.name}: {m['draft_cycles']} split cycles; t_verify(n) measured by the cloud node vs the fit a + b·n:")
+    for n, ms in m["verify_ms_by_n"].items():
+        out(f"  n={n:2d}  {ms:7.1f} ms ({m['cycles_by_n'][n]:3d} cycles)   fit {prof.verify_ms(n):7.1f} ms   "
+            f"in-process profile {base.verify_ms(n):7.1f} ms")
+    out(f"t_draft {prof.t_draft_ms:.1f} ms/token (in-process {base.t_draft_ms:.1f})")
+    provenance = (yaml.safe_load(host.read_text()) or {}).get("provenance") or {}
+    provenance["compute"] = {"measured_by": f"python -m lab profile --from-run {run}", "run": str(run.resolve()),
+                             "scenario": (meta.get("scenario") or {}).get("name"),
+                             "verify_ms_by_n": {int(n): round(v, 2) for n, v in m["verify_ms_by_n"].items()},
+                             "cycles_by_n": m["cycles_by_n"],
+                             "in_process": {"t_draft_ms": base.t_draft_ms, "verify_a_ms": base.verify_a_ms,
+                                            "verify_b_ms": base.verify_b_ms}}
+    path = Path(out_path) if out_path else host
+    save_profile(prof, path, provenance)
+    out(f"\nwrote {path} (compute as the nodes ran it; agreement kept)")
+    return 0
 
 
 def profile_path(kind: str, out_path: str | None = None, replace_shipped: bool = False,

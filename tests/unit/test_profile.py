@@ -184,3 +184,64 @@ def test_the_drafts_kernels_are_part_of_the_hosts_key(monkeypatch, tmp_path):
     assert nasd_table_for("embedded", "float32", "packed") == PROFILE_DIR / "embedded-cpu.nasd.json"
     monkeypatch.setattr(cpu, "int8_runs_here", lambda dtype: False)
     assert host_profile_path("embedded", "float32") == packed
+
+
+def _cycles(strategy, placement, ks, cloud, edge, **kw):
+    return {"strategy": strategy, "placement": placement, "warmup": False, "edge_fallback": False,
+            "k_per_cycle": ks, "cloud_compute_ms_per_cycle": cloud, "edge_compute_ms_per_cycle": edge, **kw}
+
+
+RUN = [   # a verify of n tokens costs 200 + 20·n ms, a draft token 40 ms; first cycles hold the prefills
+    _cycles("cloud-only", "cloud", [0, 0, 0], [900, 220, 220], [0, 0, 0]),
+    _cycles("fixed-k:3", "split", [3, 3, 3, 1], [950, 280, 280, 240], [400, 120, 120, 40]),
+    _cycles("fixed-k:5", "split", [5, 5], [990, 320], [500, 200]),
+    _cycles("cloud-spec", "cloud-spec", [3, 3], [999, 999], [0, 0]),                # two models' compute
+    _cycles("pipelined:3", "split", [3, 3], [999, 999], [999, 999]),               # overlaps the wait
+    _cycles("fixed-k:3", "split", [3, 3], [999, 999], [999, 999], warmup=True),
+    _cycles("fixed-k:3", "split", [3, 3], [999, 999], [999, 999], edge_fallback=True),
+]
+
+
+def test_compute_from_a_run_is_what_the_nodes_measured_per_cycle():
+    from lab.profile import compute_from_run
+    m = compute_from_run(RUN)
+    assert m["cycles_by_n"] == {1: 2, 2: 1, 4: 2, 6: 1}
+    assert m["verify_a_ms"] == pytest.approx(200) and m["verify_b_ms"] == pytest.approx(20)
+    assert m["t_draft_ms"] == pytest.approx(40) and m["draft_cycles"] == 4
+
+
+def test_a_run_without_two_verify_sizes_is_refused_by_name():
+    from lab.models import ModelError
+    from lab.profile import compute_from_run
+    with pytest.raises(ModelError, match=r"--from-run: the run needs measured cycles of at least two verify sizes"):
+        compute_from_run(RUN[:1])
+
+
+def test_from_run_replaces_the_compute_of_this_hosts_profile_and_keeps_its_agreement(monkeypatch, tmp_path):
+    import json
+
+    import yaml
+
+    from lab.models import ModelError
+    from lab.models.synthetic import host_profile_path, load_profile
+    from lab.profile import profile_from_run
+    monkeypatch.setenv("SDLAB_CACHE", str(tmp_path / "cache" / "models"))
+    run = tmp_path / "20261205T000000Z-lan"
+    run.mkdir()
+    (run / "meta.json").write_text(json.dumps({"models": "embedded", "dtype": "float32", "scenario": {"name": "lan"},
+                                               "options": {"draft_kernels": "packed"}}))
+    (run / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RUN))
+    with pytest.raises(ModelError, match="no profile of this host .* run `python -m lab profile` first"):
+        profile_from_run(run, out=lambda s: None)
+    host = host_profile_path("embedded", "float32", "packed")
+    host.parent.mkdir(parents=True)
+    save_profile(Profile(t_draft_ms=30, verify_a_ms=150, verify_b_ms=5, prefill_ms_per_token=9, alpha=0.8,
+                         vocab=500, trace=(3, 0, 2)), host, {"measured_by": "python -m lab profile"})
+    lines = []
+    assert profile_from_run(run, out=lines.append) == 0
+    got = load_profile(str(host))
+    assert (got.t_draft_ms, got.verify_a_ms, got.verify_b_ms) == (40.0, 200.0, 20.0)
+    assert (got.prefill_ms_per_token, got.alpha, got.trace) == (9, 0.8, (3, 0, 2))
+    prov = yaml.safe_load(host.read_text())["provenance"]
+    assert prov["measured_by"] == "python -m lab profile" and prov["compute"]["in_process"]["verify_a_ms"] == 150
+    assert any("in-process profile" in line for line in lines)
