@@ -143,23 +143,12 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
     import torch
 
     from lab.core.decoding import speculative_generate
-    from lab.models import warm_up
-    from lab.models.select import load_role
-
-    from lab.models.select import kernels_of
+    from lab.models.select import kernels_of, load_role
 
     draft_kernels = kernels_of(models, "draft", dtype, kernels)
     draft = load_role(models, "draft", dtype=dtype, threads=threads, kernels=draft_kernels)
     target = load_role(models, "target", dtype=dtype, threads=threads, kernels=kernels)
-    for m in (draft, target):
-        warm_up(m)
-    out(f"\n{dtype} (kernels: {target.kernels}):")
-    three = target.encode_prompt(THREE_LINE_PROMPT)
-    costs = verify_costs(target, three)
-    out(f"  t_decode {costs['t_decode_ms']:.0f} ms; t_verify(K+1): "
-        + ", ".join(f"K={kk} {v:.0f} ms ({costs['ratio'][kk]:.2f}x)" for kk, v in costs["t_verify_ms"].items()))
-    draft_step = verify_costs(draft, three, ks=())["t_decode_ms"]
-    out(f"  draft step (t_draft) {draft_step:.0f} ms ({draft.kernels})")
+    three, costs = _pair_costs(draft, target, f"{dtype} (kernels: {target.kernels})", out)
     ttft = ttft_ms(target, three, threads, None)
     cpus = sorted(os.sched_getaffinity(0))
     ttft_old = ttft_ms(target, three, 1, cpus[-1])
@@ -231,20 +220,12 @@ def _bench_gguf(k: int, max_new_tokens: int, n_prompts: int, threads: int, out) 
     greedy decoding against cloud-spec through the lab's sessions, whose tokens must be equal (there is
     no transformers `generate` of these weights to compare with)."""
     from lab.core.decoding import speculative_generate
-    from lab.models import warm_up
     from lab.models.hf import greedy_generate
     from lab.models.select import load_role
 
     draft = load_role("embedded-gguf", "draft", threads=threads)
     target = load_role("embedded-gguf", "target", threads=threads)
-    for m in (draft, target):
-        warm_up(m)
-    out(f"\ngguf ({target.kernels}; draft {draft.kernels}; {threads} threads):")
-    three = target.encode_prompt(THREE_LINE_PROMPT)
-    costs = verify_costs(target, three)
-    out(f"  t_decode {costs['t_decode_ms']:.0f} ms; t_verify(K+1): "
-        + ", ".join(f"K={kk} {v:.0f} ms ({costs['ratio'][kk]:.2f}x)" for kk, v in costs["t_verify_ms"].items()))
-    out(f"  draft step (t_draft) {verify_costs(draft, three, ks=())['t_decode_ms']:.0f} ms")
+    three, costs = _pair_costs(draft, target, f"gguf ({target.kernels}; {threads} threads)", out)
     import numpy as np
 
     from lab.core.decoding import TargetState
@@ -272,6 +253,22 @@ def _bench_gguf(k: int, max_new_tokens: int, n_prompts: int, threads: int, out) 
     out("  outputs: " + ("identical token ids" if not mismatches else "; ".join(mismatches)))
     del draft, target
     return {"tokens_per_s": tps, "mismatches": mismatches, "verify": costs, "ttft_ms": ttft}
+
+
+def _pair_costs(draft, target, heading: str, out) -> tuple[list[int], dict]:
+    """Warm the pair up; print and return the three-line prompt's ids and the target's verify costs
+    (t_decode, t_verify(K+1)), and print the draft's step."""
+    from lab.models import warm_up
+
+    for m in (draft, target):
+        warm_up(m)
+    out(f"\n{heading}:")
+    three = target.encode_prompt(THREE_LINE_PROMPT)
+    costs = verify_costs(target, three)
+    out(f"  t_decode {costs['t_decode_ms']:.0f} ms; t_verify(K+1): "
+        + ", ".join(f"K={kk} {v:.0f} ms ({costs['ratio'][kk]:.2f}x)" for kk, v in costs["t_verify_ms"].items()))
+    out(f"  draft step (t_draft) {verify_costs(draft, three, ks=())['t_decode_ms']:.0f} ms ({draft.kernels})")
+    return three, costs
 
 
 def _first_difference(a: list[int], b: list[int]) -> int:

@@ -34,6 +34,38 @@ class Session(Protocol):
         """Crop the KV cache to its first `length` tokens."""
 
 
+class CachedSession:
+    """What every back-end's session shares: the checks around prefill, extend and rollback.  A
+    subclass keeps `length` and provides `_forward(ids, keep)` (run ids after the cached prefix; the
+    logits of the last `keep` positions, [keep, vocab] float32), `_crop(length)` and `vocab_size`."""
+    length: int = 0
+
+    def prefill(self, token_ids: list[int]) -> np.ndarray:
+        """Run the prompt on an empty session; logits for the next token, [vocab]."""
+        if self.length != 0:
+            raise ModelError(f"prefill on a session holding {self.length} tokens; "
+                             "use a new session (or rollback(0)) per query")
+        if not token_ids:
+            raise ModelError("prefill needs at least one token")
+        return self._forward(token_ids, keep=1)[-1]
+
+    def extend(self, token_ids: list[int]) -> np.ndarray:
+        """Append tokens in one forward pass; logits after each of them, [len, vocab]."""
+        if self.length == 0:
+            raise ModelError("extend before prefill")
+        if not token_ids:
+            return np.zeros((0, self.vocab_size), dtype=np.float32)
+        return self._forward(token_ids, keep=len(token_ids))
+
+    def rollback(self, length: int) -> None:
+        """Crop the cache to its first `length` tokens; the kept prefix is not recomputed."""
+        if not 0 <= length <= self.length:
+            raise ModelError(f"rollback to {length} outside 0..{self.length}")
+        if length < self.length:
+            self._crop(length)
+            self.length = length
+
+
 class LanguageModel(Protocol):
     model_id: str                    # e.g. "Qwen/Qwen2.5-Coder-0.5B-Instruct" or "synthetic:draft"
     vocab_size: int

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lab.models import ModelError
+from lab.models import CachedSession, ModelError
 
 DTYPES = ("bfloat16", "float32")
 # The Linear layers' kernels.  packed: weights packed once for oneDNN, so a block verify costs about
@@ -72,7 +72,7 @@ def _torch_dtype(dtype: str):
     return getattr(torch, dtype)
 
 
-class HFSession:
+class HFSession(CachedSession):
     """One sequence and its KV cache on a causal LM (batch size 1)."""
 
     def __init__(self, model):
@@ -102,30 +102,8 @@ class HFSession:
                              f"{self.length}; this model's cache layout is not supported")
         return out.logits[0].float().numpy()
 
-    def prefill(self, token_ids: list[int]) -> np.ndarray:
-        """Run the prompt on an empty session; logits for the next token, [vocab]."""
-        if self.length != 0:
-            raise ModelError(f"prefill on a session holding {self.length} tokens; "
-                             "use a new session (or rollback(0)) per query")
-        if not token_ids:
-            raise ModelError("prefill needs at least one token")
-        return self._forward(token_ids, keep=1)[-1]
-
-    def extend(self, token_ids: list[int]) -> np.ndarray:
-        """Append tokens in one forward pass; logits after each of them, [len, vocab]."""
-        if self.length == 0:
-            raise ModelError("extend before prefill")
-        if not token_ids:
-            return np.zeros((0, self.vocab_size), dtype=np.float32)
-        return self._forward(token_ids, keep=len(token_ids))
-
-    def rollback(self, length: int) -> None:
-        """Crop the cache to its first `length` tokens; the kept prefix is not recomputed."""
-        if not 0 <= length <= self.length:
-            raise ModelError(f"rollback to {length} outside 0..{self.length}")
-        if length < self.length:
-            self._cache.crop(length - self.length)      # negative: number of tokens to drop
-            self.length = length
+    def _crop(self, length: int) -> None:
+        self._cache.crop(length - self.length)      # negative: number of tokens to drop
 
     @property
     def vocab_size(self) -> int:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lab.models import ModelError
+from lab.models import CachedSession, ModelError
 from lab.models.hf import Tokenized
 
 N_CTX = 4096            # tokens per sequence: an MMLU 5-shot prompt is ~600, a scenario's ~100 + 48
@@ -45,7 +45,7 @@ def available() -> bool:
     return True
 
 
-class LlamaCppSession:
+class LlamaCppSession(CachedSession):
     """One sequence in the model's llama.cpp context: its KV cache and length."""
 
     def __init__(self, model: "LlamaCppModel"):
@@ -86,28 +86,8 @@ class LlamaCppSession:
         out = np.ctypeslib.as_array(ctx.get_logits(), shape=(rows * m.vocab_size,))
         return out.reshape(rows, m.vocab_size)[-keep:].copy()
 
-    def prefill(self, token_ids: list[int]) -> np.ndarray:
-        """Run the prompt on an empty session; logits for the next token, [vocab]."""
-        if self.length != 0:
-            raise ModelError(f"prefill on a session holding {self.length} tokens; "
-                             "use a new session (or rollback(0)) per query")
-        if not token_ids:
-            raise ModelError("prefill needs at least one token")
-        return self._forward(token_ids, keep=1)[-1]
-
-    def extend(self, token_ids: list[int]) -> np.ndarray:
-        """Append tokens in one forward pass; logits after each of them, [len, vocab]."""
-        if self.length == 0:
-            raise ModelError("extend before prefill")
-        if not token_ids:
-            return np.zeros((0, self.vocab_size), dtype=np.float32)
-        return self._forward(token_ids, keep=len(token_ids))
-
-    def rollback(self, length: int) -> None:
-        """Forget the tokens after `length`; their KV cells are removed before the next forward."""
-        if not 0 <= length <= self.length:
-            raise ModelError(f"rollback to {length} outside 0..{self.length}")
-        self.length = length
+    def _crop(self, length: int) -> None:
+        pass          # the cells past `length` are removed at the start of the next forward
 
 
 class LlamaCppModel(Tokenized):
