@@ -224,8 +224,9 @@ class EdgeSeam(DraftSide):
 
 class EdgeNode:
     def __init__(self, draft, link: CloudLink | None, workload: dict, writers, scenario: str, backend: str,
-                 budget: ReplyBudget | None = None):
+                 budget: ReplyBudget | None = None, alone=None):
         self.draft, self.link, self.w = draft, link, workload
+        self.alone = alone or draft               # what answers on its own: edge-only, fallbacks (_alone_model)
         self.budget = budget or ReplyBudget(fixed_s=DEFAULT_FIXED_S)
         self.queries_out, self.cycles_out = writers
         self.scenario, self.backend = scenario, backend
@@ -285,7 +286,7 @@ class EdgeNode:
             # Tokens from fallback_at_token on are the draft's: not this strategy's target output.
             rec.update(edge_fallback=True, fallback_reason=f"{type(e).__name__}: {e}",
                        fallback_at_token=len(log.tokens))
-            alone_loop(AloneSeam(self.draft, prompt_ids + log.tokens, self.w["temperature"], seed),
+            alone_loop(AloneSeam(self.alone, prompt_ids + log.tokens, self.w["temperature"], seed),
                        log, max_new, self.eos)
         rec.update(log.result(max_new))
         if hasattr(strategy, "provenance"):
@@ -302,7 +303,7 @@ class EdgeQuery:
         self.node, self.prompt_ids, self.seed, self.qid = node, prompt_ids, seed, qid
 
     def alone_seam(self) -> AloneSeam:
-        return AloneSeam(self.node.draft, self.prompt_ids, self.node.w["temperature"], self.seed)
+        return AloneSeam(self.node.alone, self.prompt_ids, self.node.w["temperature"], self.seed)
 
     def split_seam(self) -> EdgeSeam:
         return EdgeSeam(self.node, self.qid, self.prompt_ids, self.seed)
@@ -326,6 +327,22 @@ class EdgeQuery:
             up, t_prev = 0, t
             if msg["done"]:
                 return
+
+
+def _alone_model(a, draft, strategies):
+    """The model that answers on its own (edge-only; a query the cloud cannot finish).  An int8 draft
+    only proposes tokens the target checks, and there its speed is the point; its own answers are
+    worse than the model it quantises (MMLU 61/200 against 77/200, docs/MEASUREMENTS.md).  So with an
+    int8 draft and an edge-only strategy in the run the draft is loaded a second time, packed fp32, to
+    answer alone as the named model does; otherwise the draft answers (fallbacks are marked anyway)."""
+    from lab.models.kinds import kernels_of
+    from lab.models.select import load_role
+    if kernels_of(a.models, "draft", a.dtype, a.draft_kernels) != "int8" or not any(
+            s.placement == "edge" for s in strategies):
+        return draft
+    alone = load_role(a.models, "draft", dtype=a.dtype, threads=a.threads, kernels="packed")
+    warm_up(alone)
+    return alone
 
 
 def _default_tables(strategies, models: str, dtype: str, draft_kernels: str | None) -> None:
@@ -392,17 +409,18 @@ def main(argv: list[str] | None = None) -> int:
         prompts = load_prompts(workload.get("prompts"))
         budget_doc = _json_arg("--reply-budget", a.reply_budget) if a.reply_budget else None
         draft = load_role(a.models, "draft", dtype=a.dtype, threads=a.threads, kernels=a.draft_kernels)
+        warm_up(draft)
+        alone = _alone_model(a, draft, strategies)
     except (ValueError, StrategyError, PromptError, ModelError) as e:
         emit(event="error", message=str(e))
         return 2
-    warm_up(draft)
     if budget_doc is not None and a.reply_timeout_s is None:
         budget = ReplyBudget.from_dict(budget_doc)
     else:
         budget = ReplyBudget(fixed_s=a.reply_timeout_s or DEFAULT_FIXED_S)
     link = CloudLink(a.cloud, budget.hello_s())
     qw, cw = JsonlWriter(f"{a.out}/queries.jsonl"), JsonlWriter(f"{a.out}/cycles.jsonl")
-    node = EdgeNode(draft, link, workload, (qw, cw), a.scenario, a.backend, budget)
+    node = EdgeNode(draft, link, workload, (qw, cw), a.scenario, a.backend, budget, alone=alone)
     try:
         cloud = node.hello()
         node.hello()               # a second handshake measures the round trip with the cloud idle
@@ -410,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         node.cloud_ok = False
         cloud = {"error": str(e)}
     emit(event="ready", draft=draft.model_id, threads=a.threads, dtype=getattr(draft, "dtype", resolved(a.dtype)),
-         draft_kernels=getattr(draft, "kernels", None), cloud=cloud,
+         draft_kernels=getattr(draft, "kernels", None), alone_kernels=getattr(alone, "kernels", None), cloud=cloud,
          load_s=round(time.monotonic() - t0, 2))
     go = (lambda: None) if a.standalone else _wait_go
     try:

@@ -24,3 +24,25 @@ def _edge(capsys, tmp_path, **over) -> tuple[int, dict]:
 def test_edge_names_the_bad_argument(capsys, tmp_path, flag, value, named):
     rc, event = _edge(capsys, tmp_path, **{flag: value})
     assert rc == 2 and event["event"] == "error" and named in event["message"]
+
+
+def test_an_int8_draft_proposes_but_the_named_model_answers_alone(monkeypatch):
+    """edge-only's answers are the draft model's own: with an int8 draft (faster proposals, the
+    target's output untouched) the edge loads the draft again, packed fp32, for what it answers alone."""
+    import argparse
+
+    import edge_node.__main__ as edge
+    from lab.core.strategies import make_strategy
+    from lab.models import cpu, select
+    loaded = []
+    monkeypatch.setattr(select, "load_role", lambda models, role, **kw: loaded.append(kw["kernels"]) or f"{role}:{kw['kernels']}")
+    monkeypatch.setattr(edge, "warm_up", lambda m: None)
+    monkeypatch.setattr(cpu, "int8_runs_here", lambda dtype: dtype == "float32")
+    a = argparse.Namespace(models="embedded", dtype="auto", threads=2, draft_kernels=None)
+    split, with_alone = [make_strategy("fixed-k:3")], [make_strategy("fixed-k:3"), make_strategy("edge-only")]
+    assert edge._alone_model(a, "int8 draft", split) == "int8 draft" and loaded == []
+    assert edge._alone_model(a, "int8 draft", with_alone) == "draft:packed" and loaded == ["packed"]
+    a.draft_kernels = "packed"
+    assert edge._alone_model(a, "packed draft", with_alone) == "packed draft"
+    a.models, a.draft_kernels = "synthetic:fast", None
+    assert edge._alone_model(a, "synthetic draft", with_alone) == "synthetic draft" and loaded == ["packed"]
