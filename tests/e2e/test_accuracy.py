@@ -47,3 +47,8 @@ def test_mmlu_speculative_answers_are_cloud_onlys_question_by_question(tmp_path)
         assert s[name]["correct"] == s["cloud-only"]["correct"]
         assert int(float(s[name]["same_as_cloud_only"])) == N_QUESTIONS
     assert f"/{N_QUESTIONS} =" in r.stdout and "edge-only" in r.stdout
+    from lab.models.cpu import int8_runs_here
+    if int8_runs_here("float32"):     # the draft proposes in int8; edge-only answers as the fp32 model
+        (meta,) = [json.loads(p.read_text()) for p in (out_dir / "runs").glob("*/meta.json")]
+        assert meta["edge"]["draft_kernels"].startswith("int8"), meta["edge"]
+        assert meta["edge"]["alone_kernels"].startswith("onednn-packed"), meta["edge"]
