@@ -332,9 +332,10 @@ class EdgeQuery:
 def _alone_model(a, draft, strategies):
     """The model that answers on its own (edge-only; a query the cloud cannot finish).  An int8 draft
     only proposes tokens the target checks, and there its speed is the point; its own answers are
-    worse than the model it quantises (MMLU 61/200 against 77/200, docs/MEASUREMENTS.md).  So with an
-    int8 draft and an edge-only strategy in the run the draft is loaded a second time, packed fp32, to
-    answer alone as the named model does; otherwise the draft answers (fallbacks are marked anyway)."""
+    another model's (MMLU 61/200 against 77/200, HumanEval 21/40 against 16/40; docs/MEASUREMENTS.md).
+    So with an int8 draft and an edge-only strategy in the run the draft is loaded a second time,
+    packed fp32, to answer alone as the named model does; otherwise the draft answers (fallbacks
+    are marked anyway)."""
     from lab.models.kinds import kernels_of
     from lab.models.select import load_role
     if kernels_of(a.models, "draft", a.dtype, a.draft_kernels) != "int8" or not any(
