@@ -90,7 +90,7 @@ class Settings:
     scenario: str
     models: str
     dtype: str
-    draft_kernels: str | None        # lab/models/select.py kernels_of: the default resolved; None: no choice
+    draft_kernels: str | None        # lab/models/kinds.py kernels_of: the default resolved; None: no choice
     shots: int
     max_new_tokens: int
     template: str

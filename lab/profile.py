@@ -172,7 +172,6 @@ def profile_from_run(run_dir: str | Path, out_path: str | None = None, out: Call
     import yaml
 
     from lab.models import ModelError
-    from lab.models.kinds import kernels_of
     from lab.models.synthetic import host_profile_path, load_profile, save_profile
     from lab.results import read_jsonl
 
@@ -184,7 +183,7 @@ def profile_from_run(run_dir: str | Path, out_path: str | None = None, out: Call
     models, dtype = meta.get("models"), meta.get("dtype")
     if not models or str(models).startswith("synthetic"):
         raise ModelError(f"--from-run {run}: a run of a real pair is needed (this one ran {models!r})")
-    host = host_profile_path(models, dtype, kernels_of(models, "draft", dtype, (meta.get("options") or {}).get("draft_kernels")))
+    host = host_profile_path(models, dtype, (meta.get("options") or {}).get("draft_kernels"))
     if not host.is_file():
         raise ModelError(f"--from-run: no profile of this host for the run's pair to take the agreement from "
                          f"({host}); run `python -m lab profile` first")

@@ -57,6 +57,13 @@ class CachedSession:
             return np.zeros((0, self.vocab_size), dtype=np.float32)
         return self._forward(token_ids, keep=len(token_ids))
 
+    @staticmethod
+    def _check_ids(token_ids: list[int], bound: int) -> None:
+        """Refuse anything but ints in 0..bound-1 before a forward sees it (an id past the embedding
+        would index out of range in the back-end)."""
+        if any(not isinstance(t, (int, np.integer)) or not 0 <= t < bound for t in token_ids):
+            raise ModelError(f"token ids must be ints in 0..{bound - 1}, got {list(token_ids)[:8]}…")
+
     def rollback(self, length: int) -> None:
         """Crop the cache to its first `length` tokens; the kept prefix is not recomputed."""
         if not 0 <= length <= self.length:

@@ -39,8 +39,8 @@ KERNELS_DEFAULT = "packed"
 def default_kernels(role: str, dtype: str) -> str:
     """The kernels a role gets unless asked.  The draft is int8 where that runs: on an AVX2-only CPU
     its step is 2.8x faster than packed fp32 and co-located speculation 1.5x faster, the target's
-    tokens unchanged (docs/MEASUREMENTS.md, "On a real AVX2-only CPU").  Edge-only *is* the draft,
-    so its answers are the int8 draft's; results record the kernels of both models."""
+    tokens unchanged (docs/MEASUREMENTS.md, "On a real AVX2-only CPU").  What answers alone
+    (edge-only) stays packed: edge_node `_alone_model`.  Results record the kernels of every model."""
     from lab.models.cpu import int8_runs_here
 
     if role == "draft" and int8_runs_here(dtype):
@@ -89,8 +89,7 @@ class HFSession(CachedSession):
         import torch
 
         n = len(token_ids)
-        if any(not isinstance(t, (int, np.integer)) or not 0 <= t < self._n_embed for t in token_ids):
-            raise ModelError(f"token ids must be ints in 0..{self._n_embed - 1}, got {list(token_ids)[:8]}…")
+        self._check_ids(token_ids, self._n_embed)
         ids = torch.tensor([list(map(int, token_ids))], dtype=torch.long)
         pos = torch.arange(self.length, self.length + n, dtype=torch.long).unsqueeze(0)
         with torch.inference_mode():

@@ -64,8 +64,7 @@ class LlamaCppSession(CachedSession):
         if m._owner is not self:
             raise ModelError(f"{m.model_id}: a newer session took this model's llama.cpp context "
                              "(one sequence per model); start a new session per query")
-        if any(not isinstance(t, (int, np.integer)) or not 0 <= t < m.vocab_size for t in token_ids):
-            raise ModelError(f"token ids must be ints in 0..{m.vocab_size - 1}, got {list(token_ids)[:8]}…")
+        self._check_ids(token_ids, m.vocab_size)
         if self.length + len(token_ids) > N_CTX:
             raise ModelError(f"{m.model_id}: {self.length + len(token_ids)} tokens exceed the llama.cpp "
                              f"context of {N_CTX}")
