@@ -44,6 +44,37 @@ def _tps(n_tokens: int, seconds: float) -> float:
     return n_tokens / seconds if seconds > 0 else float("nan")
 
 
+class _Tally:
+    """The rows of a bench table: tokens and seconds per row, and for speculation the drafts accepted
+    and proposed; one timer and one report for every back-end."""
+
+    def __init__(self):
+        self.rows: dict[str, list] = {}          # name → [tokens, seconds, accepted, proposed]
+
+    def run(self, name: str, fn) -> list[int]:
+        """fn() timed under `name`; it returns the tokens, or a Generation (tokens, accepted, drafted)."""
+        t0 = time.perf_counter()
+        got = fn()
+        row = self.rows.setdefault(name, [0, 0.0, 0, 0])
+        row[1] += time.perf_counter() - t0
+        tokens = got if isinstance(got, list) else got.tokens
+        row[0] += len(tokens)
+        if not isinstance(got, list):
+            row[2] += sum(got.accepted)
+            row[3] += sum(got.drafted)
+        return tokens
+
+    def tokens_per_s(self) -> dict[str, float]:
+        return {name: _tps(n, sec) for name, (n, sec, _, _) in self.rows.items()}
+
+    def report(self, out) -> dict[str, float]:
+        tps = self.tokens_per_s()
+        for name, (n, sec, accepted, proposed) in self.rows.items():
+            acc = f", acceptance {accepted / proposed:.2f}" if proposed else ""
+            out(f"  {name:21s} {tps[name]:7.2f} tok/s  ({n} tokens in {sec:.1f} s{acc})")
+        return tps
+
+
 
 
 def verify_costs(target, prompt_ids: list[int], ks=VERIFY_KS, repeats: int = REPEATS) -> dict:
@@ -155,19 +186,12 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
     out(f"  TTFT (3-line prompt, {len(three)} tokens): {ttft:.0f} ms at {threads} threads; "
         f"{ttft_old:.0f} ms at 1 thread pinned to CPU {cpus[-1]}")
     prompts = load_prompts(None)[:n_prompts]
-    totals = {"cloud-spec": [0, 0.0], "assisted": [0, 0.0], "plain": [0, 0.0]}
-    mismatches, alpha, greedy_reference = [], {}, {}
+    tally, mismatches, greedy_reference = _Tally(), [], {}
     prompt_ids = {p["id"]: target.encode_prompt(p["prompt"]) for p in prompts}
 
     def cloud_spec(name: str, drafter, ids: list[int]) -> list[int]:
         """One co-located speculative generation, timed and counted under `name`; its tokens."""
-        t0 = time.perf_counter()
-        gen = speculative_generate(drafter, target, ids, max_new_tokens, k_fn=lambda: k)
-        totals[name][1] += time.perf_counter() - t0
-        totals[name][0] += len(gen.tokens)
-        acc, prop = alpha.get(name, (0, 0))
-        alpha[name] = (acc + sum(gen.accepted), prop + sum(gen.drafted))
-        return gen.tokens
+        return tally.run(name, lambda: speculative_generate(drafter, target, ids, max_new_tokens, k_fn=lambda: k))
 
     for p in prompts:
         ids = prompt_ids[p["id"]]
@@ -177,14 +201,9 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
         gen_kw = dict(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos[0],
                       attention_mask=torch.ones_like(x))
         with torch.inference_mode():
-            t0 = time.perf_counter()
-            assisted = target.model.generate(x, assistant_model=draft.model, **gen_kw)[0, len(ids):].tolist()
-            totals["assisted"][1] += time.perf_counter() - t0
-            totals["assisted"][0] += len(assisted)
-            t0 = time.perf_counter()
-            plain = target.model.generate(x, **gen_kw)[0, len(ids):].tolist()
-            totals["plain"][1] += time.perf_counter() - t0
-            totals["plain"][0] += len(plain)
+            assisted = tally.run("assisted", lambda: target.model.generate(
+                x, assistant_model=draft.model, **gen_kw)[0, len(ids):].tolist())
+            plain = tally.run("plain", lambda: target.model.generate(x, **gen_kw)[0, len(ids):].tolist())
         greedy_reference[p["id"]] = plain
         for name, toks in (("assisted", assisted), ("plain", plain)):
             if toks != ours:
@@ -194,18 +213,14 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
     if other is not None:
         row = f"cloud-spec-{other_kernels}-draft"
         out(f"  {other_kernels} draft step (t_draft) {verify_costs(other, three, ks=())['t_decode_ms']:.0f} ms")
-        totals[row] = [0, 0.0]
         for p in prompts:
             toks, plain = cloud_spec(row, other, prompt_ids[p["id"]]), greedy_reference[p["id"]]
             if toks != plain:
                 mismatches.append(f"{p['id']}: cloud-spec with the {other_kernels} draft differs from plain "
                                   f"at token {_first_difference(toks, plain)}")
         del other
-    tps = {name: _tps(n, s) for name, (n, s) in totals.items()}
     out(f"  {models} ({dtype}, {threads} threads), K={k}, {len(prompts)} prompts × ≤{max_new_tokens} tokens")
-    for name, v in tps.items():
-        acc = f", acceptance {alpha[name][0] / alpha[name][1]:.2f}" if alpha.get(name, (0, 0))[1] else ""
-        out(f"  {name:21s} {v:7.2f} tok/s  ({totals[name][0]} tokens in {totals[name][1]:.1f} s{acc})")
+    tps = tally.report(out)
     out(f"  cloud-spec / assisted = {tps['cloud-spec'] / tps['assisted']:.2f}x   (goal >= 1.2x)")
     out(f"  cloud-spec / plain    = {tps['cloud-spec'] / tps['plain']:.2f}x   (goal >= 1.3x)")
     out("  outputs: " + ("identical token ids" if not mismatches else "; ".join(mismatches)))
@@ -226,30 +241,16 @@ def _bench_gguf(k: int, max_new_tokens: int, n_prompts: int, threads: int, out) 
     draft = load_role("embedded-gguf", "draft", threads=threads)
     target = load_role("embedded-gguf", "target", threads=threads)
     three, costs = _pair_costs(draft, target, f"gguf ({target.kernels}; {threads} threads)", out)
-    import numpy as np
-
-    from lab.core.decoding import TargetState
-    ttft = median_ms(lambda: TargetState.start(target, three).step(0.0, np.random.default_rng(0)), 3)
+    ttft = ttft_ms(target, three, threads, None)       # (torch's threads: llama.cpp keeps its own)
     out(f"  TTFT (3-line prompt, {len(three)} tokens): {ttft:.0f} ms")
-    totals = {"plain": [0, 0.0], "cloud-spec": [0, 0.0]}
-    mismatches, acc = [], [0, 0]
+    tally, mismatches = _Tally(), []
     for p in load_prompts(None)[:n_prompts]:
         ids = target.encode_prompt(p["prompt"])
-        t0 = time.perf_counter()
-        plain = greedy_generate(target, ids, max_new_tokens)
-        totals["plain"][0] += len(plain)
-        totals["plain"][1] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        gen = speculative_generate(draft, target, ids, max_new_tokens, k_fn=lambda: k)
-        totals["cloud-spec"][0] += len(gen.tokens)
-        totals["cloud-spec"][1] += time.perf_counter() - t0
-        acc[0], acc[1] = acc[0] + sum(gen.accepted), acc[1] + sum(gen.drafted)
-        if gen.tokens != plain:
-            mismatches.append(f"{p['id']}: cloud-spec differs from plain at token {_first_difference(gen.tokens, plain)}")
-    tps = {name: _tps(n, sec) for name, (n, sec) in totals.items()}
-    for name, v in tps.items():
-        a = f", acceptance {acc[0] / acc[1]:.2f}" if name == "cloud-spec" and acc[1] else ""
-        out(f"  {name:21s} {v:7.2f} tok/s  ({totals[name][0]} tokens in {totals[name][1]:.1f} s{a})")
+        plain = tally.run("plain", lambda: greedy_generate(target, ids, max_new_tokens))
+        ours = tally.run("cloud-spec", lambda: speculative_generate(draft, target, ids, max_new_tokens, k_fn=lambda: k))
+        if ours != plain:
+            mismatches.append(f"{p['id']}: cloud-spec differs from plain at token {_first_difference(ours, plain)}")
+    tps = tally.report(out)
     out("  outputs: " + ("identical token ids" if not mismatches else "; ".join(mismatches)))
     del draft, target
     return {"tokens_per_s": tps, "mismatches": mismatches, "verify": costs, "ttft_ms": ttft}
