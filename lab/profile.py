@@ -52,11 +52,15 @@ def _ms(fn) -> tuple[float, object]:
     return (time.perf_counter() - t) * 1000, r
 
 
-def fit_line(xs, ys) -> tuple[float, float]:
-    """Least-squares a + b·x; b clipped at 0 (a forward never gets cheaper with more tokens)."""
-    b, a = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
+def fit_line(xs, ys, counts=None) -> tuple[float, float]:
+    """Least-squares a + b·x; b clipped at 0 (a forward never gets cheaper with more tokens).
+    counts: how many measurements each y summarises — its squared residual counts that many times, so
+    a verify size a run met once (a query's last, shortened block) cannot tilt the line away from the
+    sizes it ran in nearly every cycle."""
+    w = None if counts is None else np.sqrt(np.asarray(counts, float))    # polyfit squares the weights
+    b, a = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1, w=w)
     if b < 0:
-        return float(np.mean(ys)), 0.0
+        return float(np.average(ys, weights=counts)), 0.0
     return float(a), float(b)
 
 
@@ -87,15 +91,19 @@ def measure_pair(draft, target, prompts: list[dict], max_new_tokens: int,
 
     prefill_t, prefill_d, t_draft, agree, trace = [], [], [], [], []
     per_prompt: dict[str, str] = {}
+    answer: dict[str, int] = {}
+    eos = set(getattr(target, "eos_token_ids", ()) or ())
     verify: dict[int, list[float]] = {n: [] for n in VERIFY_NS}
     for i, p in enumerate(prompts, 1):
+        # Keyed as a synthetic session on the same prompt text will key it (lab.models.synthetic).
+        key = prompt_key(encode_words(p["prompt"], int(target.vocab_size)))
         ids = target.encode_prompt(p["prompt"], p.get("template", "chat"))     # as the edge encodes it
         # The target's greedy continuation, one token per forward.
         s = target.new_session()
         ms, logits = _ms(lambda: s.prefill(ids))
         prefill_t.append(ms / len(ids))
         cont = [int(np.argmax(logits))]
-        for _ in range(max_new_tokens - 1):
+        while len(cont) < max_new_tokens and cont[-1] not in eos:
             cont.append(int(np.argmax(s.extend([cont[-1]])[-1])))
         # t_verify(n): n tokens of the continuation after the prompt, rolled back each time.
         s.rollback(len(ids))
@@ -114,13 +122,16 @@ def measure_pair(draft, target, prompts: list[dict], max_new_tokens: int,
             t_draft.append(ms)
             preds.append(int(np.argmax(lg[-1])))
         mine = [a == b for a, b in zip(preds, cont)]
+        # The continuation stops at the target's EOS, as a query on this prompt does: its length is kept.
+        end = len(cont) if cont[-1] in eos else None
+        if end is not None:
+            answer[key] = end
         agree += mine
         trace += agreement_trace(mine)
-        # Keyed as a synthetic session on the same prompt text will key it (lab.models.synthetic).
-        per_prompt[prompt_key(encode_words(p["prompt"], int(target.vocab_size)))] = "".join("01"[a] for a in mine)
+        per_prompt[key] = "".join("01"[a] for a in mine)
         out(f"  [{i}/{len(prompts)}] {p['id']:14s} prompt {len(ids)} tokens, agreement "
-            f"{sum(mine)}/{len(cont)}")
-    m = {"alpha": float(np.mean(agree)), "trace": trace, "prompt_agreement": per_prompt,
+            f"{sum(mine)}/{len(mine)}" + ("" if end is None else f" (the answer ends at token {end})"))
+    m = {"alpha": float(np.mean(agree)), "trace": trace, "prompt_agreement": per_prompt, "prompt_answer": answer,
          "t_draft_ms": statistics.median(t_draft), "prefill_ms_per_token": statistics.median(prefill_t),
          "draft_prefill_ms_per_token": statistics.median(prefill_d), "positions": len(agree)}
     if timing:
@@ -131,34 +142,49 @@ def measure_pair(draft, target, prompts: list[dict], max_new_tokens: int,
     return m
 
 
-def compute_from_run(records: list[dict]) -> dict:
+def compute_from_run(records: list[dict], strategy: str | None = None) -> dict:
     """t_draft and t_verify(n) = a + b·n as the nodes computed them in a lab run: every measured
     cycle of the split strategies (fixed-k, the adaptive ones: n = K + 1, the edge's drafting time
     over K) and of cloud-only (n = 1).  A query's first cycle is left out (it holds the prefills), so
-    are co-located and pipelined cycles (a node's compute there is two models' or overlaps the wait)
-    and queries the edge finished alone."""
+    are co-located cycles (the cloud's compute there is two models') and queries the edge finished
+    alone.  Pipelined cycles are left out too unless `strategy` names one: the cloud verifies while
+    the edge drafts ahead, and on a host whose nodes share cores or caches each then runs slower than
+    alone (docs/MEASUREMENTS.md) — they time the pipelined layout, not the pair.  `strategy`: that
+    strategy's cycles only; a pipelined one's drafting is the block drafted ahead (hidden_ms over its
+    guessed bonus and K drafts) and the one drafted after a refuted guess (edge_ms over K)."""
     from lab.models import ModelError
     verify: dict[int, list[float]] = {}
     draft: list[float] = []
     for r in records:
-        if r.get("warmup") or r.get("edge_fallback") or r["strategy"].startswith("pipelined"):
+        if r.get("warmup") or r.get("edge_fallback") or r.get("placement") not in ("split", "cloud"):
             continue
-        if r.get("placement") not in ("split", "cloud"):
+        pipelined = r["strategy"].startswith("pipelined")
+        if (r["strategy"] != strategy) if strategy else pipelined:
             continue
-        cycles = zip(r["k_per_cycle"], r["cloud_compute_ms_per_cycle"], r["edge_compute_ms_per_cycle"])
-        for i, (k, cloud_ms, edge_ms) in enumerate(cycles):
+        hidden = r.get("hidden_ms_per_cycle") or [0.0] * len(r["k_per_cycle"])
+        cycles = zip(r["k_per_cycle"], r["cloud_compute_ms_per_cycle"], r["edge_compute_ms_per_cycle"], hidden)
+        for i, (k, cloud_ms, edge_ms, hidden_ms) in enumerate(cycles):
             if i == 0 or cloud_ms is None or (r["placement"] == "split" and not k):
                 continue
             verify.setdefault(k + 1 if r["placement"] == "split" else 1, []).append(float(cloud_ms))
-            if r["placement"] == "split" and edge_ms is not None:
+            if r["placement"] != "split":
+                continue
+            if not pipelined:
+                if edge_ms is not None:
+                    draft.append(float(edge_ms) / k)
+                continue
+            if hidden_ms:
+                draft.append(float(hidden_ms) / (k + 1))
+            if edge_ms:
                 draft.append(float(edge_ms) / k)
     if len(verify) < 2 or not draft:
-        raise ModelError("--from-run: the run needs measured cycles of at least two verify sizes and of a split "
-                         f"strategy (it has n = {sorted(verify) or 'none'}); run e.g. `scenario lan --strategies "
-                         "cloud-only,fixed-k:1,fixed-k:3,fixed-k:5`")
+        which = f"strategy {strategy}" if strategy else "run"
+        raise ModelError(f"--from-run: the {which} needs measured cycles of at least two verify sizes and of a "
+                         f"split strategy (it has n = {sorted(verify) or 'none'}); run e.g. `scenario lan "
+                         "--strategies cloud-only,fixed-k:1,fixed-k:3,fixed-k:5`")
     ns = sorted(verify)
     med = [statistics.median(verify[n]) for n in ns]
-    a, b = fit_line(ns, med)
+    a, b = fit_line(ns, med, [len(verify[n]) for n in ns])
     return {"t_draft_ms": statistics.median(draft), "verify_a_ms": a, "verify_b_ms": b,
             "verify_ms_by_n": dict(zip(ns, med)), "cycles_by_n": {n: len(verify[n]) for n in ns},
             "draft_cycles": len(draft)}
@@ -271,7 +297,8 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
         out(f"draft: {kernels['draft_kernels']}; target: {kernels['target_kernels']}")
     m = measure_pair(draft, target, prompts, max_new_tokens, out, timing=not acceptance_only)
     acceptance = {"alpha": round(m["alpha"], 4), "trace": tuple(m["trace"]) or None,
-                  "prompt_agreement": tuple(m["prompt_agreement"].items()) or None}
+                  "prompt_agreement": tuple(m["prompt_agreement"].items()) or None,
+                  "prompt_answer": tuple(m["prompt_answer"].items()) or None}
     measured = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "prompts": prompts_file or "built-in",
                 "max_new_tokens": max_new_tokens}
     if acceptance_only:

@@ -89,6 +89,10 @@ class Profile:
     # agreement, as the real pair would on that prompt; elsewhere (and past the measured positions)
     # the trace or alpha decides.
     prompt_agreement: tuple[tuple[str, str], ...] | None = None
+    # Per prompt (the same keys): how many tokens the target's greedy answer has, its EOS included,
+    # where it ends within the measured continuation.  A query on that prompt ends there, as the real
+    # pair's does (a one-line answer is a few cycles, not max_new_tokens); elsewhere it runs to the end.
+    prompt_answer: tuple[tuple[str, int], ...] | None = None
     name: str = "custom"
     source: str = ""
 
@@ -122,6 +126,10 @@ def load_profile(name_or_path: str | None) -> Profile:
         if not isinstance(doc["prompt_agreement"], dict):
             raise ModelError(f"{p}: prompt_agreement must be a mapping of prompt key to a string of 0/1")
         doc["prompt_agreement"] = tuple((str(k), str(v)) for k, v in doc["prompt_agreement"].items())
+    if doc.get("prompt_answer") is not None:
+        if not isinstance(doc["prompt_answer"], dict):
+            raise ModelError(f"{p}: prompt_answer must be a mapping of prompt key to a token count")
+        doc["prompt_answer"] = tuple((str(k), v) for k, v in doc["prompt_answer"].items())
     try:
         prof = Profile(**{"name": p.stem, "source": str(p), **doc})
     except TypeError as e:
@@ -149,6 +157,9 @@ def check_profile(prof: Profile) -> str | None:
     for key, bits in prof.prompt_agreement or ():
         if not bits or set(bits) - {"0", "1"}:
             return f"prompt_agreement[{key}] must be a non-empty string of 0 and 1, got {bits!r}"
+    for key, n in prof.prompt_answer or ():
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            return f"prompt_answer[{key}] must be a token count >= 1, got {n!r}"
     return None
 
 
@@ -166,10 +177,11 @@ def save_profile(profile: Profile, path: Path, provenance: dict | None = None) -
         del d["trace"]
     else:
         d["trace"] = list(d["trace"])
-    if d["prompt_agreement"] is None:
-        del d["prompt_agreement"]
-    else:
-        d["prompt_agreement"] = dict(d["prompt_agreement"])
+    for key in ("prompt_agreement", "prompt_answer"):
+        if d[key] is None:
+            del d[key]
+        else:
+            d[key] = dict(d[key])
     if provenance:
         d["provenance"] = provenance
     Path(path).write_text(yaml.safe_dump(d, sort_keys=False))
@@ -219,6 +231,7 @@ class SyntheticSession:
         self.length = 0
         self.origin = 0                   # prompt length: generated positions count from here (traces)
         self.key = ""                     # prompt_key of the prompt (per-prompt agreement)
+        self._prefix: list[int] | None = None     # a prompt short of its last token (prefill)
         self.compute_ms = 0.0             # wall time spent in this session's forwards, as measured
         self.last_compute_ms = 0.0        # … in the last call
 
@@ -238,7 +251,10 @@ class SyntheticSession:
             raise ModelError("prefill needs at least one token")
         self._spend(self.m.profile.prefill_ms_per_token * len(token_ids))
         self.length = self.origin = len(token_ids)
-        self.key = prompt_key(token_ids) if self.m.per_prompt else ""
+        self.key = prompt_key(token_ids) if self.m.per_prompt or self.m.answer else ""
+        # The target's cache holds the prompt but its last token (lab/core/decoding.py TargetState), which
+        # comes with the first extend: if that completes a profiled prompt, the session is that prompt's.
+        self._prefix = list(token_ids) if self.key and self.key not in self.m.answer else None
         return self._logits(self.length)
 
     def extend(self, token_ids: list[int]) -> np.ndarray:
@@ -248,6 +264,10 @@ class SyntheticSession:
         if n == 0:
             return np.zeros((0, self.m.vocab_size), dtype=np.float32)
         self._spend(self.m.forward_ms(n))
+        if self._prefix is not None:
+            whole, self._prefix = prompt_key(self._prefix + [int(token_ids[0])]), None
+            if whole in self.m.answer:
+                self.key, self.origin = whole, self.origin + 1
         start = self.length
         self.length += n
         return np.stack([self._logits(start + i + 1) for i in range(n)])     # [n, V]
@@ -268,9 +288,11 @@ class SyntheticModel:
         self.model_id = f"synthetic:{profile.name}:{role}"
         self.vocab_size = profile.vocab
         self.tokenizer_hash = f"synthetic-vocab-{profile.vocab}"
-        self.eos_token_ids: tuple[int, ...] = ()
         self._bits = _trace_bits(profile.trace) if profile.trace else None
         self.per_prompt = {k: tuple(c == "1" for c in v) for k, v in profile.prompt_agreement or ()}
+        self.answer = dict(profile.prompt_answer or ())
+        # The last id is the EOS that ends a profiled answer (prompt_answer); other tokens never draw it.
+        self.eos_token_ids: tuple[int, ...] = (self.vocab_size - 1,) if self.answer else ()
 
     def forward_ms(self, n: int) -> float:
         """The compute time one extend() of n tokens takes (and reports)."""
@@ -286,11 +308,17 @@ class SyntheticModel:
             return self._bits[(pos - origin) % len(self._bits)]
         return (_h(self.profile.seed, pos, "accept") % 1_000_000) / 1_000_000 < self.profile.alpha
 
+    def ends_at(self, pos: int, origin: int = 0, key: str = "") -> bool:
+        """Is the target's token at sequence position pos its answer's EOS (prompt_answer)?"""
+        n = self.answer.get(key)
+        return n is not None and pos - origin == n - 1
+
     def token_at(self, pos: int, origin: int = 0, key: str = "") -> int:
-        true = _h(self.profile.seed, pos, "token") % self.vocab_size
+        span = self.vocab_size - len(self.eos_token_ids)
+        true = self.eos_token_ids[0] if self.ends_at(pos, origin, key) else _h(self.profile.seed, pos, "token") % span
         if self.role == "target" or self.agrees(pos, origin, key):
             return true
-        return (true + 1) % self.vocab_size
+        return (true + 1) % span
 
     def new_session(self) -> SyntheticSession:
         return SyntheticSession(self)
@@ -306,8 +334,9 @@ class SyntheticModel:
         d = {"model_id": self.model_id, **asdict(self.profile)}
         if d["trace"] is not None:
             d["trace"] = list(d["trace"])
-        if d["prompt_agreement"] is not None:
-            d["prompt_agreement"] = dict(d["prompt_agreement"])
+        for key in ("prompt_agreement", "prompt_answer"):
+            if d[key] is not None:
+                d[key] = dict(d[key])
         return d
 
 

@@ -43,8 +43,9 @@ from lab.scenario import TIMELINE_ALIGNMENT, Scenario
 from lab.sim.simwire import SIM_QID_SUFFIX, WireSizes
 
 
-FAKE_TOKEN = 1                 # the simulator counts tokens; their ids do not matter
-SYNTHETIC_EOS: tuple[int, ...] = ()     # synthetic models never stop early
+FAKE_TOKEN = 1                 # the simulator counts tokens; their ids do not matter, but for:
+EOS_TOKEN = 2                  # the last of a profiled answer (prompt_answer): the query stops there
+SYNTHETIC_EOS: tuple[int, ...] = (EOS_TOKEN,)
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,14 @@ class ComputeProfile:
     name: str = "custom"
     target_token_ms: float | None = None      # one autoregressive target step; default verify_ms(1)
     source: str = ""                          # the profile's YAML, when it came from one
+    # Measured t_verify(n) for some n, used there instead of the line (a real pair's run, whose verify
+    # times need not lie on one: lab/validate.py judge_run); ((n, ms), …)
+    verify_by_n: tuple[tuple[int, float], ...] = ()
 
     def verify_ms(self, n: int) -> float:
+        for m, ms in self.verify_by_n:
+            if m == n:
+                return ms
         return self.verify_a_ms + self.verify_b_ms * n
 
     def step_ms(self) -> float:
@@ -97,6 +104,9 @@ class IidAcceptance:
             n += 1
         return n
 
+    def token(self, pos: int, drafted: bool = False) -> int:
+        return FAKE_TOKEN                    # no answer ends early: max_new_tokens does
+
     def bonus(self, position: int) -> bool:
         """Whether the draft's own next token is the target's bonus (pipelined: the block ahead is used)."""
         return self.rng.random() < self.alpha
@@ -111,6 +121,12 @@ class SyntheticAcceptance:
         ids = encode_words(prompt, profile.vocab)      # what a synthetic edge would prefill
         self.draft, self.origin, self.key = SyntheticModel("draft", profile), len(ids), prompt_key(ids)
         self.cache: dict[int, bool] = {}
+
+    def token(self, pos: int, drafted: bool = False) -> int:
+        """The target's token at pos (drafted: the draft's): the answer's EOS where the profile ends it
+        (SyntheticModel.ends_at; the draft proposes it where it agrees there), another token elsewhere."""
+        ends = self.draft.ends_at(pos, self.origin, self.key) and (not drafted or self.hit(pos))
+        return EOS_TOKEN if ends else FAKE_TOKEN
 
     def hit(self, pos: int) -> bool:
         h = self.cache.get(pos)
@@ -280,9 +296,12 @@ class _SimQuery:
             send(tc, 0, True, (0, 0))
         else:
             tc = start + p.prefill_ms_per_token * (L - 1)
-            for produced in range(1, w["max_new_tokens"] + 1):
+            # the target alone stops at its answer's EOS (if the profile ends it) or at max_new_tokens
+            n = next((i + 1 for i in range(w["max_new_tokens"]) if self.acc.token(L + i) in SYNTHETIC_EOS),
+                     w["max_new_tokens"])
+            for produced in range(1, n + 1):
                 tc += p.step_ms()
-                send(tc, 1, produced >= w["max_new_tokens"], None)
+                send(tc, 1, produced >= n, None)
         run.cloud_free = tc
         t_prev, up_payload = log.t_submit, up.payload
         for h, compute, size, new, extra in sends:
@@ -342,7 +361,7 @@ class _SimSplit:
         self.run.t += self.run.p.t_draft_ms * (k - 1 if self.first else k) + self.catch_up_ms
         self.first, self.catch_up_ms = False, 0.0
         self.chain = k
-        return [FAKE_TOKEN] * k
+        return [self.q.acc.token(self.position + i, drafted=True) for i in range(k)]
 
     def verify(self, drafts: list[int], seq: int) -> Verdict:
         run, q, k = self.run, self.q, len(drafts)
@@ -359,7 +378,7 @@ class _SimSplit:
         up, down = up.payload, down.payload
         if seq == 0:                                 # the nodes count the prefill exchange in cycle 0
             up, down = up + self.up0.payload, down + self.down0.payload
-        return Verdict(n, FAKE_TOKEN, verify, up, down)
+        return Verdict(n, q.acc.token(self.position + n), verify, up, down)
 
     def commit(self, accepted: list[int], token: int) -> None:
         self.position += len(accepted) + 1
@@ -400,7 +419,8 @@ class _SimSplit:
             self.stretch = self._request_stretch(more)
         for i, hh in enumerate(sends):
             run.t = max(run.t, run._arrive(hh))
-            emit([FAKE_TOKEN], network_ms if i == 0 else None, p.step_ms(), up if i == 0 else 0, down[i])
+            emit([self.q.acc.token(self.position + i)], network_ms if i == 0 else None, p.step_ms(),
+                 up if i == 0 else 0, down[i])
         self.position += n
         if k_next != CLOUD_ALONE:
             self.catch_up_ms += p.prefill_ms_per_token * n
@@ -455,7 +475,8 @@ class _SimSplit:
         up_b, down_b = up.payload, down.payload
         if seq == 0:                                 # the nodes count the prefill exchange in cycle 0
             up_b, down_b = up_b + self.up0.payload, down_b + self.down0.payload
-        self.sent = {seq: (run._send(c_end, "down", down.wire), Verdict(n, FAKE_TOKEN, verify, up_b, down_b))}
+        self.sent = {seq: (run._send(c_end, "down", down.wire),
+                           Verdict(n, q.acc.token(base + n), verify, up_b, down_b))}
         self.hit = hit
 
     def poll(self, seq: int, timeout_ms: float | None) -> Verdict | None:
@@ -474,8 +495,9 @@ class _SimSplit:
                 return None
             self.run.t += self.run.p.t_draft_ms
             self.guessed = True
+        base = self.position + self.chain + 1    # past the chain and its guessed bonus
         self.chain += k + 1
-        return [FAKE_TOKEN] * k
+        return [self.q.acc.token(base + i, drafted=True) for i in range(k)]
 
     def guess_holds(self, k: int, verdict: Verdict) -> bool:
         return verdict.accepted == k and (not self.guessed or self.hit)
@@ -518,12 +540,13 @@ class _SimColocated:
     def draft(self, k: int, seq: int) -> list[int]:
         self.tc += self.p.t_draft_ms * (k - 1 if self.first else k)
         self.first = False
-        return [FAKE_TOKEN] * k
+        return [self.q.acc.token(self.position + i, drafted=True) for i in range(k)]
 
     def verify(self, drafts: list[int], seq: int) -> Verdict:
         k = len(drafts)
         self.tc += self.p.verify_ms(k + 1)
-        return Verdict(self.q.acc.accepted(k, self.position), FAKE_TOKEN, self.p.verify_ms(k + 1))
+        n = self.q.acc.accepted(k, self.position)
+        return Verdict(n, self.q.acc.token(self.position + n), self.p.verify_ms(k + 1))
 
     def commit(self, accepted: list[int], token: int) -> None:
         self.position += len(accepted) + 1
@@ -570,7 +593,8 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
              tcp_options: dict | None = None, host_overhead_ms=0.0,
              compute: ComputeProfile | None = None, paired_seed: int | None = None,
              link_out: list | None = None, timeline_out: list | None = None,
-             clock_phase: Callable[[str, int, int | None], float | None] | None = None) -> Iterator[tuple[dict, list[dict]]]:
+             clock_phase: Callable[[str, int, int | None], float | None] | None = None,
+             compute_for: Callable[[str, int], ComputeProfile | None] | None = None) -> Iterator[tuple[dict, list[dict]]]:
     """Yield (query record, cycle records) for every query of every strategy, in the edge node's order.
 
     One connection carries the whole run, as in the lab.  `acceptance`: "iid", "synthetic", or "auto"
@@ -583,6 +607,9 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
     crosses (ms → ms); if used, measure it on unimpaired links, never fit it to the compared runs.
     `compute`: compute times to use instead of `profile`'s (which still decides acceptance) — e.g.
     the profile plus the host's measured overshoot (lab/validate.py calibrates it).
+    `compute_for(strategy, index)`: that query's own compute times, where they differ from the rest
+    (None: the rest's) — a real pair's run, whose host did not compute at one speed throughout
+    (lab/validate.py judge_run).
     `paired_seed`: the seed of each packet's loss and jitter draws, keyed by the message it carries
     (netns/paired.py) — default `seed`, so a simulation and a wire-backend lab run with the same
     workload seed lose and delay the same messages' packets alike.
@@ -627,6 +654,7 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
                 if timeline_out is not None:
                     timeline_out.append({"strategy": strat.name, "start_ms": round(run.t, 3)})
             run.clock_phase = (lambda c, s=strat.name, i=i: clock_phase(s, i, c)) if clock_phase else None
+            run.p = (compute_for(strat.name, i) if compute_for else None) or prof
             run._align_clock(None)
             yield run.query(strat, plist[i % len(plist)], i, warmup=i < w["warmup_queries"])
     run._flush_end()

@@ -245,3 +245,27 @@ def test_from_run_replaces_the_compute_of_this_hosts_profile_and_keeps_its_agree
     prov = yaml.safe_load(host.read_text())["provenance"]
     assert prov["measured_by"] == "python -m lab profile" and prov["compute"]["in_process"]["verify_a_ms"] == 150
     assert any("in-process profile" in line for line in lines)
+
+
+def test_fit_line_weighs_each_size_by_how_often_it_was_measured():
+    # A run's blocks: n = 4 27 times, n = 6 20 times; n = 2 once (a query's last, short block), off the line.
+    ns, ms, counts = [2, 4, 6], [380.0, 560.0, 640.0], [1, 27, 20]
+    a, b = fit_line(ns, ms, counts)
+    assert a + 4 * b == pytest.approx(560, abs=8) and a + 6 * b == pytest.approx(640, abs=8)
+    a, b = fit_line(ns, ms)                      # unweighted, the one odd block tilts the line
+    assert abs(a + 4 * b - 560) > 30
+
+
+def test_measure_pair_stops_at_the_targets_eos_and_records_the_answers_length(tmp_path):
+    """A target that answers prompt "a" in 5 tokens: its agreement is measured over those 5 positions
+    (a query never drafts past them) and prompt_answer keeps the 5; prompt "b" runs to max_new_tokens."""
+    from lab.models.synthetic import encode_words, prompt_key
+    key = prompt_key(encode_words(PROMPTS[0]["prompt"], 500))
+    prof = Profile(t_draft_ms=0, verify_a_ms=0, verify_b_ms=0, prefill_ms_per_token=0, alpha=0.8, vocab=500, seed=3,
+                   prompt_agreement=((key, "10111"),), prompt_answer=((key, 5),))
+    path = tmp_path / "ends.yaml"
+    save_profile(prof, path)
+    draft, target = load_synthetic("draft", str(path)), load_synthetic("target", str(path))
+    m = measure_pair(draft, target, PROMPTS, max_new_tokens=12, out=lambda s: None, timing=False)
+    assert m["prompt_answer"] == {key: 5}
+    assert m["prompt_agreement"][key] == "10111" and m["positions"] == 5 + 12

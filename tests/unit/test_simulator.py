@@ -181,6 +181,28 @@ def test_the_simulator_replays_each_prompts_own_agreement():
     assert recs[0]["accepted_per_cycle"][:3] == [4, 3, 1] and recs[1]["accepted_per_cycle"][:3] == [0, 0, 1]
 
 
+def test_a_profiled_answer_ends_every_strategys_query_where_the_target_ends_it():
+    """prompt_answer: the real target answered prompt 0 in 7 tokens (EOS included).  Every strategy's
+    query on it stops at 7 tokens, as the synthetic models' own speculative decode does, and the one
+    on prompt 1 (no answer end profiled) runs to max_new_tokens."""
+    from lab.models.synthetic import encode_words, prompt_key
+    from lab.prompts import load_prompts
+    texts = [p["prompt"] for p in load_prompts(None)[:2]]
+    key = prompt_key(encode_words(texts[0], 1000))
+    prof = Profile(t_draft_ms=1, verify_a_ms=2, verify_b_ms=0.1, prefill_ms_per_token=0.01, alpha=0.7, seed=3,
+                   vocab=1000, name="ends", prompt_agreement=((key, "1101111"),), prompt_answer=((key, 7),))
+    sc = scenario({"delay_ms": 5}, workload={"max_new_tokens": 24, "warmup_queries": 0})
+    strategies = ["cloud-only", "cloud-spec", "fixed-k:3", "fixed-k:5", "pipelined:3"]
+    recs = run(sc, strategies, profile=prof, queries=2)
+    for r in recs:
+        assert r["n_tokens"] == (7 if r["query_index"] == 0 else 24), r["strategy"]
+    d, t = SyntheticModel("draft", prof), SyntheticModel("target", prof)
+    gen = speculative_generate(d, t, d.encode_prompt(texts[0]), 24, k_fn=lambda: 3)
+    assert len(gen.tokens) == 7 and gen.tokens[-1] in t.eos_token_ids
+    first = next(r for r in recs if r["strategy"] == "fixed-k:3" and r["query_index"] == 0)
+    assert first["accepted_per_cycle"] == gen.accepted and first["k_per_cycle"] == gen.drafted
+
+
 def test_synthetic_acceptance_needs_a_synthetic_profile():
     with pytest.raises(SimError, match="synthetic"):
         run(scenario({}), ["fixed-k:3"], acceptance="synthetic")
