@@ -389,7 +389,11 @@ def cmd_trace(args) -> int:
 
 def cmd_validate(args) -> int:
     """The simulator against the kernel lab (lab/validate.py)."""
-    from lab.validate import run_validation, select_cases
+    from lab.validate import run_validation, select_cases, validate_runs
+    if args.run:
+        if args.scenarios or args.quick or args.rejudge:
+            raise UsageError("validate --run judges the given lab runs; give no scenario, --quick or --rejudge with it")
+        return validate_runs(args.run)
     select_cases(args.scenarios, args.quick)       # ScenarioError names the unknown case or file
     if args.rejudge:
         return run_validation(args.scenarios, quick=args.quick, backend=args.backend, out_dir=args.out,
@@ -697,6 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give the simulator no host cost (the raw Δ; default: measure it on unimpaired links)")
     p.add_argument("--rejudge", metavar="DIR", type=usage.validation_folder,
                    help="judge the lab runs of an earlier validation folder again (no lab run)")
+    p.add_argument("--run", metavar="RUN_DIR", action="append", type=usage.run_folder,
+                   help="judge a real pair's `lab scenario` run against the simulator given that run's compute "
+                        "(tokens/s, per-cycle network, blocks drafted ahead used; no root); repeatable")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("bench", help="benchmarks that print measured ratios (colocated)", add_help=False)

@@ -22,6 +22,7 @@ Units live in the key names.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -361,6 +362,27 @@ def load_scenario(name_or_path: str) -> Scenario:
     except OSError as e:
         raise ScenarioError(source, "", f"cannot read ({e.strerror})") from None
     return parse_scenario(doc, source=source, default_name=path.stem)
+
+
+def scenario_of_run(run_dir) -> Scenario:
+    """The scenario a lab run ran, as its meta.json recorded it (the file it came from may have changed
+    or gone since); ScenarioError naming the folder if the record is missing or unreadable."""
+    source = str(Path(run_dir) / "meta.json")
+    try:
+        doc = json.loads(Path(source).read_text())["scenario"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ScenarioError(source, "scenario", f"no readable scenario record ({type(e).__name__}: {e}); "
+                            "give a `lab scenario` results folder") from None
+    def given(v):
+        # the record spells every field out, unset ones as None and an absent timeline as no steps;
+        # the schema wants them left out, as a scenario file would
+        if isinstance(v, dict):
+            return {k: given(x) for k, x in v.items() if x is not None}
+        return [given(x) for x in v] if isinstance(v, list) else v
+    doc = given({k: v for k, v in doc.items() if k != "source"})
+    if not (doc.get("timeline") or {}).get("steps"):
+        doc.pop("timeline", None)
+    return parse_scenario(doc, source=source)
 
 
 def available() -> list[str]:

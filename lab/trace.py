@@ -40,13 +40,10 @@ def cycles_over_time(run_dir: Path):
 
 def configured_rtt(run_dir: Path, t_end_s: float):
     """(times s, RTT ms) of the scenario's timeline over [0, t_end_s], or None without a timeline."""
-    import json
-    from lab.scenario import parse_scenario
+    from lab.scenario import ScenarioError, scenario_of_run
     try:
-        meta = json.loads((run_dir / "meta.json").read_text())
-        doc = {k: v for k, v in meta["scenario"].items() if k != "source"}
-        sc = parse_scenario(doc, source=str(run_dir / "meta.json"))
-    except (OSError, KeyError, ValueError, TypeError):
+        sc = scenario_of_run(run_dir)
+    except ScenarioError:
         return None
     if not sc.timeline.steps:
         return None

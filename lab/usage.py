@@ -134,3 +134,14 @@ def validation_folder(text: str) -> str:
     if not (p / "calibration.json").is_file():
         raise _bad(f"{text}: no calibration.json here (not a `python -m lab validate` results folder)")
     return text
+
+
+def run_folder(text: str) -> str:
+    """A `python -m lab scenario` results folder (it holds meta.json and queries.jsonl)."""
+    p = Path(text)
+    if not p.is_dir():
+        raise _bad(f"{text}: no such folder")
+    missing = [n for n in ("meta.json", "queries.jsonl") if not (p / n).is_file()]
+    if missing:
+        raise _bad(f"{text}: no {' or '.join(missing)} here (not a `python -m lab scenario` results folder)")
+    return text

@@ -262,6 +262,12 @@ def _draft_overshoot_ms(split: list[dict]) -> float:
     return float(np.median([c["edge_compute_ms"] / c["k"] - t_draft for c in split]))
 
 
+def message_cost_ms(split: list[dict], rtt_ms: float) -> float:
+    """What a message costs this host beyond the link: split cycles after a query's first hold one
+    message each way, so half of what their median network time exceeds the link's RTT by."""
+    return max(0.0, float(np.median([c["network_ms"] - rtt_ms for c in split])) / 2)
+
+
 def calibration_from(cycles: list[dict], rtt_ms: float = 0.0) -> HostCosts:
     """Derive the host's costs from a lab run on a delay-only link of RTT `rtt_ms` (what the simulator
     gives there: exactly the RTT per split cycle, nothing per streamed token).
@@ -279,7 +285,7 @@ def calibration_from(cycles: list[dict], rtt_ms: float = 0.0) -> HostCosts:
         raise RuntimeError("the calibration run produced no split or cloud-only cycles to measure")
     med = lambda xs: float(np.median(xs))     # noqa: E731
     return HostCosts(
-        message_ms=max(0.0, med([c["network_ms"] - rtt_ms for c in split]) / 2),
+        message_ms=message_cost_ms(split, rtt_ms),
         draft_extra_ms=_draft_overshoot_ms(split),
         verify_extra_ms=med([c["cloud_compute_ms"] - p.verify_ms(c["k"] + 1) for c in split]),
         token_extra_ms=med([c["cycle_ms"] - p.step_ms() for c in tokens]),
@@ -322,8 +328,37 @@ def _one_way_ms(sc: Scenario) -> float:
 
 # ------------------------------------------------------------------ comparing
 
+def within(d50: float, d95: float, frac: float, u50: float = 0.0, u95: float = 0.0, ufrac: float = 0.0) -> bool:
+    """The tolerances: per-cycle network ΔP50 and ΔP95 in ms, a per-query figure's relative Δ of its
+    median (E2E, or a real pair's tokens/s); each widened by what the lab sample cannot resolve (u…)."""
+    return (abs(d50) <= NETWORK_TOLERANCE_MS + u50 and abs(d95) <= NETWORK_TOLERANCE_MS + u95
+            and abs(frac) <= E2E_TOLERANCE_FRAC + ufrac)
+
+
+class _Deltas:
+    """What both kinds of row share: Δ = simulator − lab of the per-cycle network quantiles, the
+    verdict from `strict` and `ok`, and the rounded record."""
+
+    @property
+    def d50(self) -> float:
+        return self.sim_p50 - self.lab_p50
+
+    @property
+    def d95(self) -> float:
+        return self.sim_p95 - self.lab_p95
+
+    @property
+    def verdict(self) -> str:
+        return "ok" if self.strict else "ok~" if self.ok else "FAIL"
+
+    def _record(self, **derived) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d.update(d50=self.d50, d95=self.d95, **derived, verdict=self.verdict)
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in d.items()}
+
+
 @dataclass(frozen=True)
-class Row:
+class Row(_Deltas):
     """One case × strategy.  Network figures in ms (per cycle), E2E per query.
 
     `u50`, `u95`, `u_e2e`: how far the lab's quantile could be, towards the simulator's value, and
@@ -351,14 +386,6 @@ class Row:
     rerun: str = ""          # "superseded": a first run whose host drifted (not judged); "rerun": the run that replaced it
 
     @property
-    def d50(self) -> float:
-        return self.sim_p50 - self.lab_p50
-
-    @property
-    def d95(self) -> float:
-        return self.sim_p95 - self.lab_p95
-
-    @property
     def e2e_frac(self) -> float:
         return (self.sim_e2e_p50 - self.lab_e2e_p50) / self.lab_e2e_p50 if self.lab_e2e_p50 else 0.0
 
@@ -377,8 +404,7 @@ class Row:
     @property
     def strict(self) -> bool:
         """Every Δ within its tolerance."""
-        return (abs(self.d50) <= NETWORK_TOLERANCE_MS and abs(self.d95) <= NETWORK_TOLERANCE_MS
-                and abs(self.e2e_frac) <= E2E_TOLERANCE_FRAC)
+        return within(self.d50, self.d95, self.e2e_frac)
 
     @property
     def ok(self) -> bool:
@@ -387,16 +413,12 @@ class Row:
         A P95 in TCP's recovery tail, or an E2E median over a few dozen lossy queries, moves by more
         than the tolerance between two lab runs of the same scenario; such a Δ says nothing about the
         simulator.  Rows that pass only this way are marked `ok~` and counted separately."""
-        e2e_u = self.u_e2e / self.lab_e2e_p50 if self.lab_e2e_p50 else 0.0
-        return (abs(self.d50) <= NETWORK_TOLERANCE_MS + self.u50
-                and abs(self.d95) <= NETWORK_TOLERANCE_MS + self.u95
-                and abs(self.e2e_frac) <= E2E_TOLERANCE_FRAC + e2e_u)
+        return within(self.d50, self.d95, self.e2e_frac, self.u50, self.u95,
+                      self.u_e2e / self.lab_e2e_p50 if self.lab_e2e_p50 else 0.0)
 
     @property
     def verdict(self) -> str:
-        if self.rerun == "superseded":
-            return "superseded"
-        return "ok" if self.strict else "ok~" if self.ok else "FAIL"
+        return "superseded" if self.rerun == "superseded" else super().verdict
 
     @property
     def severity(self) -> float:
@@ -405,10 +427,8 @@ class Row:
                    abs(self.e2e_frac) / E2E_TOLERANCE_FRAC)
 
     def as_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        d.update(d50=self.d50, d95=self.d95, e2e_frac=self.e2e_frac, naive_d50=self.naive_d50,
-                 naive_d95=self.naive_d95, naive_e2e_frac=self.naive_e2e_frac, verdict=self.verdict)
-        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in d.items()}
+        return self._record(e2e_frac=self.e2e_frac, naive_d50=self.naive_d50, naive_d95=self.naive_d95,
+                            naive_e2e_frac=self.naive_e2e_frac)
 
 
 def _p(values, q: float) -> float:
@@ -491,7 +511,7 @@ def judge(case: Case, run_dir: Path, calibration: HostCalibration) -> list[Row]:
     from lab.sim.simulator import simulate
 
     meta = json.loads((run_dir / "meta.json").read_text())
-    _check_alignment(case, meta, run_dir)
+    _check_alignment(case.scenario, meta, run_dir)
     queries = read_jsonl(run_dir / "queries.jsonl")
     lab = _measured(queries)
     cc = meta.get("congestion_control")
@@ -636,11 +656,11 @@ def _check_profile(run_dir: Path) -> None:
                            f"re-judge it with the commit that made it (its meta.json has git_commit)")
 
 
-def _check_alignment(case: Case, meta: dict, run_dir: Path) -> None:
+def _check_alignment(scenario: Scenario, meta: dict, run_dir: Path) -> None:
     """A lab run with a link timeline pairs with the simulator only if both lined the timeline up with
     the strategies alike (TIMELINE_ALIGNMENT; runs before it had one timeline for the whole run)."""
     alignment = meta.get("timeline_alignment")
-    if case.scenario.timeline.steps and alignment != TIMELINE_ALIGNMENT:
+    if scenario.timeline.steps and alignment != TIMELINE_ALIGNMENT:
         raise RuntimeError(f"{run_dir} lined its link timeline up as {alignment or 'one timeline for the whole run'!r}, "
                            f"but the simulator restarts it per strategy ({TIMELINE_ALIGNMENT}) — re-judge it with "
                            f"the commit that made it (its meta.json has git_commit)")
@@ -770,4 +790,274 @@ def run_validation(names: Iterable[str] = (), quick: bool = False, backend: str 
            f"{', '.join(f'{r.case} {r.strategy}' for r in loose)})" if loose else "")
         + f", in {time.monotonic() - t0:.0f} s"
         + ("" if not failed else f"; FAILED: {', '.join(f'{r.case} {r.strategy}' for r in failed)}"))
+    return 0 if rows and not failed else 1
+
+
+# ------------------------------------------------------------------ a real pair's lab run
+
+# What a real pair's run can be judged on: strategies whose node compute the run's own cycles time as
+# the simulator models it — the split ones (sequential, pipelined, adaptive) and cloud-only.  Not
+# cloud-spec (one number holds both models' compute on the cloud) nor edge-only (it answers with the
+# edge's own model, whose speed no split cycle records).
+JUDGED_PLACEMENTS = ("split", "cloud")
+
+
+@dataclass(frozen=True)
+class RunRow(_Deltas):
+    """One strategy of a real pair's lab run against the simulator (judge_run).  Network figures in ms
+    per cycle, as Row; tokens/s the median over the measured queries, judged with E2E's tolerance;
+    `used`: the blocks drafted ahead (pipelined) that the verdict let through, of those drafted."""
+    strategy: str
+    queries: int
+    cycles: int
+    lab_p50: float
+    lab_p95: float
+    sim_p50: float
+    sim_p95: float
+    lab_tps: float
+    sim_tps: float
+    u50: float = 0.0
+    u95: float = 0.0
+    u_tps: float = 0.0
+    lab_used: tuple[int, int] = (0, 0)
+    sim_used: tuple[int, int] = (0, 0)
+    lab_retrans: int | None = None
+    paired: str = ""
+
+    @property
+    def tps_frac(self) -> float:
+        return (self.sim_tps - self.lab_tps) / self.lab_tps if self.lab_tps else 0.0
+
+    @property
+    def used_ok(self) -> bool:
+        """The simulator's share of blocks used lies in the 95 % interval of the lab's (Clopper–Pearson:
+        a few dozen blocks per strategy pin a share to ±0.15, no better)."""
+        (k, n), (sk, sn) = self.lab_used, self.sim_used
+        if not n or not sn:
+            return n == sn
+        from scipy.stats import binomtest
+        ci = binomtest(k, n).proportion_ci(CONFIDENCE)
+        return ci.low <= sk / sn <= ci.high
+
+    @property
+    def strict(self) -> bool:
+        return within(self.d50, self.d95, self.tps_frac) and self.used_ok
+
+    @property
+    def ok(self) -> bool:
+        return within(self.d50, self.d95, self.tps_frac, self.u50, self.u95,
+                      self.u_tps / self.lab_tps if self.lab_tps else 0.0) and self.used_ok
+
+    def as_dict(self) -> dict:
+        d = self._record(tps_frac=self.tps_frac)
+        d.update(lab_used="/".join(map(str, self.lab_used)), sim_used="/".join(map(str, self.sim_used)))
+        return d
+
+
+RUN_HEAD = ("strategy", "queries", "cycles", "lab P50", "sim P50", "ΔP50", "lab P95", "sim P95", "ΔP95 (±lab)",
+            "lab tok/s", "sim tok/s", "tok/s Δ (±lab)", "used ahead lab", "sim", "rtx", "paired", "ok")
+
+
+def format_run_row(r: RunRow) -> tuple[str, ...]:
+    used = lambda k, n: f"{k}/{n} = {k / n:.2f}" if n else "-"     # noqa: E731
+    u = 100 * r.u_tps / r.lab_tps if r.lab_tps else 0.0
+    return (r.strategy, str(r.queries), str(r.cycles), f"{r.lab_p50:.2f}", f"{r.sim_p50:.2f}", f"{r.d50:+.2f}",
+            f"{r.lab_p95:.2f}", f"{r.sim_p95:.2f}", f"{r.d95:+.2f} (±{r.u95:.1f})", f"{r.lab_tps:.2f}",
+            f"{r.sim_tps:.2f}", f"{100 * r.tps_frac:+.1f} % (±{u:.1f})", used(*r.lab_used), used(*r.sim_used),
+            "-" if r.lab_retrans is None else str(r.lab_retrans), r.paired or "-", r.verdict)
+
+
+def _used_ahead(queries: list[dict]) -> tuple[int, int]:
+    flags = [f for q in queries for f in (q.get("optimistic_per_cycle") or []) if f is not None]
+    return sum(1 for f in flags if f), len(flags)
+
+
+def compare_run(strategy: str, lab: list[dict], sim: list[dict], lab_retrans: int | None = None,
+                paired: str = "") -> RunRow:
+    """One RunRow from the measured query records of each side (`sim` may pool several seeds)."""
+    lq = [q for q in lab if q["strategy"] == strategy]
+    sq = [q for q in sim if q["strategy"] == strategy]
+    ln = [x for q in lq for x in q["network_ms_per_cycle"]]
+    sn = [x for q in sq for x in q["network_ms_per_cycle"]]
+    lt, st = [q["tokens_per_s"] for q in lq], [q["tokens_per_s"] for q in sq]
+    lab50, lab95, sim50, sim95, lab_t, sim_t = _p(ln, 50), _p(ln, 95), _p(sn, 50), _p(sn, 95), _p(lt, 50), _p(st, 50)
+    return RunRow(strategy, len(lq), len(ln), lab50, lab95, sim50, sim95, lab_t, sim_t,
+                  _room(lab50, sim50, quantile_interval(ln, 50)), _room(lab95, sim95, quantile_interval(ln, 95)),
+                  _room(lab_t, sim_t, quantile_interval(lt, 50)), _used_ahead(lq), _used_ahead(sq),
+                  lab_retrans, paired)
+
+
+# A verify size met this often in a run is simulated at its own median, not the line's value there.
+VERIFY_BY_N_MIN_CYCLES = 5
+
+
+def run_compute(queries: list[dict], agreement, strategy: str | None = None):
+    """The simulator's compute for a real pair's run (or one strategy of it): t_draft and the fitted
+    t_verify(n) line (lab.profile.compute_from_run), the verify sizes the run met often at their own
+    medians — a real target's t_verify(n) need not be a line (this CPU: 470, 560, 619, 643 ms at
+    n = 2, 3, 4, 6), and a line through them is off by 2–3 % at the sizes that matter."""
+    from lab.profile import compute_from_run
+    from lab.sim.simulator import ComputeProfile
+    m = compute_from_run(queries, strategy)
+    by_n = tuple((n, ms) for n, ms in m["verify_ms_by_n"].items() if m["cycles_by_n"][n] >= VERIFY_BY_N_MIN_CYCLES)
+    return replace(ComputeProfile.of(agreement), t_draft_ms=m["t_draft_ms"], verify_a_ms=m["verify_a_ms"],
+                   verify_b_ms=m["verify_b_ms"], target_token_ms=None, verify_by_n=by_n,
+                   name=f"{strategy or 'sequential'} cycles ({sum(m['cycles_by_n'].values())} verifies, "
+                        f"{m['draft_cycles']} drafting records)")
+
+
+def query_speed(q: dict, c) -> tuple[float, float]:
+    """How slow (>1) or fast the host computed one query against compute c: the median ratio of its
+    verifies (or cloud-only's steps) to c's t_verify(n), and of its draft forwards to c's t_draft —
+    the same records compute_from_run reads, the query's first cycle (the prefills) left out."""
+    verify, draft = [], []
+    split = q.get("placement") == "split"
+    hidden = q.get("hidden_ms_per_cycle") or [0.0] * len(q["k_per_cycle"])
+    for i, (k, cloud_ms, edge_ms, hidden_ms) in enumerate(zip(q["k_per_cycle"], q["cloud_compute_ms_per_cycle"],
+                                                               q["edge_compute_ms_per_cycle"], hidden)):
+        if i == 0 or cloud_ms is None or (split and not k):
+            continue
+        verify.append(cloud_ms / c.verify_ms(k + 1 if split else 1))
+        if split and edge_ms:
+            draft.append(edge_ms / k / c.t_draft_ms)
+        if split and hidden_ms:
+            draft.append(hidden_ms / (k + 1) / c.t_draft_ms)
+    med = lambda xs: float(np.median(xs)) if xs else 1.0     # noqa: E731
+    return med(verify), med(draft)
+
+
+def describe_compute(c) -> str:
+    own = ", ".join(f"n={n} {ms:.1f}" for n, ms in c.verify_by_n)
+    return (f"t_draft {c.t_draft_ms:.1f} ms, t_verify(n) {c.verify_a_ms:.1f} + {c.verify_b_ms:.2f}·n ms"
+            + (f" (measured: {own} ms)" if own else "") + f" — from {c.name}")
+
+
+def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
+              out: Callable[[str], None] = print) -> list[RunRow]:
+    """A real pair's lab run against the simulator of the same scenario, strategies, workload, TCP
+    constants, paired loss draws and jiffy-grid phases (as judge), given:
+
+      compute    the run's own, as its nodes timed each cycle (lab.profile.compute_from_run, run_compute),
+                 and each query at the speed its nodes computed it (query_speed: this VM's verifies ran
+                 at 0.85–1.4× a run's median from one query to the next):
+                 a real pair's compute is an input here, as a synthetic pair's is in `validate SCENARIO`;
+                 what is judged is the rest — the link, TCP, the cycle's overlap of drafting and wait.
+                 A real pair's speed moves with the host by more than any tolerance between two runs
+                 (9 % within 40 minutes on the VM of docs/MEASUREMENTS.md), so no profile measured at
+                 another time can be judged to 3 %.  One compute for the sequential strategies (one node
+                 computes at a time); each pipelined strategy its own, from its own cycles: there the
+                 cloud verifies while the edge drafts ahead, and on a host whose nodes share cores or
+                 caches both run slower than alone (docs/MEASUREMENTS.md).
+      agreement  where the draft agrees with the target on each prompt, from this host's profile of
+                 the pair (`lab profile`), or `profile`: the lab's acceptance is not replayed either.
+      host cost  per message, from the same sequential cycles (message_cost_ms, as the calibration
+                 links measure it for synthetic pairs): what their network time exceeds the RTT by.
+                 Not on a link with a timeline (no one RTT to subtract): there none is added, and the
+                 lab's network time per cycle reads about 2 ms above the simulator's for it.
+
+    Tokens/s is judged, not E2E: the simulator encodes a prompt without the chat template, so its
+    TTFT is short of a real pair's (docs/MEASUREMENTS.md); tokens/s excludes the first token.  Queries
+    the edge answered alone are left out of both sides, and said."""
+    from lab.models.synthetic import host_profile_path, load_profile
+    from lab.results import ResultsError, read_jsonl
+    from lab.scenario import scenario_of_run
+    from lab.sim.simulator import simulate
+
+    run_dir = Path(run_dir)
+    try:
+        meta = json.loads((run_dir / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ResultsError(f"{run_dir}: no readable meta.json ({e}); give a `lab scenario` results folder") from None
+    models = meta.get("models")
+    if not models or str(models).startswith("synthetic"):
+        raise ResultsError(f"{run_dir} ran {models!r}; a synthetic pair's run is judged by `validate SCENARIO` "
+                           "(calibrated on unimpaired links), this judges real pairs")
+    if meta.get("status") != "complete":
+        out(f"note: {run_dir.name} ended {meta.get('status')!r}; judging the queries it finished")
+    scenario = scenario_of_run(run_dir)
+    _check_alignment(scenario, meta, run_dir)
+    path = profile or str(host_profile_path(models, meta.get("dtype") or "float32",
+                                            (meta.get("options") or {}).get("draft_kernels")))
+    if not Path(path).is_file():
+        raise ResultsError(f"no profile of this host for the run's pair ({path}): its agreement is what the "
+                           "simulator accepts by; run `python -m lab profile` (or `--acceptance-only`) first")
+    agreement = load_profile(path)
+    queries = read_jsonl(run_dir / "queries.jsonl")
+    cycles = read_jsonl(run_dir / "cycles.jsonl")
+    strategies = [s for s in meta["strategies"]
+                  if {q.get("placement") for q in queries if q["strategy"] == s} <= set(JUDGED_PLACEMENTS)]
+    pipelined = [s for s in strategies if s.startswith("pipelined")]
+    compute = run_compute(queries, agreement)
+    own = {s: run_compute(queries, agreement, s) for s in pipelined}
+    speed = {(q["strategy"], q["query_index"]): query_speed(q, own.get(q["strategy"], compute))
+             for q in queries if q["strategy"] in strategies}
+    split = [c for c in _measured(cycles) if c["strategy"] in strategies and c["k"] > 0 and c["cycle"] > 0
+             and not c.get("fallback") and c["strategy"] not in pipelined]
+    host_ms = 0.0 if scenario.timeline.steps or not split else message_cost_ms(split, scenario.link.rtt_ms)
+    out(f"{run_dir.name}: {models}, {meta.get('dtype')}; host {host_ms:.2f} ms/message; agreement from {path}")
+    out(f"  compute, sequential strategies: {describe_compute(compute)}")
+    for s, c in own.items():
+        out(f"  compute, {s} (both nodes at once): {describe_compute(c)}")
+    measured = [v for (s, i), v in speed.items() if i >= meta["workload"]["warmup_queries"]]
+    if measured:
+        out(f"  each query at its own speed (its nodes' compute over the above): verify ×{min(v for v, _ in measured):.2f}"
+            f"–{max(v for v, _ in measured):.2f}, draft ×{min(d for _, d in measured):.2f}–{max(d for _, d in measured):.2f}")
+
+    def compute_for(strategy: str, index: int):
+        base = own.get(strategy, compute)
+        v, d = speed.get((strategy, index), (1.0, 1.0))
+        return replace(base, t_draft_ms=base.t_draft_ms * d, verify_a_ms=base.verify_a_ms * v,
+                       verify_b_ms=base.verify_b_ms * v, verify_by_n=tuple((n, ms * v) for n, ms in base.verify_by_n))
+    for s in meta["strategies"]:
+        if s not in strategies:
+            out(f"  {s}: not judged (its node compute is not what the simulator models from this run: "
+                "co-located or edge-alone)")
+    alone = [q for q in _measured(queries) if q.get("edge_fallback")]
+    if alone:
+        out(f"  left out: {len(alone)} queries the edge finished alone "
+            f"({', '.join(sorted({q['strategy'] for q in alone}))}), on both sides")
+    skip = {(q["strategy"], q["query_index"]) for q in alone}
+    w = meta["workload"]
+    paired_seed = meta.get("paired_seed")
+    phase = clock_phases(meta, queries, cycles)
+    links: list = []
+    sim = [q for seed in range(seeds)
+           for q, _ in simulate(scenario, strategies, agreement, queries=w["queries"],
+                                warmup_queries=w["warmup_queries"], max_new_tokens=w["max_new_tokens"],
+                                payload=w["payload"], temperature=w.get("temperature"), prompts=w.get("prompts"),
+                                seed=seed, acceptance="synthetic",
+                                congestion_control=meta.get("congestion_control"),
+                                tcp_options={"config": tcp_config_of(meta)}, compute=compute,
+                                compute_for=compute_for, host_overhead_ms=host_ms, paired_seed=paired_seed,
+                                link_out=links if seed == 0 else None, clock_phase=phase)
+           if not q["warmup"] and (q["strategy"], q["query_index"]) not in skip]
+    lab = [q for q in _measured(queries) if (q["strategy"], q["query_index"]) not in skip]
+    paired = paired_loss_match(run_dir, links[0]) if paired_seed is not None and links else ""
+    retrans = meta.get("tcp_recovery_by_strategy") or {}
+    return [compare_run(s, lab, sim, _retrans_of(retrans.get(s)), paired) for s in strategies]
+
+
+def validate_runs(run_dirs: Iterable[str], out: Callable[[str], None] = print) -> int:
+    """`validate --run DIR …`: judge_run for each, its table, rows written to DIR/validation-run.csv
+    as each run is judged; 0 if every row is within tolerance."""
+    rows: list[RunRow] = []
+    out(f"real pair's lab runs vs the simulator given each run's compute; tolerance |ΔP50|, |ΔP95| ≤ "
+        f"{NETWORK_TOLERANCE_MS:g} ms per-cycle network, tokens/s P50 ≤ {100 * E2E_TOLERANCE_FRAC:g} %, "
+        "blocks drafted ahead used: the simulator's share within the lab's 95 % interval")
+    for d in run_dirs:
+        new = judge_run(Path(d), out=out)
+        with open(Path(d) / "validation-run.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(new[0].as_dict()) if new else ["strategy"])
+            writer.writeheader()
+            writer.writerows(r.as_dict() for r in new)
+        for line in text_table(RUN_HEAD, [format_run_row(r) for r in new]):
+            out(line)
+        out(f"rows: {Path(d) / 'validation-run.csv'}\n")
+        rows += new
+    failed = [r for r in rows if not r.ok]
+    loose = [r for r in rows if r.ok and not r.strict]
+    out(f"{len(rows) - len(failed) - len(loose)}/{len(rows)} rows within tolerance"
+        + (f", {len(loose)} more within tolerance + the lab sample's 95 % uncertainty (ok~: "
+           f"{', '.join(r.strategy for r in loose)})" if loose else "")
+        + ("" if not failed else f"; FAILED: {', '.join(r.strategy for r in failed)}"))
     return 0 if rows and not failed else 1

@@ -287,9 +287,100 @@ def test_judge_refuses_a_timeline_run_lined_up_otherwise(tmp_path):
     """A lab run with one timeline for the whole run (before restart-per-strategy) cannot pair with
     today's simulator on a time-varying link; a static link pairs whatever the run recorded."""
     from lab.scenario import load_scenario
-    from lab.validate import Case, _check_alignment
-    osc, lan = Case(load_scenario("oscillating"), ("fixed-k:5",)), Case(load_scenario("lan"), ("fixed-k:5",))
+    from lab.validate import _check_alignment
+    osc, lan = load_scenario("oscillating"), load_scenario("lan")
     with pytest.raises(RuntimeError, match="one timeline for the whole run.*restart-per-strategy"):
         _check_alignment(osc, {}, tmp_path)
     _check_alignment(osc, {"timeline_alignment": "restart-per-strategy"}, tmp_path)
     _check_alignment(lan, {}, tmp_path)
+
+
+# ------------------------------------------------------------------ a real pair's run (judge_run)
+
+STRATS = ["cloud-only", "fixed-k:3", "pipelined:3", "cloud-spec"]
+SHIPPED = "lab/models/profiles/embedded-cpu.yaml"
+
+
+@pytest.fixture
+def real_run(tmp_path):
+    """A results folder shaped like a real pair's lab run, its records the simulator's own (so its
+    compute is the shipped profile's and the link exactly the scenario's)."""
+    import json
+
+    from lab.scenario import load_scenario
+    from lab.sim.simulator import write_run
+    run = write_run(load_scenario("wan-50ms"), tmp_path, strategies=STRATS, profile=SHIPPED, queries=4,
+                    warmup_queries=1, max_new_tokens=24, seed=0)
+    meta = json.loads((run / "meta.json").read_text())
+    meta.update(models="embedded", dtype="float32", strategies=STRATS, congestion_control="cubic",
+                workload={"queries": 4, "warmup_queries": 1, "max_new_tokens": 24, "payload": "tokens",
+                          "temperature": 0.0, "prompts": None, "seed": 0})
+    (run / "meta.json").write_text(json.dumps(meta))
+    return run
+
+
+def _rewrite(run, strategy, change):
+    import json
+    path = run / "queries.jsonl"
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(change(r) if r["strategy"] == strategy else r) + "\n" for r in recs))
+
+
+def test_a_real_pairs_run_judged_on_its_own_compute_agrees_where_nothing_differs(real_run):
+    from lab.validate import judge_run
+    lines = []
+    rows = {r.strategy: r for r in judge_run(real_run, profile=SHIPPED, seeds=1, out=lines.append)}
+    # cloud-spec's cloud computes both models in one figure: not judged, and said so.
+    assert set(rows) == {"cloud-only", "fixed-k:3", "pipelined:3"}
+    assert any("cloud-spec: not judged" in s for s in lines)
+    # The compute the run's cycles hold is the shipped profile's, in both regimes; the host cost nothing
+    # and every query ran at the run's speed.
+    import re
+    assert "host 0.00 ms/message" in lines[0]
+    for regime in ("sequential strategies", "pipelined:3 (both nodes at once)"):
+        line = next(s for s in lines if f"compute, {regime}:" in s)
+        td, a, b = map(float, re.search(r"t_draft ([\d.]+) ms, t_verify\(n\) ([\d.]+) \+ ([\d.]+)·n", line).groups())
+        assert (td, a, b) == (pytest.approx(78.7, abs=0.05), pytest.approx(192.0, abs=0.2), pytest.approx(4.5, abs=0.05))
+    assert any("verify ×1.00–1.00, draft ×1.00–1.00" in s for s in lines)
+    for r in rows.values():
+        assert r.verdict == "ok" and r.d50 == pytest.approx(0, abs=1e-6) and r.tps_frac == pytest.approx(0, abs=1e-9)
+    k, n = rows["pipelined:3"].lab_used
+    assert n > 0 and rows["pipelined:3"].sim_used == (k, n)
+
+
+def test_a_real_pairs_run_fails_the_row_whose_tokens_per_s_or_share_used_differs(real_run):
+    from lab.validate import judge_run
+    _rewrite(real_run, "fixed-k:3", lambda r: {**r, "tokens_per_s": r["tokens_per_s"] * 0.9})
+    _rewrite(real_run, "pipelined:3", lambda r: {**r, "optimistic_per_cycle":
+                                                 [None if f is None else 1 for f in r["optimistic_per_cycle"]]})
+    rows = {r.strategy: r for r in judge_run(real_run, profile=SHIPPED, seeds=1, out=lambda s: None)}
+    assert rows["fixed-k:3"].verdict == "FAIL" and rows["fixed-k:3"].tps_frac == pytest.approx(1 / 0.9 - 1)
+    assert not rows["pipelined:3"].used_ok and rows["pipelined:3"].verdict == "FAIL"
+    assert rows["cloud-only"].verdict == "ok"
+
+
+def test_a_querys_speed_is_its_nodes_compute_over_the_runs():
+    """query_speed: the median ratio of a query's verifies to t_verify(n) and of its draft forwards
+    (sequential: edge_ms over K; drafted ahead: hidden_ms over K + 1) to t_draft, first cycle left out."""
+    from lab.sim.simulator import ComputeProfile
+    from lab.validate import query_speed
+    c = ComputeProfile(t_draft_ms=50, verify_a_ms=400, verify_b_ms=50, prefill_ms_per_token=1, alpha=0.8)
+    seq = {"placement": "split", "k_per_cycle": [3, 3, 3, 1], "cloud_compute_ms_per_cycle": [999, 720, 720, 600],
+           "edge_compute_ms_per_cycle": [999, 165, 165, 55]}
+    assert query_speed(seq, c) == (pytest.approx(1.2), pytest.approx(1.1))
+    pipe = {**seq, "edge_compute_ms_per_cycle": [999, 0, 0, 0], "hidden_ms_per_cycle": [999, 240, 240, 0]}
+    assert query_speed(pipe, c) == (pytest.approx(1.2), pytest.approx(1.2))
+    cloud = {"placement": "cloud", "k_per_cycle": [0, 0, 0], "cloud_compute_ms_per_cycle": [999, 450, 450],
+             "edge_compute_ms_per_cycle": [0, 0, 0]}
+    assert query_speed(cloud, c) == (pytest.approx(1.0), 1.0)
+
+
+def test_judge_run_refuses_a_synthetic_run_by_name(real_run):
+    import json
+
+    from lab.results import ResultsError
+    from lab.validate import judge_run
+    meta = json.loads((real_run / "meta.json").read_text())
+    (real_run / "meta.json").write_text(json.dumps({**meta, "models": "synthetic:fast"}))
+    with pytest.raises(ResultsError, match=r"ran 'synthetic:fast'.*`validate SCENARIO`"):
+        judge_run(real_run, profile=SHIPPED, out=lambda s: None)
