@@ -50,6 +50,9 @@ KIND_HELLO, KIND_DATA, KIND_BYE = 0, 1, 2
 # pacing_rate…bytes_received (4 u64), segs_out/in, notsent…data_segs_out (6 u32),
 # delivery_rate, busy/rwnd/sndbuf_limited (4 u64), delivered, delivered_ce.
 TCP_INFO_FMT = struct.Struct("8B24I4Q6I4Q2I")
+# … then bytes_sent, bytes_retrans (2 u64), dsack_dups, reord_seen (Linux 4.19+): dsack_dups counts
+# the retransmissions the receiver reported as duplicates (D-SACK), i.e. that repaired no loss.
+TCP_INFO_DSACK_FMT = struct.Struct("8B24I4Q6I4Q2I2Q2I")
 SAMPLE_EVERY_NS = 50_000_000
 BIN_S = 0.1
 CHUNK_BYTES = 64 * 1024
@@ -199,13 +202,15 @@ def role_udp_echo(a) -> dict:
 
 
 def _tcp_info(s: socket.socket) -> dict:
-    raw = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_FMT.size)
+    raw = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_DSACK_FMT.size)
     if len(raw) < TCP_INFO_FMT.size:
         raise LinkError(f"tcp_info is {len(raw)} bytes, need {TCP_INFO_FMT.size} (kernel older than 4.18?)")
-    u = TCP_INFO_FMT.unpack(raw)[8:]
+    u = TCP_INFO_FMT.unpack(raw[:TCP_INFO_FMT.size])[8:]
+    dsack = TCP_INFO_DSACK_FMT.unpack(raw)[-2] if len(raw) >= TCP_INFO_DSACK_FMT.size else None
     # delivered: segments the peer has acknowledged or SACKed — what crossed the bottleneck,
     # unlike the receiver's in-order byte count, which a loss holds back until the repair.
-    return {"snd_mss": u[2], "rtt_us": u[15], "snd_cwnd": u[18], "total_retrans": u[23], "delivered": u[-2]}
+    return {"snd_mss": u[2], "rtt_us": u[15], "snd_cwnd": u[18], "total_retrans": u[23], "delivered": u[-2],
+            "dsack_dups": dsack}
 
 
 def _cc(s: socket.socket) -> str:
@@ -441,12 +446,13 @@ class GoodputRun:
     srtt_ms: float        # sender's smoothed RTT at the end (includes queueing in tbf)
     bins_bytes: tuple[int, ...]
     sysctls: dict
+    spurious: int | None = None   # retransmits the receiver had already (tcpi_dsack_dups; None: kernel < 4.19)
 
     def to_dict(self) -> dict:
         g = self.goodput
         return {"direction": self.direction, "goodput_mbit": g.mbit, "delivered_mbit": self.delivered_mbit, "window_s": g.window_s,
                 "skipped_s": g.skipped_s, "warmup_mbit": g.first_mbit, "mss_bytes": self.mss_bytes,
-                "retransmits": self.retransmits, "cc": self.cc, "srtt_ms": self.srtt_ms, **self.sysctls}
+                "retransmits": self.retransmits, "spurious": self.spurious, "cc": self.cc, "srtt_ms": self.srtt_ms, **self.sysctls}
 
 
 def run_goodput(spawn: Spawn, *, direction: str = "uplink", measure_s: float = 4.0, rtt_ms: float = 0.0,
@@ -476,7 +482,7 @@ def run_goodput(spawn: Spawn, *, direction: str = "uplink", measure_s: float = 4
     g = steady_goodput(sink["bins_bytes"], sink["interval_s"], skip_s)
     dlv = delivered_mbit(source["delivered_samples"], sink["mss"], skip_s)
     return GoodputRun(direction=direction, goodput=g, delivered_mbit=dlv, mss_bytes=sink["mss"], retransmits=source["total_retrans"],
-                      cc=source["cc"], srtt_ms=source["rtt_us"] / 1000, bins_bytes=tuple(sink["bins_bytes"]),
+                      spurious=source.get("dsack_dups"), cc=source["cc"], srtt_ms=source["rtt_us"] / 1000, bins_bytes=tuple(sink["bins_bytes"]),
                       sysctls={"tcp_rmem": sink["tcp_rmem"], "tcp_wmem": source["tcp_wmem"]})
 
 

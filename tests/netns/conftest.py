@@ -141,6 +141,21 @@ def expect_rtt(rtt_ms: float, tol_ms: float, base=None) -> Expect:
     return Expect(rtt_ms, window(base or _BASELINE["tcp"], _BASELINE["udp"].timer_ms, 2 if rtt_ms else 0, tol_ms))
 
 
+def check_rtts(measure) -> None:
+    """Assert every (reading, Expect) that measure() returns.  In the TCG guest a reading outside its
+    window is measured once more, baseline and reading anew, and the second must pass: the guest's
+    excess jumps by milliseconds for seconds when the host is busy (docs/MEASUREMENTS.md, TCG
+    allowance: a ping-pong P50 at delay 0 moved 0.8 ms between two runs of one boot), and the
+    windows stay as they are — a netem that is wrong fails both.  On hardware: once."""
+    got = measure()
+    missed = [(v, e) for v, e in got if v not in e]
+    if missed and TCG:
+        print("TCG: " + "; ".join(f"{v:.2f} ms outside {e!r}" for v, e in missed) + " — measuring again")
+        got = measure()
+    for v, e in got:
+        assert v in e, f"{v:.2f} ms outside {e!r}"
+
+
 def tcg_excess_ms(what: str = "rtt") -> float:
     """How far above its hardware bound an unimpaired UDP reading ("rtt", "up", "down") may lie: 0 on
     hardware; in the TCG guest, the top of this session's baseline window for it (no native part)."""

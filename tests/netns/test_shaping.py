@@ -22,4 +22,8 @@ def test_lossless_bulk_retransmits_only_the_links_drops(topo, rtt_ms):
     sender, link = after["edge"] - before["edge"], after["cloud"] - before["cloud"]
     assert run.cc == topo.congestion_control            # the kernel's default: the fixture sets none
     assert sender == 0, f"the sending host's own qdiscs dropped {sender} packets ({run.retransmits} rtx)"
-    assert run.retransmits <= link, f"{run.retransmits} retransmissions but the link dropped {link}"
+    # Every retransmission repaired a drop of the link's, or the receiver had the segment already
+    # (D-SACK): a timer that fired while the TCG guest stalled resends what was never lost.
+    repairs = run.retransmits - (run.spurious or 0)
+    assert repairs <= link, (f"{run.retransmits} retransmissions ({run.spurious} reported duplicate by the "
+                             f"receiver) but the link dropped {link}")
