@@ -36,6 +36,12 @@ echo "setup: installing pinned dependencies into .venv (torch 2.13.0 CPU; first 
 # SDLAB_EXTRAS: more optional extras, comma-separated (ray: `sweep --ray`; gguf: `--models embedded-gguf`,
 # llama.cpp built from source, minutes; with either, its tests run instead of skipping).
 extras="test${SDLAB_EXTRAS:+,$SDLAB_EXTRAS}"
+case ",$extras," in *,gguf,*)
+    # llama.cpp built so that a block verify computes each token as a one-token step does (bit for bit;
+    # lab/models/llamacpp.py BUILD_FLAGS says why); no cached wheel of another build is taken.
+    export CMAKE_ARGS="${CMAKE_ARGS:+$CMAKE_ARGS }-DGGML_LLAMAFILE=OFF -DGGML_CPU_REPACK=OFF"
+    export PIP_NO_CACHE_DIR=1 ;;
+esac
 .venv/bin/pip install --disable-pip-version-check --progress-bar off -q -e ".[$extras]" 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
 .venv/bin/python -c "import torch, transformers, pyroute2, zmq, scipy" \

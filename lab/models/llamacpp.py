@@ -35,6 +35,18 @@ N_CTX = 4096            # tokens per sequence: an MMLU 5-shot prompt is ~600, a 
 N_BATCH = 512           # prompt tokens per llama_decode call (and the most logits one call returns)
 INSTALL_HINT = ("the gguf back-end needs llama-cpp-python: `make setup SDLAB_EXTRAS=gguf` or "
                 "`.venv/bin/pip install '.[gguf]'` (it compiles llama.cpp: a C++ compiler and cmake, minutes)")
+# llama.cpp's repacked weights (REPACK) and llamafile's sgemm (LLAMAFILE) compute a batch of tokens by
+# other kernels than one token, with other roundings: K + 1 tokens in one verify then read logits up to
+# 0.5 apart from the one-token steps', and a near-tie flips (bench colocated at K = 5: 2 of 3 prompts
+# left the target's own greedy decode at token 9 and 13; docs/MEASUREMENTS.md).  Built without both,
+# a verify's logits are the steps' bit for bit.  scripts/setup.sh builds the gguf extra so.
+BATCH_VARIANT_FEATURES = ("REPACK", "LLAMAFILE")
+BUILD_FLAGS = "-DGGML_LLAMAFILE=OFF -DGGML_CPU_REPACK=OFF"
+
+
+def batch_variant_features(system_info: str) -> list[str]:
+    """Which of BATCH_VARIANT_FEATURES a llama.cpp build has (its llama_print_system_info line)."""
+    return [f for f in BATCH_VARIANT_FEATURES if f"{f} = 1" in system_info]
 
 
 def available() -> bool:
@@ -94,10 +106,17 @@ class LlamaCppModel(Tokenized):
 
     def __init__(self, gguf: str | Path, tokenizer_dir: str | Path, model_id: str, threads: int | None = None):
         try:
-            from llama_cpp import Llama
+            from llama_cpp import Llama, llama_print_system_info
         except ImportError:
             raise ModelError(INSTALL_HINT) from None
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+        variant = batch_variant_features(llama_print_system_info().decode(errors="replace"))
+        if variant:
+            raise ModelError(f"this llama-cpp-python was built with {' and '.join(variant)}: its block verify would "
+                             "not be its own one-token decode, so no split output could equal it; rebuild it: "
+                             f"CMAKE_ARGS='{BUILD_FLAGS}' .venv/bin/pip install --force-reinstall --no-cache-dir "
+                             "--no-deps llama-cpp-python==0.3.36 (or `make setup SDLAB_EXTRAS=gguf` on a fresh .venv)")
 
         n = threads or len(os.sched_getaffinity(0))
         try:

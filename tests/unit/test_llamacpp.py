@@ -135,3 +135,12 @@ def test_without_the_extra_the_error_says_how_to_install_it(monkeypatch):
             call()
     with pytest.raises(ModelError, match="llama.cpp runs the GGUF's own kernels"):
         load_role("embedded-gguf", "draft", kernels="int8")
+
+
+def test_a_build_whose_batch_kernels_differ_from_the_one_token_ones_is_named():
+    """llama.cpp's repacked and llamafile GEMMs round a verify's K + 1 tokens otherwise than one step;
+    such a build is refused at load by these names (and a build without them passes)."""
+    from lab.models.llamacpp import batch_variant_features
+    info = "CPU : SSE3 = 1 | AVX2 = 1 | FMA = 1 | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 | "
+    assert batch_variant_features(info) == ["REPACK", "LLAMAFILE"]
+    assert batch_variant_features("CPU : SSE3 = 1 | AVX2 = 1 | FMA = 1 | OPENMP = 1 | ") == []
