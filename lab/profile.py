@@ -142,41 +142,48 @@ def measure_pair(draft, target, prompts: list[dict], max_new_tokens: int,
     return m
 
 
+def cycle_compute(record: dict):
+    """(n, the cloud's verify ms, the edge's ms per draft forward …) for each measured cycle of one
+    query record: n = K + 1 (split) or 1 (cloud-only); the query's first cycle (it holds the prefills)
+    and cycles without a verify are left out.  The drafting is a sequential cycle's over its K drafts;
+    a pipelined one's, the block drafted ahead (hidden_ms over its guessed bonus and K drafts) and the
+    one drafted after a refuted guess (edge_ms over K), where there was one."""
+    split = record.get("placement") == "split"
+    pipelined = record["strategy"].startswith("pipelined")
+    hidden = record.get("hidden_ms_per_cycle") or [0.0] * len(record["k_per_cycle"])
+    cycles = zip(record["k_per_cycle"], record["cloud_compute_ms_per_cycle"], record["edge_compute_ms_per_cycle"],
+                 hidden)
+    for i, (k, cloud_ms, edge_ms, hidden_ms) in enumerate(cycles):
+        if i == 0 or cloud_ms is None or (split and not k):
+            continue
+        if not split:
+            drafts = []
+        elif not pipelined:
+            drafts = [] if edge_ms is None else [edge_ms / k]
+        else:
+            drafts = ([hidden_ms / (k + 1)] if hidden_ms else []) + ([edge_ms / k] if edge_ms else [])
+        yield (k + 1 if split else 1), float(cloud_ms), [float(d) for d in drafts]
+
+
 def compute_from_run(records: list[dict], strategy: str | None = None) -> dict:
     """t_draft and t_verify(n) = a + b·n as the nodes computed them in a lab run: every measured
-    cycle of the split strategies (fixed-k, the adaptive ones: n = K + 1, the edge's drafting time
-    over K) and of cloud-only (n = 1).  A query's first cycle is left out (it holds the prefills), so
-    are co-located cycles (the cloud's compute there is two models') and queries the edge finished
-    alone.  Pipelined cycles are left out too unless `strategy` names one: the cloud verifies while
-    the edge drafts ahead, and on a host whose nodes share cores or caches each then runs slower than
-    alone (docs/MEASUREMENTS.md) — they time the pipelined layout, not the pair.  `strategy`: that
-    strategy's cycles only; a pipelined one's drafting is the block drafted ahead (hidden_ms over its
-    guessed bonus and K drafts) and the one drafted after a refuted guess (edge_ms over K)."""
+    cycle (cycle_compute) of the split strategies (fixed-k, the adaptive ones) and of cloud-only.
+    Co-located cycles are left out (the cloud's compute there is two models'), so are queries the
+    edge finished alone.  Pipelined cycles are left out too unless `strategy` names one: the cloud
+    verifies while the edge drafts ahead, and on a host whose nodes share cores or caches each then
+    runs slower than alone (docs/MEASUREMENTS.md) — they time the pipelined layout, not the pair.
+    `strategy`: that strategy's cycles only."""
     from lab.models import ModelError
     verify: dict[int, list[float]] = {}
     draft: list[float] = []
     for r in records:
         if r.get("warmup") or r.get("edge_fallback") or r.get("placement") not in ("split", "cloud"):
             continue
-        pipelined = r["strategy"].startswith("pipelined")
-        if (r["strategy"] != strategy) if strategy else pipelined:
+        if (r["strategy"] != strategy) if strategy else r["strategy"].startswith("pipelined"):
             continue
-        hidden = r.get("hidden_ms_per_cycle") or [0.0] * len(r["k_per_cycle"])
-        cycles = zip(r["k_per_cycle"], r["cloud_compute_ms_per_cycle"], r["edge_compute_ms_per_cycle"], hidden)
-        for i, (k, cloud_ms, edge_ms, hidden_ms) in enumerate(cycles):
-            if i == 0 or cloud_ms is None or (r["placement"] == "split" and not k):
-                continue
-            verify.setdefault(k + 1 if r["placement"] == "split" else 1, []).append(float(cloud_ms))
-            if r["placement"] != "split":
-                continue
-            if not pipelined:
-                if edge_ms is not None:
-                    draft.append(float(edge_ms) / k)
-                continue
-            if hidden_ms:
-                draft.append(float(hidden_ms) / (k + 1))
-            if edge_ms:
-                draft.append(float(edge_ms) / k)
+        for n, cloud_ms, drafts in cycle_compute(r):
+            verify.setdefault(n, []).append(cloud_ms)
+            draft += drafts
     if len(verify) < 2 or not draft:
         which = f"strategy {strategy}" if strategy else "run"
         raise ModelError(f"--from-run: the {which} needs measured cycles of at least two verify sizes and of a "

@@ -909,19 +909,12 @@ def run_compute(queries: list[dict], agreement, strategy: str | None = None):
 def query_speed(q: dict, c) -> tuple[float, float]:
     """How slow (>1) or fast the host computed one query against compute c: the median ratio of its
     verifies (or cloud-only's steps) to c's t_verify(n), and of its draft forwards to c's t_draft —
-    the same records compute_from_run reads, the query's first cycle (the prefills) left out."""
+    the cycles compute_from_run reads (lab.profile.cycle_compute)."""
+    from lab.profile import cycle_compute
     verify, draft = [], []
-    split = q.get("placement") == "split"
-    hidden = q.get("hidden_ms_per_cycle") or [0.0] * len(q["k_per_cycle"])
-    for i, (k, cloud_ms, edge_ms, hidden_ms) in enumerate(zip(q["k_per_cycle"], q["cloud_compute_ms_per_cycle"],
-                                                               q["edge_compute_ms_per_cycle"], hidden)):
-        if i == 0 or cloud_ms is None or (split and not k):
-            continue
-        verify.append(cloud_ms / c.verify_ms(k + 1 if split else 1))
-        if split and edge_ms:
-            draft.append(edge_ms / k / c.t_draft_ms)
-        if split and hidden_ms:
-            draft.append(hidden_ms / (k + 1) / c.t_draft_ms)
+    for n, cloud_ms, drafts in cycle_compute(q):
+        verify.append(cloud_ms / c.verify_ms(n))
+        draft += [d / c.t_draft_ms for d in drafts]
     med = lambda xs: float(np.median(xs)) if xs else 1.0     # noqa: E731
     return med(verify), med(draft)
 
@@ -998,7 +991,8 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
     out(f"  compute, sequential strategies: {describe_compute(compute)}")
     for s, c in own.items():
         out(f"  compute, {s} (both nodes at once): {describe_compute(c)}")
-    measured = [v for (s, i), v in speed.items() if i >= meta["workload"]["warmup_queries"]]
+    w = meta["workload"]
+    measured = [v for (s, i), v in speed.items() if i >= w["warmup_queries"]]
     if measured:
         out(f"  each query at its own speed (its nodes' compute over the above): verify ×{min(v for v, _ in measured):.2f}"
             f"–{max(v for v, _ in measured):.2f}, draft ×{min(d for _, d in measured):.2f}–{max(d for _, d in measured):.2f}")
@@ -1017,7 +1011,6 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
         out(f"  left out: {len(alone)} queries the edge finished alone "
             f"({', '.join(sorted({q['strategy'] for q in alone}))}), on both sides")
     skip = {(q["strategy"], q["query_index"]) for q in alone}
-    w = meta["workload"]
     paired_seed = meta.get("paired_seed")
     phase = clock_phases(meta, queries, cycles)
     links: list = []

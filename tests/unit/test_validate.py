@@ -365,12 +365,12 @@ def test_a_querys_speed_is_its_nodes_compute_over_the_runs():
     from lab.sim.simulator import ComputeProfile
     from lab.validate import query_speed
     c = ComputeProfile(t_draft_ms=50, verify_a_ms=400, verify_b_ms=50, prefill_ms_per_token=1, alpha=0.8)
-    seq = {"placement": "split", "k_per_cycle": [3, 3, 3, 1], "cloud_compute_ms_per_cycle": [999, 720, 720, 600],
+    seq = {"strategy": "fixed-k:3", "placement": "split", "k_per_cycle": [3, 3, 3, 1], "cloud_compute_ms_per_cycle": [999, 720, 720, 600],
            "edge_compute_ms_per_cycle": [999, 165, 165, 55]}
     assert query_speed(seq, c) == (pytest.approx(1.2), pytest.approx(1.1))
-    pipe = {**seq, "edge_compute_ms_per_cycle": [999, 0, 0, 0], "hidden_ms_per_cycle": [999, 240, 240, 0]}
+    pipe = {**seq, "strategy": "pipelined:3", "edge_compute_ms_per_cycle": [999, 0, 0, 0], "hidden_ms_per_cycle": [999, 240, 240, 0]}
     assert query_speed(pipe, c) == (pytest.approx(1.2), pytest.approx(1.2))
-    cloud = {"placement": "cloud", "k_per_cycle": [0, 0, 0], "cloud_compute_ms_per_cycle": [999, 450, 450],
+    cloud = {"strategy": "cloud-only", "placement": "cloud", "k_per_cycle": [0, 0, 0], "cloud_compute_ms_per_cycle": [999, 450, 450],
              "edge_compute_ms_per_cycle": [0, 0, 0]}
     assert query_speed(cloud, c) == (pytest.approx(1.0), 1.0)
 
