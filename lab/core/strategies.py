@@ -417,17 +417,24 @@ def load_table(path: str) -> NasdTable:
 
 class UcbSpecStop:
     """UCB-SpecStop (arXiv 2606.20591; BACKGROUND.md): online, no table.  Arms are draft lengths
-    1..k_max; the context is the observed delay d.  A cycle's time is c(K) + d with c(K) = K·t_draft +
-    t_verify learned from the cycles, so the index of arm K is (τ̂_K + bonus_K) / (c(K) + d): the ratio
-    objective of the paper's optimal stopping, whose argmax is a threshold that grows with d.
+    1..k_max, and the fallback; the context is the observed delay d.  A cycle's time is c(K) + d with
+    c(K) = K·t_draft + t_verify learned from the cycles, so the index of arm K is (τ̂_K + bonus_K) /
+    (c(K) + d): the ratio objective of the paper's optimal stopping, whose argmax is a threshold that
+    grows with d.
 
-    A cycle of K drafts with n accepted also says what every shorter draft would have got
-    (min(n, K') accepted, the same prefix), so each cycle updates all arms K' ≤ K: exploring the long
-    arms teaches the short ones.  An arm's mean leans on the geometric model at the pooled α̂ until its
-    own samples outweigh it.  Warm-up: the first WARMUP_CYCLES speculative cycles, during which the
-    fallback is not considered (reported in the cycle record's fallback_reason as "warm-up" and by
-    provenance()).  Fallback as NASD's, when even
-    the optimistic index is below the fallback's rate."""
+    τ̂_K comes from the empirical prefix (the paper's calibration for heavy-head acceptance): per draft
+    position j, how often the target accepted it among the cycles that reached it, and τ̂_K = 1 +
+    Σ_{j≤K} Π_{i≤j} ĥ_i (Kaplan–Meier).  A cycle of K drafts with n accepted thus informs every arm:
+    a rejection at n + 1 says what any longer draft would have got, and a fully accepted short cycle
+    counts as surviving its K positions without claiming anything of the later ones (censored), so
+    neither the queries' opening rejections nor a run of short cycles biases the long arms.  Each
+    position leans on the pooled α̂ until its own samples outweigh it.
+
+    The fallback is an arm too: its rate is measured (the cloud's step, or the draft's), and every
+    decision — a speculative cycle, a cloud stretch or an edge-alone token — counts in the log t of the bonus, so a near tie
+    is re-examined by a speculative cycle now and then and a clear loss is not.  Warm-up: the first
+    WARMUP_CYCLES speculative cycles, during which the fallback is not considered (reported in the
+    cycle record's fallback_reason as "warm-up" and by provenance())."""
 
     placement = "split"
     WARMUP_CYCLES = 16      # speculative cycles before the fallback is trusted to beat every arm
@@ -440,9 +447,11 @@ class UcbSpecStop:
         self.k_max, self.c = o.get("k_max", 20), o.get("c", 0.3)
         self.fallback, self.smoothing, self.probe = o.get("fallback", "cloud"), o.get("smoothing", 0.5), o.get("probe", 4)
         self.name = f"ucb-specstop:{param}" if param else "ucb-specstop"
-        self.n = [0] * (self.k_max + 1)            # samples of arm K (index K)
-        self.tau = [0.0] * (self.k_max + 1)        # summed tokens per cycle arm K would have produced
-        self.t = 0
+        self.exact = [0] * (self.k_max + 1)        # cycles that say exactly what arm K would have got
+        self.reached = [0] * (self.k_max + 2)      # cycles whose draft at position j the target judged
+        self.passed = [0] * (self.k_max + 2)       # ... and accepted
+        self.t = 0                                 # speculative cycles
+        self.decisions = 0                         # speculative cycles and fallback rounds
         self.est = _Estimates()
         self.d_ms: float | None = None
         self.alone_run = 0
@@ -458,11 +467,16 @@ class UcbSpecStop:
 
     def observe(self, obs: CycleObservation) -> None:
         self.est.observe(obs)
+        self.decisions += 1
         if obs.k > 0:
             self.t += 1
-            for kk in range(1, min(obs.k, self.k_max) + 1):
-                self.n[kk] += 1
-                self.tau[kk] += min(obs.accepted, kk) + 1
+            judged = min(obs.k, obs.accepted + 1, self.k_max)     # positions up to the first rejection
+            for j in range(1, judged + 1):
+                self.reached[j] += 1
+                self.passed[j] += j <= obs.accepted
+            rejected = obs.accepted < obs.k
+            for kk in range(1, self.k_max + 1):
+                self.exact[kk] += kk <= obs.k or rejected
             if self.warmup_cycles is None and self.t >= self.WARMUP_CYCLES:
                 self.warmup_cycles = self.t
         if obs.k != 0:
@@ -474,26 +488,38 @@ class UcbSpecStop:
     def _cost(self, k: int) -> float:
         return k * (self.est.t_draft or 1.0) + self.est.verify_ms(k) + (self.d_ms or 0.0)
 
-    def _index(self, k: int, bonus: bool) -> float:
-        # The arm's mean shrinks toward the geometric model at the pooled α̂ (PRIOR_SAMPLES pseudo-
-        # samples): every cycle informs α̂, so an arm seen once is not judged on one draw.
-        a = min(self.est.alpha, 0.999)
-        model = (1 - a ** (k + 1)) / (1 - a)
-        n, log_t = self.n[k] + self.PRIOR_SAMPLES, math.log(max(2, self.t))
-        mean = (self.tau[k] + self.PRIOR_SAMPLES * model) / n
-        b = self.c * math.sqrt((k + 1) * 2 * log_t / n) if bonus else 0.0
-        return min(mean + b, k + 1) / self._cost(k)
+    def _taus(self) -> list[float]:
+        """τ̂_K for K = 0..k_max from the empirical prefix, each position shrunk toward the pooled α̂."""
+        a, m = min(self.est.alpha, 0.999), self.PRIOR_SAMPLES
+        out, survive = [1.0], 1.0
+        for j in range(1, self.k_max + 1):
+            survive *= (self.passed[j] + m * a) / (self.reached[j] + m)
+            out.append(out[-1] + survive)
+        return out
+
+    def _indices(self, bonus: bool) -> dict[int, float]:
+        taus, log_t = self._taus(), math.log(max(2, self.decisions))
+        out = {}
+        for k in range(1, self.k_max + 1):
+            b = self.c * math.sqrt((k + 1) * 2 * log_t / (self.exact[k] + self.PRIOR_SAMPLES)) if bonus else 0.0
+            out[k] = min(taus[k] + b, k + 1) / self._cost(k)
+        return out
+
+    def _choose(self) -> tuple[int, float]:
+        """The arm with the highest optimistic index (the shorter on a tie), and that index."""
+        idx = self._indices(True)
+        k = max(idx, key=lambda kk: (idx[kk], -kk))
+        return k, idx[k]
 
     def split_k(self) -> int:
-        return max(range(1, self.k_max + 1), key=lambda k: (self._index(k, True), -k))
+        return self._choose()[0]
 
     def next_k(self) -> int:
-        k = self.split_k()
+        k, best = self._choose()
         warm = self.warmup_cycles is None
         self._control = {"fallback": None, "fallback_reason": "warm-up" if warm else None, "estimate_ms": self.d_ms}
         if warm or self.fallback == "none":
             return k
-        best = max(self._index(kk, True) for kk in range(1, self.k_max + 1))
         fb = self.est.fallback_rate(self.fallback)
         if best >= fb:
             return k
@@ -510,7 +536,7 @@ class UcbSpecStop:
     def provenance(self) -> dict:
         return {"controller": "ucb-specstop", "k_max": self.k_max, "c": self.c, "fallback": self.fallback,
                 "smoothing": self.smoothing, "probe": self.probe, "warmup_cycles": self.warmup_cycles,
-                "cycles": self.t}
+                "cycles": self.t, "estimator": "empirical prefix (Kaplan-Meier per draft position)"}
 
     def __repr__(self) -> str:
         return f"<strategy {self.name}>"
