@@ -331,7 +331,10 @@ def cmd_sweep(args) -> int:
             _need_root("sweep --lab")
             from lab.models.select import prepare
             prepare(models)
-        path = run_sweep(points, plan, out_dir=args.out, ray_address=args.ray)
+        jobs = args.jobs if args.jobs is not None else (len(os.sched_getaffinity(0)) if args.sim else 1)
+        if args.lab and jobs > 1:
+            raise UsageError("sweep --lab: --jobs must be 1 (the points share the kernel link)")
+        path = run_sweep(points, plan, out_dir=args.out, ray_address=args.ray, jobs=jobs)
     except KeyboardInterrupt as e:
         e.kept = "finished sweep points are kept; the same command resumes"    # main's closing line
         raise
@@ -671,6 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, help="--lab: the link backend")
     p.add_argument("--ray", metavar="ADDRESS", help="run the points as Ray tasks (ray:// or host:port; `local` starts "
                                                     "one here); needs the optional extra: pip install '.[ray]'")
+    p.add_argument("--jobs", type=usage.whole(1), help="--sim: points run at once in separate processes "
+                                                      "(default: the usable cores); --lab: 1")
     p.add_argument("--out", help="the sweep folder; an existing one is resumed (default: results/<UTC>-sweep-<sim|lab>/)")
     p.set_defaults(func=cmd_sweep)
 

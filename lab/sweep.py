@@ -374,9 +374,10 @@ def default_out(backend: str) -> Path:
 
 def run_sweep(points: list[GridPoint], plan: Plan, out_dir: str | Path | None = None,
               out: Callable[[str], None] = print, ray_address: str | None = None,
-              progress: bool = True) -> Path:
+              progress: bool = True, jobs: int = 1) -> Path:
     """Run the unfinished points of the sweep folder; return it.  KeyboardInterrupt (Ctrl-C, SIGTERM via
-    lab/cli.py) propagates after the meta says `interrupted`; finished points stay."""
+    lab/cli.py) propagates after the meta says `interrupted`; finished points stay.  jobs > 1 runs
+    simulator points in that many processes (the lab's points share one kernel link: one at a time)."""
     from lab.results import Meta
     from tqdm import tqdm
 
@@ -384,8 +385,10 @@ def run_sweep(points: list[GridPoint], plan: Plan, out_dir: str | Path | None = 
     folder = SweepFolder(path, plan, points)
     todo = [p for p in folder.asked if not folder.done(p)]
     meta = Meta(path, {"backend": plan.backend, "plan": plan.to_json(), "points_total": len(folder.points),
-                       "points_asked": len(folder.asked), "points_to_run": len(todo), "ray": ray_address})
-    where = f"Ray at {ray_address}" if ray_address else ("the kernel lab" if plan.backend == "lab" else "the simulator")
+                       "points_asked": len(folder.asked), "points_to_run": len(todo), "ray": ray_address,
+                       "jobs": jobs})
+    where = f"Ray at {ray_address}" if ray_address else ("the kernel lab" if plan.backend == "lab" else
+                                                      f"the simulator ({jobs} processes)" if jobs > 1 else "the simulator")
     out(f"sweep: {len(folder.asked)} links × {len(plan.strategies)} strategies × {plan.runs} runs in {where} "
         f"({plan.models}) → {path}" + (f"; {len(folder.asked) - len(todo)} already finished" if len(todo) < len(folder.asked) else ""))
     t0 = time.perf_counter()
@@ -398,6 +401,8 @@ def run_sweep(points: list[GridPoint], plan: Plan, out_dir: str | Path | None = 
                 failed = sweep_ray.run_points_on_ray(todo, plan, folder, ray_address, bar, point_files)
             except sweep_ray.RayMissing as e:
                 raise SweepError(str(e)) from None
+        elif jobs > 1 and plan.backend == "sim" and len(todo) > 1:
+            failed = _run_points_in_processes(todo, plan, folder, bar, jobs)
         else:
             for p in todo:
                 bar.set_description(p.name)
@@ -433,6 +438,40 @@ def run_sweep(points: list[GridPoint], plan: Plan, out_dir: str | Path | None = 
         out(f"{len(failed)} points failed (rerun the same command to retry them): "
             + "; ".join(f"{p.name}: {m}" for p, m in failed))
     return path
+
+
+POINT_TIMEOUT_S = 600.0      # a simulator point takes seconds; one that takes this long is stuck
+
+
+def _run_points_in_processes(todo: list[GridPoint], plan: Plan, folder: "SweepFolder", bar, jobs: int) -> list:
+    """Simulator points are independent and CPU-bound: `jobs` worker processes run them, and this
+    process finishes each (the rename into place) as it completes, so an interrupted sweep keeps
+    what finished, as the serial loop does.  Returns [(point, error)] of the failed ones."""
+    from concurrent.futures import ProcessPoolExecutor, TimeoutError as FuturesTimeout, as_completed
+
+    failed = []
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)))
+    try:
+        futs = {pool.submit(execute_point, p, plan, folder.staging(p)): p for p in todo}
+        try:
+            for f in as_completed(futs, timeout=POINT_TIMEOUT_S * len(todo) / min(jobs, len(todo))):
+                p = futs[f]
+                bar.set_description(p.name)
+                try:
+                    f.result()
+                except _point_errors() as e:
+                    failed.append((p, str(e)))
+                    bar.write(f"  {p.name}: FAILED: {e}", file=sys.stderr)
+                    shutil.rmtree(folder.points_dir / f".partial-{p.name}", ignore_errors=True)
+                else:
+                    folder.finish(p, folder.points_dir / f".partial-{p.name}")
+                bar.update(1)
+        except FuturesTimeout:
+            raise SweepError(f"sweep: points still running after {POINT_TIMEOUT_S:.0f} s each; "
+                             f"rerun the same command to resume") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return failed
 
 
 def _point_errors() -> tuple:

@@ -95,6 +95,17 @@ def test_resume_skips_finished_redoes_half_written_and_interrupt_keeps_finished(
     assert calls == []
 
 
+def test_points_in_worker_processes_give_the_serial_result(tmp_path):
+    pts = grid(rtt=(0, 100, 500), rate=(10,))
+    ref = pd.read_csv(run_sweep(pts, _plan(), out_dir=tmp_path / "ref", **QUIET) / "summary.csv")
+    out = run_sweep(pts, _plan(), out_dir=tmp_path / "par", jobs=2, **QUIET)
+    got = pd.read_csv(out / "summary.csv")
+    pd.testing.assert_frame_equal(got, ref)
+    assert json.loads((out / "meta.json").read_text())["jobs"] == 2
+    assert not list((out / "points").glob(".partial-*"))
+    assert all((out / "points" / p.name / "point.json").exists() for p in pts)
+
+
 def test_resume_with_another_plan_or_into_a_foreign_folder_is_refused(tmp_path):
     run_sweep(grid(rtt=(0,), rate=(10,)), _plan(), out_dir=tmp_path / "s", **QUIET)
     with pytest.raises(SweepError, match="runs = 2, this one asks 3"):
