@@ -428,7 +428,9 @@ class UcbSpecStop:
     a rejection at n + 1 says what any longer draft would have got, and a fully accepted short cycle
     counts as surviving its K positions without claiming anything of the later ones (censored), so
     neither the queries' opening rejections nor a run of short cycles biases the long arms.  Each
-    position leans on the pooled α̂ until its own samples outweigh it.
+    position leans on the pooled α̂ until its own samples outweigh it, and the bonus is c·sqrt(2 log t)
+    times τ̂_K's standard error: it shrinks only as the positions of arm K are reached, so an arm
+    whose later positions were never drafted stays worth a try.
 
     The fallback is an arm too: its rate is measured (the cloud's step, or the draft's), and every
     decision — a speculative cycle, a cloud stretch or an edge-alone token — counts in the log t of the bonus, so a near tie
@@ -447,7 +449,6 @@ class UcbSpecStop:
         self.k_max, self.c = o.get("k_max", 20), o.get("c", 0.3)
         self.fallback, self.smoothing, self.probe = o.get("fallback", "cloud"), o.get("smoothing", 0.5), o.get("probe", 4)
         self.name = f"ucb-specstop:{param}" if param else "ucb-specstop"
-        self.exact = [0] * (self.k_max + 1)        # cycles that say exactly what arm K would have got
         self.reached = [0] * (self.k_max + 2)      # cycles whose draft at position j the target judged
         self.passed = [0] * (self.k_max + 2)       # ... and accepted
         self.t = 0                                 # speculative cycles
@@ -474,9 +475,6 @@ class UcbSpecStop:
             for j in range(1, judged + 1):
                 self.reached[j] += 1
                 self.passed[j] += j <= obs.accepted
-            rejected = obs.accepted < obs.k
-            for kk in range(1, self.k_max + 1):
-                self.exact[kk] += kk <= obs.k or rejected
             if self.warmup_cycles is None and self.t >= self.WARMUP_CYCLES:
                 self.warmup_cycles = self.t
         if obs.k != 0:
@@ -488,22 +486,26 @@ class UcbSpecStop:
     def _cost(self, k: int) -> float:
         return k * (self.est.t_draft or 1.0) + self.est.verify_ms(k) + (self.d_ms or 0.0)
 
-    def _taus(self) -> list[float]:
-        """τ̂_K for K = 0..k_max from the empirical prefix, each position shrunk toward the pooled α̂."""
+    def _taus(self) -> tuple[list[float], list[float]]:
+        """τ̂_K for K = 0..k_max from the empirical prefix, each position shrunk toward the pooled α̂, and
+        its standard error (Greenwood's for the survival Ŝ_j, summed over the positions): a position few
+        cycles reached is uncertain whatever the shorter drafts showed."""
         a, m = min(self.est.alpha, 0.999), self.PRIOR_SAMPLES
-        out, survive = [1.0], 1.0
+        taus, errs, survive, rel_var, err = [1.0], [0.0], 1.0, 0.0, 0.0
         for j in range(1, self.k_max + 1):
-            survive *= (self.passed[j] + m * a) / (self.reached[j] + m)
-            out.append(out[-1] + survive)
-        return out
+            n = self.reached[j] + m
+            h = max((self.passed[j] + m * a) / n, 0.01)
+            survive *= h
+            rel_var += (1 - h) / (h * n)
+            err += survive * math.sqrt(rel_var)
+            taus.append(taus[-1] + survive)
+            errs.append(err)
+        return taus, errs
 
     def _indices(self, bonus: bool) -> dict[int, float]:
-        taus, log_t = self._taus(), math.log(max(2, self.decisions))
-        out = {}
-        for k in range(1, self.k_max + 1):
-            b = self.c * math.sqrt((k + 1) * 2 * log_t / (self.exact[k] + self.PRIOR_SAMPLES)) if bonus else 0.0
-            out[k] = min(taus[k] + b, k + 1) / self._cost(k)
-        return out
+        (taus, errs), scale = self._taus(), self.c * math.sqrt(2 * math.log(max(2, self.decisions)))
+        return {k: min(taus[k] + (scale * errs[k] if bonus else 0.0), k + 1) / self._cost(k)
+                for k in range(1, self.k_max + 1)}
 
     def _choose(self) -> tuple[int, float]:
         """The arm with the highest optimistic index (the shorter on a tie), and that index."""
