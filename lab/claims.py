@@ -133,7 +133,8 @@ def reversal_threshold(points: pd.DataFrame, src: str) -> dict:
 
 
 def near_oracle(points: pd.DataFrame, src: str, strategy: str, band: tuple[float, float], who: str) -> dict:
-    """Every variant of `strategy` (nasd, nasd:…) against the oracle, link by link (E2E P50)."""
+    """Every variant of `strategy` (nasd, nasd:…) against the oracle, link by link (E2E P50); a variant
+    run with fallback=none against oracle:fallback=none when there is one (both choose among K only)."""
     claim = f"{strategy} within {band[0]:g}–{band[1]:g} % of the oracle ({who})" if band[0] else \
         f"{strategy} within ±{band[1]:g} % of the oracle ({who})"
     d = stable(points[points["source"] == src])
@@ -141,15 +142,16 @@ def near_oracle(points: pd.DataFrame, src: str, strategy: str, band: tuple[float
     if not variants or "oracle" not in set(d["strategy"]):
         missing = [s for s, have in ((strategy, variants), ("oracle", "oracle" in set(d["strategy"]))) if not have]
         return _row(claim, src, NOT_MEASURED, f"no {', '.join(missing)} rows in these folders")
-    o = d[d["strategy"] == "oracle"].set_index(["rtt_ms", "rate_mbit"])["e2e_ms_p50"]
     parts, worst_all = [], 0.0
     for v in variants:
+        ref = "oracle:fallback=none" if "fallback=none" in v and "oracle:fallback=none" in set(d["strategy"]) else "oracle"
+        o = d[d["strategy"] == ref].set_index(["rtt_ms", "rate_mbit"])["e2e_ms_p50"]
         a = d[d["strategy"] == v].set_index(["rtt_ms", "rate_mbit"])["e2e_ms_p50"]
         common = a.index.intersection(o.index)
         gap = 100 * (a[common] - o[common]) / o[common]
         at = gap.abs().idxmax()
         worst_all = max(worst_all, abs(gap[at]))
-        parts.append(f"{v}: E2E P50 gap to oracle over {len(common)} links: median {gap.median():+.1f} %, "
+        parts.append(f"{v}: E2E P50 gap to {ref} over {len(common)} links: median {gap.median():+.1f} %, "
                      f"worst {gap[at]:+.1f} % at {at[0]:g} ms / {at[1]:g} Mbit/s")
     return _row(claim, src, "confirmed" if worst_all <= band[1] else "refuted", "; ".join(parts))
 

@@ -263,6 +263,8 @@ class _Estimates:
         return tau / (k * (self.t_draft or 1.0) + self.verify_ms(k) + net_ms)
 
     def fallback_rate(self, fallback: str) -> float:
+        if fallback == "none":
+            return 0.0
         if fallback == "edge":
             return 1.0 / (self.t_draft or 1.0)
         # Until a stretch measures the cloud's step, a one-token pass is the verify model at K = 0.
@@ -295,13 +297,13 @@ class NasdTable:
         return min(self.rows, key=lambda r: abs(math.log1p(r["network_ms"]) - x))
 
     def choose(self, net_ms: float, k_min: int, k_max: int, fallback: str) -> tuple[int, float, float]:
-        """(best K within [k_min, k_max], its tokens/s, the fallback's tokens/s) at net_ms."""
+        """(best K within [k_min, k_max], its tokens/s, the fallback's tokens/s — 0 for none) at net_ms."""
         r = self.row(net_ms)
         ks = {k: v for k, v in r["tokens_per_s_by_k"].items() if k_min <= k <= k_max}
         if not ks:
             raise StrategyError(f"NASD table {self.source}: no K in [{k_min}, {k_max}]")
         k = max(ks, key=lambda kk: (ks[kk], -kk))
-        return k, ks[k], float(r[f"{fallback}_tokens_per_s"])
+        return k, ks[k], 0.0 if fallback == "none" else float(r[f"{fallback}_tokens_per_s"])
 
 
 class Nasd:
@@ -309,11 +311,12 @@ class Nasd:
     the RTT → K table at the smoothed network time of the previous cycles (the first from the
     handshake), and at the reversal — predicted split tokens/s below the fallback's — stop speculating:
     fallback=cloud lets the cloud continue alone and probes the link every `probe` tokens;
-    fallback=edge drafts alone (draft quality) and tries one speculative cycle every `probe` tokens.
-    Without a table it predicts from the throughput equation and its own estimates (_Estimates)."""
+    fallback=edge drafts alone (draft quality) and tries one speculative cycle every `probe` tokens;
+    fallback=none always speculates (only K adapts: the UCB-SpecStop paper's comparison, where the
+    split is the deployment and the cloud is not to decode alone).  Without a table it predicts from the throughput equation and its own estimates (_Estimates)."""
 
     placement = "split"
-    OPTIONS = {"k_min": _whole(1, 64), "k_max": _whole(1, 64), "table": str, "fallback": _choice(*FALLBACKS),
+    OPTIONS = {"k_min": _whole(1, 64), "k_max": _whole(1, 64), "table": str, "fallback": _choice(*FALLBACKS, "none"),
                "smoothing": _fraction, "probe": _whole(1, 1024), "patience": _whole(1, 64)}
 
     def __init__(self, param: str | None = None, table: NasdTable | None = None):
@@ -547,14 +550,15 @@ class UcbSpecStop:
 class Oracle:
     """The reference, simulator only: for each link state the best fixed K (or the cloud fallback) in
     hindsight.  The simulator binds `choose`, which knows the true link state now and the outcome of
-    every candidate on it (lab/sim/oracle.py); a real edge cannot know either."""
+    every candidate on it (lab/sim/oracle.py); a real edge cannot know either.  `oracle:fallback=none`
+    chooses among the fixed K only: the reference for controllers run with fallback=none."""
 
     placement = "split"
+    OPTIONS = {"fallback": _choice("cloud", "none")}
 
     def __init__(self, param: str | None = None):
-        if param:
-            raise StrategyError(f"strategy 'oracle' takes no parameter, got {param!r}")
-        self.name = "oracle"
+        self.fallback = parse_options("oracle", param, self.OPTIONS).get("fallback", "cloud")
+        self.name = f"oracle:{param}" if param else "oracle"
         self._choose: Callable[[], tuple[int, float]] | None = None
         self._control = {"fallback": None, "fallback_reason": None, "estimate_ms": None}
 
@@ -582,8 +586,9 @@ class Oracle:
         return dict(self._control)
 
     def provenance(self) -> dict:
-        return {"controller": "oracle", "how": "per link state, every fixed K 1..20 and cloud-only simulated "
-                                               "on that state held still; the best tokens/s is played"}
+        return {"controller": "oracle", "fallback": self.fallback,
+                "how": "per link state, every fixed K 1..20" + (" and cloud-only" if self.fallback == "cloud" else "")
+                       + " simulated on that state held still; the best tokens/s is played"}
 
 
 register("nasd", lambda p: Nasd(p))

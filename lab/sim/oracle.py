@@ -2,7 +2,7 @@
 
 How: when the oracle strategy asks, the link state in force (the scenario's timeline at the
 simulation's time since the strategy's timeline began) is held still in a stable copy of the
-scenario, and every candidate — fixed-k:1..K_MAX and cloud-only — is simulated on it with the run's
+scenario, and every candidate — fixed-k:1..K_MAX and (unless fallback=none) cloud-only — is simulated on it with the run's
 profile, workload and link model; the one with the highest median tokens/s is played while that
 state lasts.  A real edge can know neither the true state nor the outcomes, so this is a reference
 to measure adaptive controllers against, never a strategy for the lab (strategies.Oracle refuses).
@@ -27,9 +27,9 @@ _CACHE: dict[tuple, tuple[int, float]] = {}
 
 
 class OracleChooser:
-    def __init__(self, run, simulate: Callable, profile, link_model: str, acceptance: str):
+    def __init__(self, run, simulate: Callable, profile, link_model: str, acceptance: str, with_cloud: bool = True):
         self.run, self.simulate, self.profile = run, simulate, profile
-        self.link_model, self.acceptance = link_model, acceptance
+        self.link_model, self.acceptance, self.with_cloud = link_model, acceptance, with_cloud
 
     def state(self):
         run = self.run
@@ -42,7 +42,8 @@ class OracleChooser:
         link = self.state()
         w = self.run.w
         key = (getattr(self.profile, "name", str(self.profile)), self.link_model, link,
-               w["max_new_tokens"], w["prompts"], w["payload"], w["temperature"], min(w["queries"], MAX_QUERIES))
+               w["max_new_tokens"], w["prompts"], w["payload"], w["temperature"], min(w["queries"], MAX_QUERIES),
+               self.with_cloud)
         hit = _CACHE.get(key)
         if hit is None:
             hit = _CACHE[key] = (self._best(link), link.uplink.delay_ms + link.downlink.delay_ms)
@@ -50,7 +51,7 @@ class OracleChooser:
 
     def _best(self, link) -> int:
         sc = replace(self.run.sc, link=link, timeline=Timeline())
-        cands = [f"fixed-k:{k}" for k in range(1, K_MAX + 1)] + ["cloud-only"]
+        cands = [f"fixed-k:{k}" for k in range(1, K_MAX + 1)] + (["cloud-only"] if self.with_cloud else [])
         w = self.run.w
         by: dict[str, list[float]] = {c: [] for c in cands}
         for rec, _ in self.simulate(sc, cands, self.profile, queries=min(w["queries"], MAX_QUERIES), seed=0,

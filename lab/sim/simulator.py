@@ -672,7 +672,8 @@ def _bind_controllers(objs, run: _Run, profile, prof: ComputeProfile, link_model
             if path.is_file():
                 o.use_table(load_table(str(path)))
         if hasattr(o, "bind"):
-            o.bind(OracleChooser(run, simulate, profile, link_model, acceptance).choose)
+            o.bind(OracleChooser(run, simulate, profile, link_model, acceptance,
+                                 with_cloud=getattr(o, "fallback", "cloud") == "cloud").choose)
 
 
 def write_run(scenario: Scenario, out_dir: Path | None = None, **simulate_kwargs) -> Path:

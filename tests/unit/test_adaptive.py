@@ -56,6 +56,15 @@ def test_nasd_falls_back_past_the_reversal_and_resumes():
     assert s.next_k() == 2
 
 
+def test_nasd_without_fallback_only_adapts_k():
+    s = Nasd("smoothing=1,fallback=none", table=_table())
+    s.link_hint(10.0)
+    assert s.next_k() == 2
+    for _ in range(3):                   # far past the reversal: still the row's K, never the cloud
+        s.observe(_obs(9, 420.0))
+        assert s.next_k() == 9 and s.control()["fallback"] is None
+
+
 def test_nasd_edge_fallback_probes_every_few_tokens():
     s = Nasd("smoothing=1,fallback=edge,probe=3,patience=1", table=_table())
     s.link_hint(420.0)
@@ -75,7 +84,7 @@ def test_nasd_edge_fallback_probes_every_few_tokens():
     ("nasd:k_min=9,k_max=3", "'k_min' \\(9\\) exceeds 'k_max'"),
     ("nasd:table=/nonexistent.json", "cannot read"),
     ("ucb-specstop:c=x", "option 'c'"),
-    ("oracle:3", "takes no parameter"),
+    ("oracle:3", "unknown option .3. .options: fallback"),
 ])
 def test_bad_options_name_the_option(spec, words):
     with pytest.raises(StrategyError, match=words):
@@ -189,6 +198,25 @@ def test_oracle_is_at_least_every_fixed_k():
     sc = GridPoint(50, 100).scenario(fixed + ["oracle"])
     tps = _tps([r for r, _ in simulate(sc, fixed + ["oracle", "cloud-only"], "fast", queries=2)])
     assert tps["oracle"] >= max(tps[s] for s in fixed + ["cloud-only"]) * (1 - 1e-9)
+
+
+def test_oracle_without_fallback_plays_the_best_fixed_k_where_the_cloud_wins():
+    # GPU profile: the cloud decoding alone beats every split K at every RTT (MEASUREMENTS.md), so
+    # the plain oracle falls back while oracle:fallback=none is the reference among the K.
+    fixed = [f"fixed-k:{k}" for k in range(1, 21)]
+    both = ["oracle", "oracle:fallback=none"]
+    sc = GridPoint(100, 100).scenario(fixed + both)
+    recs, cycles = [], []
+    for r, c in simulate(sc, fixed + both + ["cloud-only"], "gpu-orin-3090ti", queries=2):
+        recs.append(r)
+        cycles += c
+    tps = _tps(recs)
+    assert tps["oracle"] >= 0.99 * tps["cloud-only"] > max(tps[s] for s in fixed)
+    assert tps["oracle:fallback=none"] >= max(tps[s] for s in fixed) * (1 - 1e-9)
+    split_only = [c for c in cycles if c["strategy"] == "oracle:fallback=none" and not c["warmup"]]
+    assert split_only and all(c["k"] > 0 and c["fallback"] is None for c in split_only)
+    with pytest.raises(StrategyError, match="fallback"):
+        make_strategy("oracle:fallback=edge")
 
 
 def test_oracle_refuses_outside_the_simulator():
