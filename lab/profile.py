@@ -271,7 +271,7 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
     from lab.affinity import DEFAULT_THREADS_PER_NODE
     from lab.models import warm_up
     from lab.models.select import load_role, parse_models, prepare
-    from lab.models.synthetic import PROFILE_DIR, Profile, load_profile, save_profile
+    from lab.models.synthetic import PROFILE_DIR, Profile, load_profile, nasd_table_path, save_profile
     from lab.prompts import load_prompts
 
     from lab.models import cpu
@@ -343,5 +343,14 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
         out(f"error: {path} does not read back as the profile written")
         return 1
     use = path.stem if path.parent.resolve() == PROFILE_DIR.resolve() else str(path)
+    table = nasd_table_path(str(path))
+    if table.is_file():
+        # That table was calibrated on the profile just replaced: left alone it steers nasd by the old
+        # times and agreement (on this project's AVX2 host once −40 % at 200 ms), so it is rebuilt now.
+        from lab.calibrate import calibrate_main
+        out(f"\n{table} was calibrated on the previous profile; recalibrating it (python -m lab calibrate):")
+        calibrate_main(str(path), None, 100.0, "tcp", None, emit=out)
+    else:
+        out(f"\nnasd's RTT → K table for this profile: python -m lab calibrate --models synthetic:{use}")
     out(f"\nwrote {path} in {time.monotonic() - t0:.0f} s (use: --models synthetic:{use})")
     return 0

@@ -269,3 +269,31 @@ def test_measure_pair_stops_at_the_targets_eos_and_records_the_answers_length(tm
     m = measure_pair(draft, target, PROMPTS, max_new_tokens=12, out=lambda s: None, timing=False)
     assert m["prompt_answer"] == {key: 5}
     assert m["prompt_agreement"][key] == "10111" and m["positions"] == 5 + 12
+
+
+def test_a_new_profile_recalibrates_the_nasd_table_beside_it(pair, shipped, monkeypatch, tmp_path):
+    """A table calibrated on the profile being replaced would steer nasd by the old numbers."""
+    import functools
+    import json
+    import yaml
+    import lab.calibrate as calibrate
+    import lab.models.select as select
+    from lab.models.synthetic import host_profile_path, nasd_table_path
+    from lab.profile import profile_main
+    monkeypatch.setenv("SDLAB_CACHE", str(tmp_path / "cache" / "models"))
+    monkeypatch.setattr(calibrate, "calibrate", functools.partial(calibrate.calibrate, rtts=(0, 100)))
+    draft, target, _ = pair
+    monkeypatch.setattr(select, "prepare", lambda models, dtype: {})
+    monkeypatch.setattr(select, "load_role", lambda models, role, **_: draft if role == "draft" else target)
+    lines: list[str] = []
+    assert profile_main("embedded", max_new_tokens=8, limit=1, out=lines.append) == 0
+    path = host_profile_path("embedded", "float32")
+    table = nasd_table_path(str(path))
+    assert not table.exists() and any("python -m lab calibrate --models synthetic:" in ln for ln in lines)
+    table.write_text(json.dumps({"rows": [], "provenance": {"profile": {"t_draft_ms": 999.0}}}))
+    lines.clear()
+    assert profile_main("embedded", max_new_tokens=8, limit=1, out=lines.append) == 0
+    doc = json.loads(table.read_text())
+    assert any("recalibrating" in ln for ln in lines) and lines[-1].startswith("\nwrote ")
+    assert [r["rtt_ms"] for r in doc["rows"]] == [0, 100]
+    assert doc["provenance"]["profile"]["t_draft_ms"] == yaml.safe_load(path.read_text())["t_draft_ms"]
