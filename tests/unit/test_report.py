@@ -74,6 +74,10 @@ def test_missing_strategies_are_not_measured_and_oracle_gap_is_judged():
     assert r["verdict"] == "refuted" and "worst +6.0 % at 50 ms" in r["numbers"]
     within = _points({0: {"nasd:cutoff=0.5": 102, "oracle": 100}})
     assert claims.near_oracle(within, "sim", "nasd", (0, 4), "seed")["verdict"] == "confirmed"
+    # a split-only controller is judged against the split-only oracle, not against the cloud fallback
+    split = _points({0: {"nasd:fallback=none": 203, "oracle": 100, "oracle:fallback=none": 200}})
+    r = claims.near_oracle(split, "sim", "nasd", (0, 4), "seed")
+    assert r["verdict"] == "confirmed" and "gap to oracle:fallback=none" in r["numbers"]
     # the oracle bounds the others; it is never the verdict's winner
     assert vd.curves(pd.concat([pts, _points({0: {"oracle": 1}})]))["winner"].iloc[0] == "fixed-k:3"
 
