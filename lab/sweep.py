@@ -450,7 +450,7 @@ def _run_points_in_processes(todo: list[GridPoint], plan: Plan, folder: "SweepFo
     from concurrent.futures import ProcessPoolExecutor, TimeoutError as FuturesTimeout, as_completed
 
     failed = []
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)))
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), initializer=_leave_ctrl_c_to_the_parent)
     try:
         futs = {pool.submit(execute_point, p, plan, folder.staging(p)): p for p in todo}
         try:
@@ -472,6 +472,13 @@ def _run_points_in_processes(todo: list[GridPoint], plan: Plan, folder: "SweepFo
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return failed
+
+
+def _leave_ctrl_c_to_the_parent() -> None:
+    """Ctrl-C reaches the whole foreground process group; the workers ignore it so that only this
+    process stops the sweep (marks it interrupted, keeps the finished points), not a traceback each."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _point_errors() -> tuple:
