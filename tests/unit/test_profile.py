@@ -56,8 +56,9 @@ def shipped(tmp_path, monkeypatch):
     return d
 
 
-def _profile_run(pair, monkeypatch, tmp_path, **kw) -> tuple[int, list[str]]:
-    """profile_main as `python -m lab profile` runs it, on the synthetic pair instead of the embedded one."""
+def _profile_run(pair, monkeypatch, tmp_path, to_cache: bool = False, **kw) -> tuple[int, list[str]]:
+    """profile_main as `python -m lab profile` runs it, on the synthetic pair instead of the embedded one;
+    into a results folder, or (to_cache) where the command puts it by default, this host's cache."""
     import lab.models.select as select
     from lab.profile import profile_main
     draft, target, _ = pair
@@ -65,7 +66,7 @@ def _profile_run(pair, monkeypatch, tmp_path, **kw) -> tuple[int, list[str]]:
     monkeypatch.setattr(select, "load_role", lambda models, role, **_: draft if role == "draft" else target)
     lines: list[str] = []
     rc = profile_main("embedded", max_new_tokens=8, limit=1, out=lines.append,
-                      results_base=tmp_path / "results", **kw)
+                      results_base=None if to_cache else tmp_path / "results", **kw)
     return rc, lines
 
 
@@ -89,18 +90,12 @@ def test_profile_replaces_the_shipped_one_only_when_asked(pair, shipped, monkeyp
 def test_profile_goes_to_this_hosts_cache_and_sim_uses_it(pair, shipped, monkeypatch, tmp_path):
     """By default the profile is this host's (keyed by CPU model/flags and dtype) in the model cache, and
     `embedded-cpu` then means it; before that, the shipped one, with a line saying so."""
-    import lab.models.select as select
     from lab.models import cpu
     from lab.models.synthetic import host_profile_path, resolve_profile
-    from lab.profile import profile_main
     monkeypatch.setenv("SDLAB_CACHE", str(tmp_path / "cache" / "models"))
     name, which = resolve_profile("embedded-cpu")
     assert name == "embedded-cpu" and "no profile of this host" in which
-    draft, target, _ = pair
-    monkeypatch.setattr(select, "prepare", lambda models, dtype: {})
-    monkeypatch.setattr(select, "load_role", lambda models, role, **_: draft if role == "draft" else target)
-    lines: list[str] = []
-    assert profile_main("embedded", max_new_tokens=8, limit=1, out=lines.append) == 0
+    assert _profile_run(pair, monkeypatch, tmp_path, to_cache=True)[0] == 0
     path = host_profile_path("embedded", "float32")
     assert path.exists() and path.parent == tmp_path / "cache" / "profiles"
     assert cpu.host_key("float32") in path.name and "float32" in path.name
@@ -277,22 +272,16 @@ def test_a_new_profile_recalibrates_the_nasd_table_beside_it(pair, shipped, monk
     import json
     import yaml
     import lab.calibrate as calibrate
-    import lab.models.select as select
     from lab.models.synthetic import host_profile_path, nasd_table_path
-    from lab.profile import profile_main
     monkeypatch.setenv("SDLAB_CACHE", str(tmp_path / "cache" / "models"))
     monkeypatch.setattr(calibrate, "calibrate", functools.partial(calibrate.calibrate, rtts=(0, 100)))
-    draft, target, _ = pair
-    monkeypatch.setattr(select, "prepare", lambda models, dtype: {})
-    monkeypatch.setattr(select, "load_role", lambda models, role, **_: draft if role == "draft" else target)
-    lines: list[str] = []
-    assert profile_main("embedded", max_new_tokens=8, limit=1, out=lines.append) == 0
+    rc, lines = _profile_run(pair, monkeypatch, tmp_path, to_cache=True)
     path = host_profile_path("embedded", "float32")
     table = nasd_table_path(str(path))
-    assert not table.exists() and any("python -m lab calibrate --models synthetic:" in ln for ln in lines)
+    assert rc == 0 and not table.exists() and any("python -m lab calibrate --models synthetic:" in ln for ln in lines)
     table.write_text(json.dumps({"rows": [], "provenance": {"profile": {"t_draft_ms": 999.0}}}))
-    lines.clear()
-    assert profile_main("embedded", max_new_tokens=8, limit=1, out=lines.append) == 0
+    rc, lines = _profile_run(pair, monkeypatch, tmp_path, to_cache=True)
+    assert rc == 0
     doc = json.loads(table.read_text())
     assert any("recalibrating" in ln for ln in lines) and lines[-1].startswith("\nwrote ")
     assert [r["rtt_ms"] for r in doc["rows"]] == [0, 100]
