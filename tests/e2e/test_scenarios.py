@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lab.metrics import token_equality
+from tests.e2e.conftest import ctrl_c_as_in_a_terminal
 from tests.netns.conftest import lab_lock_suspended
 
 pytestmark = pytest.mark.root
@@ -56,12 +57,6 @@ def test_lan_synthetic_no_retransmissions(tmp_path):
     assert "fixed-k:3" in r.stdout and "TTFT" in r.stdout
 
 
-def _ctrl_c_as_in_a_terminal():
-    """SIGINT back to its default in the child: a suite started in the background (CI under `&`,
-    nohup) inherits SIGINT *ignored*, and Python then never turns it into KeyboardInterrupt."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def start_scenario(out: Path, *args, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "lab", "scenario", *args, "--out", str(out)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
@@ -98,7 +93,7 @@ def stop_and_wait(p: subprocess.Popen) -> None:
 
 def test_ctrl_c_leaves_nothing_and_marks_the_run(tmp_path):
     p = start_scenario(tmp_path, "wan-50ms", "--models", "synthetic:fast", "--strategies", "fixed-k:3,cloud-only",
-                       "--queries", "20", "--warmup", "0", preexec_fn=_ctrl_c_as_in_a_terminal)
+                       "--queries", "20", "--warmup", "0", preexec_fn=ctrl_c_as_in_a_terminal)
     try:
         run = wait_for_run_dir(tmp_path, p, a_query_finished)
         p.send_signal(signal.SIGINT)

@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.e2e.conftest import ctrl_c_as_in_a_terminal
+
 pytestmark = pytest.mark.root
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["sweep", "--lab", "--rtt-ms", "10,200", "--rate-mbit", "10", "--jitter-ms", "0", "--models", "synthetic:fast",
@@ -23,7 +25,8 @@ def lab(*args, timeout=600):
 def test_lab_sweep_interrupted_and_resumed(tmp_path):
     out = tmp_path / "sweep"
     p = subprocess.Popen([sys.executable, "-m", "lab", *ARGS, "--out", str(out)], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=ctrl_c_as_in_a_terminal)
     deadline = time.monotonic() + 300
     while not (out / "points" / "grid-10ms-10mbit" / "point.json").exists():      # the first point finished
         assert p.poll() is None and time.monotonic() < deadline, p.communicate(timeout=10)

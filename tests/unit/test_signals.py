@@ -13,6 +13,18 @@ from netns.signals import deferred_stop_signals
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_as_a_terminal_delivers_it():
+    """These tests are about Ctrl-C, so SIGINT must raise KeyboardInterrupt as it does under a terminal.
+    A launcher that put the tests in the background (`cmd &`, nohup) hands SIG_IGN down, which the lab
+    rightly keeps (test_a_signal_started_ignored_stays_ignored); here it is undone for each test."""
+    before = signal.getsignal(signal.SIGINT)
+    if before is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def test_sigterm_becomes_an_interrupt_and_a_second_one_is_ignored():
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt) as e:
@@ -131,6 +143,7 @@ def test_ctrl_c_during_a_fork_is_not_lost():
     """The CI failure: Ctrl-C landed in logging's at-fork hook (pyroute2 and Popen(preexec_fn) fork) and
     the sweep ran to its end.  Here an at-fork hook takes the signal on every fork."""
     code = ("import os, signal, sys, time\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)   # as under a terminal (see the fixture)\n"
             "import lab.cli as cli\n"
             "def cmd(args):\n"
             "    os.register_at_fork(after_in_parent=lambda: signal.raise_signal(signal.SIGINT))\n"
