@@ -343,14 +343,12 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
         out(f"error: {path} does not read back as the profile written")
         return 1
     use = path.stem if path.parent.resolve() == PROFILE_DIR.resolve() else str(path)
+    # nasd's RTT → K table goes beside the profile, calibrated on it (seconds, in the simulator).  A
+    # table left from the profile just replaced would steer nasd by the old times and agreement (on
+    # this project's AVX2 host once −40 % at 200 ms); none at all leaves the edge's nasd to the shipped one.
+    from lab.calibrate import calibrate_main
     table = nasd_table_path(str(path))
-    if table.is_file():
-        # That table was calibrated on the profile just replaced: left alone it steers nasd by the old
-        # times and agreement (on this project's AVX2 host once −40 % at 200 ms), so it is rebuilt now.
-        from lab.calibrate import calibrate_main
-        out(f"\n{table} was calibrated on the previous profile; recalibrating it (python -m lab calibrate):")
-        calibrate_main(str(path), None, 100.0, "tcp", None, emit=out)
-    else:
-        out(f"\nnasd's RTT → K table for this profile: python -m lab calibrate --models synthetic:{use}")
+    out(f"\n{'re' if table.is_file() else ''}calibrating nasd's table for this profile (python -m lab calibrate):")
+    calibrate_main(str(path), None, 100.0, "tcp", None, emit=out)
     out(f"\nwrote {path} in {time.monotonic() - t0:.0f} s (use: --models synthetic:{use})")
     return 0

@@ -56,6 +56,17 @@ def shipped(tmp_path, monkeypatch):
     return d
 
 
+FEW_BUCKETS = (0, 100)
+
+
+@pytest.fixture(autouse=True)
+def calibrate_few_buckets(monkeypatch):
+    """Every profile run calibrates nasd's table; two RTT buckets say the same as 28, in a second."""
+    import functools
+    import lab.calibrate as calibrate
+    monkeypatch.setattr(calibrate, "calibrate", functools.partial(calibrate.calibrate, rtts=FEW_BUCKETS))
+
+
 def _profile_run(pair, monkeypatch, tmp_path, to_cache: bool = False, **kw) -> tuple[int, list[str]]:
     """profile_main as `python -m lab profile` runs it, on the synthetic pair instead of the embedded one;
     into a results folder, or (to_cache) where the command puts it by default, this host's cache."""
@@ -266,23 +277,20 @@ def test_measure_pair_stops_at_the_targets_eos_and_records_the_answers_length(tm
     assert m["prompt_agreement"][key] == "10111" and m["positions"] == 5 + 12
 
 
-def test_a_new_profile_recalibrates_the_nasd_table_beside_it(pair, shipped, monkeypatch, tmp_path):
-    """A table calibrated on the profile being replaced would steer nasd by the old numbers."""
-    import functools
+def test_a_new_profile_calibrates_the_nasd_table_beside_it(pair, shipped, monkeypatch, tmp_path):
+    """nasd's table is rebuilt with every profile: one calibrated on the profile being replaced would
+    steer nasd by the old numbers."""
     import json
     import yaml
-    import lab.calibrate as calibrate
     from lab.models.synthetic import host_profile_path, nasd_table_path
     monkeypatch.setenv("SDLAB_CACHE", str(tmp_path / "cache" / "models"))
-    monkeypatch.setattr(calibrate, "calibrate", functools.partial(calibrate.calibrate, rtts=(0, 100)))
     rc, lines = _profile_run(pair, monkeypatch, tmp_path, to_cache=True)
     path = host_profile_path("embedded", "float32")
     table = nasd_table_path(str(path))
-    assert rc == 0 and not table.exists() and any("python -m lab calibrate --models synthetic:" in ln for ln in lines)
+    assert rc == 0 and table.is_file() and any(ln.startswith("\ncalibrating nasd's table") for ln in lines)
     table.write_text(json.dumps({"rows": [], "provenance": {"profile": {"t_draft_ms": 999.0}}}))
     rc, lines = _profile_run(pair, monkeypatch, tmp_path, to_cache=True)
-    assert rc == 0
     doc = json.loads(table.read_text())
-    assert any("recalibrating" in ln for ln in lines) and lines[-1].startswith("\nwrote ")
-    assert [r["rtt_ms"] for r in doc["rows"]] == [0, 100]
+    assert rc == 0 and any(ln.startswith("\nrecalibrating") for ln in lines) and lines[-1].startswith("\nwrote ")
+    assert [r["rtt_ms"] for r in doc["rows"]] == list(FEW_BUCKETS)
     assert doc["provenance"]["profile"]["t_draft_ms"] == yaml.safe_load(path.read_text())["t_draft_ms"]
