@@ -407,15 +407,7 @@ def run_sweep(points: list[GridPoint], plan: Plan, out_dir: str | Path | None = 
             for p in todo:
                 bar.set_description(p.name)
                 staging = folder.staging(p)
-                try:
-                    execute_point(p, plan, staging)
-                except _point_errors() as e:
-                    failed.append((p, str(e)))
-                    bar.write(f"  {p.name}: FAILED: {e}", file=sys.stderr)
-                    shutil.rmtree(staging, ignore_errors=True)
-                else:
-                    folder.finish(p, staging)
-                bar.update(1)
+                _settle(p, staging, lambda: execute_point(p, plan, staging), folder, bar, failed)
         status = "complete" if not failed else "failed"
     except KeyboardInterrupt as e:
         status = "interrupted"
@@ -452,26 +444,35 @@ def _run_points_in_processes(todo: list[GridPoint], plan: Plan, folder: "SweepFo
     failed = []
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), initializer=_leave_ctrl_c_to_the_parent)
     try:
-        futs = {pool.submit(execute_point, p, plan, folder.staging(p)): p for p in todo}
+        futs = {}
+        for p in todo:
+            staging = folder.staging(p)
+            futs[pool.submit(execute_point, p, plan, staging)] = (p, staging)
         try:
             for f in as_completed(futs, timeout=POINT_TIMEOUT_S * len(todo) / min(jobs, len(todo))):
-                p = futs[f]
+                p, staging = futs[f]
                 bar.set_description(p.name)
-                try:
-                    f.result()
-                except _point_errors() as e:
-                    failed.append((p, str(e)))
-                    bar.write(f"  {p.name}: FAILED: {e}", file=sys.stderr)
-                    shutil.rmtree(folder.points_dir / f".partial-{p.name}", ignore_errors=True)
-                else:
-                    folder.finish(p, folder.points_dir / f".partial-{p.name}")
-                bar.update(1)
+                _settle(p, staging, f.result, folder, bar, failed)
         except FuturesTimeout:
             raise SweepError(f"sweep: points still running after {POINT_TIMEOUT_S:.0f} s each; "
                              f"rerun the same command to resume") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return failed
+
+
+def _settle(p: GridPoint, staging: Path, run: Callable[[], object], folder: "SweepFolder", bar, failed: list) -> None:
+    """run() gives the point's outcome (runs it, or collects it from a worker): finished into place, or
+    noted in `failed` with its staging folder removed; either way one step of the bar."""
+    try:
+        run()
+    except _point_errors() as e:
+        failed.append((p, str(e)))
+        bar.write(f"  {p.name}: FAILED: {e}", file=sys.stderr)
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        folder.finish(p, staging)
+    bar.update(1)
 
 
 def _leave_ctrl_c_to_the_parent() -> None:
