@@ -103,8 +103,8 @@ def format_table(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def calibrate_main(profile: str, out: str | None, rate_mbit: float, link_model: str,
-                   queries: int | None, emit: Callable[[str], None] = print) -> Path:
+def calibrate_main(profile: str, out: str | None = None, rate_mbit: float = 100.0, link_model: str = "tcp",
+                   queries: int | None = None, emit: Callable[[str], None] = print) -> Path:
     from lab.models.synthetic import nasd_table_path
     doc = calibrate(profile, rate_mbit=rate_mbit, link_model=link_model, queries=queries)
     path = Path(out) if out else nasd_table_path(profile)

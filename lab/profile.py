@@ -349,6 +349,6 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
     from lab.calibrate import calibrate_main
     table = nasd_table_path(str(path))
     out(f"\n{'re' if table.is_file() else ''}calibrating nasd's table for this profile (python -m lab calibrate):")
-    calibrate_main(str(path), None, 100.0, "tcp", None, emit=out)
+    calibrate_main(str(path), emit=out)                 # the defaults of `python -m lab calibrate`
     out(f"\nwrote {path} in {time.monotonic() - t0:.0f} s (use: --models synthetic:{use})")
     return 0
