@@ -142,9 +142,9 @@ def near_oracle(points: pd.DataFrame, src: str, strategy: str, band: tuple[float
     if not variants or "oracle" not in set(d["strategy"]):
         missing = [s for s, have in ((strategy, variants), ("oracle", "oracle" in set(d["strategy"]))) if not have]
         return _row(claim, src, NOT_MEASURED, f"no {', '.join(missing)} rows in these folders")
-    parts, worst_all = [], 0.0
+    parts, worst_all, have = [], 0.0, set(d["strategy"])
     for v in variants:
-        ref = "oracle:fallback=none" if "fallback=none" in v and "oracle:fallback=none" in set(d["strategy"]) else "oracle"
+        ref = "oracle:fallback=none" if "fallback=none" in v and "oracle:fallback=none" in have else "oracle"
         o = d[d["strategy"] == ref].set_index(["rtt_ms", "rate_mbit"])["e2e_ms_p50"]
         a = d[d["strategy"] == v].set_index(["rtt_ms", "rate_mbit"])["e2e_ms_p50"]
         common = a.index.intersection(o.index)

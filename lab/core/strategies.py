@@ -313,7 +313,8 @@ class Nasd:
     fallback=cloud lets the cloud continue alone and probes the link every `probe` tokens;
     fallback=edge drafts alone (draft quality) and tries one speculative cycle every `probe` tokens;
     fallback=none always speculates (only K adapts: the UCB-SpecStop paper's comparison, where the
-    split is the deployment and the cloud is not to decode alone).  Without a table it predicts from the throughput equation and its own estimates (_Estimates)."""
+    split is the deployment and the cloud is not to decode alone).  Without a table it predicts from
+    the throughput equation and its own estimates (_Estimates)."""
 
     placement = "split"
     OPTIONS = {"k_min": _whole(1, 64), "k_max": _whole(1, 64), "table": str, "fallback": _choice(*FALLBACKS, "none"),
@@ -436,8 +437,8 @@ class UcbSpecStop:
     whose later positions were never drafted stays worth a try.
 
     The fallback is an arm too: its rate is measured (the cloud's step, or the draft's), and every
-    decision — a speculative cycle, a cloud stretch or an edge-alone token — counts in the log t of the bonus, so a near tie
-    is re-examined by a speculative cycle now and then and a clear loss is not.  Warm-up: the first
+    decision — a speculative cycle, a cloud stretch or an edge-alone token — counts in the log t of
+    the bonus, so a near tie is re-examined by a speculative cycle now and then and a clear loss is not.  Warm-up: the first
     WARMUP_CYCLES speculative cycles, during which the fallback is not considered (reported in the
     cycle record's fallback_reason as "warm-up" and by provenance())."""
 
@@ -452,8 +453,8 @@ class UcbSpecStop:
         self.k_max, self.c = o.get("k_max", 20), o.get("c", 0.3)
         self.fallback, self.smoothing, self.probe = o.get("fallback", "cloud"), o.get("smoothing", 0.5), o.get("probe", 4)
         self.name = f"ucb-specstop:{param}" if param else "ucb-specstop"
-        self.reached = [0] * (self.k_max + 2)      # cycles whose draft at position j the target judged
-        self.passed = [0] * (self.k_max + 2)       # ... and accepted
+        self.reached = [0] * (self.k_max + 1)      # cycles whose draft at position j the target judged
+        self.passed = [0] * (self.k_max + 1)       # ... and accepted
         self.t = 0                                 # speculative cycles
         self.decisions = 0                         # speculative cycles and fallback rounds
         self.est = _Estimates()
