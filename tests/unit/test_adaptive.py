@@ -105,17 +105,8 @@ def _best_k(alpha, t_draft, t_verify, d, k_max=20):
 def test_ucb_converges_on_a_synthetic_bandit(d):
     alpha, t_draft, t_verify = 0.8, 10.0, 40.0
     k_star, rate = _best_k(alpha, t_draft, t_verify, d)
-    s, rng = UcbSpecStop("fallback=none"), random.Random(1)
-    played = []
-    for _ in range(3000):
-        k = s.next_k()
-        n = 0
-        while n < k and rng.random() < alpha:
-            n += 1
-        s.observe(CycleObservation(k=k, accepted=n, cycle_ms=k * t_draft + t_verify + d, network_ms=d,
-                                   cloud_compute_ms=t_verify, edge_compute_ms=k * t_draft))
-        played.append(k)
-    late = played[-500:]
+    s = UcbSpecStop("fallback=none")
+    late = _play(s, d, 3000, random.Random(1), lambda n: alpha, t_draft, t_verify)[-500:]
     mode = statistics.mode(late)
     assert rate[mode] >= 0.98 * rate[k_star], (mode, k_star)
     assert s.provenance()["warmup_cycles"] == UcbSpecStop.WARMUP_CYCLES
@@ -124,31 +115,31 @@ def test_ucb_converges_on_a_synthetic_bandit(d):
 def test_ucb_k_grows_with_delay():
     ks = []
     for d in (0.0, 100.0, 1000.0):
-        s, rng = UcbSpecStop("fallback=none"), random.Random(2)
-        for _ in range(1500):
-            k = s.next_k()
-            n = 0
-            while n < k and rng.random() < 0.8:
-                n += 1
-            s.observe(CycleObservation(k=k, accepted=n, cycle_ms=0, network_ms=d, cloud_compute_ms=40,
-                                       edge_compute_ms=10 * k))
+        s = UcbSpecStop("fallback=none")
+        _play(s, d, 1500, random.Random(2), lambda n: 0.8)
         ks.append(s.split_k())
     assert ks[0] <= ks[1] <= ks[2] and ks[0] < ks[2]
 
 
-def _play_heavy_head(s, d, rounds, rng, t_draft=10.0, t_verify=40.0):
-    """Acceptance with a heavy head: the first draft is rejected 40 % of the time, a draft that
-    follows an accepted one only 3 %.  Returns the K played each round."""
+def _play(s, d, rounds, rng, accept, t_draft=10.0, t_verify=40.0):
+    """`rounds` cycles of s against a synthetic pair: accept(n) is the chance the draft after n accepted
+    ones is accepted too; the network takes d ms.  Returns the K played each round."""
     played = []
     for _ in range(rounds):
         k = s.next_k()
         n = 0
-        while n < k and rng.random() < (0.6 if n == 0 else 0.97):
+        while n < k and rng.random() < accept(n):
             n += 1
-        s.observe(CycleObservation(k=k, accepted=n, cycle_ms=0, network_ms=d, cloud_compute_ms=t_verify,
-                                   edge_compute_ms=t_draft * k))
+        s.observe(CycleObservation(k=k, accepted=n, cycle_ms=k * t_draft + t_verify + d, network_ms=d,
+                                   cloud_compute_ms=t_verify, edge_compute_ms=k * t_draft))
         played.append(k)
     return played
+
+
+def _play_heavy_head(s, d, rounds, rng):
+    """Acceptance with a heavy head: the first draft is rejected 40 % of the time, a draft that
+    follows an accepted one only 3 %."""
+    return _play(s, d, rounds, rng, lambda n: 0.6 if n == 0 else 0.97)
 
 
 def _heavy_head_rate(k, d, t_draft=10.0, t_verify=40.0):
