@@ -5,7 +5,9 @@ simulator) carries per-cycle lists; `summarize` turns the records of one run
 into one row per strategy (the columns of summary.csv).  Warm-up queries are
 kept in the files, marked, and left out of every statistic.
 
-    tokens/s      decode throughput after the first token: (n_tokens − 1) / (e2e − ttft)
+    tokens/s      decode throughput after the first token: (n_tokens − 1) / (e2e − ttft), per query
+                  (its P50/P95/P99), and pooled over the queries, Σ (n − 1) / Σ (e2e − ttft) — the
+                  workload's rate, what adaptive K is judged by (lab.core.cycle.pooled_tokens_per_s)
     acceptance α  accepted draft tokens / drafted tokens, over all cycles with K > 0
     overhead      Σ network time / Σ cycle time (network = cycle − draft − verify compute)
 
@@ -21,11 +23,13 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from lab.core.cycle import pooled_tokens_per_s
+
 
 SUMMARY_COLUMNS = [
     "scenario", "strategy", "backend", "models", "queries",
     "ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99",
-    "tokens_per_s_p50", "tokens_per_s_p95", "tokens_per_s_p99",
+    "tokens_per_s_p50", "tokens_per_s_p95", "tokens_per_s_p99", "tokens_per_s_pooled",
     "e2e_ms_p50", "e2e_ms_p95", "e2e_ms_p99",
     "acceptance", "network_overhead_ratio", "cycle_network_ms_p50", "cycle_network_ms_p95",
     "bytes_per_cycle", "tcp_retrans_segs", "edge_fallbacks",
@@ -56,6 +60,7 @@ def summarize_strategy(records: list[dict], *, scenario: str, strategy: str, bac
     for name, key in (("ttft_ms", "ttft_ms"), ("tokens_per_s", "tokens_per_s"), ("e2e_ms", "e2e_ms")):
         p50, p95, p99 = percentiles(r.get(key) for r in rs)
         row.update({f"{name}_p50": p50, f"{name}_p95": p95, f"{name}_p99": p99})
+    row["tokens_per_s_pooled"] = pooled_tokens_per_s(rs)
     k = _concat(rs, "k_per_cycle")
     acc = _concat(rs, "accepted_per_cycle")
     drafted = k.sum() if k.size else 0.0

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from lab.core.cycle import tokens_per_s
+from lab.core.cycle import pooled_tokens_per_s, tokens_per_s
 from lab.metrics import SUMMARY_COLUMNS, fallback_note, format_table, percentiles, summarize
 
 
@@ -18,6 +18,17 @@ def rec(strategy, ttft, e2e, n, ks, accs, cyc, net, warmup=False, fallback=False
 def test_tokens_per_s_excludes_first_token():
     assert tokens_per_s(11, 100.0, 1100.0) == pytest.approx(10.0)
     assert math.isnan(tokens_per_s(1, 100.0, 100.0))
+
+
+def test_pooled_tokens_per_s_is_the_workloads_rate_not_a_median_of_queries():
+    records = [rec("fixed-k:3", 0, 1000, 101, [3], [3], [100], [0]),        # 100 tok/s for 1 s
+               rec("fixed-k:3", 0, 10000, 11, [3], [3], [100], [0]),        # 1 tok/s for 10 s
+               rec("fixed-k:3", 0, 5000, 41, [3], [3], [100], [0], warmup=True),
+               rec("fixed-k:3", 0, 9000, 1000, [3], [3], [100], [0], fallback=True)]
+    row = summarize(records, scenario="t", backend="sim", models="m").iloc[0]
+    assert row["tokens_per_s_pooled"] == pytest.approx(110 / 11)           # Σ tokens / Σ time
+    assert row["tokens_per_s_p50"] == pytest.approx(50.5)                  # the two queries' middle
+    assert math.isnan(pooled_tokens_per_s([rec("x", 100, 100, 1, [], [], [], [])]))
 
 
 def test_summary_row_from_hand_computed_cycles():
