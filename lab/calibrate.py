@@ -1,8 +1,8 @@
 """`python -m lab calibrate`: NASD's RTT → K table, from a simulator sweep over the profile in use.
 
 Per RTT bucket (a stable link at `rate_mbit`), every fixed K = 1..k_max, cloud-only and edge-only are
-simulated with the profile and the default workload, over every built-in prompt; a row keeps tokens/s (median over the measured
-queries) of each, and the network time a cycle measured there — what NASD compares its own
+simulated with the profile and the default workload, over every built-in prompt; a row keeps tokens/s (pooled over the measured
+queries: the workload's rate, lab.core.cycle.pooled_tokens_per_s) of each, and the network time a cycle measured there — what NASD compares its own
 measurement with, so the row a cycle picks is the one whose link it saw (the measured time includes
 serialization, so a slow link looks like a longer RTT, which is how NASD meets bandwidth).  The best K
 of a row, and where cloud-only (the lossless fallback) overtakes it — the reversal — follow.
@@ -23,8 +23,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+from lab.core.cycle import pooled_tokens_per_s
+
 RTT_BUCKETS_MS = (0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 60, 70, 80, 90, 100, 110, 120, 140, 160, 180,
                   200, 250, 300, 400, 500, 750, 1000)
+
+
+def _rate(records: list[dict]) -> float:
+    r = pooled_tokens_per_s(records)
+    return 0.0 if math.isnan(r) else r
 
 
 def calibrate(profile: str, rate_mbit: float = 100.0, k_max: int = 20, link_model: str = "tcp",
@@ -42,15 +49,14 @@ def calibrate(profile: str, rate_mbit: float = 100.0, k_max: int = 20, link_mode
     rows, t0 = [], time.perf_counter()
     for rtt in rtts:
         sc = GridPoint(rtt, rate_mbit).scenario(cands)
-        tps: dict[str, list[float]] = {c: [] for c in cands}
+        recs: dict[str, list[dict]] = {c: [] for c in cands}
         net: dict[str, list[float]] = {c: [] for c in cands}
         for rec, _ in simulate(sc, cands, profile, queries=queries, seed=0, link_model=link_model):
             if rec["warmup"]:
                 continue
-            if not math.isnan(rec["tokens_per_s"]):
-                tps[rec["strategy"]].append(rec["tokens_per_s"])
+            recs[rec["strategy"]].append(rec)
             net[rec["strategy"]].extend(rec["network_ms_per_cycle"])
-        med = {c: statistics.median(v) if v else 0.0 for c, v in tps.items()}
+        med = {c: _rate(v) for c, v in recs.items()}
         by_k = {k: med[f"fixed-k:{k}"] for k in range(1, k_max + 1)}
         best = max(by_k, key=lambda k: (by_k[k], -k))
         rows.append({"rtt_ms": rtt, "network_ms": round(statistics.median(net[f"fixed-k:{best}"]), 3),
