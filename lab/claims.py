@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from lab.core.strategies import StrategyError, make_strategy
 from lab.verdict import curves, placement, reversal, stable
 
 NOT_MEASURED = "not measured"
@@ -156,6 +157,57 @@ def near_oracle(points: pd.DataFrame, src: str, strategy: str, band: tuple[float
     return _row(claim, src, "confirmed" if worst_all <= band[1] else "refuted", "; ".join(parts))
 
 
+FALLBACK_OF = {"cloud": "cloud-only", "edge": "edge-only", "none": None}
+
+
+def near_best_fixed(points: pd.DataFrame, src: str, strategy: str, tolerance_pct: float) -> dict:
+    """Every variant of `strategy` against the best of {fixed K, its fallback} on each stable link,
+    in tokens/s pooled over the queries (the rate the controllers maximise; a link's figure is the
+    median over runs): the issue's "within 1 % (nasd) / 3 % (ucb-specstop) of the best fixed K".
+    The reference is chosen in hindsight on the same runs, so it also keeps whatever luck one K had
+    with the workload's draws; the note says which K it was."""
+    claim = f"{strategy} within {tolerance_pct:g} % of the best fixed K or its fallback (tokens/s)"
+    d = stable(points[points["source"] == src])
+    if "tokens_per_s_pooled" not in d or d["tokens_per_s_pooled"].isna().all():
+        return _row(claim, src, NOT_MEASURED, "no pooled tokens/s in these folders (written since it exists)")
+    have = set(d["strategy"])
+    variants = sorted(s for s in have if s.split(":")[0] == strategy)
+    fixed = sorted(s for s in have if s.startswith("fixed-k:"))
+    if not variants or not fixed:
+        missing = [n for n, ok in ((strategy, variants), ("fixed-k", fixed)) if not ok]
+        return _row(claim, src, NOT_MEASURED, f"no {', '.join(missing)} rows in these folders")
+    tps = d.set_index(["rtt_ms", "rate_mbit", "strategy"])["tokens_per_s_pooled"]
+    parts, worst_all = [], 0.0
+    for v in variants:
+        fb = FALLBACK_OF.get(fallback_of(v))
+        refs = fixed + ([fb] if fb in have else [])
+        gaps = []
+        for (rtt, rate), g in d.groupby(["rtt_ms", "rate_mbit"]):
+            ref = g[g["strategy"].isin(refs)].set_index("strategy")["tokens_per_s_pooled"].dropna()
+            if v not in set(g["strategy"]) or ref.empty:
+                continue
+            best = ref.idxmax()
+            gaps.append((100 * (tps[(rtt, rate, v)] / ref[best] - 1), rtt, rate, best))
+        if not gaps:
+            continue
+        gap, rtt, rate, best = min(gaps)
+        worst_all = min(worst_all, gap)
+        parts.append(f"{v}: worst {gap:+.1f} % at {rtt:g} ms / {rate:g} Mbit/s (best there {best}), "
+                     f"within on {sum(x[0] >= -tolerance_pct for x in gaps)}/{len(gaps)} links")
+    if not parts:
+        return _row(claim, src, NOT_MEASURED, "no link with both the controller and a fixed K")
+    return _row(claim, src, "confirmed" if worst_all >= -tolerance_pct else "refuted", "; ".join(parts),
+                "fallback=none variants against the fixed K only")
+
+
+def fallback_of(spec: str) -> str:
+    """The fallback a controller spec runs with, as the strategy itself parses its options."""
+    try:
+        return getattr(make_strategy(spec), "fallback", "cloud")
+    except StrategyError:      # a strategy this checkout does not know (a newer branch's folder)
+        return "cloud"
+
+
 def sleep_model_under_loss(points: pd.DataFrame, val: pd.DataFrame) -> dict:
     """The naive model (RTT + size/rate sleeps, no loss, no TCP) against the lab: its E2E error on
     lossy links vs on clean ones.  From validation folders when given (they run it beside the lab),
@@ -202,10 +254,12 @@ def all_claims(points: pd.DataFrame, val: pd.DataFrame) -> pd.DataFrame:
         rows += [e_tau(points, src), k_star(points, src), split_beats_cloud(points, src),
                  reversal_threshold(points, src),
                  near_oracle(points, src, "nasd", (0, 4), "seed"),
-                 near_oracle(points, src, "ucb-specstop", (0.2, 2.4), "UCB-SpecStop paper")]
+                 near_oracle(points, src, "ucb-specstop", (0.2, 2.4), "UCB-SpecStop paper"),
+                 near_best_fixed(points, src, "nasd", 1.0), near_best_fixed(points, src, "ucb-specstop", 3.0)]
     if not sources:
         for c in ("E[τ] from α", "K* ~ log RTT", "split beats cloud-only at low RTT", "reversal 150–250 ms",
-                  "nasd within ±4 % of oracle", "ucb-specstop within 0.2–2.4 % of oracle"):
+                  "nasd within ±4 % of oracle", "ucb-specstop within 0.2–2.4 % of oracle",
+                  "nasd within 1 % of the best fixed K", "ucb-specstop within 3 % of the best fixed K"):
             rows.append(_row(c, "–", NOT_MEASURED, "no sweep or run folder given"))
     rows.append(sleep_model_under_loss(points if len(points) else pd.DataFrame(columns=["source"]), val))
     return pd.DataFrame(rows)

@@ -82,6 +82,24 @@ def test_missing_strategies_are_not_measured_and_oracle_gap_is_judged():
     assert vd.curves(pd.concat([pts, _points({0: {"oracle": 1}})]))["winner"].iloc[0] == "fixed-k:3"
 
 
+def test_a_controller_is_judged_against_the_best_fixed_k_or_its_own_fallback_in_pooled_tokens_per_s():
+    def pts(per_rtt):
+        p = _points({rtt: {s: 0.0 for s in per} for rtt, per in per_rtt.items()})
+        p["tokens_per_s_pooled"] = [per_rtt[r][s] for r, s in zip(p["rtt_ms"], p["strategy"])]
+        return p
+    grid = {0: {"fixed-k:3": 10.0, "fixed-k:5": 9.0, "cloud-only": 5.0, "nasd": 9.95, "ucb-specstop": 9.75},
+            200: {"fixed-k:3": 4.0, "fixed-k:5": 4.2, "cloud-only": 6.0, "nasd": 6.0, "ucb-specstop": 4.0}}
+    assert claims.near_best_fixed(pts(grid), "sim", "nasd", 1.0)["verdict"] == "confirmed"
+    r = claims.near_best_fixed(pts(grid), "sim", "ucb-specstop", 3.0)
+    assert r["verdict"] == "refuted" and "worst -33.3 % at 200 ms" in r["numbers"] and "best there cloud-only" in r["numbers"]
+    # fallback=none runs without the cloud, so it is held to the fixed K alone
+    split = {0: {"fixed-k:3": 10.0, "cloud-only": 20.0, "ucb-specstop:fallback=none": 9.8}}
+    r = claims.near_best_fixed(pts(split), "sim", "ucb-specstop", 3.0)
+    assert r["verdict"] == "confirmed" and "best there fixed-k:3" in r["numbers"]
+    # a folder written before the pooled column existed says so rather than judging
+    assert claims.near_best_fixed(_points(CURVE), "sim", "nasd", 1.0)["verdict"] == "not measured"
+
+
 def test_ianvs_rank_table_layout_and_order():
     pts = _points({50: {"cloud-only": 900, "edge-only": 400, "fixed-k:5": 700}})
     pts = pts.assign(ttft_ms_p50=[300.0, 20.0, 120.0], tokens_per_s_p50=[60.0, 130.0, 70.0],
