@@ -142,3 +142,12 @@ def test_cli_sweep_needs_one_mode_and_checks_lists(capsys, tmp_path):
     assert main(["sweep", "--sim", "--payloads", "tokens,bogus"]) == 2
     assert main(["sweep", "--sim", "--grid", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_a_simulated_sweep_runs_every_built_in_prompt_by_default(tmp_path, capsys):
+    from lab.prompts import load_prompts
+    out = tmp_path / "s"
+    assert main(["sweep", "--sim", "--rtt-ms", "10", "--rate-mbit", "100", "--strategies", "fixed-k:3",
+                 "--runs", "1", "--jobs", "1", "--out", str(out)]) == 0
+    assert json.loads((out / "sweep.json").read_text())["plan"]["queries"] == len(load_prompts(None)) > 3
+    assert pd.read_csv(out / "summary.csv")["queries"].tolist() == [len(load_prompts(None))]
