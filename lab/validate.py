@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -78,6 +79,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from lab.core.cycle import pooled_tokens_per_s
 from lab.scenario import TIMELINE_ALIGNMENT, Scenario, available, load_scenario, parse_scenario
 from lab.sweep import grid
 from lab.sim.tcpcc import TcpConfig
@@ -823,6 +825,8 @@ class RunRow(_Deltas):
     sim_used: tuple[int, int] = (0, 0)
     lab_retrans: int | None = None
     paired: str = ""
+    lab_pooled: float = math.nan        # tokens/s pooled over the queries (lab.core.cycle.pooled_tokens_per_s)
+    sim_pooled: float = math.nan        # ... over the simulator's queries of every seed
 
     @property
     def tps_frac(self) -> float:
@@ -884,7 +888,23 @@ def compare_run(strategy: str, lab: list[dict], sim: list[dict], lab_retrans: in
     return RunRow(strategy, len(lq), len(ln), lab50, lab95, sim50, sim95, lab_t, sim_t,
                   _room(lab50, sim50, quantile_interval(ln, 50)), _room(lab95, sim95, quantile_interval(ln, 95)),
                   _room(lab_t, sim_t, quantile_interval(lt, 50)), _used_ahead(lq), _used_ahead(sq),
-                  lab_retrans, paired)
+                  lab_retrans, paired, pooled_tokens_per_s(lq), pooled_tokens_per_s(sq))
+
+
+def ranking(rows: list[RunRow], side: str) -> list[str]:
+    """The strategies fastest first by one side's pooled tokens/s (the rate the controllers maximise)."""
+    rated = [r for r in rows if not math.isnan(getattr(r, f"{side}_pooled"))]
+    return [r.strategy for r in sorted(rated, key=lambda r: -getattr(r, f"{side}_pooled"))]
+
+
+def ranking_line(rows: list[RunRow]) -> str:
+    """Lab and simulator orders by pooled tokens/s, and whether they agree: the comparison of
+    strategies a user draws from a run, which a per-row tolerance does not decide."""
+    lab, sim = ranking(rows, "lab"), ranking(rows, "sim")
+    by = {r.strategy: r for r in rows}
+    fmt = lambda order, side: " > ".join(f"{s} {getattr(by[s], side + '_pooled'):.2f}" for s in order)  # noqa: E731
+    return (f"ranking by pooled tokens/s — lab: {fmt(lab, 'lab')}; simulator: {fmt(sim, 'sim')}; "
+            + ("the same order" if lab == sim else "orders differ"))
 
 
 # A verify size met this often in a run is simulated at its own median, not the line's value there.
@@ -1045,6 +1065,7 @@ def validate_runs(run_dirs: Iterable[str], out: Callable[[str], None] = print) -
             writer.writerows(r.as_dict() for r in new)
         for line in text_table(RUN_HEAD, [format_run_row(r) for r in new]):
             out(line)
+        out(ranking_line(new))
         out(f"rows: {Path(d) / 'validation-run.csv'}\n")
         rows += new
     failed = [r for r in rows if not r.ok]

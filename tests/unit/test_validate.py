@@ -4,8 +4,8 @@ import math
 import pytest
 
 from lab.sim.simulator import ComputeProfile
-from lab.validate import (E2E_TOLERANCE_FRAC, NETWORK_TOLERANCE_MS, PROFILE, HostCalibration, Row,
-                          calibration_from, quantile_interval, compare, default_cases, select_cases)
+from lab.validate import (E2E_TOLERANCE_FRAC, NETWORK_TOLERANCE_MS, PROFILE, HostCalibration, Row, RunRow,
+                          calibration_from, ranking_line, quantile_interval, compare, default_cases, select_cases)
 
 
 def q(strategy, nets, e2e, index=None):
@@ -384,3 +384,13 @@ def test_judge_run_refuses_a_synthetic_run_by_name(real_run):
     (real_run / "meta.json").write_text(json.dumps({**meta, "models": "synthetic:fast"}))
     with pytest.raises(ResultsError, match=r"ran 'synthetic:fast'.*`validate SCENARIO`"):
         judge_run(real_run, profile=SHIPPED, out=lambda s: None)
+
+
+def test_a_runs_ranking_is_by_pooled_tokens_per_s_on_each_side():
+    row = lambda s, lab, sim: RunRow(s, 12, 80, 50.0, 55.0, 50.0, 52.0, lab, sim,  # noqa: E731
+                                     lab_pooled=lab, sim_pooled=sim)
+    same = [row("cloud-only", 4.0, 4.1), row("fixed-k:5", 7.5, 7.6), row("nasd", 7.0, 7.1)]
+    assert ranking_line(same).endswith("the same order")
+    assert "lab: fixed-k:5 7.50 > nasd 7.00 > cloud-only 4.00" in ranking_line(same)
+    swapped = same[:2] + [row("nasd", 7.0, 7.9)]
+    assert ranking_line(swapped).endswith("orders differ") and "simulator: nasd 7.90 > fixed-k:5" in ranking_line(swapped)
