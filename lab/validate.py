@@ -668,6 +668,30 @@ def _check_alignment(scenario: Scenario, meta: dict, run_dir: Path) -> None:
                            f"the commit that made it (its meta.json has git_commit)")
 
 
+def table_changes(queries: list[dict]) -> list[str]:
+    """A note per controller whose NASD table file was rewritten after the run (`lab calibrate`, `lab
+    profile`): the simulator's nasd plays the table now at that path, not the rows the lab's played,
+    so its rows judge the controller against another table.  The run records the table's path and
+    provenance (strategies.Nasd.provenance), and a table's provenance names its date and commit."""
+    notes, seen = [], set()
+    for q in queries:
+        c = q.get("controller") or {}
+        path, prov = c.get("table"), c.get("table_provenance")
+        if not path or q["strategy"] in seen:
+            continue
+        seen.add(q["strategy"])
+        try:
+            now = json.loads(Path(path).read_text()).get("provenance")
+        except (OSError, ValueError):
+            notes.append(f"  {q['strategy']}: its table {path} is gone; the simulator's nasd plays its own default")
+            continue
+        if now != prov:
+            notes.append(f"  {q['strategy']}: its table {path} was rewritten after this run "
+                         f"({(prov or {}).get('date')} → {(now or {}).get('date')}); the simulator's nasd "
+                         "plays the new one, so its row compares two tables")
+    return notes
+
+
 def _case_summary(rows: list[Row]) -> str:
     return "; ".join(f"{r.strategy} ΔP50 {r.d50:+.2f} ΔP95 {r.d95:+.2f} E2E {100 * r.e2e_frac:+.1f} %"
                      f"{'' if r.strict else ' ' + r.verdict}" for r in rows)
@@ -997,6 +1021,8 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
     agreement = load_profile(path)
     queries = read_jsonl(run_dir / "queries.jsonl")
     cycles = read_jsonl(run_dir / "cycles.jsonl")
+    for note in table_changes(queries):
+        out(note)
     strategies = [s for s in meta["strategies"]
                   if {q.get("placement") for q in queries if q["strategy"] == s} <= set(JUDGED_PLACEMENTS)]
     pipelined = [s for s in strategies if s.startswith("pipelined")]

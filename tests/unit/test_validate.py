@@ -1,4 +1,5 @@
 """lab.validate's judging (pure, synthetic records) and its host calibration arithmetic."""
+import json
 import math
 
 import pytest
@@ -394,3 +395,17 @@ def test_a_runs_ranking_is_by_pooled_tokens_per_s_on_each_side():
     assert "lab: fixed-k:5 7.50 > nasd 7.00 > cloud-only 4.00" in ranking_line(same)
     swapped = same[:2] + [row("nasd", 7.0, 7.9)]
     assert ranking_line(swapped).endswith("orders differ") and "simulator: nasd 7.90 > fixed-k:5" in ranking_line(swapped)
+
+
+def test_a_nasd_table_rewritten_after_the_run_is_said(tmp_path):
+    from lab.validate import table_changes
+    table = tmp_path / "t.nasd.json"
+    prov = {"date": "2026-12-05 15:14 UTC", "git_commit": "a"}
+    table.write_text(json.dumps({"rows": [], "provenance": prov}))
+    q = {"strategy": "nasd", "controller": {"table": str(table), "table_provenance": prov}}
+    assert table_changes([q, {"strategy": "fixed-k:3"}]) == []
+    table.write_text(json.dumps({"rows": [], "provenance": {**prov, "date": "2026-12-05 18:20 UTC"}}))
+    notes = table_changes([q, q])
+    assert len(notes) == 1 and "rewritten after this run (2026-12-05 15:14 UTC → 2026-12-05 18:20 UTC)" in notes[0]
+    table.unlink()
+    assert "is gone" in table_changes([q])[0]
