@@ -1,11 +1,13 @@
 """`python -m lab calibrate`: NASD's RTT → K table, from a simulator sweep over the profile in use.
 
 Per RTT bucket (a stable link at `rate_mbit`), every fixed K = 1..k_max, cloud-only and edge-only are
-simulated with the profile and the default workload, over every built-in prompt; a row keeps tokens/s (pooled over the measured
-queries: the workload's rate, lab.core.cycle.pooled_tokens_per_s) of each, and the network time a cycle measured there — what NASD compares its own
-measurement with, so the row a cycle picks is the one whose link it saw (the measured time includes
-serialization, so a slow link looks like a longer RTT, which is how NASD meets bandwidth).  The best K
-of a row, and where cloud-only (the lossless fallback) overtakes it — the reversal — follow.
+simulated with the profile and the default workload, over every built-in prompt; a row keeps each
+one's tokens/s pooled over the measured queries (the workload's rate, what NASD maximises:
+lab.core.cycle.pooled_tokens_per_s), and the network time a cycle measured there — what NASD
+compares its own measurement with, so the row a cycle picks is the one whose link it saw (the
+measured time includes serialization, so a slow link looks like a longer RTT, which is how NASD
+meets bandwidth).  The best K of a row, and where cloud-only (the lossless fallback) overtakes it —
+the reversal — follow.
 
     python -m lab calibrate --models synthetic:gpu-orin-3090ti     # → lab/models/profiles/<name>.nasd.json
 
