@@ -16,6 +16,7 @@ import os
 import select
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import zmq
@@ -352,14 +353,24 @@ def _alone_model(a, draft, strategies):
     return alone
 
 
-def _default_tables(strategies, models: str, dtype: str, draft_kernels: str | None) -> None:
-    """NASD without a table= option takes the calibrated table of the pair in use, if there is one."""
-    from lab.core.strategies import load_table
+def _default_tables(strategies, models: str, dtype: str, draft_kernels: str | None, out: str) -> None:
+    """NASD without a table= option takes the calibrated table of the pair in use, if there is one,
+    read from a copy in the results folder (RUN_TABLE): `lab calibrate` may rewrite the original
+    later, and `validate --run` replays the rows this run played."""
+    import shutil
+
+    from lab.core.strategies import RUN_TABLE, NasdTable
     from lab.models.synthetic import nasd_table_for
     path = nasd_table_for(models, dtype, draft_kernels)
-    for s in strategies:
-        if path is not None and hasattr(s, "use_table") and getattr(s, "table", None) is None:
-            s.use_table(load_table(str(path)))
+    takers = [s for s in strategies if hasattr(s, "use_table") and getattr(s, "table", None) is None]
+    if path is None or not takers:
+        return
+    copy = Path(out) / RUN_TABLE
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, copy)
+    table = NasdTable(json.loads(copy.read_text()), str(path))      # provenance names the original
+    for s in takers:
+        s.use_table(table)
 
 
 def _wait_go() -> None:
@@ -412,13 +423,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         workload = _json_arg("--workload", a.workload)
         strategies = [make_strategy(s) for s in split_strategies(a.strategies)]
-        _default_tables(strategies, a.models, resolved(a.dtype), a.draft_kernels)
+        _default_tables(strategies, a.models, resolved(a.dtype), a.draft_kernels, a.out)
         prompts = load_prompts(workload.get("prompts"))
         budget_doc = _json_arg("--reply-budget", a.reply_budget) if a.reply_budget else None
         draft = load_role(a.models, "draft", dtype=a.dtype, threads=a.threads, kernels=a.draft_kernels)
         warm_up(draft)
         alone = _alone_model(a, draft, strategies)
-    except (ValueError, StrategyError, PromptError, ModelError) as e:
+    except (ValueError, StrategyError, PromptError, ModelError, OSError) as e:
         emit(event="error", message=str(e))
         return 2
     if budget_doc is not None and a.reply_timeout_s is None:

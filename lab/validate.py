@@ -80,6 +80,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from lab.core.cycle import pooled_tokens_per_s
+from lab.core.strategies import RUN_TABLE
 from lab.scenario import TIMELINE_ALIGNMENT, Scenario, available, load_scenario, parse_scenario
 from lab.sweep import grid
 from lab.sim.tcpcc import TcpConfig
@@ -669,9 +670,10 @@ def _check_alignment(scenario: Scenario, meta: dict, run_dir: Path) -> None:
 
 
 def table_changes(queries: list[dict]) -> list[str]:
-    """A note per controller whose NASD table file was rewritten after the run (`lab calibrate`, `lab
-    profile`): the simulator's nasd plays the table now at that path, not the rows the lab's played,
-    so its rows judge the controller against another table.  The run records the table's path and
+    """For a run without its own copy of the table (RUN_TABLE; runs before it kept one), a note per
+    controller whose NASD table file was rewritten after the run (`lab calibrate`, `lab profile`):
+    the simulator's nasd plays the table now at that path, not the rows the lab's played, so its
+    rows judge the controller against another table.  The run records the table's path and
     provenance (strategies.Nasd.provenance), and a table's provenance names its date and commit."""
     notes, seen = [], set()
     for q in queries:
@@ -1021,7 +1023,10 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
     agreement = load_profile(path)
     queries = read_jsonl(run_dir / "queries.jsonl")
     cycles = read_jsonl(run_dir / "cycles.jsonl")
-    for note in table_changes(queries):
+    run_table = run_dir / RUN_TABLE
+    if run_table.is_file():
+        out(f"  nasd plays the table this run played: {run_table}")
+    for note in ([] if run_table.is_file() else table_changes(queries)):
         out(note)
     strategies = [s for s in meta["strategies"]
                   if {q.get("placement") for q in queries if q["strategy"] == s} <= set(JUDGED_PLACEMENTS)]
@@ -1068,7 +1073,8 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
                                 congestion_control=meta.get("congestion_control"),
                                 tcp_options={"config": tcp_config_of(meta)}, compute=compute,
                                 compute_for=compute_for, host_overhead_ms=host_ms, paired_seed=paired_seed,
-                                link_out=links if seed == 0 else None, clock_phase=phase)
+                                link_out=links if seed == 0 else None, clock_phase=phase,
+                                nasd_table=str(run_table) if run_table.is_file() else None)
            if not q["warmup"] and (q["strategy"], q["query_index"]) not in skip]
     lab = [q for q in _measured(queries) if (q["strategy"], q["query_index"]) not in skip]
     paired = paired_loss_match(run_dir, links[0]) if paired_seed is not None and links else ""

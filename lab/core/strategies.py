@@ -275,6 +275,11 @@ def _ewma(prev: float | None, x: float, w: float) -> float:
     return x if prev is None else (1 - w) * prev + w * x
 
 
+# The copy of the table a lab run's nasd played, in its results folder (edge_node keeps it; `validate
+# --run` replays it): the original beside the profile is rewritten by every `lab calibrate`.
+RUN_TABLE = "nasd-table.json"
+
+
 class NasdTable:
     """An RTT → K table (`python -m lab calibrate` writes it): per row the measured network time of a
     cycle, tokens/s of every K, and of each fallback.  Rows are looked up by the nearest network time

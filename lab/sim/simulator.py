@@ -594,7 +594,8 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
              compute: ComputeProfile | None = None, paired_seed: int | None = None,
              link_out: list | None = None, timeline_out: list | None = None,
              clock_phase: Callable[[str, int, int | None], float | None] | None = None,
-             compute_for: Callable[[str, int], ComputeProfile | None] | None = None) -> Iterator[tuple[dict, list[dict]]]:
+             compute_for: Callable[[str, int], ComputeProfile | None] | None = None,
+             nasd_table: str | None = None) -> Iterator[tuple[dict, list[dict]]]:
     """Yield (query record, cycle records) for every query of every strategy, in the edge node's order.
 
     One connection carries the whole run, as in the lab.  `acceptance`: "iid", "synthetic", or "auto"
@@ -618,7 +619,9 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
     simulation clock (the timeline restarts with each strategy's first measured query: _restart_timeline).
     `clock_phase(strategy, index, cycle)`: where the kernel's jiffy grid stood when that query (cycle None)
     or that split cycle started in a lab run (ms past a jiffies multiple of 512; lab/validate.py reads
-    it), so the simulated TCP timers fire on the same grid phase as the lab's; None leaves the clock."""
+    it), so the simulated TCP timers fire on the same grid phase as the lab's; None leaves the clock.
+    `nasd_table`: the table file nasd plays when given no table= option — default the profile's
+    calibrated one (a lab run's own copy, strategies.RUN_TABLE, when replaying that run)."""
     prof = compute if compute is not None else ComputeProfile.of(profile)
     synthetic_profile = None
     if acceptance in ("auto", "synthetic"):
@@ -643,7 +646,7 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
                (tcp_options or {}) if link_model == "tcp" else {}, congestion_control,
                host_overhead_ms if callable(host_overhead_ms) else float(host_overhead_ms),
                seed if paired_seed is None else paired_seed)
-    _bind_controllers(objs, run, profile, prof, link_model, acceptance)
+    _bind_controllers(objs, run, profile, prof, link_model, acceptance, nasd_table)
     if link_out is not None:
         link_out.append(run.link)
     for strat in objs:
@@ -660,15 +663,16 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
     run._flush_end()
 
 
-def _bind_controllers(objs, run: _Run, profile, prof: ComputeProfile, link_model: str, acceptance: str) -> None:
-    """NASD without a table= option takes the profile's calibrated table, if `lab calibrate` wrote one;
-    the oracle gets its hindsight (lab/sim/oracle.py)."""
+def _bind_controllers(objs, run: _Run, profile, prof: ComputeProfile, link_model: str, acceptance: str,
+                      nasd_table: str | None = None) -> None:
+    """NASD without a table= option takes `nasd_table`, else the profile's calibrated table if `lab
+    calibrate` wrote one; the oracle gets its hindsight (lab/sim/oracle.py)."""
     from lab.core.strategies import load_table
     from lab.models.synthetic import nasd_table_path
     from lab.sim.oracle import OracleChooser
     for o in objs:
         if hasattr(o, "use_table") and getattr(o, "table", None) is None:
-            path = nasd_table_path(prof.source or prof.name)
+            path = Path(nasd_table) if nasd_table else nasd_table_path(prof.source or prof.name)
             if path.is_file():
                 o.use_table(load_table(str(path)))
         if hasattr(o, "bind"):

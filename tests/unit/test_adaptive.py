@@ -284,3 +284,32 @@ def test_results_record_controller_and_trace_draws(tmp_path):
     assert any(c["fallback"] == "cloud" for c in cycles if c["strategy"] == "nasd")
     paths = draw(run)
     assert [p.suffix for p in paths] == [".png", ".svg"] and all(p.stat().st_size > 10_000 for p in paths)
+
+
+def test_a_lab_runs_nasd_plays_a_copy_of_its_table_that_the_simulator_can_replay(tmp_path):
+    import json
+    import shutil
+
+    from edge_node.__main__ import _default_tables
+    from lab.core.strategies import RUN_TABLE
+    from lab.models.synthetic import nasd_table_path
+
+    original = tmp_path / "profiles" / "p.nasd.json"
+    original.parent.mkdir()
+    shutil.copyfile(nasd_table_path("embedded-cpu"), original)
+    nasd, fixed = make_strategy("nasd"), make_strategy("fixed-k:3")
+    _default_tables([nasd, fixed], f"synthetic:{original.with_suffix('').with_suffix('.yaml')}", "float32",
+                    None, str(tmp_path / "run"))
+    copy = tmp_path / "run" / RUN_TABLE
+    assert copy.read_text() == original.read_text() and nasd.table.source == str(original)
+    original.write_text("{}")                       # a later `lab calibrate` does not change what was played
+    assert nasd.table.rows and nasd.provenance()["table"] == str(original)
+    # the simulator given that copy plays its rows: one whose best K is 7 at every network time
+    doc = json.loads(copy.read_text())
+    for r in doc["rows"]:
+        r["tokens_per_s_by_k"] = {k: (9.0 if k == "7" else 1.0) for k in r["tokens_per_s_by_k"]}
+        r["cloud_tokens_per_s"] = r["edge_tokens_per_s"] = 0.5
+    copy.write_text(json.dumps(doc))
+    sc = GridPoint(50, 100).scenario(["nasd"])
+    ks = [k for r, _ in simulate(sc, ["nasd"], "fast", queries=1, nasd_table=str(copy)) for k in r["k_per_cycle"]]
+    assert max(ks) == 7 and statistics.mode(ks) == 7      # (a query's last cycles draft what is left)
