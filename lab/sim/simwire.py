@@ -11,7 +11,9 @@ unnoticed.
 """
 from __future__ import annotations
 
+import functools
 import json
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -32,12 +34,22 @@ class Size(NamedTuple):
     wire: int           # + ZMTP framing: what the TCP stream carries
 
 
+# protocol.encode's header encoding (json.dumps with these arguments), built once: json.dumps with
+# any argument builds a new encoder per call.
+_HEADER_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _itemsize(dtype: str) -> int:
+    return np.dtype(dtype).itemsize        # once per dtype: np.prod and np.dtype per message were 12 % of a simulation
+
+
 def message_bytes(mtype: str, mid: int, fields: dict, arrays: dict[str, tuple[str, tuple[int, ...]]]) -> Size:
     """Size of protocol.encode(Message(mtype, mid, fields, arrays)) with arrays given as (dtype, shape)."""
     specs = [{"name": n, "dtype": d, "shape": list(s)} for n, (d, s) in arrays.items()]
     header = {"v": PROTOCOL_VERSION, "type": mtype, "id": int(mid), **fields, "arrays": specs}
-    head = len(json.dumps(header, separators=(",", ":")).encode())
-    frames = [head] + [int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize for d, s in arrays.values()]
+    head = len(_HEADER_JSON.encode(header).encode())
+    frames = [head] + [math.prod(s) * _itemsize(d) for d, s in arrays.values()]
     return Size(sum(frames), zmtp_bytes(frames))
 
 
