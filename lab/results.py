@@ -36,6 +36,20 @@ def _jsonable(v):
     return v
 
 
+_LINE = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def json_line(record: dict) -> str:
+    """One record as a jsonl line: non-finite floats as null, numpy scalars as numbers.  Most records
+    have neither, and encoding them directly skips _jsonable's walk over every per-cycle list (a
+    fifth of a simulated sweep's time); the encoder refuses the rest (ValueError for NaN, TypeError
+    for numpy integers), which are then walked."""
+    try:
+        return _LINE.encode(record) + "\n"
+    except (ValueError, TypeError):
+        return _LINE.encode(_jsonable(record)) + "\n"
+
+
 class JsonlWriter:
     """Append one JSON object per line and flush it to disk at once: a crash loses nothing written."""
 
@@ -44,7 +58,7 @@ class JsonlWriter:
         self._f = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        self._f.write(json.dumps(_jsonable(record), separators=(",", ":")) + "\n")
+        self._f.write(json_line(record))
         self._f.flush()
         os.fsync(self._f.fileno())
 

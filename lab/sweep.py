@@ -211,7 +211,7 @@ def cycle_columns(records: list[dict], df: pd.DataFrame) -> pd.DataFrame:
 def run_point_sim(p: GridPoint, plan: Plan, dest: Path) -> pd.DataFrame:
     """Simulate one point (every strategy × run) into dest; return its summary rows."""
     from lab import metrics
-    from lab.results import _jsonable
+    from lab.results import json_line
     from lab.sim.simulator import simulate
 
     profile = plan.models.partition(":")[2] or "embedded-cpu"
@@ -228,7 +228,7 @@ def run_point_sim(p: GridPoint, plan: Plan, dest: Path) -> pd.DataFrame:
         # One write per file, no fsync per record (JsonlWriter's): the point's folder only takes its
         # final name once everything in it is written, so a torn file is never read.
         for name, recs in (("queries.jsonl", records), ("cycles.jsonl", cycles)):
-            (rd / name).write_text("".join(json.dumps(_jsonable(x), separators=(",", ":")) + "\n" for x in recs))
+            (rd / name).write_text("".join(json_line(x) for x in recs))
         # The simulated TCP's retransmissions (edge + cloud), as the lab's RetransSegs counts both ends.
         retrans: dict[str, int] = {}
         for q in records:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from lab.results import JsonlWriter, Meta, ResultsError, new_run_dir, read_jsonl
+from lab.results import JsonlWriter, Meta, ResultsError, _jsonable, json_line, new_run_dir, read_jsonl
 
 
 def test_jsonl_is_flushed_per_record_and_torn_lines_are_skipped(tmp_path):
@@ -53,3 +53,15 @@ def test_meta_status_and_atomic_updates(tmp_path):
     assert not list(d.glob("*.tmp"))
     # Two runs in the same second get distinct folders.
     assert new_run_dir("demo", base=tmp_path) != new_run_dir("demo", base=tmp_path)
+
+
+def test_a_jsonl_line_is_the_walked_encoding_whether_or_not_the_fast_path_takes_it():
+    import math
+
+    import numpy as np
+    plain = {"k": [3, 3], "net": [1.5, 2.25], "fallback": None, "label": "fixed-k:3", "pair": (1, 2)}
+    odd = {"tps": math.nan, "inf": [math.inf], "n": np.int64(7), "x": np.float64(0.5), "ok": np.bool_(True)}
+    for rec in (plain, odd):
+        line = json_line(rec)
+        assert line.endswith("\n") and line == json.dumps(_jsonable(rec), separators=(",", ":")) + "\n"
+    assert json.loads(json_line(odd)) == {"tps": None, "inf": [None], "n": 7, "x": 0.5, "ok": True}
