@@ -100,6 +100,16 @@ def test_a_controller_is_judged_against_the_best_fixed_k_or_its_own_fallback_in_
     assert claims.near_best_fixed(_points(CURVE), "sim", "nasd", 1.0)["verdict"] == "not measured"
 
 
+def test_k_star_is_read_from_pooled_tokens_per_s_when_the_folders_have_it():
+    grid = {10: {"fixed-k:2": (100.0, 9.0), "fixed-k:6": (90.0, 8.0)},
+            200: {"fixed-k:2": (300.0, 4.0), "fixed-k:6": (280.0, 5.0)}}
+    p = _points({r: {s: e2e for s, (e2e, _) in per.items()} for r, per in grid.items()})
+    assert "10 ms→K=6, 200 ms→K=6" in claims.k_star(p, "sim")["numbers"]              # by E2E P50
+    p["tokens_per_s_pooled"] = [grid[r][s][1] for r, s in zip(p["rtt_ms"], p["strategy"])]
+    r = claims.k_star(p, "sim")
+    assert "10 ms→K=2, 200 ms→K=6" in r["numbers"] and r["verdict"] == "confirmed" and "pooled" in r["note"]
+
+
 def test_ianvs_rank_table_layout_and_order():
     pts = _points({50: {"cloud-only": 900, "edge-only": 400, "fixed-k:5": 700}})
     pts = pts.assign(ttft_ms_p50=[300.0, 20.0, 120.0], tokens_per_s_p50=[60.0, 130.0, 70.0],
