@@ -92,6 +92,11 @@ class Message:
         return self.fields.get(key, default)
 
 
+# The header's JSON, compact and refusing NaN; built once (json.dumps with arguments builds an encoder
+# per call).  lab/sim/simwire.py counts a header's bytes with this same encoder.
+HEADER_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def encode(msg: Message) -> list[bytes]:
     """Message → frames.  Raises ProtocolError for a message this module would refuse to decode."""
     if not isinstance(msg.id, int) or isinstance(msg.id, bool) or msg.id < 0:
@@ -110,7 +115,7 @@ def encode(msg: Message) -> list[bytes]:
     _check_arrays(msg.type, msg.fields, {s["name"]: (s["dtype"], s["shape"]) for s in specs})
     header = {"v": PROTOCOL_VERSION, "type": msg.type, "id": int(msg.id), **msg.fields, "arrays": specs}
     try:
-        head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+        head = HEADER_JSON.encode(header).encode()
     except (TypeError, ValueError) as e:
         raise ProtocolError(f"{msg.type}: header is not plain JSON ({e})") from None
     if len(head) > MAX_HEADER_BYTES:

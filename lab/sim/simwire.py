@@ -12,13 +12,12 @@ unnoticed.
 from __future__ import annotations
 
 import functools
-import json
 import math
 from typing import NamedTuple
 
 import numpy as np
 
-from lab.core.protocol import PROTOCOL_VERSION
+from lab.core.protocol import HEADER_JSON, PROTOCOL_VERSION
 
 SIM_QID_SUFFIX = "123456789012345"          # stands in for time.monotonic_ns() in the query id (15 digits)
 ZMTP_SHORT_MAX = 255
@@ -34,21 +33,17 @@ class Size(NamedTuple):
     wire: int           # + ZMTP framing: what the TCP stream carries
 
 
-# protocol.encode's header encoding (json.dumps with these arguments), built once: json.dumps with
-# any argument builds a new encoder per call.
-_HEADER_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-
-
 @functools.lru_cache(maxsize=None)
 def _itemsize(dtype: str) -> int:
-    return np.dtype(dtype).itemsize        # once per dtype: np.prod and np.dtype per message were 12 % of a simulation
+    # once per dtype: np.prod and np.dtype per message were 12 % of a simulation
+    return np.dtype(dtype).itemsize
 
 
 def message_bytes(mtype: str, mid: int, fields: dict, arrays: dict[str, tuple[str, tuple[int, ...]]]) -> Size:
     """Size of protocol.encode(Message(mtype, mid, fields, arrays)) with arrays given as (dtype, shape)."""
     specs = [{"name": n, "dtype": d, "shape": list(s)} for n, (d, s) in arrays.items()]
     header = {"v": PROTOCOL_VERSION, "type": mtype, "id": int(mid), **fields, "arrays": specs}
-    head = len(_HEADER_JSON.encode(header).encode())
+    head = len(HEADER_JSON.encode(header).encode())
     frames = [head] + [math.prod(s) * _itemsize(d) for d, s in arrays.values()]
     return Size(sum(frames), zmtp_bytes(frames))
 
