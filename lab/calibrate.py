@@ -17,7 +17,6 @@ and its table then goes beside it in the cache, where the edge's nasd finds it f
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import sys
 import time
@@ -29,11 +28,6 @@ from lab.core.cycle import pooled_tokens_per_s
 
 RTT_BUCKETS_MS = (0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 60, 70, 80, 90, 100, 110, 120, 140, 160, 180,
                   200, 250, 300, 400, 500, 750, 1000)
-
-
-def _rate(records: list[dict]) -> float:
-    r = pooled_tokens_per_s(records)
-    return 0.0 if math.isnan(r) else r
 
 
 def calibrate(profile: str, rate_mbit: float = 100.0, k_max: int = 20, link_model: str = "tcp",
@@ -58,7 +52,7 @@ def calibrate(profile: str, rate_mbit: float = 100.0, k_max: int = 20, link_mode
                 continue
             recs[rec["strategy"]].append(rec)
             net[rec["strategy"]].extend(rec["network_ms_per_cycle"])
-        med = {c: _rate(v) for c, v in recs.items()}
+        med = {c: pooled_tokens_per_s(v, empty=0.0) for c, v in recs.items()}
         by_k = {k: med[f"fixed-k:{k}"] for k in range(1, k_max + 1)}
         best = max(by_k, key=lambda k: (by_k[k], -k))
         rows.append({"rtt_ms": rtt, "network_ms": round(statistics.median(net[f"fixed-k:{best}"]), 3),

@@ -72,17 +72,18 @@ def tokens_per_s(n_tokens: int, ttft_ms: float, e2e_ms: float) -> float:
     return (n_tokens - 1) / ((e2e_ms - ttft_ms) / 1000.0)
 
 
-def pooled_tokens_per_s(records) -> float:
+def pooled_tokens_per_s(records, empty: float = math.nan) -> float:
     """The workload's decode throughput: Σ (n_tokens − 1) / Σ (e2e − ttft) over the query records.
     The ratio of sums estimates BACKGROUND's E[τ] / T — the rate a draft-length controller maximises —
     where a percentile of per-query rates picks one query's (with a few queries, whichever prompt sits
-    in the middle, so the best K by it jumps between neighbouring K).  NaN when nothing was decoded."""
+    in the middle, so the best K by it jumps between neighbouring K).  `empty` when nothing was decoded
+    (0 where candidates are ranked by it)."""
     n = t = 0.0
     for r in records:
         if r.get("n_tokens", 0) >= 2 and r["e2e_ms"] > r["ttft_ms"]:
             n += r["n_tokens"] - 1
             t += r["e2e_ms"] - r["ttft_ms"]
-    return n / (t / 1000.0) if t > 0 else math.nan
+    return n / (t / 1000.0) if t > 0 else empty
 
 
 def stop_rule(tokens: list[int], room: int, eos: tuple[int, ...] | frozenset) -> tuple[list[int], bool]:

@@ -15,7 +15,6 @@ jitter the choice is the best on average, not on this run's draws.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import Callable
 
@@ -68,4 +67,4 @@ class OracleChooser:
                                     acceptance=self.acceptance):
             if not rec["warmup"]:
                 by[rec["strategy"]].append(rec)
-        return {c: 0.0 if math.isnan(r := pooled_tokens_per_s(v)) else r for c, v in by.items()}
+        return {c: pooled_tokens_per_s(v, empty=0.0) for c, v in by.items()}
