@@ -181,18 +181,18 @@ def near_best_fixed(points: pd.DataFrame, src: str, strategy: str, tolerance_pct
     if not variants or not fixed:
         missing = [n for n, ok in ((strategy, variants), ("fixed-k", fixed)) if not ok]
         return _row(claim, src, NOT_MEASURED, f"no {', '.join(missing)} rows in these folders")
-    tps = d.set_index(["rtt_ms", "rate_mbit", "strategy"])["tokens_per_s_pooled"]
     parts, worst_all = [], 0.0
     for v in variants:
         fb = FALLBACK_OF.get(fallback_of(v))
         refs = fixed + ([fb] if fb in have else [])
         gaps = []
         for (rtt, rate), g in d.groupby(["rtt_ms", "rate_mbit"]):
-            ref = g[g["strategy"].isin(refs)].set_index("strategy")["tokens_per_s_pooled"].dropna()
-            if v not in set(g["strategy"]) or ref.empty:
+            tps = g.set_index("strategy")["tokens_per_s_pooled"]
+            ref = tps[tps.index.isin(refs)].dropna()
+            if v not in tps.index or ref.empty:
                 continue
             best = ref.idxmax()
-            gaps.append((100 * (tps[(rtt, rate, v)] / ref[best] - 1), rtt, rate, best))
+            gaps.append((100 * (tps[v] / ref[best] - 1), rtt, rate, best))
         if not gaps:
             continue
         gap, rtt, rate, best = min(gaps)
