@@ -1023,10 +1023,8 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
     agreement = load_profile(path)
     queries = read_jsonl(run_dir / "queries.jsonl")
     cycles = read_jsonl(run_dir / "cycles.jsonl")
-    run_table = run_dir / RUN_TABLE
-    if run_table.is_file():
-        out(f"  nasd plays the table this run played: {run_table}")
-    for note in ([] if run_table.is_file() else table_changes(queries)):
+    run_table = run_dir / RUN_TABLE if (run_dir / RUN_TABLE).is_file() else None
+    for note in ([f"  nasd plays the table this run played: {run_table}"] if run_table else table_changes(queries)):
         out(note)
     strategies = [s for s in meta["strategies"]
                   if {q.get("placement") for q in queries if q["strategy"] == s} <= set(JUDGED_PLACEMENTS)]
@@ -1074,7 +1072,7 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
                                 tcp_options={"config": tcp_config_of(meta)}, compute=compute,
                                 compute_for=compute_for, host_overhead_ms=host_ms, paired_seed=paired_seed,
                                 link_out=links if seed == 0 else None, clock_phase=phase,
-                                nasd_table=str(run_table) if run_table.is_file() else None)
+                                nasd_table=str(run_table) if run_table else None)
            if not q["warmup"] and (q["strategy"], q["query_index"]) not in skip]
     lab = [q for q in _measured(queries) if (q["strategy"], q["query_index"]) not in skip]
     paired = paired_loss_match(run_dir, links[0]) if paired_seed is not None and links else ""
