@@ -359,7 +359,7 @@ def _default_tables(strategies, models: str, dtype: str, draft_kernels: str | No
     later, and `validate --run` replays the rows this run played."""
     import shutil
 
-    from lab.core.strategies import RUN_TABLE, NasdTable
+    from lab.core.strategies import RUN_TABLE, load_table
     from lab.models.synthetic import nasd_table_for
     path = nasd_table_for(models, dtype, draft_kernels)
     takers = [s for s in strategies if hasattr(s, "use_table") and getattr(s, "table", None) is None]
@@ -368,7 +368,7 @@ def _default_tables(strategies, models: str, dtype: str, draft_kernels: str | No
     copy = Path(out) / RUN_TABLE
     copy.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, copy)
-    table = NasdTable(json.loads(copy.read_text()), str(path))      # provenance names the original
+    table = load_table(str(copy), source=str(path))             # provenance names the original
     for s in takers:
         s.use_table(table)
 

@@ -412,7 +412,8 @@ class Nasd:
         return f"<strategy {self.name}>"
 
 
-def load_table(path: str) -> NasdTable:
+def load_table(path: str, source: str | None = None) -> NasdTable:
+    """The table in file `path`; `source` names it in provenance and in its shape errors (default path)."""
     import json
     try:
         with open(path) as f:
@@ -421,7 +422,7 @@ def load_table(path: str) -> NasdTable:
         raise StrategyError(f"NASD table {path}: cannot read ({e.strerror})") from None
     except ValueError as e:
         raise StrategyError(f"NASD table {path}: not JSON ({e})") from None
-    return NasdTable(doc, path)
+    return NasdTable(doc, source or path)
 
 
 class UcbSpecStop:
