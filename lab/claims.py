@@ -94,9 +94,10 @@ def k_star(points: pd.DataFrame, src: str) -> dict:
         fit = f"; fit K* = {icpt:.1f} + {slope:.2f}·ln(RTT/ms), R² = {r2:.2f}"
     verdict = "confirmed" if monotone and grows else "partly" if grows else "refuted"
     ks_run = sorted({_k(x) for x in d["strategy"]})
+    run = ", ".join(map(str, ks_run)) if len(ks_run) <= 6 else f"{ks_run[0]}…{ks_run[-1]}"
     return _row(claim, src, verdict, f"{rate:g} Mbit/s: {series}{fit}",
                 f"best by {'pooled tokens/s' if pooled else 'E2E P50'} among the fixed K run "
-                f"({', '.join(map(str, ks_run)) if len(ks_run) <= 6 else f'{ks_run[0]}…{ks_run[-1]}'}), so K* moves in steps")
+                f"({run}), so K* moves in steps")
 
 
 def split_beats_cloud(points: pd.DataFrame, src: str) -> dict:

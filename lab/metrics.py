@@ -98,7 +98,8 @@ def format_table(df: pd.DataFrame) -> str:
     """The short terminal table: what a person reads first."""
     cols = [("strategy", "strategy", "{}"), ("queries", "n", "{:d}"),
             ("ttft_ms_p50", "TTFT p50 ms", "{:.0f}"), ("tokens_per_s_p50", "tok/s p50", "{:.2f}"),
-            ("tokens_per_s_pooled", "tok/s all", "{:.2f}"), ("e2e_ms_p50", "E2E p50 ms", "{:.0f}"), ("e2e_ms_p95", "E2E p95 ms", "{:.0f}"),
+            ("tokens_per_s_pooled", "tok/s all", "{:.2f}"), ("e2e_ms_p50", "E2E p50 ms", "{:.0f}"),
+            ("e2e_ms_p95", "E2E p95 ms", "{:.0f}"),
             ("acceptance", "α", "{:.2f}"), ("network_overhead_ratio", "net/cycle", "{:.0%}"),
             ("cycle_network_ms_p50", "net p50 ms", "{:.1f}"), ("tcp_retrans_segs", "retrans", "{:.0f}"),
             ("edge_fallbacks", "fallbacks", "{:d}")]

@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 
 KEYS = ["rtt_ms", "rate_mbit", "jitter_ms", "loss_pct", "payload"]
-METRICS = ["ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99", "tokens_per_s_p50", "tokens_per_s_pooled", "e2e_ms_p50",
-           "e2e_ms_p95", "e2e_ms_p99", "acceptance", "network_overhead_ratio", "cycle_network_ms_p50", "bytes_per_cycle",
-           "tcp_retrans_segs", "tokens_per_cycle", "k_mean", "tokens_p50", "queries"]
+METRICS = ["ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99", "tokens_per_s_p50", "tokens_per_s_pooled",
+           "e2e_ms_p50", "e2e_ms_p95", "e2e_ms_p99", "acceptance", "network_overhead_ratio",
+           "cycle_network_ms_p50", "bytes_per_cycle", "tcp_retrans_segs", "tokens_per_cycle", "k_mean",
+           "tokens_p50", "queries"]
 
 
 class ReportError(Exception):

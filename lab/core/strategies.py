@@ -444,9 +444,9 @@ class UcbSpecStop:
 
     The fallback is an arm too: its rate is measured (the cloud's step, or the draft's), and every
     decision — a speculative cycle, a cloud stretch or an edge-alone token — counts in the log t of
-    the bonus, so a near tie is re-examined by a speculative cycle now and then and a clear loss is not.  Warm-up: the first
-    WARMUP_CYCLES speculative cycles, during which the fallback is not considered (reported in the
-    cycle record's fallback_reason as "warm-up" and by provenance())."""
+    the bonus, so a near tie is re-examined by a speculative cycle now and then and a clear loss is
+    not.  Warm-up: the first WARMUP_CYCLES speculative cycles, during which the fallback is not
+    considered (reported in the cycle record's fallback_reason as "warm-up" and by provenance())."""
 
     placement = "split"
     WARMUP_CYCLES = 16      # speculative cycles before the fallback is trusted to beat every arm
