@@ -142,6 +142,9 @@ class DirectionStats:
     # P75 - P25 of the one-way delay: a spread that a few late outliers barely move
     # (uniform jitter ±J gives J), judged instead of the std inside a TCG guest
     delay_iqr_ms: float | None = None
+    # the fast end of the delays, what a TCG guest's delay rows judge (netns/fidelity/tcg.py)
+    delay_p10_ms: float | None = None
+    delay_p25_ms: float | None = None
 
     @property
     def lost(self) -> int:
@@ -164,14 +167,18 @@ class EchoStats:
     # this when the delays are skewed (a software-emulated guest's late timers).
     halves_p50_ms: float | None = None
     rtt_iqr_ms: float | None = None     # P75 - P25 of the RTT: its spread, barely moved by a few late replies
+    rtt_p10_ms: float | None = None     # the fast end of the RTTs, what a TCG guest's rows judge (tcg.py)
+    rtt_p25_ms: float | None = None
 
     def to_dict(self) -> dict:
         d = {"rtt_p50_ms": self.rtt_p50_ms, "rtt_p95_ms": self.rtt_p95_ms, "rtt_p99_ms": self.rtt_p99_ms,
-             "halves_p50_ms": self.halves_p50_ms, "rtt_iqr_ms": self.rtt_iqr_ms}
+             "halves_p50_ms": self.halves_p50_ms, "rtt_iqr_ms": self.rtt_iqr_ms,
+             "rtt_p10_ms": self.rtt_p10_ms, "rtt_p25_ms": self.rtt_p25_ms}
         for name, s in (("uplink", self.uplink), ("downlink", self.downlink)):
             d[name] = {"sent": s.sent, "received": s.received, "lost": s.lost, "loss_pct": s.loss_pct,
                        "delay_p50_ms": s.delay_p50_ms, "delay_p95_ms": s.delay_p95_ms,
-                       "delay_std_ms": s.delay_std_ms, "delay_iqr_ms": s.delay_iqr_ms, "reorders": s.reorders}
+                       "delay_std_ms": s.delay_std_ms, "delay_iqr_ms": s.delay_iqr_ms,
+                       "delay_p10_ms": s.delay_p10_ms, "delay_p25_ms": s.delay_p25_ms, "reorders": s.reorders}
         return d
 
 
@@ -183,7 +190,9 @@ def _direction(sent: int, delays_ns: list[int], arrival_order: list[float]) -> D
         delay_p95_ms=percentile(ms, 95) if ms else None,
         delay_std_ms=sample_std(ms) if ms else None,
         reorders=count_reorders(arrival_order),
-        delay_iqr_ms=percentile(ms, 75) - percentile(ms, 25) if ms else None)
+        delay_iqr_ms=percentile(ms, 75) - percentile(ms, 25) if ms else None,
+        delay_p10_ms=percentile(ms, 10) if ms else None,
+        delay_p25_ms=percentile(ms, 25) if ms else None)
 
 
 def analyse_echo(sent: list[list[int]], reflected: list[list[int]], replies: list[list[int]]) -> EchoStats:
@@ -220,7 +229,9 @@ def analyse_echo(sent: list[list[int]], reflected: list[list[int]], replies: lis
         rtt_p95_ms=percentile(rtts, 95) if rtts else None,
         rtt_p99_ms=percentile(rtts, 99) if rtts else None,
         halves_p50_ms=percentile(halves, 50) if halves else None,
-        rtt_iqr_ms=percentile(rtts, 75) - percentile(rtts, 25) if rtts else None)
+        rtt_iqr_ms=percentile(rtts, 75) - percentile(rtts, 25) if rtts else None,
+        rtt_p10_ms=percentile(rtts, 10) if rtts else None,
+        rtt_p25_ms=percentile(rtts, 25) if rtts else None)
 
 
 # ------------------------------------------------------------------ TCP goodput
