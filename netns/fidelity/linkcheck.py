@@ -7,8 +7,8 @@ it exercises `Topology.change`).  At each point our own probes
 (`netns/fidelity/probe.py`) measure from inside the namespaces and each measured
 figure is compared with the configuration:
 
-  rtt       RTT P50 within ±0.5 ms (netem) / ±1.5 ms (wire) at 0…500 ms (--tcg: inside the
-            window derived from the guest's own unimpaired baseline, netns/fidelity/tcg.py)
+  rtt       RTT P50 within ±0.5 ms (netem) / ±1.5 ms (wire) at 0…500 ms (--tcg: the RTT's P10
+            inside the window derived from the guest's own unimpaired baseline, netns/fidelity/tcg.py)
   jitter    one-way delay std within 10 % of J/√3 (uniform ±J), per direction
   loss      lost count per direction inside the exact 99 % binomial region
   goodput   bulk TCP after warm-up within 5 % of the payload ceiling of the rate
@@ -33,7 +33,7 @@ from netns.fidelity.probe_stats import (
     L2_HEADER_BYTES, binomial_acceptance, payload_ceiling_mbit, uniform_jitter_iqr_ms, uniform_jitter_std_ms,
     warmup_s, wilson_interval,
 )
-from netns.fidelity.tcg import TcgBaseline, Window
+from netns.fidelity.tcg import LEVEL as TCG_LEVEL, TcgBaseline, Window, delay_level, rtt_level
 from netns.fidelity.tcg import measure as measure_tcg_baseline
 
 RTT_TOLERANCE_MS = {"netem": 0.5, "wire": 1.5}
@@ -142,22 +142,32 @@ def delay_window(backend: str, tcg: TcgBaseline | None, hops: int, direction: st
     return tcg.oneway_window(direction, hops > 0, native)
 
 
-def _delay_row(check: str, backend: str, configured: str, want_ms: float, got_ms: float, w: Window) -> Row:
+def _is_delay(row: Row) -> bool:
+    """An RTT or one-way delay row: the readings a TCG baseline judges."""
+    return row.check == "rtt" or " delay " in row.check
+
+
+def _delay_row(check: str, backend: str, configured: str, want_ms: float, got_ms: float, w: Window,
+               stat: str = "P50") -> Row:
     dev = got_ms - want_ms
     tolerance = w.how if w.how.startswith("±") else w.label()
-    return Row(check, backend, configured, f"P50 {got_ms:.2f} ms", f"{dev:+.2f} ms", tolerance,
+    return Row(check, backend, configured, f"{stat} {got_ms:.2f} ms", f"{dev:+.2f} ms", tolerance,
                w.accepts(dev), w.severity(dev))
 
 
 def _rtt_rows(p: Point, backend: str, st, tcg: TcgBaseline | None = None) -> list[Row]:
+    """The RTT's P50 against the backend's ±; in a TCG guest its fast end against the guest's window."""
     hops = _delayed(p.link.uplink) + _delayed(p.link.downlink)
-    return [_delay_row("rtt", backend, f"RTT {p.link.rtt_ms:g} ms", p.link.rtt_ms, st.rtt_p50_ms,
-                       delay_window(backend, tcg, hops))]
+    got, stat = (st.rtt_p50_ms, "P50") if tcg is None else (rtt_level(st), TCG_LEVEL)
+    return [_delay_row("rtt", backend, f"RTT {p.link.rtt_ms:g} ms", p.link.rtt_ms, got,
+                       delay_window(backend, tcg, hops), stat)]
 
 
 def _oneway_rows(p: Point, backend: str, st, tcg: TcgBaseline | None = None) -> list[Row]:
+    stat = "P50" if tcg is None else TCG_LEVEL
     return [_delay_row(f"{p.check} delay {d}", backend, f"{spec.delay_ms:g} ms one-way", spec.delay_ms,
-                       ds.delay_p50_ms, delay_window(backend, tcg, int(_delayed(spec)), d))
+                       ds.delay_p50_ms if tcg is None else delay_level(ds),
+                       delay_window(backend, tcg, int(_delayed(spec)), d), stat)
             for d, spec, ds in (("up", p.link.uplink, st.uplink), ("down", p.link.downlink, st.downlink))]
 
 
@@ -295,10 +305,15 @@ def check_backend(backend: str, points: list[Point], out: Callable[[str], None],
         out(f"{backend}: topology up in {1000 * (time.monotonic() - t0):.0f} ms "
             f"({topo.edge_ns} ↔ {topo.cloud_ns}, backend {topo.backend_name})")
         baseline = None
+
+        def measure_baseline():
+            b = measure_tcg_baseline(topo.popen, _addrs())
+            out(f"{backend}: {b.describe(RTT_TOLERANCE_MS.get(topo.backend_name, 1.5))}")
+            out(f"{backend}: tcg-baseline {json.dumps(b.to_dict())}")
+            return b
+
         if tcg:
-            baseline = measure_tcg_baseline(topo.popen, _addrs())
-            out(f"{backend}: {baseline.describe(RTT_TOLERANCE_MS.get(topo.backend_name, 1.5))}")
-            out(f"{backend}: tcg-baseline {json.dumps(baseline.to_dict())}")
+            baseline = measure_baseline()
         for i, p in enumerate(points):
             t0 = time.monotonic()
             change_note = ""
@@ -307,6 +322,18 @@ def check_backend(backend: str, points: list[Point], out: Callable[[str], None],
                     change_ms = topo.change(p.link)
                     change_note = f", change {change_ms:.1f} ms" if isinstance(change_ms, (int, float)) else ""
                 new = measure_point(p, label, topo.popen, _addrs(), lambda: side_drops(topo), tcg=baseline)
+                missed = [r for r in new if not r.ok and _is_delay(r)] if tcg else []
+                if missed:
+                    # As tests/netns do (conftest.check_rtts): the guest's excess can jump for seconds
+                    # when the host is busy, so a delay outside its window is measured once more,
+                    # baseline and point anew, and the second decides; a wrong netem fails both.
+                    out(f"  [{i + 1:2d}/{len(points)}] TCG: " + "; ".join(
+                        f"{r.check} {r.measured} outside {r.tolerance}" for r in missed)
+                        + " — measuring the baseline and the point again")
+                    topo.change(first)
+                    baseline = measure_baseline()
+                    topo.change(p.link)
+                    new = measure_point(p, label, topo.popen, _addrs(), lambda: side_drops(topo), tcg=baseline)
             except LinkError as e:
                 new = [_error_row(p, label, e)]
             rows += new

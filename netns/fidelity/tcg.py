@@ -4,19 +4,27 @@ Inside qemu's TCG (`make vm-test`) every packet takes longer than on
 hardware, by an amount that depends on how fast and how busy the host is: a
 fixed slack passes a correct netem on one host and fails it on a slower one.
 So the guest's timings are judged against what the same guest measures
-unimpaired, in the same boot, just before:
+unimpaired, in the same boot, just before.
 
-  base     the probe's P50 over the lab link at delay 0 (RTT, or one direction's delay):
-           the guest's cost of a packet through veth, ifb and netem, and of waking
-           the processes that stamp it
-  spread   half the interquartile range of those readings: how far a P50 moves
-           when the host's load does
+What is judged is the fast end of the readings, their P10 (LEVEL),
+not the P50 judged on hardware.  A guest's RTTs are a mixture of fast
+replies and ones that waited for an emulated CPU to wake, and the mixture's
+weights change from one second to the next: at delay 0 the P50 of 200
+echoes ranged 0.65-1.97 ms over 36 bursts of one boot, its P10 0.49-0.76.  A
+wrong delay moves every quantile alike, so the P10 sees it as well
+(docs/MEASUREMENTS.md, "TCG allowance: the fast end").
+
+  base     the UDP echo's P10 over the lab link at delay 0 (RTT, or one direction's
+           delay): the guest's cost of a packet through veth, ifb and netem, and of
+           waking the processes that stamp it
+  spread   how far that P10 may move: SPREAD_FACTOR x (P25 - P10) of the same readings,
+           the width of the fast mode it sits in
   timer    how late a TIMER_MS timer fires in the guest (P75 of TIMER_SAMPLES
            sleeps): a delayed packet waits on one netem timer per direction
 
 A reading is accepted when its deviation from the configured delay lies in
 
-      [base - tol,  base + hops x timer + tol],   tol = native + SPREAD_FACTOR x spread
+      [base - tol,  base + hops x timer + tol],   tol = native + spread
 
 where hops is the number of delayed directions the packet crossed (0 at
 delay 0) and native the tolerance the check has on hardware.  The window is
@@ -24,9 +32,8 @@ one-sided in TCG's direction (emulation only ever adds time) and does not
 grow with the delay, because the guest's excess does not (measured up to
 RTT 200 ms: docs/MEASUREMENTS.md).  A delay that is wrong by more than the
 window's width, 2 x tol + hops x timer, fails wherever in the window the
-correct reading would have been: ≈4 ms for an RTT on a quiet host (10 % off at
-RTT 50 ms fails), wider on a busy one, whose readings are wider too;
-`TcgBaseline.describe` prints it with the derivation.
+correct reading would have been: 1.4-3.6 ms for an RTT on the CI host (10 %
+off at RTT 50 ms fails); `TcgBaseline.describe` prints it with the derivation.
 """
 from __future__ import annotations
 
@@ -35,11 +42,16 @@ import time
 from dataclasses import asdict, dataclass
 
 from netns.link import LinkError
-from netns.fidelity.probe_stats import EchoStats, percentile
+from netns.fidelity.probe_stats import DirectionStats, EchoStats, percentile
 
-# A P50 moved up to 0.8 ms between two echo runs at delay 0 in one VM boot, where half the IQR was
-# 0.1-0.3 ms: three spreads, plus the check's own native tolerance, cover that.
-SPREAD_FACTOR = 3.0
+LEVEL = "P10"      # what rtt_level and delay_level read, named in the rows
+# Judged against the first burst of each round, every later burst of one boot (36 bursts at delay 0
+# and at 25 ms each way) fell inside its window at factors 1.0-2.0; 1.5 leaves room for a host
+# busier than that one (docs/MEASUREMENTS.md, "TCG allowance: the fast end").
+SPREAD_FACTOR = 1.5
+# The TCP ping-pong of tests/netns is judged by its P50 (40 round trips have no fast end to speak of):
+# that moved up to 0.8 ms between two runs of one boot where half its IQR was 0.1-0.3 ms.
+MIDDLE_SPREAD_FACTOR = 3.0
 # Late firing grows with the time the guest has idled and levels off from ~10 ms (docs/MEASUREMENTS.md);
 # the P75 bounds what one netem timer adds per delayed hop.
 TIMER_MS = 10.0
@@ -51,9 +63,30 @@ PR_SET_TIMERSLACK, PR_GET_TIMERSLACK = 29, 30
 
 @dataclass(frozen=True)
 class Unimpaired:
-    """What one kind of probe reads at delay 0: its P50 and half its interquartile range (ms)."""
-    p50_ms: float
+    """What one kind of probe reads at delay 0: the level its readings are judged by, and how far
+    that level may move between two runs on this guest (ms)."""
+    level_ms: float
     spread_ms: float
+
+    @classmethod
+    def fast_end(cls, p10_ms: float, p25_ms: float) -> "Unimpaired":
+        """The UDP echo's: its P10, moving by SPREAD_FACTOR x the distance up to its P25."""
+        return cls(p10_ms, SPREAD_FACTOR * (p25_ms - p10_ms))
+
+    @classmethod
+    def middle(cls, p25_ms: float, p50_ms: float, p75_ms: float) -> "Unimpaired":
+        """A TCP ping-pong's: its P50, moving by MIDDLE_SPREAD_FACTOR x half its interquartile range."""
+        return cls(p50_ms, MIDDLE_SPREAD_FACTOR * (p75_ms - p25_ms) / 2)
+
+
+def rtt_level(st: EchoStats) -> float | None:
+    """The RTT statistic a TCG row judges (the module docstring: its fast end)."""
+    return st.rtt_p10_ms
+
+
+def delay_level(ds: DirectionStats) -> float | None:
+    """One direction's delay statistic a TCG row judges."""
+    return ds.delay_p10_ms
 
 
 @dataclass(frozen=True)
@@ -77,15 +110,16 @@ class Window:
 
 def window(base: Unimpaired, timer_ms: float, hops: int, native_tol_ms: float) -> Window:
     """The derivation in the module docstring, for one reading."""
-    tol = native_tol_ms + SPREAD_FACTOR * base.spread_ms
-    how = (f"base {base.p50_ms:.2f} ± ({native_tol_ms:g} + {SPREAD_FACTOR:g} x {base.spread_ms:.2f})"
+    tol = native_tol_ms + base.spread_ms
+    how = (f"base {base.level_ms:.2f} ± ({native_tol_ms:g} + spread {base.spread_ms:.2f})"
            + (f" + {hops} x timer {timer_ms:.2f}" if hops else ""))
-    return Window(base.p50_ms - tol, base.p50_ms + hops * timer_ms + tol, how)
+    return Window(base.level_ms - tol, base.level_ms + hops * timer_ms + tol, how)
 
 
 @dataclass(frozen=True)
 class TcgBaseline:
-    """The guest's unimpaired UDP echo (RTT and each direction) and its timer lateness, one boot."""
+    """The guest's unimpaired UDP echo (RTT and each direction, their fast ends) and its timer
+    lateness, one boot."""
     rtt: Unimpaired
     uplink: Unimpaired
     downlink: Unimpaired
@@ -94,11 +128,11 @@ class TcgBaseline:
 
     @classmethod
     def from_echo(cls, st: EchoStats, timer_ms: float) -> "TcgBaseline":
-        if st.rtt_p50_ms is None or st.uplink.delay_p50_ms is None or st.downlink.delay_p50_ms is None:
+        if rtt_level(st) is None or delay_level(st.uplink) is None or delay_level(st.downlink) is None:
             raise LinkError("TCG baseline: no UDP echo came back over the unshaped link")
-        return cls(rtt=Unimpaired(st.rtt_p50_ms, st.rtt_iqr_ms / 2),
-                   uplink=Unimpaired(st.uplink.delay_p50_ms, st.uplink.delay_iqr_ms / 2),
-                   downlink=Unimpaired(st.downlink.delay_p50_ms, st.downlink.delay_iqr_ms / 2),
+        return cls(rtt=Unimpaired.fast_end(st.rtt_p10_ms, st.rtt_p25_ms),
+                   uplink=Unimpaired.fast_end(st.uplink.delay_p10_ms, st.uplink.delay_p25_ms),
+                   downlink=Unimpaired.fast_end(st.downlink.delay_p10_ms, st.downlink.delay_p25_ms),
                    timer_ms=timer_ms, echoes=st.downlink.received)
 
     def rtt_window(self, hops: int, native_tol_ms: float) -> Window:
@@ -111,9 +145,11 @@ class TcgBaseline:
     def describe(self, native_tol_ms: float) -> str:
         """How the allowance was derived, in one line, for the record."""
         r, at0, at50 = self.rtt, self.rtt_window(0, native_tol_ms), self.rtt_window(2, native_tol_ms)
-        return (f"TCG baseline (this boot, {self.echoes} UDP echoes at delay 0): RTT P50 {r.p50_ms:.2f} ms, "
-                f"spread (IQR/2) {r.spread_ms:.2f} ms; up {self.uplink.p50_ms:.2f}, down "
-                f"{self.downlink.p50_ms:.2f} ms; a {TIMER_MS:g} ms timer fires {self.timer_ms:.2f} ms late "
+        q = LEVEL
+        return (f"TCG baseline (this boot, {self.echoes} UDP echoes at delay 0, judged by their {q}): "
+                f"RTT {q} {r.level_ms:.2f} ms, spread {SPREAD_FACTOR:g} x (P25 - {q}) {r.spread_ms:.2f} ms; "
+                f"up {self.uplink.level_ms:.2f}, down "
+                f"{self.downlink.level_ms:.2f} ms; a {TIMER_MS:g} ms timer fires {self.timer_ms:.2f} ms late "
                 f"(P{TIMER_QUANTILE}). Accepted RTT deviation: {at0.label()} at delay 0, {at50.label()} "
                 f"delayed both ways ({at50.how}); a delay wrong by more than the window's "
                 f"{self.resolution_ms(native_tol_ms):.1f} ms fails (10 % of RTT "

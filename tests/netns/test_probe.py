@@ -22,7 +22,7 @@ from pyroute2 import NetNS, netns  # noqa: E402
 from netns.link import LinkError  # noqa: E402
 from netns.fidelity.probe import _argv, run_goodput, run_udp_echo  # noqa: E402
 from netns.fidelity.probe_stats import L2_HEADER_BYTES, payload_ceiling_mbit  # noqa: E402
-from tests.netns.conftest import tcg_excess_ms  # noqa: E402
+from tests.netns.conftest import TCG, judged_ms, tcg_excess_ms  # noqa: E402
 
 EDGE, CLOUD = "198.18.0.1", "198.18.0.2"
 
@@ -94,10 +94,11 @@ def test_unshaped_veth_rtt_below_1ms_and_no_loss(link):
     st = run_udp_echo(link.spawn, count=400, interval_ms=2.0)
     print(f"\nunshaped veth: RTT P50 {st.rtt_p50_ms:.3f} ms P99 {st.rtt_p99_ms:.3f} ms; "
           f"one-way up {st.uplink.delay_p50_ms:.3f} down {st.downlink.delay_p50_ms:.3f} ms")
-    # the TCG guest of `make vm-test` is judged against what it reads at delay 0 (conftest's baseline)
-    assert st.rtt_p50_ms < 1.0 + tcg_excess_ms("rtt")
-    assert 0 <= st.uplink.delay_p50_ms < 1.0 + tcg_excess_ms("up")
-    assert 0 <= st.downlink.delay_p50_ms < 1.0 + tcg_excess_ms("down")
+    # the TCG guest of `make vm-test` is judged by the fast end against what it reads at delay 0
+    # (conftest's baseline)
+    assert judged_ms(st, "rtt") < 1.0 + tcg_excess_ms("rtt")
+    assert 0 <= judged_ms(st, "up") < 1.0 + tcg_excess_ms("up")
+    assert 0 <= judged_ms(st, "down") < 1.0 + tcg_excess_ms("down")
     # The two one-way halves come from stamps in two processes: probe by probe they must add up
     # to the RTT less the reflector's turnaround (microseconds).  Compared per probe: the sum of the
     # two P50s is not the P50 of the sums when the delays are skewed (TCG: 0.90 + 0.61 against 1.75).
@@ -113,12 +114,13 @@ def test_probe_rtt_agrees_with_ping(link):
     st = run_udp_echo(link.spawn, count=200, interval_ms=2.0)
     r = subprocess.run(["ip", "netns", "exec", link.ns["edge"], "ping", "-q", "-c", "50", "-i", "0.01", CLOUD],
                        capture_output=True, text=True, timeout=30)
-    avg_ms = float(r.stdout.rsplit("=", 1)[1].split("/")[1])
-    print(f"\nprobe RTT P50 {st.rtt_p50_ms:.3f} ms, ping avg {avg_ms:.3f} ms")
-    # In the TCG guest of `make vm-test` a Python echo costs more than ping's C loop: at most what
-    # this guest's unimpaired echo reads (conftest's baseline).
-    tol = 0.5 + tcg_excess_ms("rtt")
-    assert abs(st.rtt_p50_ms - avg_ms) < tol
+    min_ms, avg_ms = (float(v) for v in r.stdout.rsplit("=", 1)[1].split("/")[:2])
+    print(f"\nprobe RTT P10 {st.rtt_p10_ms:.3f} P50 {st.rtt_p50_ms:.3f} ms, ping min {min_ms:.3f} avg {avg_ms:.3f} ms")
+    # In the TCG guest of `make vm-test` replies come fast or after a vCPU wakes, in proportions that
+    # change by the second (netns/fidelity/tcg.py), so there the fast ends are compared; a Python echo
+    # costs more than ping's C loop, at most what this guest's unimpaired echo reads (conftest's baseline).
+    probe_ms, ping_ms = (judged_ms(st, "rtt"), min_ms) if TCG else (st.rtt_p50_ms, avg_ms)
+    assert abs(probe_ms - ping_ms) < 0.5 + tcg_excess_ms("rtt")
 
 
 @pytest.mark.parametrize("direction", ["uplink", "downlink"])
