@@ -370,8 +370,9 @@ def run_linkcheck(backends: list[str] | None = None, quick: bool = False, out=pr
             + ("" if "netem" in backends else " (no sch_netem: the netem path is checked in the VM)"))
     points = plan(quick, tcg)
     if tcg:
-        out(f"software-emulated guest (TCG): delays judged against the guest's own unimpaired baseline "
-            f"(measured first, per backend), jitter judged by its IQR, goodput rates capped at "
+        out(f"software-emulated guest (TCG): delays judged by their fast end ({TCG_LEVEL}) against the guest's "
+            f"own unimpaired baseline (measured first, per backend; a delay outside its window is measured "
+            f"once more), jitter judged by its IQR, goodput rates capped at "
             f"{TCG_MAX_RATE_MBIT} Mbit/s (the guest's CPU is slower than the links) and measured {TCG_WINDOW_FACTOR}x as long "
             f"after a {TCG_WINDOW_FACTOR}x warm-up; rows are labelled <backend>+tcg")
     out(f"linkcheck {'quick' if quick else 'full'}: {len(points)} points per backend")
