@@ -33,7 +33,7 @@ from netns.fidelity.probe_stats import (
     L2_HEADER_BYTES, binomial_acceptance, payload_ceiling_mbit, uniform_jitter_iqr_ms, uniform_jitter_std_ms,
     warmup_s, wilson_interval,
 )
-from netns.fidelity.tcg import LEVEL as TCG_LEVEL, TcgBaseline, Window, delay_level, rtt_level
+from netns.fidelity.tcg import LEVEL as TCG_LEVEL, TcgBaseline, Window, delay_reading, rtt_reading, stat_name
 from netns.fidelity.tcg import measure as measure_tcg_baseline
 
 RTT_TOLERANCE_MS = {"netem": 0.5, "wire": 1.5}
@@ -148,7 +148,7 @@ def _is_delay(row: Row) -> bool:
 
 
 def _delay_row(check: str, backend: str, configured: str, want_ms: float, got_ms: float, w: Window,
-               stat: str = "P50") -> Row:
+               stat: str) -> Row:
     dev = got_ms - want_ms
     tolerance = w.how if w.how.startswith("±") else w.label()
     return Row(check, backend, configured, f"{stat} {got_ms:.2f} ms", f"{dev:+.2f} ms", tolerance,
@@ -158,16 +158,16 @@ def _delay_row(check: str, backend: str, configured: str, want_ms: float, got_ms
 def _rtt_rows(p: Point, backend: str, st, tcg: TcgBaseline | None = None) -> list[Row]:
     """The RTT's P50 against the backend's ±; in a TCG guest its fast end against the guest's window."""
     hops = _delayed(p.link.uplink) + _delayed(p.link.downlink)
-    got, stat = (st.rtt_p50_ms, "P50") if tcg is None else (rtt_level(st), TCG_LEVEL)
-    return [_delay_row("rtt", backend, f"RTT {p.link.rtt_ms:g} ms", p.link.rtt_ms, got,
-                       delay_window(backend, tcg, hops), stat)]
+    guest = tcg is not None
+    return [_delay_row("rtt", backend, f"RTT {p.link.rtt_ms:g} ms", p.link.rtt_ms, rtt_reading(st, guest),
+                       delay_window(backend, tcg, hops), stat_name(guest))]
 
 
 def _oneway_rows(p: Point, backend: str, st, tcg: TcgBaseline | None = None) -> list[Row]:
-    stat = "P50" if tcg is None else TCG_LEVEL
+    guest = tcg is not None
     return [_delay_row(f"{p.check} delay {d}", backend, f"{spec.delay_ms:g} ms one-way", spec.delay_ms,
-                       ds.delay_p50_ms if tcg is None else delay_level(ds),
-                       delay_window(backend, tcg, int(_delayed(spec)), d), stat)
+                       delay_reading(ds, guest), delay_window(backend, tcg, int(_delayed(spec)), d),
+                       stat_name(guest))
             for d, spec, ds in (("up", p.link.uplink, st.uplink), ("down", p.link.downlink, st.downlink))]
 
 

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 from netns.link import LinkError
 from netns.fidelity.probe_stats import DirectionStats, EchoStats, percentile
 
-LEVEL = "P10"      # what rtt_level and delay_level read, named in the rows
+LEVEL = "P10"      # what rtt_reading and delay_reading take in a guest, named in the rows
 # Every burst of one boot (24 at delay 0, 12 at 25 ms each way) fell inside the window built on each
 # round's first burst at factors 1.0-2.0; 1.5 leaves room for a host busier than that one
 # (docs/MEASUREMENTS.md, "TCG allowance: the fast end").
@@ -79,14 +79,19 @@ class Unimpaired:
         return cls(p50_ms, MIDDLE_SPREAD_FACTOR * (p75_ms - p25_ms) / 2)
 
 
-def rtt_level(st: EchoStats) -> float | None:
-    """The RTT statistic a TCG row judges (the module docstring: its fast end)."""
-    return st.rtt_p10_ms
+def stat_name(tcg: bool) -> str:
+    """The statistic a delay reading is judged by: the P50 on hardware, the fast end in a TCG guest."""
+    return LEVEL if tcg else "P50"
 
 
-def delay_level(ds: DirectionStats) -> float | None:
-    """One direction's delay statistic a TCG row judges."""
-    return ds.delay_p10_ms
+def rtt_reading(st: EchoStats, tcg: bool) -> float | None:
+    """The RTT a delay row judges (stat_name: the module docstring says why the guest's differs)."""
+    return st.rtt_p10_ms if tcg else st.rtt_p50_ms
+
+
+def delay_reading(ds: DirectionStats, tcg: bool) -> float | None:
+    """One direction's delay a delay row judges."""
+    return ds.delay_p10_ms if tcg else ds.delay_p50_ms
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,7 @@ class TcgBaseline:
 
     @classmethod
     def from_echo(cls, st: EchoStats, timer_ms: float) -> "TcgBaseline":
-        if rtt_level(st) is None or delay_level(st.uplink) is None or delay_level(st.downlink) is None:
+        if st.rtt_p10_ms is None or st.uplink.delay_p10_ms is None or st.downlink.delay_p10_ms is None:
             raise LinkError("TCG baseline: no UDP echo came back over the unshaped link")
         return cls(rtt=Unimpaired.fast_end(st.rtt_p10_ms, st.rtt_p25_ms),
                    uplink=Unimpaired.fast_end(st.uplink.delay_p10_ms, st.uplink.delay_p25_ms),

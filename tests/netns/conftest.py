@@ -160,11 +160,10 @@ def check_rtts(measure) -> None:
 def judged_ms(st, what: str = "rtt") -> float:
     """The statistic of a UDP echo ("rtt", "up", "down") the bounds are for: its P50 on hardware, its
     fast end in the TCG guest, as linkcheck judges it there (netns/fidelity/tcg.py)."""
-    from netns.fidelity.tcg import delay_level, rtt_level
+    from netns.fidelity.tcg import delay_reading, rtt_reading
     if what == "rtt":
-        return rtt_level(st) if TCG else st.rtt_p50_ms
-    ds = st.uplink if what == "up" else st.downlink
-    return delay_level(ds) if TCG else ds.delay_p50_ms
+        return rtt_reading(st, TCG)
+    return delay_reading(st.uplink if what == "up" else st.downlink, TCG)
 
 
 def tcg_excess_ms(what: str = "rtt") -> float:
