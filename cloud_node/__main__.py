@@ -125,7 +125,8 @@ class CloudServer:
             raise ProtocolError("generate: this cloud node has no draft model for co-located speculation")
         k = max(1, msg["k"])
         speculative_generate(self.draft, self.target, prompt, max_new, k_fn=lambda: k, temperature=temperature,
-                             seed=msg["seed"], on_cycle=lambda new, kk, n: send(new, False, drafted=kk, accepted=n))
+                             seed=msg["seed"], on_cycle=lambda new, kk, n: send(new, False, drafted=kk, accepted=n),
+                             stop=msg.get("stop"))
         send([], True, drafted=0, accepted=0)
 
     def on_continue(self, msg: Message, reply) -> None:

@@ -276,6 +276,11 @@ def cmd_sim(args) -> int:
             where = "--congestion-control" if args.congestion_control else f"{sc.source}: tcp.congestion_control"
             raise UsageError(f"{where}: {cc!r} is not modelled (modelled: {', '.join(sorted(CONGESTION_CONTROLS))})")
     print(which)
+    from lab.models.synthetic import load_profile
+    stopped = [s for s in strategies or sc.strategies if getattr(make_strategy(s), "draft_stop", None)]
+    if stopped and not load_profile(profile).prompt_confidence:
+        print(f"note: profile {profile} has no measured draft confidence (prompt_confidence; `lab profile "
+              f"--acceptance-only` adds it): {', '.join(stopped)} stop on what the synthetic logits give")
     try:
         run_dir = write_run(sc, args.out, strategies=strategies, profile=profile, queries=args.queries,
                             warmup_queries=args.warmup, max_new_tokens=args.max_new_tokens, payload=args.payload,

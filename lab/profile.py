@@ -13,6 +13,9 @@ What is measured, with the torch threads per model the nodes run with (DEFAULT_T
   prompt_agreement      the same agreement per prompt, position by position, so a synthetic run
                         (or the simulator) on these prompts accepts what the real pair accepts on
                         each of them, not the pooled pattern
+  prompt_confidence     the draft's probability of its own greedy token at each of those positions
+                        (percent, two digits each), so a confidence stop (strategy option stop=P)
+                        ends a synthetic or simulated block where the real draft's would
 
 `--from-run RUN_DIR` times the pair as the nodes ran it instead: t_draft and t_verify(n) from the
 compute each node recorded per cycle in a lab run (queries.jsonl), fitted the same way, written into
@@ -41,6 +44,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from lab.core import spec
 
 VERIFY_NS = (1, 2, 4, 6, 8, 11, 16)
 REPEATS = 3
@@ -91,6 +96,7 @@ def measure_pair(draft, target, prompts: list[dict], max_new_tokens: int,
 
     prefill_t, prefill_d, t_draft, agree, trace = [], [], [], [], []
     per_prompt: dict[str, str] = {}
+    confidence: dict[str, str] = {}
     answer: dict[str, int] = {}
     eos = set(getattr(target, "eos_token_ids", ()) or ())
     verify: dict[int, list[float]] = {n: [] for n in VERIFY_NS}
@@ -117,10 +123,12 @@ def measure_pair(draft, target, prompts: list[dict], max_new_tokens: int,
         ms, dl = _ms(lambda: d.prefill(ids))
         prefill_d.append(ms / len(ids))
         preds = [int(np.argmax(dl))]
+        sure = [spec.token_confidence(dl, preds[0])]       # its probability of its own token (a confidence stop's)
         for tok in cont[:-1]:
             ms, lg = _ms(lambda: d.extend([tok]))
             t_draft.append(ms)
             preds.append(int(np.argmax(lg[-1])))
+            sure.append(spec.token_confidence(lg[-1], preds[-1]))
         mine = [a == b for a, b in zip(preds, cont)]
         # The continuation stops at the target's EOS, as a query on this prompt does: its length is kept.
         end = len(cont) if cont[-1] in eos else None
@@ -129,9 +137,11 @@ def measure_pair(draft, target, prompts: list[dict], max_new_tokens: int,
         agree += mine
         trace += agreement_trace(mine)
         per_prompt[key] = "".join("01"[a] for a in mine)
+        confidence[key] = "".join(f"{min(int(c * 100), 99):02d}" for c in sure)
         out(f"  [{i}/{len(prompts)}] {p['id']:14s} prompt {len(ids)} tokens, agreement "
             f"{sum(mine)}/{len(mine)}" + ("" if end is None else f" (the answer ends at token {end})"))
     m = {"alpha": float(np.mean(agree)), "trace": trace, "prompt_agreement": per_prompt, "prompt_answer": answer,
+         "prompt_confidence": confidence,
          "t_draft_ms": statistics.median(t_draft), "prefill_ms_per_token": statistics.median(prefill_t),
          "draft_prefill_ms_per_token": statistics.median(prefill_d), "positions": len(agree)}
     if timing:
@@ -305,7 +315,8 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
     m = measure_pair(draft, target, prompts, max_new_tokens, out, timing=not acceptance_only)
     acceptance = {"alpha": round(m["alpha"], 4), "trace": tuple(m["trace"]) or None,
                   "prompt_agreement": tuple(m["prompt_agreement"].items()) or None,
-                  "prompt_answer": tuple(m["prompt_answer"].items()) or None}
+                  "prompt_answer": tuple(m["prompt_answer"].items()) or None,
+                  "prompt_confidence": tuple(m["prompt_confidence"].items()) or None}
     measured = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "prompts": prompts_file or "built-in",
                 "max_new_tokens": max_new_tokens}
     if acceptance_only:

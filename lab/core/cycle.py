@@ -7,7 +7,8 @@ from a model).  They differ only in a small seam:
 
     seam.now()                   whose clock times the cycle (ms)
     seam.start_cycle(seq)        called before each cycle (the simulator aligns its timer grid)
-    seam.draft(k, seq)           draft K tokens where the draft runs -> their ids
+    seam.draft(k, seq, stop)     draft up to K tokens where the draft runs -> their ids (fewer when
+                                 the strategy's confidence stop ends the block: decoding.draft_tokens)
     seam.verify(drafts, seq)     carry the proposal to the target and back -> Verdict
     seam.commit(accepted, tok)   roll the draft's cache back to the accepted prefix + tok
     seam.alone()                 one token from the draft alone (K = 0, edge-only, fallback)
@@ -57,7 +58,7 @@ class Verdict:
 class Seam(Protocol):
     def now(self) -> float: ...
     def start_cycle(self, seq: int) -> None: ...
-    def draft(self, k: int, seq: int) -> list[int]: ...
+    def draft(self, k: int, seq: int, stop: float | None = None) -> list[int]: ...
     def verify(self, drafts: list[int], seq: int) -> Verdict: ...
     def commit(self, accepted: list[int], token: int) -> None: ...
     def alone(self) -> int: ...
@@ -167,6 +168,7 @@ def speculate(strategy: Strategy, seam: Seam, log: QueryLog, max_new: int, eos,
     if hint is not None and hasattr(strategy, "link_hint"):
         strategy.link_hint(hint)
     control = getattr(strategy, "control", None)
+    stop = getattr(strategy, "draft_stop", None)
     seq, done, stale = 0, len(log.tokens) >= max_new, False
     ahead: tuple[int, dict | None] | None = None     # a choice made during a cloud stretch
     while not done:
@@ -201,7 +203,10 @@ def speculate(strategy: Strategy, seam: Seam, log: QueryLog, max_new: int, eos,
                                               cloud_compute_ms=0.0, edge_compute_ms=ms))
             n = 0
         else:
-            drafts = seam.draft(k, seq)
+            drafts = seam.draft(k, seq, stop)
+            if not 1 <= len(drafts) <= k:
+                raise ProtocolError(f"the draft made {len(drafts)} tokens for a block of at most {k}")
+            k = len(drafts)                  # what was drafted: a confidence stop may end the block early
             edge_ms = seam.now() - t0
             v = seam.verify(drafts, seq)
             n = v.accepted
@@ -292,9 +297,10 @@ class FixedK:
     """A constant K as a Strategy, for loops that are handed K (the cloud's co-located generate)."""
     placement = "split"
 
-    def __init__(self, k: int | Callable[[], int]):
+    def __init__(self, k: int | Callable[[], int], stop: float | None = None):
         self._k = k if callable(k) else (lambda: k)
         self.name = "fixed"
+        self.draft_stop = stop
 
     def start_query(self) -> None:
         pass

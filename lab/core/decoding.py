@@ -64,17 +64,21 @@ def verify_rng(seed: int, seq: int) -> np.random.Generator:
 
 def draft_tokens(session, feed: list[int], k: int, temperature: float, rng: np.random.Generator,
                  payload: str | None = "full", logits: np.ndarray | None = None,
-                 between: Callable[[], bool] | None = None) -> tuple[list[int] | None, np.ndarray | None]:
-    """K autoregressive draft steps.  The session's cache holds S minus `feed`; `logits` are the
-    next-token logits when feed is empty.  Returns tokens [K] and, at T > 0, the draft's softmax q [K, V]
-    (what `spec.encode_q` turns into the payload).  Tokens are drawn from `spec.proposal(payload, q)`,
-    the distribution the cloud can rebuild from that payload — so pass the payload mode the edge
-    will send (None: sample from q itself).  between(), if given, runs before every forward;
-    False abandons the block: (None, None), the cache then holding whatever was fed so far."""
+                 between: Callable[[], bool] | None = None,
+                 stop: float | None = None) -> tuple[list[int] | None, np.ndarray | None]:
+    """Up to K autoregressive draft steps.  The session's cache holds S minus `feed`; `logits` are the
+    next-token logits when feed is empty.  Returns tokens [≤ K] and, at T > 0, the draft's softmax q
+    [K, V] (what `spec.encode_q` turns into the payload).  Tokens are drawn from `spec.proposal(payload,
+    q)`, the distribution the cloud can rebuild from that payload — so pass the payload mode the edge
+    will send (None: sample from q itself).  stop: end the block early once the draft's own estimate
+    that all of it is accepted falls below it (spec.BlockStop) — the token that crossed it is kept, no
+    forward is spent after it.  between(), if given, runs before every forward; False
+    abandons the block: (None, None), the cache then holding whatever was fed so far."""
     tokens: list[int] = []
     qs: list[np.ndarray] = []
     if logits is None and not feed:
         raise ValueError("draft_tokens: nothing to feed and no logits to start from")
+    block = spec.BlockStop(stop) if stop is not None else None
     for _ in range(k):
         if logits is None:
             if between is not None and not between():
@@ -82,12 +86,16 @@ def draft_tokens(session, feed: list[int], k: int, temperature: float, rng: np.r
             logits = session.extend(feed)[-1]                   # [V]
         if temperature > 0:
             q = spec.softmax(logits, temperature)                # [V]
-            tok = spec.sample(spec.proposal(payload, q), rng)
+            drawn_from = spec.proposal(payload, q)
+            tok = spec.sample(drawn_from, rng)
             qs.append(q)
         else:
-            tok = int(np.argmax(logits))
+            drawn_from, tok = None, int(np.argmax(logits))
         tokens.append(tok)
-        feed, logits = [tok], None
+        feed = [tok]
+        if block is not None and block.ends(spec.token_confidence(logits, tok, drawn_from)):
+            break
+        logits = None
     return tokens, (np.stack(qs) if qs else None)             # q: [K, V]
 
 
@@ -133,14 +141,15 @@ class DraftState:
         return self.ready if self.cached == len(self.committed) else None
 
     def draft(self, k: int, temperature: float, rng: np.random.Generator,
-              first_logits: np.ndarray | None = None, payload: str | None = "full"
+              first_logits: np.ndarray | None = None, payload: str | None = "full", stop: float | None = None
               ) -> tuple[list[int], np.ndarray | None]:
-        """K draft tokens and, at T > 0, the draft's softmax q [K, V] (encode it with the same payload)."""
+        """Up to K draft tokens (fewer if `stop` ends the block: draft_tokens) and, at T > 0, the draft's
+        softmax q [K, V] (encode it with the same payload)."""
         tokens, q = draft_tokens(self.session, self.pending(), k, temperature, rng, payload,
-                                 logits=self._logits_if_ready(first_logits))
+                                 logits=self._logits_if_ready(first_logits), stop=stop)
         self.cached, self.ready = len(self.committed), None
         self.ahead = list(tokens)
-        return tokens, q                       # the cache now holds S + tokens[:-1]
+        return tokens, q                       # the cache now holds S + tokens[:-1] (+ the last, if stopped)
 
     def commit(self, accepted: list[int], next_token: int) -> None:
         """Append the verdict to S and roll the draft cache back to the part of S it still holds."""
@@ -251,8 +260,8 @@ class DraftSide:
     def start_cycle(self, seq: int) -> None:
         pass
 
-    def draft(self, k: int, seq: int) -> list[int]:
-        drafts, self.q = self.d.draft(k, self.temperature, self.rng, payload=self.payload)
+    def draft(self, k: int, seq: int, stop: float | None = None) -> list[int]:
+        drafts, self.q = self.d.draft(k, self.temperature, self.rng, payload=self.payload, stop=stop)
         self.qs = {seq: self.q}
         return drafts
 
@@ -360,11 +369,11 @@ def autoregressive_generate(model, prompt_ids: list[int], max_new_tokens: int, t
 
 def speculative_generate(draft_model, target_model, prompt_ids: list[int], max_new_tokens: int, k_fn,
                          temperature: float = 0.0, seed: int = 0, payload: str = "full",
-                         on_cycle=None) -> Generation:
+                         on_cycle=None, stop: float | None = None) -> Generation:
     """Co-located speculative decoding (cloud-spec; the reference for the distributed path): the one
-    cycle (lab/core/cycle.py) over a LocalSeam.  k_fn() gives K for each cycle;
-    on_cycle(new_tokens, k, n_accepted) is called after each cycle."""
+    cycle (lab/core/cycle.py) over a LocalSeam.  k_fn() gives K for each cycle (with `stop`, the most a
+    block may hold: draft_tokens); on_cycle(new_tokens, k drafted, n_accepted) is called after each cycle."""
     seam = LocalSeam(draft_model, target_model, prompt_ids, temperature, seed, payload)
     log = QueryLog(now_ms, "cloud-spec")
-    speculate(FixedK(k_fn), seam, log, max_new_tokens, tuple(target_model.eos_token_ids), on_cycle)
+    speculate(FixedK(k_fn, stop), seam, log, max_new_tokens, tuple(target_model.eos_token_ids), on_cycle)
     return Generation(tokens=log.tokens, drafted=log.cycles["k"], accepted=log.cycles["accepted"])

@@ -74,6 +74,32 @@ def pick(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> in
     return sample(softmax(logits, temperature), rng) if temperature > 0 else int(np.argmax(logits))
 
 
+def token_confidence(logits: np.ndarray, token: int, drawn_from: np.ndarray | None = None) -> float:
+    """The draft's own probability of the token it proposed: of the distribution it was drawn from
+    (T > 0), else of its softmax at T = 1 (the greedy token's).  A block's product of these is the
+    draft's estimate that the target accepts all of it — what a confidence stop (draft_tokens `stop`)
+    compares with its threshold; calibrated or not, it is high where the draft is sure and low at
+    the forks where drafts are rejected (docs/MEASUREMENTS.md, the confidence stop)."""
+    if drawn_from is not None:
+        return float(drawn_from[token])
+    z = np.asarray(logits, dtype=np.float64)
+    return float(1.0 / np.exp(z - z[token]).sum())
+
+
+class BlockStop:
+    """The confidence stop, one block at a time: after each drafted token, the product of the draft's
+    confidences so far (its estimate that the target accepts the whole block) is compared with the
+    threshold, and the block ends below it, that token kept.  The drafting loop (decoding.draft_tokens)
+    and the simulator's drafts (confidence from the profile) both ask `ends(confidence)`."""
+
+    def __init__(self, threshold: float):
+        self.threshold, self.sure = threshold, 1.0
+
+    def ends(self, confidence: float) -> bool:
+        self.sure *= confidence
+        return self.sure < self.threshold
+
+
 # ------------------------------------------------------------------ acceptance
 
 def greedy_accept(drafts: list[int], target_logits: np.ndarray) -> tuple[int, int]:

@@ -58,10 +58,12 @@ class Strategy(Protocol):
 
 
 class _Fixed:
-    """A constant K (or no speculation at all) — the baselines."""
+    """A constant K (or no speculation at all) — the baselines.  draft_stop: a confidence stop ends a
+    block before K once the draft's own estimate that all of it is accepted falls below it
+    (lab/core/decoding.draft_tokens); K is then the most a block may hold."""
 
-    def __init__(self, name: str, placement: str, k: int):
-        self.name, self.placement, self.k = name, placement, k
+    def __init__(self, name: str, placement: str, k: int, draft_stop: float | None = None):
+        self.name, self.placement, self.k, self.draft_stop = name, placement, k, draft_stop
 
     def start_query(self) -> None:
         pass
@@ -89,6 +91,20 @@ def _int_param(name: str, param: str | None, default: int | None, lo: int = 1, h
     return int(param)
 
 
+def _fixed(base: str, placement: str, default_k: int | None) -> Callable[[str | None], Strategy]:
+    """fixed-k:K and cloud-spec[:K], each with the option stop=P (a confidence stop, P in (0, 1]):
+    "fixed-k:12,stop=0.5" drafts at most 12 tokens a cycle and fewer where the draft is unsure."""
+    def make(param: str | None) -> Strategy:
+        k_text, _, rest = (param or "").partition(",")
+        if "=" in k_text:                              # cloud-spec:stop=0.5 (K left at its default)
+            k_text, rest = "", param
+        k = _int_param(base, k_text, default_k)
+        stop = parse_options(base, rest, {"stop": _fraction}).get("stop")
+        name = base if not param else f"{base}:{param}"
+        return _Fixed(name, placement, k, stop)
+    return make
+
+
 class _Pipelined(_Fixed):
     """A constant K, pipelined: the next block is drafted during the wait; `pipeline_depth` blocks in flight."""
 
@@ -113,11 +129,8 @@ def _pipelined(param: str | None) -> Strategy:
 REGISTRY: dict[str, Callable[[str | None], Strategy]] = {
     "cloud-only": lambda p: _Fixed("cloud-only", "cloud", 0),
     "edge-only": lambda p: _Fixed("edge-only", "edge", 0),
-    "cloud-spec": lambda p: _Fixed(f"cloud-spec:{_int_param('cloud-spec', p, COLOCATED_DEFAULT_K)}"
-                                   if p else "cloud-spec", "cloud-spec",
-                                   _int_param("cloud-spec", p, COLOCATED_DEFAULT_K)),
-    "fixed-k": lambda p: _Fixed(f"fixed-k:{_int_param('fixed-k', p, None)}", "split",
-                                _int_param("fixed-k", p, None)),
+    "cloud-spec": _fixed("cloud-spec", "cloud-spec", COLOCATED_DEFAULT_K),
+    "fixed-k": _fixed("fixed-k", "split", None),
     "pipelined": _pipelined,
 }
 

@@ -22,7 +22,11 @@ edge and cloud processes agree on it:
     follows it (generated position i agrees iff digit i is 1), then the rules above.
 Logits put 10.0 on the chosen token and 0 elsewhere, so at temperature 0 the
 loop sees exactly this; at T > 0 the distributions are soft and acceptance
-differs from α (not calibrated for sampling).
+differs from α (not calibrated for sampling).  Where the profile measured the
+draft's confidence (prompt_confidence: its probability of its own greedy token
+at each position), the draft's peak logit is set so that its softmax gives that
+probability: a confidence stop (lab/core/decoding.draft_tokens) ends blocks
+where the real draft's would.
 
 Profile (YAML): t_draft_ms (one draft forward, any length), verify_a_ms +
 verify_b_ms·n (one target forward over n tokens), prefill_ms_per_token
@@ -31,6 +35,7 @@ verify_b_ms·n (one target forward over n tokens), prefill_ms_per_token
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -93,6 +98,11 @@ class Profile:
     # where it ends within the measured continuation.  A query on that prompt ends there, as the real
     # pair's does (a one-line answer is a few cycles, not max_new_tokens); elsewhere it runs to the end.
     prompt_answer: tuple[tuple[str, int], ...] | None = None
+    # Per prompt (the same keys): the draft's probability of its own greedy token at each generated
+    # position, teacher-forced along the target's answer, in percent, two digits a position ("9712…";
+    # 00–99, read as the middle of its percent).  Where it is missing the draft's confidence is what
+    # PEAK_LOGIT gives (SyntheticModel.confidence).
+    prompt_confidence: tuple[tuple[str, str], ...] | None = None
     name: str = "custom"
     source: str = ""
 
@@ -126,6 +136,10 @@ def load_profile(name_or_path: str | None) -> Profile:
         if not isinstance(doc["prompt_agreement"], dict):
             raise ModelError(f"{p}: prompt_agreement must be a mapping of prompt key to a string of 0/1")
         doc["prompt_agreement"] = tuple((str(k), str(v)) for k, v in doc["prompt_agreement"].items())
+    if doc.get("prompt_confidence") is not None:
+        if not isinstance(doc["prompt_confidence"], dict):
+            raise ModelError(f"{p}: prompt_confidence must be a mapping of prompt key to a string of two-digit percents")
+        doc["prompt_confidence"] = tuple((str(k), str(v)) for k, v in doc["prompt_confidence"].items())
     if doc.get("prompt_answer") is not None:
         if not isinstance(doc["prompt_answer"], dict):
             raise ModelError(f"{p}: prompt_answer must be a mapping of prompt key to a token count")
@@ -157,6 +171,9 @@ def check_profile(prof: Profile) -> str | None:
     for key, bits in prof.prompt_agreement or ():
         if not bits or set(bits) - {"0", "1"}:
             return f"prompt_agreement[{key}] must be a non-empty string of 0 and 1, got {bits!r}"
+    for key, digits in prof.prompt_confidence or ():
+        if not digits or len(digits) % 2 or not digits.isdigit():
+            return f"prompt_confidence[{key}] must be a non-empty string of two-digit percents, got {digits!r}"
     for key, n in prof.prompt_answer or ():
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             return f"prompt_answer[{key}] must be a token count >= 1, got {n!r}"
@@ -177,7 +194,7 @@ def save_profile(profile: Profile, path: Path, provenance: dict | None = None) -
         del d["trace"]
     else:
         d["trace"] = list(d["trace"])
-    for key in ("prompt_agreement", "prompt_answer"):
+    for key in ("prompt_agreement", "prompt_answer", "prompt_confidence"):
         if d[key] is None:
             del d[key]
         else:
@@ -241,7 +258,7 @@ class SyntheticSession:
 
     def _logits(self, pos: int) -> np.ndarray:
         row = np.zeros(self.m.vocab_size, dtype=np.float32)
-        row[self.m.token_at(pos, self.origin, self.key)] = PEAK_LOGIT
+        row[self.m.token_at(pos, self.origin, self.key)] = self.m.peak_logit(pos, self.origin, self.key)
         return row
 
     def prefill(self, token_ids: list[int]) -> np.ndarray:
@@ -291,6 +308,8 @@ class SyntheticModel:
         self._bits = _trace_bits(profile.trace) if profile.trace else None
         self.per_prompt = {k: tuple(c == "1" for c in v) for k, v in profile.prompt_agreement or ()}
         self.answer = dict(profile.prompt_answer or ())
+        self.sure = {k: tuple((int(v[i:i + 2]) + 0.5) / 100 for i in range(0, len(v), 2))
+                     for k, v in profile.prompt_confidence or ()} if role == "draft" else {}
         # The last id is the EOS that ends a profiled answer (prompt_answer); other tokens never draw it.
         self.eos_token_ids: tuple[int, ...] = (self.vocab_size - 1,) if self.answer else ()
 
@@ -307,6 +326,24 @@ class SyntheticModel:
         if self._bits is not None:
             return self._bits[(pos - origin) % len(self._bits)]
         return (_h(self.profile.seed, pos, "accept") % 1_000_000) / 1_000_000 < self.profile.alpha
+
+    def confidence(self, pos: int, origin: int = 0, key: str = "") -> float:
+        """The draft's probability of the token it proposes at sequence position pos: the profile's
+        measurement where it has one, else what the softmax of a PEAK_LOGIT row gives (the logits are
+        built from this, so a confidence stop reads the same in a synthetic node and the simulator)."""
+        own = self.sure.get(key)
+        if own is not None and 0 <= pos - origin < len(own):
+            # at least twice the uniform share: the proposed token must stay the row's argmax
+            return max(own[pos - origin], 2.0 / self.vocab_size)
+        return 1.0 / (1.0 + (self.vocab_size - 1) * math.exp(-PEAK_LOGIT))
+
+    def peak_logit(self, pos: int, origin: int = 0, key: str = "") -> float:
+        """The chosen token's logit (the others are 0) whose softmax is confidence(pos)."""
+        own = self.sure.get(key)
+        if own is None or not 0 <= pos - origin < len(own):
+            return PEAK_LOGIT
+        c = self.confidence(pos, origin, key)
+        return math.log(c / (1.0 - c) * (self.vocab_size - 1)) if c < 1 else PEAK_LOGIT
 
     def ends_at(self, pos: int, origin: int = 0, key: str = "") -> bool:
         """Is the target's token at sequence position pos its answer's EOS (prompt_answer)?"""
@@ -334,7 +371,7 @@ class SyntheticModel:
         d = {"model_id": self.model_id, **asdict(self.profile)}
         if d["trace"] is not None:
             d["trace"] = list(d["trace"])
-        for key in ("prompt_agreement", "prompt_answer"):
+        for key in ("prompt_agreement", "prompt_answer", "prompt_confidence"):
             if d[key] is not None:
                 d[key] = dict(d[key])
         return d

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from lab.core import spec
 from lab.core.cycle import FixedK, QueryLog, Verdict, run_query, speculate
 from lab.core.strategies import CLOUD_ALONE, StrategyError, make_strategy
 from lab.sim.netsim import SimError, make_link_model
@@ -107,6 +108,9 @@ class IidAcceptance:
     def token(self, pos: int, drafted: bool = False) -> int:
         return FAKE_TOKEN                    # no answer ends early: max_new_tokens does
 
+    def confidence(self, pos: int) -> float:
+        return self.alpha                    # a draft calibrated on average: its belief is the rate
+
     def bonus(self, position: int) -> bool:
         """Whether the draft's own next token is the target's bonus (pipelined: the block ahead is used)."""
         return self.rng.random() < self.alpha
@@ -128,6 +132,9 @@ class SyntheticAcceptance:
         ends = self.draft.ends_at(pos, self.origin, self.key) and (not drafted or self.hit(pos))
         return EOS_TOKEN if ends else FAKE_TOKEN
 
+    def confidence(self, pos: int) -> float:
+        return self.draft.confidence(pos, self.origin, self.key)
+
     def hit(self, pos: int) -> bool:
         h = self.cache.get(pos)
         if h is None:
@@ -142,6 +149,15 @@ class SyntheticAcceptance:
 
     def bonus(self, position: int) -> bool:
         return self.hit(position)
+
+
+def drafted(acc, position: int, k: int, stop: float | None) -> int:
+    """How many tokens a block drafted at `position` holds: K, or fewer where a confidence stop
+    (spec.BlockStop) ends it on the draft's confidences (the acceptance model's)."""
+    if stop is None:
+        return k
+    block = spec.BlockStop(stop)
+    return next((i + 1 for i in range(k) if block.ends(acc.confidence(position + i))), k)
 
 
 # ------------------------------------------------------------------ one run
@@ -275,7 +291,8 @@ class _SimQuery:
         spec_mode = strategy.placement == "cloud-spec"
         k = strategy.next_k() if spec_mode else 0
         mid = run._id()
-        up = sizes.generate(mid, self.qid, "spec" if spec_mode else "target", k, w, self.seed, L)
+        stop = getattr(strategy, "draft_stop", None) if spec_mode else None
+        up = sizes.generate(mid, self.qid, "spec" if spec_mode else "target", k, w, self.seed, L, stop)
         h = run._submit(run.t, "up", up.wire)
         run._flush_end()
         start, _ = run._cloud(run._arrive(h), 0.0)
@@ -290,7 +307,7 @@ class _SimQuery:
         if spec_mode:
             # cloud_node runs the one cycle co-located: the same loop, on the cloud's clock.
             seam = _SimColocated(self, start + p.prefill_ms_per_token * (L - 1) + p.prefill_ms_per_token * L)
-            speculate(FixedK(k), seam, QueryLog(seam.now, "cloud-spec"), w["max_new_tokens"], SYNTHETIC_EOS,
+            speculate(FixedK(k, stop), seam, QueryLog(seam.now, "cloud-spec"), w["max_new_tokens"], SYNTHETIC_EOS,
                       on_cycle=lambda new, kk, n: send(seam.tc, len(new), False, (kk, n)))
             tc = seam.tc
             send(tc, 0, True, (0, 0))
@@ -357,7 +374,8 @@ class _SimSplit:
         if seq:
             self.run._align_clock(seq)
 
-    def draft(self, k: int, seq: int) -> list[int]:
+    def draft(self, k: int, seq: int, stop: float | None = None) -> list[int]:
+        k = drafted(self.q.acc, self.position, k, stop)
         self.run.t += self.run.p.t_draft_ms * (k - 1 if self.first else k) + self.catch_up_ms
         self.first, self.catch_up_ms = False, 0.0
         self.chain = k
@@ -537,7 +555,8 @@ class _SimColocated:
     def start_cycle(self, seq: int) -> None:
         pass
 
-    def draft(self, k: int, seq: int) -> list[int]:
+    def draft(self, k: int, seq: int, stop: float | None = None) -> list[int]:
+        k = drafted(self.q.acc, self.position, k, stop)
         self.tc += self.p.t_draft_ms * (k - 1 if self.first else k)
         self.first = False
         return [self.q.acc.token(self.position + i, drafted=True) for i in range(k)]

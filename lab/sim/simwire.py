@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from lab.core.protocol import HEADER_JSON, PROTOCOL_VERSION
+from lab.core.protocol import HEADER_JSON, PROTOCOL_VERSION, generate_fields
 
 SIM_QID_SUFFIX = "123456789012345"          # stands in for time.monotonic_ns() in the query id (15 digits)
 ZMTP_SHORT_MAX = 255
@@ -97,10 +97,10 @@ class WireSizes:
         return message_bytes("verdict", mid, {"query": qid, "seq": seq, "n_accepted": n_accepted,
                                               "token": self.token, "cloud_compute_ms": _ms(ms)}, {})
 
-    def generate(self, mid: int, qid: str, mode: str, k: int, workload: dict, seed: int, n_prompt: int) -> Size:
-        return message_bytes("generate", mid, {"query": qid, "mode": mode, "k": k,
-                                               "max_new_tokens": workload["max_new_tokens"],
-                                               "temperature": workload["temperature"], "seed": seed},
+    def generate(self, mid: int, qid: str, mode: str, k: int, workload: dict, seed: int, n_prompt: int,
+                 stop: float | None = None) -> Size:
+        return message_bytes("generate", mid, generate_fields(qid, mode, k, workload["max_new_tokens"],
+                                                              workload["temperature"], seed, stop),
                              {"prompt_ids": ("int32", (n_prompt,))})
 
     def tokens(self, mid: int, qid: str, seq: int, n_tokens: int, done: bool, ms: float,

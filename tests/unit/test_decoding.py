@@ -274,3 +274,67 @@ def test_sampling_loop_with_tokens_plus_probs_deviates():
     pvalue = _chi2(counts, exact)
     print(f"\ntokens+probs: whole loop, chi-square p-value {pvalue:.2e} (approximate residual, by design)")
     assert pvalue < 1e-3
+
+
+# ------------------------------------------------------------------ the confidence stop
+
+class _SureSession:
+    """A draft whose greedy token at step i is i + 1, with probability sure[i] (the rest spread evenly)."""
+
+    def __init__(self, sure: list[float], v: int = 50):
+        self.sure, self.v, self.forwards = sure, v, 0
+
+    def row(self, i: int) -> np.ndarray:
+        p = np.full(self.v, (1 - self.sure[i]) / (self.v - 1))
+        p[i + 1] = self.sure[i]
+        return np.log(p)
+
+    def extend(self, ids):
+        self.forwards += 1
+        return self.row(self.forwards)[None]
+
+
+@pytest.mark.parametrize("stop, want", [(None, 7), (0.9, 2), (0.6, 3), (0.4, 5), (0.3, 6)])
+def test_a_confidence_stop_ends_the_block_at_the_token_that_crosses_it(stop, want):
+    """Confidences 0.95 0.9 0.6 0.8 0.9 0.5 0.9: the block's running product 0.95 0.855 0.513 0.410 0.369
+    0.185 0.166 ends the block at the first token it takes below the threshold, that token kept, and
+    no forward is spent after it; K = 7 caps it."""
+    from lab.core.decoding import draft_tokens
+    s = _SureSession([0.95, 0.9, 0.6, 0.8, 0.9, 0.5, 0.9, 0.9])
+    toks, _ = draft_tokens(s, [], 7, 0.0, np.random.default_rng(0), logits=s.row(0), stop=stop)
+    assert toks == list(range(1, want + 1))
+    assert s.forwards == want - 1                 # the first token came from the logits it was given
+
+
+@pytest.mark.parametrize("stop", [0.2, 0.5, 0.9])
+def test_a_confidence_stop_keeps_the_targets_greedy_output(target, draft, stop):
+    for prompt in PROMPTS:
+        gen = speculative_generate(draft, target, prompt, 40, k_fn=lambda: 8, stop=stop)
+        assert gen.tokens == greedy_generate(target, prompt, 40)
+        assert all(1 <= d <= 8 and 0 <= a <= d for a, d in zip(gen.accepted, gen.drafted))
+
+
+def test_a_confidence_stop_shortens_the_blocks_of_an_unsure_draft(target):
+    unrelated = _model(2)
+    full = speculative_generate(unrelated, target, PROMPTS[1], 40, k_fn=lambda: 8)
+    stopped = speculative_generate(unrelated, target, PROMPTS[1], 40, k_fn=lambda: 8, stop=0.9)
+    assert full.drafted[:5] == [8] * 5 and max(stopped.drafted) < 8      # (K shrinks only at the end)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_caches_hold_the_committed_sequence_when_blocks_stop_early(temperature):
+    """A stopped block has fed its last draft too (the stop is read after the forward that made it):
+    the commit still rolls both caches back to exactly S."""
+    dm, tm = _Bigram(1), _Bigram(2)
+    seam = LocalSeam(dm, tm, [0, 3, 1], temperature=temperature, seed=0, payload="full")
+    ks = []
+
+    def check(new, k, n):
+        d, t = seam.d, seam.t
+        assert t.session.tokens == d.committed[:-1] and t.last == d.committed[-1]
+        assert d.session.tokens == d.committed[:d.cached]
+        ks.append(k)
+
+    from lab.core.cycle import FixedK
+    speculate(FixedK(6, stop=0.4), seam, QueryLog(seam.now, "split"), 80, (), on_cycle=check)
+    assert min(ks) < 6 and all(1 <= k <= 6 for k in ks)

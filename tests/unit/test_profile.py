@@ -294,3 +294,17 @@ def test_a_new_profile_calibrates_the_nasd_table_beside_it(pair, shipped, monkey
     assert rc == 0 and any(ln.startswith("\nrecalibrating") for ln in lines) and lines[-1].startswith("\nwrote ")
     assert [r["rtt_ms"] for r in doc["rows"]] == list(FEW_BUCKETS)
     assert doc["provenance"]["profile"]["t_draft_ms"] == yaml.safe_load(path.read_text())["t_draft_ms"]
+
+
+def test_measure_pair_reads_the_drafts_confidence_back(tmp_path):
+    """The draft's probability of its own token, position by position, as two-digit percents: a synthetic
+    pair made from a profile gives back the profile's digits (and PEAK_LOGIT's 97 % past them)."""
+    from lab.models.synthetic import encode_words, prompt_key
+    key = prompt_key(encode_words(PROMPTS[0]["prompt"], 500))
+    prof = Profile(t_draft_ms=0, verify_a_ms=0, verify_b_ms=0, prefill_ms_per_token=0, alpha=0.8, vocab=500,
+                   seed=3, prompt_agreement=((key, "110111"),), prompt_confidence=((key, "975040128899"),))
+    path = tmp_path / "conf.yaml"
+    save_profile(prof, path)
+    draft, target = load_synthetic("draft", str(path)), load_synthetic("target", str(path))
+    m = measure_pair(draft, target, PROMPTS[:1], max_new_tokens=8, out=lambda s: None, timing=False)
+    assert m["prompt_confidence"] == {key: "975040128899" + "97" * 2}

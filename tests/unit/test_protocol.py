@@ -10,7 +10,7 @@ import pytest
 
 from lab.core import spec
 from lab.core.protocol import (MAX_HEADER_BYTES, MAX_MESSAGE_BYTES, SCHEMA, Message, ProtocolError, check_hello,
-                          decode, encode, frames_size, ids)
+                          decode, encode, frames_size, generate_fields, ids)
 
 
 def _verify(payload: str, temperature: float = 0.7, k: int = 3, vocab: int = 50) -> Message:
@@ -222,3 +222,13 @@ def test_fuzz_only_protocol_errors():
     print(f"\nfuzz: {outcomes}")
     assert sum(outcomes.values()) == 1000
     assert outcomes["ProtocolError"] > 700
+
+
+def test_generate_carries_a_confidence_stop_only_when_there_is_one():
+    plain = generate_fields("q", "spec", 8, 32, 0.0, 1)
+    assert "stop" not in plain
+    m = Message("generate", 1, generate_fields("q", "spec", 8, 32, 0.0, 1, stop=0.5), {"prompt_ids": ids([1, 2])})
+    assert decode(encode(m)).fields["stop"] == 0.5
+    for bad in (0, 1.5, "0.5", True):
+        with pytest.raises(ProtocolError, match=r"generate: stop must be a number in \(0, 1\]"):
+            encode(Message("generate", 1, {**plain, "stop": bad}, {"prompt_ids": ids([1, 2])}))

@@ -248,3 +248,33 @@ def test_every_shipped_scenario_simulates(name, link_model):
         if r["placement"] == "split":
             assert min(r["network_ms_per_cycle"]) >= sc.link.rtt_ms - 2 * sc.link.uplink.jitter_ms - 1e-6 \
                 or sc.timeline.steps
+
+
+def test_the_simulator_stops_blocks_where_the_synthetic_draft_does():
+    """fixed-k:8,stop=P and cloud-spec:8,stop=P: the simulator's blocks end where the synthetic draft's
+    logits (the profile's measured confidence) end them in the real drafting loop, cycle for cycle."""
+    from lab.models.synthetic import encode_words, prompt_key
+    from lab.prompts import load_prompts
+    text = load_prompts(None)[0]["prompt"]
+    key = prompt_key(encode_words(text, 1000))
+    prof = Profile(t_draft_ms=1, verify_a_ms=2, verify_b_ms=0.1, prefill_ms_per_token=0.01, alpha=0.7, seed=3,
+                   vocab=1000, name="sure", prompt_agreement=((key, "1111011111101111111"),),
+                   prompt_confidence=((key, "99989790409896995020979899979899999999"),))
+    sc = scenario({"delay_ms": 5}, workload={"max_new_tokens": 24, "warmup_queries": 0})
+    d, t = SyntheticModel("draft", prof), SyntheticModel("target", prof)
+    gen = speculative_generate(d, t, d.encode_prompt(text), 24, k_fn=lambda: 8, stop=0.6)
+    assert min(gen.drafted) < 8 and gen.tokens == speculative_generate(d, t, d.encode_prompt(text), 24,
+                                                                       k_fn=lambda: 8).tokens
+    for strategy in ("fixed-k:8,stop=0.6", "cloud-spec:8,stop=0.6"):
+        rec = run(sc, [strategy], profile=prof, queries=1)[0]
+        assert [k for k in rec["k_per_cycle"] if k] == gen.drafted, strategy
+        assert [a for k, a in zip(rec["k_per_cycle"], rec["accepted_per_cycle"]) if k] == gen.accepted
+
+
+def test_an_iid_draft_is_as_sure_as_its_acceptance_rate():
+    """With i.i.d. acceptance the draft's confidence is α at every position: at α 0.8 a stop at 0.5 ends
+    every block at 4 drafts (0.8⁴ = 0.41), whatever K allows beyond."""
+    sc = scenario({"delay_ms": 5}, workload={"max_new_tokens": 40, "warmup_queries": 0})
+    rec = run(sc, ["fixed-k:12,stop=0.5"], queries=1)[0]
+    ks = rec["k_per_cycle"]
+    assert set(ks[:-1]) == {4} and 1 <= ks[-1] <= 4

@@ -37,3 +37,25 @@ def test_bad_names(spec, words):
 
 def test_registry_lists_baselines():
     assert {"cloud-only", "cloud-spec", "edge-only", "fixed-k"} <= set(known_strategies())
+
+
+@pytest.mark.parametrize("spec, placement, k, stop", [
+    ("fixed-k:12,stop=0.5", "split", 12, 0.5),
+    ("cloud-spec:8,stop=0.6", "cloud-spec", 8, 0.6),
+    ("cloud-spec:stop=1", "cloud-spec", 5, 1.0),          # K left at cloud-spec's default
+    ("fixed-k:4", "split", 4, None),
+])
+def test_a_confidence_stop_is_an_option_of_the_fixed_strategies(spec, placement, k, stop):
+    s = make_strategy(spec)
+    assert (s.name, s.placement, s.next_k(), s.draft_stop) == (spec, placement, k, stop)
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("fixed-k:stop=0.5", "needs a draft length"),
+    ("fixed-k:8,stop=0", r"option 'stop': must be a number in \(0, 1\]"),
+    ("cloud-spec:8,stop=1.5", r"option 'stop': must be a number in \(0, 1\]"),
+    ("fixed-k:8,halt=0.5", "unknown option 'halt'"),
+])
+def test_a_bad_confidence_stop_is_named(spec, words):
+    with pytest.raises(StrategyError, match=words):
+        make_strategy(spec)

@@ -170,3 +170,33 @@ def test_session_errors():
     with pytest.raises(ModelError, match="role"):
         SyntheticModel("oracle", d.profile)
     assert np.argmax(s.extend([3])[-1]) == d.token_at(3, 2)
+
+
+def test_a_profiled_confidence_is_what_the_drafts_logits_say(tmp_path):
+    """prompt_confidence: the draft's probability of its own token at each measured position comes back
+    from its logits (the middle of the recorded percent); past them, and for the target, the rows are
+    PEAK_LOGIT's as before.  It survives save/load and a bad string is named."""
+    from lab.models.synthetic import PEAK_LOGIT, encode_words, prompt_key
+    ids = encode_words("write a function", 1000)
+    key = prompt_key(ids)
+    prof = Profile(t_draft_ms=0, verify_a_ms=0, verify_b_ms=0, prefill_ms_per_token=0, alpha=0.5, vocab=1000,
+                   prompt_agreement=((key, "1101"),), prompt_confidence=((key, "97500312"),))
+    path = tmp_path / "pc.yaml"
+    save_profile(prof, path)
+    back = load_profile(str(path))
+    assert back.prompt_confidence == prof.prompt_confidence
+    d, t = SyntheticModel("draft", back), SyntheticModel("target", back)
+    s = d.new_session()
+    rows = [s.prefill(ids)] + [s.extend([0])[-1] for _ in range(4)]
+    got = [spec.token_confidence(r, int(np.argmax(r))) for r in rows]
+    peak = 1 / (1 + 999 * np.exp(-PEAK_LOGIT))
+    assert got == pytest.approx([0.975, 0.505, 0.035, 0.125, peak], abs=1e-5)
+    assert [int(np.argmax(r)) for r in rows[:4]] == [d.token_at(len(ids) + i, len(ids), key) for i in range(4)]
+    ts = t.new_session()
+    ts.prefill(ids)
+    assert ts.extend([0])[-1].max() == PEAK_LOGIT
+    p = tmp_path / "bad.yaml"
+    p.write_text("t_draft_ms: 1\nverify_a_ms: 1\nverify_b_ms: 1\nprefill_ms_per_token: 1\nalpha: 0.5\n"
+                 "prompt_confidence: {abc: '975'}\n")
+    with pytest.raises(ModelError, match=r"prompt_confidence\[abc\]"):
+        load_profile(str(p))
