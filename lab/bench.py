@@ -5,6 +5,8 @@ speculation rests on — t_decode and t_verify(K+1) for K = 1…5 — and the ti
 three-line prompt at the chosen threads and at the old defaults (bf16, one pinned thread); then on
 the same pair, prompts and thread count, in one process:
   cloud-spec   lab.core.decoding.speculative_generate (draft + target co-located, K fixed)
+  cloud-spec:K,stop=P   the same with a confidence stop: at most K drafts a block, fewer once the
+               draft's own estimate that all of them are accepted falls below P (`--stop`, `--stop-k`)
   assisted     Hugging Face assisted generation: target.generate(assistant_model=draft)
   plain        the target alone: target.generate (greedy)
 and prints tokens/s of each, the ratios, and whether the three produced the same token ids
@@ -119,9 +121,12 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
+DEFAULT_STOP, DEFAULT_STOP_K = 0.5, 8        # docs/MEASUREMENTS.md, the confidence stop
+
+
 def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 48, n_prompts: int = 3,
                     threads: int = 2, dtypes: tuple[str, ...] = ("float32", "bfloat16"), out=print,
-                    kernels: str | None = None) -> dict:
+                    kernels: str | None = None, stop: float = DEFAULT_STOP, stop_k: int = DEFAULT_STOP_K) -> dict:
     """For each dtype: tokens/s of plain, assisted and cloud-spec decoding; t_verify(K+1)/t_decode;
     TTFT of a three-line prompt at `threads` and at the old defaults (one pinned thread)."""
     from lab.models import cpu
@@ -132,7 +137,8 @@ def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 
         f"so each phase gets every core)")
     results = {}
     for dtype in dtypes:
-        results[dtype] = _bench_dtype(models, k, max_new_tokens, n_prompts, threads, dtype, out, kernels)
+        results[dtype] = _bench_dtype(models, k, max_new_tokens, n_prompts, threads, dtype, out, kernels,
+                                      (stop_k, stop))
     gguf = None
     if models == "embedded":
         from lab.models.llamacpp import INSTALL_HINT, available
@@ -147,6 +153,9 @@ def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 
             f"{tps['cloud-spec']:6.2f}  = {tps['cloud-spec'] / tps['plain']:.2f}x plain (goal >= 1.3), "
             f"{tps['cloud-spec'] / tps['assisted']:.2f}x assisted (goal >= 1.2); "
             f"draft {r['draft_kernels']} (assisted uses the same)")
+        row = r["stop_row"]
+        out(f"  {'':9s} {row}: {tps[row]:6.2f}  = {tps[row] / tps['plain']:.2f}x plain, "
+            f"{tps[row] / tps['assisted']:.2f}x assisted (goal >= 1.2; the same draft)")
         for row in (r for r in tps if r.startswith("cloud-spec-")):
             out(f"  {'':9s} {row.removeprefix('cloud-spec-').replace('-', ' ')}: cloud-spec {tps[row]:6.2f} = "
                 f"{tps[row] / tps['plain']:.2f}x plain  (assisted ran with the {r['draft_kernels']} draft only)")
@@ -168,7 +177,7 @@ def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 
 
 
 def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threads: int, dtype: str, out,
-                 kernels: str | None = None) -> dict:
+                 kernels: str | None = None, stopping: tuple[int, float] = (DEFAULT_STOP_K, DEFAULT_STOP)) -> dict:
     import os
 
     import torch
@@ -189,13 +198,17 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
     tally, mismatches, greedy_reference = _Tally(), [], {}
     prompt_ids = {p["id"]: target.encode_prompt(p["prompt"]) for p in prompts}
 
-    def cloud_spec(name: str, drafter, ids: list[int]) -> list[int]:
+    def cloud_spec(name: str, drafter, ids: list[int], kk: int = k, stop: float | None = None) -> list[int]:
         """One co-located speculative generation, timed and counted under `name`; its tokens."""
-        return tally.run(name, lambda: speculative_generate(drafter, target, ids, max_new_tokens, k_fn=lambda: k))
+        return tally.run(name, lambda: speculative_generate(drafter, target, ids, max_new_tokens, k_fn=lambda: kk,
+                                                            stop=stop))
 
+    stop_k, stop = stopping
+    stop_row = f"cloud-spec:{stop_k},stop={stop:g}"
     for p in prompts:
         ids = prompt_ids[p["id"]]
         ours = cloud_spec("cloud-spec", draft, ids)
+        stopped = cloud_spec(stop_row, draft, ids, stop_k, stop)
         x = torch.tensor([ids])
         eos = list(target.eos_token_ids)
         gen_kw = dict(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos[0],
@@ -205,7 +218,7 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
                 x, assistant_model=draft.model, **gen_kw)[0, len(ids):].tolist())
             plain = tally.run("plain", lambda: target.model.generate(x, **gen_kw)[0, len(ids):].tolist())
         greedy_reference[p["id"]] = plain
-        for name, toks in (("assisted", assisted), ("plain", plain)):
+        for name, toks in (("assisted", assisted), ("plain", plain), (stop_row, stopped)):
             if toks != ours:
                 mismatches.append(f"{p['id']}: {name} differs from cloud-spec at token {_first_difference(toks, ours)}")
         out(f"  {p['id']}: {len(ours)} tokens")
@@ -223,10 +236,12 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
     tps = tally.report(out)
     out(f"  cloud-spec / assisted = {tps['cloud-spec'] / tps['assisted']:.2f}x   (goal >= 1.2x)")
     out(f"  cloud-spec / plain    = {tps['cloud-spec'] / tps['plain']:.2f}x   (goal >= 1.3x)")
+    out(f"  {stop_row} / assisted = {tps[stop_row] / tps['assisted']:.2f}x, / plain = "
+        f"{tps[stop_row] / tps['plain']:.2f}x")
     out("  outputs: " + ("identical token ids" if not mismatches else "; ".join(mismatches)))
     del draft, target
     return {"tokens_per_s": tps, "mismatches": mismatches, "verify": costs, "ttft_ms": ttft,
-            "ttft_old_layout_ms": ttft_old, "draft_kernels": draft_kernels}
+            "ttft_old_layout_ms": ttft_old, "draft_kernels": draft_kernels, "stop_row": stop_row}
 
 
 def _bench_gguf(k: int, max_new_tokens: int, n_prompts: int, threads: int, out) -> dict:
@@ -396,6 +411,11 @@ def bench_args(argv: list[str]):
                     help="Linear kernels of both models: torch's default or oneDNN-packed weights "
                          "(auto: the lab's defaults, a packed target and an int8 draft where that runs); "
                          "cloud-spec is measured again with the other draft (packed beside int8)")
+    ap.add_argument("--stop", type=usage.number(0.0, above=True, maximum=1.0), default=DEFAULT_STOP,
+                    help="confidence stop of the cloud-spec:K,stop=P row: a block ends once the draft's own "
+                         f"estimate that all of it is accepted falls below P (default {DEFAULT_STOP})")
+    ap.add_argument("--stop-k", type=usage.whole(1), default=DEFAULT_STOP_K,
+                    help=f"the most drafts a block of that row may hold (default {DEFAULT_STOP_K})")
     ap.add_argument("--no-lan", action="store_true", help="skip the distributed fixed-k over lan part")
     a = ap.parse_args(argv)
     if a.what == "colocated" and a.models.startswith("synthetic"):
@@ -427,7 +447,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     dtypes = ("float32", "bfloat16") if a.dtype == "all" else (resolve_dtype(a.dtype),)
     a.k = a.k or default_k(a.models)
     bench_colocated(a.models, a.k, a.max_new_tokens, a.prompts, a.threads, dtypes,
-                    kernels=None if a.kernels == "auto" else a.kernels)
+                    kernels=None if a.kernels == "auto" else a.kernels, stop=a.stop, stop_k=a.stop_k)
     if not a.no_lan:
         bench_lan(a.models, a.k, a.max_new_tokens, a.prompts, dtypes[0])
     return 0
