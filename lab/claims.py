@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from lab.core.strategies import StrategyError, make_strategy
+from lab.core.strategies import StrategyError, fixed_k, make_strategy
 from lab.verdict import curves, placement, reversal, stable
 
 NOT_MEASURED = "not measured"
@@ -23,8 +23,12 @@ def _row(claim, source, verdict, numbers, note=""):
     return {"claim": claim, "source": source, "verdict": verdict, "numbers": numbers, "note": note}
 
 
-def _k(strategy: str) -> int | None:
-    return int(strategy.split(":")[1]) if strategy.startswith("fixed-k:") else None
+_k = fixed_k
+
+
+def _plain_fixed(d: pd.DataFrame) -> pd.Series:
+    """The rows of plain fixed-k:K strategies (a mask)."""
+    return d["strategy"].map(lambda s: _k(s) is not None).astype(bool)
 
 
 def expected_tau(alpha: float, k: float) -> float:
@@ -49,7 +53,7 @@ def e_tau(points: pd.DataFrame, src: str) -> dict:
     truncated cycle of each query)."""
     claim = "E[τ] = (1 − α^(K+1))/(1 − α): one α predicts tokens per cycle at every K"
     d = stable(points[points["source"] == src])
-    d = d[d["strategy"].str.startswith("fixed-k:")].dropna(subset=["acceptance", "tokens_per_cycle"]) \
+    d = d[_plain_fixed(d)].dropna(subset=["acceptance", "tokens_per_cycle"]) \
         if "tokens_per_cycle" in d else d.iloc[0:0]
     if d["strategy"].nunique() < 2:
         return _row(claim, src, NOT_MEASURED, "needs fixed-k rows at two K or more, with per-cycle counts")
@@ -72,7 +76,7 @@ def e_tau(points: pd.DataFrame, src: str) -> dict:
 def k_star(points: pd.DataFrame, src: str) -> dict:
     claim = "the best K grows ~ log RTT"
     d = stable(points[points["source"] == src])
-    d = d[d["strategy"].str.startswith("fixed-k:")]
+    d = d[_plain_fixed(d)]
     if d.empty or d["strategy"].nunique() < 2:
         return _row(claim, src, NOT_MEASURED, "fewer than two fixed-k strategies")
     rate = d["rate_mbit"].max()
@@ -178,7 +182,7 @@ def near_best_fixed(points: pd.DataFrame, src: str, strategy: str, tolerance_pct
         return _row(claim, src, NOT_MEASURED, "no pooled tokens/s in these folders (written since it exists)")
     have = set(d["strategy"])
     variants = sorted(s for s in have if s.split(":")[0] == strategy)
-    fixed = sorted(s for s in have if s.startswith("fixed-k:"))
+    fixed = sorted(s for s in have if _k(s) is not None)
     if not variants or not fixed:
         missing = [n for n, ok in ((strategy, variants), ("fixed-k", fixed)) if not ok]
         return _row(claim, src, NOT_MEASURED, f"no {', '.join(missing)} rows in these folders")

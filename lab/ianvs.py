@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lab.core.strategies import fixed_k
 from lab.verdict import placement
 
 IANVS_COLUMNS = ["algorithm", "Time to First Token", "Throughput", "Internal Token Latency", "End-to-End Latency",
@@ -51,7 +52,7 @@ def rank_table(points: pd.DataFrame) -> pd.DataFrame:
         ttft, e2e = r["ttft_ms_p50"] / 1e3, r["e2e_ms_p50"] / 1e3
         drafter, verifier = _models(r.get("models", ""))
         mode = _mode(r["strategy"])
-        k = r["strategy"].split(":")[1] if r["strategy"].startswith("fixed-k:") else (
+        k = str(fixed_k(r["strategy"])) if fixed_k(r["strategy"]) is not None else (
             round(r["k_mean"], 2) if mode == "collaboration" and pd.notna(r.get("k_mean")) else "")
         rows.append({
             "algorithm": r["strategy"], "Time to First Token": round(ttft, 4),

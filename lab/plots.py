@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from lab.core.strategies import fixed_k  # noqa: E402
 from lab.results import read_jsonl  # noqa: E402
 from lab.verdict import placement, stable  # noqa: E402
 
@@ -166,7 +167,7 @@ def adaptive_traces(figs: Figures, rows: pd.DataFrame, limit: int = 3) -> None:
     """K and network time per cycle for strategies whose K changes within a query (adaptive ones)."""
     picked = []
     for _, r in rows.drop_duplicates(["source", "strategy", "rtt_ms", "rate_mbit"]).iterrows():
-        if placement(r["strategy"]) != "split" or r.get("strategy", "").startswith("fixed-k"):
+        if placement(r["strategy"]) != "split" or fixed_k(r.get("strategy", "")) is not None:
             continue
         # read_jsonl: a missing file has no records, and an interrupted run's torn last record is skipped
         for rec in read_jsonl(Path(r["folder"]) / str(r["run_dir"]) / "queries.jsonl"):

@@ -151,6 +151,13 @@ def make_strategy(spec: str) -> Strategy:
     return factory(param or None)
 
 
+def fixed_k(spec: str) -> int | None:
+    """K of a plain `fixed-k:K` — the references adaptive K is judged against — else None (with a
+    confidence stop, fixed-k:K,stop=P, K is only a cap and the block lengths vary)."""
+    base, _, param = spec.partition(":")
+    return int(param) if base == "fixed-k" and param.isdigit() else None
+
+
 def known_strategies() -> list[str]:
     return sorted(REGISTRY)
 

@@ -59,3 +59,9 @@ def test_a_confidence_stop_is_an_option_of_the_fixed_strategies(spec, placement,
 def test_a_bad_confidence_stop_is_named(spec, words):
     with pytest.raises(StrategyError, match=words):
         make_strategy(spec)
+
+
+def test_only_a_plain_fixed_k_is_a_fixed_k():
+    """What report, claims and the Ianvs export judge adaptive K against: a stopped fixed-k is not one."""
+    from lab.core.strategies import fixed_k
+    assert [fixed_k(s) for s in ("fixed-k:7", "fixed-k:8,stop=0.5", "cloud-spec:5", "nasd")] == [7, None, None, None]
