@@ -149,7 +149,7 @@ class DraftState:
                                  logits=self._logits_if_ready(first_logits), stop=stop)
         self.cached, self.ready = len(self.committed), None
         self.ahead = list(tokens)
-        return tokens, q                       # the cache now holds S + tokens[:-1] (+ the last, if stopped)
+        return tokens, q                       # the cache now holds S + tokens[:-1], stopped early or not
 
     def commit(self, accepted: list[int], next_token: int) -> None:
         """Append the verdict to S and roll the draft cache back to the part of S it still holds."""

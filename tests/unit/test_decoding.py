@@ -323,8 +323,8 @@ def test_a_confidence_stop_shortens_the_blocks_of_an_unsure_draft(target):
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_caches_hold_the_committed_sequence_when_blocks_stop_early(temperature):
-    """A stopped block has fed its last draft too (the stop is read after the forward that made it):
-    the commit still rolls both caches back to exactly S."""
+    """A stopped block leaves the draft cache as a full one does, its last draft never fed (the stop
+    is read from the logits that made it): the commit rolls both caches back to exactly S."""
     dm, tm = _Bigram(1), _Bigram(2)
     seam = LocalSeam(dm, tm, [0, 3, 1], temperature=temperature, seed=0, payload="full")
     ks = []
