@@ -343,7 +343,7 @@ class Nasd:
 
     placement = "split"
     OPTIONS = {"k_min": _whole(1, 64), "k_max": _whole(1, 64), "table": str, "fallback": _choice(*FALLBACKS, "none"),
-               "smoothing": _fraction, "probe": _whole(1, 1024), "patience": _whole(1, 64)}
+               "smoothing": _fraction, "probe": _whole(1, 1024), "patience": _whole(1, 64), "stop": _fraction}
 
     def __init__(self, param: str | None = None, table: NasdTable | None = None):
         o = parse_options("nasd", param, self.OPTIONS)
@@ -354,6 +354,7 @@ class Nasd:
         # Cycles in a row that must predict the fallback before it is taken: a one-cycle spike is
         # cheaper to ride out than a switch to the cloud and back (the `spikes` scenario).
         self.patience, self.past_reversal = o.get("patience", 2), 0
+        self.draft_stop = o.get("stop")             # a confidence stop within the K chosen (_fixed)
         self.table_path: str | None = o.get("table")
         self.table = table
         if self.table is None and self.table_path:
@@ -472,12 +473,13 @@ class UcbSpecStop:
     WARMUP_CYCLES = 16      # speculative cycles before the fallback is trusted to beat every arm
     PRIOR_SAMPLES = 4
     OPTIONS = {"k_max": _whole(1, 64), "c": _positive, "fallback": _choice("cloud", "edge", "none"),
-               "smoothing": _fraction, "probe": _whole(1, 1024)}
+               "smoothing": _fraction, "probe": _whole(1, 1024), "stop": _fraction}
 
     def __init__(self, param: str | None = None):
         o = parse_options("ucb-specstop", param, self.OPTIONS)
         self.k_max, self.c = o.get("k_max", 20), o.get("c", 0.3)
         self.fallback, self.smoothing, self.probe = o.get("fallback", "cloud"), o.get("smoothing", 0.5), o.get("probe", 4)
+        self.draft_stop = o.get("stop")             # a confidence stop within the arm chosen (_fixed)
         self.name = f"ucb-specstop:{param}" if param else "ucb-specstop"
         self.reached = [0] * (self.k_max + 1)      # cycles whose draft at position j the target judged
         self.passed = [0] * (self.k_max + 1)       # ... and accepted

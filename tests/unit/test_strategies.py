@@ -65,3 +65,9 @@ def test_only_a_plain_fixed_k_is_a_fixed_k():
     """What report, claims and the Ianvs export judge adaptive K against: a stopped fixed-k is not one."""
     from lab.core.strategies import fixed_k
     assert [fixed_k(s) for s in ("fixed-k:7", "fixed-k:8,stop=0.5", "cloud-spec:5", "nasd")] == [7, None, None, None]
+
+
+@pytest.mark.parametrize("spec, stop", [("nasd:stop=0.1", 0.1), ("ucb-specstop:k_max=12,stop=0.2", 0.2),
+                                        ("nasd", None), ("ucb-specstop", None)])
+def test_the_adaptive_controllers_take_a_confidence_stop_within_the_k_they_choose(spec, stop):
+    assert make_strategy(spec).draft_stop == stop
