@@ -112,7 +112,8 @@ def test_ctrl_c_leaves_nothing_and_marks_the_run(tmp_path):
 # Two short prompts: one the target answers in a few tokens and ends with EOS, one cut by --max-new-tokens.
 E2E_PROMPTS = ({"id": "sky", "prompt": "Answer with one word only: what colour is a clear daytime sky?"},
                {"id": "reverse", "prompt": "Write a Python function that reverses a string."})
-E2E_STRATEGIES = ("cloud-only", "cloud-spec", "fixed-k:3", "fixed-k:5", "pipelined:3", "pipelined:5")
+E2E_STRATEGIES = ("cloud-only", "cloud-spec", "fixed-k:3", "fixed-k:5", "pipelined:3", "pipelined:5",
+                  "fixed-k:12,stop=0.3", "cloud-spec:8,stop=0.5")       # the last two: confidence stops
 E2E_MAX_NEW = 16
 
 
@@ -245,6 +246,10 @@ def test_embedded_pair_lossy_equals_transformers_generate(tmp_path):
     # The pipelined strategies drafted ahead: blocks on the guess were sent or dropped, and all is still exact.
     assert any(o is not None for rec in recs if rec["strategy"].startswith("pipelined")
                for o in rec["optimistic_per_cycle"])
+    # The confidence stops ended some blocks before their cap, edge-side and in the cloud's co-located loop.
+    for name, cap in (("fixed-k:12,stop=0.3", 12), ("cloud-spec:8,stop=0.5", 8)):
+        ks = [k for rec in recs if rec["strategy"] == name for k in rec["k_per_cycle"] if k > 0]
+        assert ks and max(ks) <= cap and min(ks) < cap, (name, ks)
     s = summary(run)
     assert sum(int(float(row["tcp_retrans_segs"])) for row in s.values()) > 0
 
