@@ -68,7 +68,7 @@ def draft_tokens(session, feed: list[int], k: int, temperature: float, rng: np.r
                  stop: float | None = None) -> tuple[list[int] | None, np.ndarray | None]:
     """Up to K autoregressive draft steps.  The session's cache holds S minus `feed`; `logits` are the
     next-token logits when feed is empty.  Returns tokens [≤ K] and, at T > 0, the draft's softmax q
-    [K, V] (what `spec.encode_q` turns into the payload).  Tokens are drawn from `spec.proposal(payload,
+    [len(tokens), V] (what `spec.encode_q` turns into the payload).  Tokens are drawn from `spec.proposal(payload,
     q)`, the distribution the cloud can rebuild from that payload — so pass the payload mode the edge
     will send (None: sample from q itself).  stop: end the block early once the draft's own estimate
     that all of it is accepted falls below it (spec.BlockStop) — the token that crossed it is kept, no
@@ -86,14 +86,13 @@ def draft_tokens(session, feed: list[int], k: int, temperature: float, rng: np.r
             logits = session.extend(feed)[-1]                   # [V]
         if temperature > 0:
             q = spec.softmax(logits, temperature)                # [V]
-            drawn_from = spec.proposal(payload, q)
-            tok = spec.sample(drawn_from, rng)
+            tok = spec.sample(spec.proposal(payload, q), rng)
             qs.append(q)
         else:
-            drawn_from, tok = None, int(np.argmax(logits))
+            q, tok = None, int(np.argmax(logits))
         tokens.append(tok)
         feed = [tok]
-        if block is not None and block.ends(spec.token_confidence(logits, tok, drawn_from)):
+        if block is not None and block.ends(spec.token_confidence(logits, tok, q)):
             break
         logits = None
     return tokens, (np.stack(qs) if qs else None)             # q: [K, V]
@@ -144,7 +143,7 @@ class DraftState:
               first_logits: np.ndarray | None = None, payload: str | None = "full", stop: float | None = None
               ) -> tuple[list[int], np.ndarray | None]:
         """Up to K draft tokens (fewer if `stop` ends the block: draft_tokens) and, at T > 0, the draft's
-        softmax q [K, V] (encode it with the same payload)."""
+        softmax q [len(tokens), V] (encode it with the same payload)."""
         tokens, q = draft_tokens(self.session, self.pending(), k, temperature, rng, payload,
                                  logits=self._logits_if_ready(first_logits), stop=stop)
         self.cached, self.ready = len(self.committed), None

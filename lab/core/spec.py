@@ -74,14 +74,15 @@ def pick(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> in
     return sample(softmax(logits, temperature), rng) if temperature > 0 else int(np.argmax(logits))
 
 
-def token_confidence(logits: np.ndarray, token: int, drawn_from: np.ndarray | None = None) -> float:
-    """The draft's own probability of the token it proposed: of the distribution it was drawn from
-    (T > 0), else of its softmax at T = 1 (the greedy token's).  A block's product of these is the
+def token_confidence(logits: np.ndarray, token: int, q: np.ndarray | None = None) -> float:
+    """The draft's own probability of the token it proposed: q[token] for its softmax q at T > 0 (not
+    the payload's proposal, which for `tokens` is one-hot: certain of everything), else of its softmax
+    at T = 1 (the greedy token's).  A block's product of these is the
     draft's estimate that the target accepts all of it — what a confidence stop (draft_tokens `stop`)
     compares with its threshold; calibrated or not, it is high where the draft is sure and low at
     the forks where drafts are rejected (docs/MEASUREMENTS.md, the confidence stop)."""
-    if drawn_from is not None:
-        return float(drawn_from[token])
+    if q is not None:
+        return float(q[token])
     z = np.asarray(logits, dtype=np.float64)
     return float(1.0 / np.exp(z - z[token]).sum())
 
