@@ -92,7 +92,7 @@ def measure_pair(draft, target, prompts: list[dict], max_new_tokens: int,
                  out: Callable[[str], None] = print, timing: bool = True) -> dict:
     """Everything the profile needs, measured; plus the raw figures for the record.  timing=False:
     the agreement only (alpha, trace, prompt_agreement), no t_verify repeats."""
-    from lab.models.synthetic import encode_words, prompt_key
+    from lab.models.synthetic import encode_confidence, encode_words, prompt_key
 
     prefill_t, prefill_d, t_draft, agree, trace = [], [], [], [], []
     per_prompt: dict[str, str] = {}
@@ -137,7 +137,7 @@ def measure_pair(draft, target, prompts: list[dict], max_new_tokens: int,
         agree += mine
         trace += agreement_trace(mine)
         per_prompt[key] = "".join("01"[a] for a in mine)
-        confidence[key] = "".join(f"{min(int(c * 100), 99):02d}" for c in sure)
+        confidence[key] = encode_confidence(sure)
         out(f"  [{i}/{len(prompts)}] {p['id']:14s} prompt {len(ids)} tokens, agreement "
             f"{sum(mine)}/{len(mine)}" + ("" if end is None else f" (the answer ends at token {end})"))
     m = {"alpha": float(np.mean(agree)), "trace": trace, "prompt_agreement": per_prompt, "prompt_answer": answer,

@@ -100,8 +100,8 @@ class Profile:
     prompt_answer: tuple[tuple[str, int], ...] | None = None
     # Per prompt (the same keys): the draft's probability of its own greedy token at each generated
     # position, teacher-forced along the target's answer, in percent, two digits a position ("9712…";
-    # 00–99, read as the middle of its percent).  Where it is missing the draft's confidence is what
-    # PEAK_LOGIT gives (SyntheticModel.confidence).
+    # 00–99, read as the middle of its percent: encode_confidence / decode_confidence).  Elsewhere
+    # SyntheticModel.confidence falls back on these measurements pooled (or, without any, PEAK_LOGIT's).
     prompt_confidence: tuple[tuple[str, str], ...] | None = None
     name: str = "custom"
     source: str = ""
@@ -109,6 +109,16 @@ class Profile:
     def verify_ms(self, n: int) -> float:
         """One target forward over n tokens (n = K + 1 for a verify of K drafts)."""
         return self.verify_a_ms + self.verify_b_ms * n
+
+
+def encode_confidence(probs) -> str:
+    """[0.973, 0.5, …] → "9750…": prompt_confidence's two-digit percents (floored, 99 at most)."""
+    return "".join(f"{min(int(p * 100), 99):02d}" for p in probs)
+
+
+def decode_confidence(digits: str) -> tuple[float, ...]:
+    """"9750…" → (0.975, 0.505, …): each percent read as its middle."""
+    return tuple((int(digits[i:i + 2]) + 0.5) / 100 for i in range(0, len(digits), 2))
 
 
 def load_profile(name_or_path: str | None) -> Profile:
@@ -268,7 +278,7 @@ class SyntheticSession:
             raise ModelError("prefill needs at least one token")
         self._spend(self.m.profile.prefill_ms_per_token * len(token_ids))
         self.length = self.origin = len(token_ids)
-        self.key = prompt_key(token_ids) if self.m.per_prompt or self.m.answer else ""
+        self.key = prompt_key(token_ids) if self.m.per_prompt or self.m.answer or self.m.sure else ""
         # The target's cache holds the prompt but its last token (lab/core/decoding.py TargetState), which
         # comes with the first extend: if that completes a profiled prompt, the session is that prompt's.
         self._prefix = list(token_ids) if self.key and self.key not in self.m.answer else None
@@ -308,8 +318,8 @@ class SyntheticModel:
         self._bits = _trace_bits(profile.trace) if profile.trace else None
         self.per_prompt = {k: tuple(c == "1" for c in v) for k, v in profile.prompt_agreement or ()}
         self.answer = dict(profile.prompt_answer or ())
-        self.sure = {k: tuple((int(v[i:i + 2]) + 0.5) / 100 for i in range(0, len(v), 2))
-                     for k, v in profile.prompt_confidence or ()} if role == "draft" else {}
+        self.sure = {k: decode_confidence(v) for k, v in profile.prompt_confidence or ()} if role == "draft" else {}
+        self.sure_pooled = self._pooled_confidence()
         # The last id is the EOS that ends a profiled answer (prompt_answer); other tokens never draw it.
         self.eos_token_ids: tuple[int, ...] = (self.vocab_size - 1,) if self.answer else ()
 
@@ -327,20 +337,40 @@ class SyntheticModel:
             return self._bits[(pos - origin) % len(self._bits)]
         return (_h(self.profile.seed, pos, "accept") % 1_000_000) / 1_000_000 < self.profile.alpha
 
+    def _pooled_confidence(self) -> tuple[float, float] | None:
+        """(mean confidence where the draft agreed, where it did not) over every measured position of
+        the profile's prompts: what an unmeasured position gets, by its own agreement — so a prompt or
+        a position the profile did not measure still stops where the real draft tends to."""
+        hit, miss = [], []
+        for key, sure in self.sure.items():
+            for a, c in zip(self.per_prompt.get(key, ()), sure):
+                (hit if a else miss).append(c)
+        if not hit and not miss:
+            return None
+
+        def mean(xs: list[float], instead: list[float]) -> float:      # a class never seen: the other's
+            return sum(xs) / len(xs) if xs else sum(instead) / len(instead)
+        return mean(hit, miss), mean(miss, hit)
+
     def confidence(self, pos: int, origin: int = 0, key: str = "") -> float:
         """The draft's probability of the token it proposes at sequence position pos: the profile's
-        measurement where it has one, else what the softmax of a PEAK_LOGIT row gives (the logits are
-        built from this, so a confidence stop reads the same in a synthetic node and the simulator)."""
+        measurement there; else, for a profile that measured some, the pooled measurement for a position
+        that agrees or not (_pooled_confidence); else what the softmax of a PEAK_LOGIT row gives.  The
+        logits are built from this, so a confidence stop reads the same in a synthetic node and the
+        simulator."""
         own = self.sure.get(key)
         if own is not None and 0 <= pos - origin < len(own):
-            # at least twice the uniform share: the proposed token must stay the row's argmax
-            return max(own[pos - origin], 2.0 / self.vocab_size)
-        return 1.0 / (1.0 + (self.vocab_size - 1) * math.exp(-PEAK_LOGIT))
+            c = own[pos - origin]
+        elif self.sure_pooled is not None:
+            c = self.sure_pooled[0] if self.agrees(pos, origin, key) else self.sure_pooled[1]
+        else:
+            return 1.0 / (1.0 + (self.vocab_size - 1) * math.exp(-PEAK_LOGIT))
+        return max(c, 2.0 / self.vocab_size)       # twice the uniform share: the token stays the argmax
 
     def peak_logit(self, pos: int, origin: int = 0, key: str = "") -> float:
-        """The chosen token's logit (the others are 0) whose softmax is confidence(pos)."""
-        own = self.sure.get(key)
-        if own is None or not 0 <= pos - origin < len(own):
+        """The chosen token's logit (the others are 0) whose softmax is confidence(pos): PEAK_LOGIT for a
+        profile without measured confidence (its rows as they always were)."""
+        if not self.sure:
             return PEAK_LOGIT
         c = self.confidence(pos, origin, key)
         return math.log(c / (1.0 - c) * (self.vocab_size - 1)) if c < 1 else PEAK_LOGIT

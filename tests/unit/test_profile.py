@@ -298,7 +298,8 @@ def test_a_new_profile_calibrates_the_nasd_table_beside_it(pair, shipped, monkey
 
 def test_measure_pair_reads_the_drafts_confidence_back(tmp_path):
     """The draft's probability of its own token, position by position, as two-digit percents: a synthetic
-    pair made from a profile gives back the profile's digits (and PEAK_LOGIT's 97 % past them)."""
+    pair made from a profile gives back the profile's digits (and past them its measurements pooled by
+    agreement: 0.697 where the draft agrees, 0.405 where it does not)."""
     from lab.models.synthetic import encode_words, prompt_key
     key = prompt_key(encode_words(PROMPTS[0]["prompt"], 500))
     prof = Profile(t_draft_ms=0, verify_a_ms=0, verify_b_ms=0, prefill_ms_per_token=0, alpha=0.8, vocab=500,
@@ -307,4 +308,6 @@ def test_measure_pair_reads_the_drafts_confidence_back(tmp_path):
     save_profile(prof, path)
     draft, target = load_synthetic("draft", str(path)), load_synthetic("target", str(path))
     m = measure_pair(draft, target, PROMPTS[:1], max_new_tokens=8, out=lambda s: None, timing=False)
-    assert m["prompt_confidence"] == {key: "975040128899" + "97" * 2}
+    got = m["prompt_confidence"][key]
+    assert got[:12] == "975040128899" and len(got) == 16
+    assert all(got[i:i + 2] in ("69", "40") for i in (12, 14))

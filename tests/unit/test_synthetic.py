@@ -174,8 +174,9 @@ def test_session_errors():
 
 def test_a_profiled_confidence_is_what_the_drafts_logits_say(tmp_path):
     """prompt_confidence: the draft's probability of its own token at each measured position comes back
-    from its logits (the middle of the recorded percent); past them, and for the target, the rows are
-    PEAK_LOGIT's as before.  It survives save/load and a bad string is named."""
+    from its logits (the middle of the recorded percent); past them, the measurements pooled by agreement
+    (agreeing positions 0.975 0.505 0.125 → 0.535, the disagreeing one 0.035); the target's rows stay
+    PEAK_LOGIT's.  It survives save/load and a bad string is named."""
     from lab.models.synthetic import PEAK_LOGIT, encode_words, prompt_key
     ids = encode_words("write a function", 1000)
     key = prompt_key(ids)
@@ -189,8 +190,8 @@ def test_a_profiled_confidence_is_what_the_drafts_logits_say(tmp_path):
     s = d.new_session()
     rows = [s.prefill(ids)] + [s.extend([0])[-1] for _ in range(4)]
     got = [spec.token_confidence(r, int(np.argmax(r))) for r in rows]
-    peak = 1 / (1 + 999 * np.exp(-PEAK_LOGIT))
-    assert got == pytest.approx([0.975, 0.505, 0.035, 0.125, peak], abs=1e-5)
+    pooled = 0.535 if d.agrees(len(ids) + 4, len(ids), key) else 0.035
+    assert got == pytest.approx([0.975, 0.505, 0.035, 0.125, pooled], abs=1e-5)
     assert [int(np.argmax(r)) for r in rows[:4]] == [d.token_at(len(ids) + i, len(ids), key) for i in range(4)]
     ts = t.new_session()
     ts.prefill(ids)
