@@ -52,7 +52,8 @@ def rank_table(points: pd.DataFrame) -> pd.DataFrame:
         ttft, e2e = r["ttft_ms_p50"] / 1e3, r["e2e_ms_p50"] / 1e3
         drafter, verifier = _models(r.get("models", ""))
         mode = _mode(r["strategy"])
-        k = str(fixed_k(r["strategy"])) if fixed_k(r["strategy"]) is not None else (
+        fixed = fixed_k(r["strategy"])
+        k = str(fixed) if fixed is not None else (
             round(r["k_mean"], 2) if mode == "collaboration" and pd.notna(r.get("k_mean")) else "")
         rows.append({
             "algorithm": r["strategy"], "Time to First Token": round(ttft, 4),

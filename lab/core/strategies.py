@@ -100,8 +100,9 @@ def _fixed(base: str, placement: str, default_k: int | None) -> Callable[[str | 
             k_text, rest = "", param
         k = _int_param(base, k_text, default_k)
         stop = parse_options(base, rest, {"stop": _fraction}).get("stop")
-        name = base if not param else f"{base}:{param}"
-        return _Fixed(name, placement, k, stop)
+        # spelled one way (fixed-k:05 is fixed-k:5), so results, claims and fixed_k() agree on it
+        parts = ([str(k)] if k_text else []) + ([f"stop={stop:g}"] if stop is not None else [])
+        return _Fixed(f"{base}:{','.join(parts)}" if parts else base, placement, k, stop)
     return make
 
 
@@ -184,6 +185,7 @@ def split_strategies(text: str) -> list[str]:
 #   split_k()           the K they would speculate with now (used when a seam cannot stream alone)
 #   control()           {fallback, fallback_reason, estimate_ms} for the cycle record
 #   provenance()        what the controller was built from (its table file), for the results' meta
+# and any strategy may have draft_stop: a confidence stop within the K it asks for (decoding.draft_tokens)
 
 CLOUD_ALONE = -1
 FALLBACKS = ("cloud", "edge")

@@ -246,9 +246,10 @@ def test_embedded_pair_lossy_equals_transformers_generate(tmp_path):
     # The pipelined strategies drafted ahead: blocks on the guess were sent or dropped, and all is still exact.
     assert any(o is not None for rec in recs if rec["strategy"].startswith("pipelined")
                for o in rec["optimistic_per_cycle"])
-    # The confidence stops ended some blocks before their cap, edge-side and in the cloud's co-located loop.
+    # The confidence stops ended some blocks before their cap, edge-side and in the cloud's co-located loop
+    # (each query's last block is left out: max_new_tokens may cut that one).
     for name, cap in (("fixed-k:12,stop=0.3", 12), ("cloud-spec:8,stop=0.5", 8)):
-        ks = [k for rec in recs if rec["strategy"] == name for k in rec["k_per_cycle"] if k > 0]
+        ks = [k for rec in recs if rec["strategy"] == name for k in [x for x in rec["k_per_cycle"] if x > 0][:-1]]
         assert ks and max(ks) <= cap and min(ks) < cap, (name, ks)
     s = summary(run)
     assert sum(int(float(row["tcp_retrans_segs"])) for row in s.values()) > 0

@@ -278,3 +278,13 @@ def test_an_iid_draft_is_as_sure_as_its_acceptance_rate():
     rec = run(sc, ["fixed-k:12,stop=0.5"], queries=1)[0]
     ks = rec["k_per_cycle"]
     assert set(ks[:-1]) == {4} and 1 <= ks[-1] <= 4
+
+
+def test_an_adaptive_controllers_blocks_stop_within_the_k_it_chose():
+    """nasd and ucb-specstop with stop=P: at α 0.8 (i.i.d.) no block passes 4 drafts, whatever K they chose."""
+    sc = scenario({"delay_ms": 50}, workload={"max_new_tokens": 40, "warmup_queries": 0})
+    for strategy in ("nasd:fallback=none,stop=0.5", "ucb-specstop:fallback=none,stop=0.5"):
+        ks = [k for k in run(sc, [strategy], queries=2)[0]["k_per_cycle"] if k > 0]
+        assert ks and max(ks) <= 4, (strategy, ks)
+    free = [k for k in run(sc, ["nasd:fallback=none"], queries=2)[0]["k_per_cycle"] if k > 0]
+    assert max(free) > 4, free                    # the stop, not the controller, kept them short
