@@ -23,12 +23,9 @@ def _row(claim, source, verdict, numbers, note=""):
     return {"claim": claim, "source": source, "verdict": verdict, "numbers": numbers, "note": note}
 
 
-_k = fixed_k
-
-
 def _plain_fixed(d: pd.DataFrame) -> pd.Series:
     """The rows of plain fixed-k:K strategies (a mask)."""
-    return d["strategy"].map(lambda s: _k(s) is not None).astype(bool)
+    return d["strategy"].map(lambda s: fixed_k(s) is not None).astype(bool)
 
 
 def expected_tau(alpha: float, k: float) -> float:
@@ -57,7 +54,7 @@ def e_tau(points: pd.DataFrame, src: str) -> dict:
         if "tokens_per_cycle" in d else d.iloc[0:0]
     if d["strategy"].nunique() < 2:
         return _row(claim, src, NOT_MEASURED, "needs fixed-k rows at two K or more, with per-cycle counts")
-    ks = sorted({_k(s) for s in d["strategy"]})
+    ks = sorted({fixed_k(s) for s in d["strategy"]})
     k0 = ks[0]
     alpha = iid_alpha(d[d["strategy"] == f"fixed-k:{k0}"]["acceptance"].median(), k0)
     parts, errs = [f"α = {alpha:.2f} from K={k0}"], []
@@ -85,7 +82,7 @@ def k_star(points: pd.DataFrame, src: str) -> dict:
     pooled = "tokens_per_s_pooled" in d and d["tokens_per_s_pooled"].notna().all()
     by = d.groupby("rtt_ms")["tokens_per_s_pooled"].idxmax() if pooled else d.groupby("rtt_ms")["e2e_ms_p50"].idxmin()
     best = d.loc[by].sort_values("rtt_ms")
-    ks = [(_k(s), r) for s, r in zip(best["strategy"], best["rtt_ms"])]
+    ks = [(fixed_k(s), r) for s, r in zip(best["strategy"], best["rtt_ms"])]
     series = ", ".join(f"{r:g} ms→K={k}" for k, r in ks)
     pos = [(k, r) for k, r in ks if r > 0]
     monotone = all(b[0] >= a[0] for a, b in zip(ks, ks[1:]))
@@ -97,7 +94,7 @@ def k_star(points: pd.DataFrame, src: str) -> dict:
         r2 = 1 - ((y - (slope * x + icpt)) ** 2).sum() / ((y - y.mean()) ** 2).sum()
         fit = f"; fit K* = {icpt:.1f} + {slope:.2f}·ln(RTT/ms), R² = {r2:.2f}"
     verdict = "confirmed" if monotone and grows else "partly" if grows else "refuted"
-    ks_run = sorted({_k(x) for x in d["strategy"]})
+    ks_run = sorted({fixed_k(x) for x in d["strategy"]})
     run = ", ".join(map(str, ks_run)) if len(ks_run) <= 6 else f"{ks_run[0]}…{ks_run[-1]}"
     return _row(claim, src, verdict, f"{rate:g} Mbit/s: {series}{fit}",
                 f"best by {'pooled tokens/s' if pooled else 'E2E P50'} among the fixed K run "
@@ -182,7 +179,7 @@ def near_best_fixed(points: pd.DataFrame, src: str, strategy: str, tolerance_pct
         return _row(claim, src, NOT_MEASURED, "no pooled tokens/s in these folders (written since it exists)")
     have = set(d["strategy"])
     variants = sorted(s for s in have if s.split(":")[0] == strategy)
-    fixed = sorted(s for s in have if _k(s) is not None)
+    fixed = sorted(s for s in have if fixed_k(s) is not None)
     if not variants or not fixed:
         missing = [n for n, ok in ((strategy, variants), ("fixed-k", fixed)) if not ok]
         return _row(claim, src, NOT_MEASURED, f"no {', '.join(missing)} rows in these folders")

@@ -99,7 +99,7 @@ def _fixed(base: str, placement: str, default_k: int | None) -> Callable[[str | 
         if "=" in k_text:                              # cloud-spec:stop=0.5 (K left at its default)
             k_text, rest = "", param
         k = _int_param(base, k_text, default_k)
-        stop = parse_options(base, rest, {"stop": _fraction}).get("stop")
+        stop = parse_options(base, rest, STOP_OPTION).get("stop")
         # spelled one way (fixed-k:05 is fixed-k:5), so results, claims and fixed_k() agree on it
         parts = ([str(k)] if k_text else []) + ([f"stop={stop:g}"] if stop is not None else [])
         return _Fixed(f"{base}:{','.join(parts)}" if parts else base, placement, k, stop)
@@ -231,6 +231,9 @@ def _in_range(lo: float, hi: float, lo_open: bool, words: str) -> Callable[[str]
 
 
 _fraction = _in_range(0.0, 1.0, True, "a number in (0, 1]")
+# stop=P, the option of every strategy that drafts: a confidence stop within the K it asks for
+# (draft_stop; lab/core/decoding.draft_tokens)
+STOP_OPTION = {"stop": _fraction}
 _positive = _in_range(0.0, math.inf, False, "a number >= 0")
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -345,7 +348,7 @@ class Nasd:
 
     placement = "split"
     OPTIONS = {"k_min": _whole(1, 64), "k_max": _whole(1, 64), "table": str, "fallback": _choice(*FALLBACKS, "none"),
-               "smoothing": _fraction, "probe": _whole(1, 1024), "patience": _whole(1, 64), "stop": _fraction}
+               "smoothing": _fraction, "probe": _whole(1, 1024), "patience": _whole(1, 64), **STOP_OPTION}
 
     def __init__(self, param: str | None = None, table: NasdTable | None = None):
         o = parse_options("nasd", param, self.OPTIONS)
@@ -356,7 +359,7 @@ class Nasd:
         # Cycles in a row that must predict the fallback before it is taken: a one-cycle spike is
         # cheaper to ride out than a switch to the cloud and back (the `spikes` scenario).
         self.patience, self.past_reversal = o.get("patience", 2), 0
-        self.draft_stop = o.get("stop")             # a confidence stop within the K chosen (_fixed)
+        self.draft_stop = o.get("stop")
         self.table_path: str | None = o.get("table")
         self.table = table
         if self.table is None and self.table_path:
@@ -475,13 +478,13 @@ class UcbSpecStop:
     WARMUP_CYCLES = 16      # speculative cycles before the fallback is trusted to beat every arm
     PRIOR_SAMPLES = 4
     OPTIONS = {"k_max": _whole(1, 64), "c": _positive, "fallback": _choice("cloud", "edge", "none"),
-               "smoothing": _fraction, "probe": _whole(1, 1024), "stop": _fraction}
+               "smoothing": _fraction, "probe": _whole(1, 1024), **STOP_OPTION}
 
     def __init__(self, param: str | None = None):
         o = parse_options("ucb-specstop", param, self.OPTIONS)
         self.k_max, self.c = o.get("k_max", 20), o.get("c", 0.3)
         self.fallback, self.smoothing, self.probe = o.get("fallback", "cloud"), o.get("smoothing", 0.5), o.get("probe", 4)
-        self.draft_stop = o.get("stop")             # a confidence stop within the arm chosen (_fixed)
+        self.draft_stop = o.get("stop")
         self.name = f"ucb-specstop:{param}" if param else "ucb-specstop"
         self.reached = [0] * (self.k_max + 1)      # cycles whose draft at position j the target judged
         self.passed = [0] * (self.k_max + 1)       # ... and accepted
