@@ -61,6 +61,19 @@ def test_wire_sizes_equal_the_protocol_encoding(payload, temp):
     assert w.verdict(17, "q", 3, 2, 4.5).payload == protocol.frames_size(verdict)
 
 
+def test_remembered_sizes_follow_the_id_and_the_value_types():
+    # message_bytes keeps each header's size with the id's digit count in its place; a size served
+    # from there must still be the encoding's, for ids of other lengths and for values JSON spells
+    # differently although Python finds them equal (4 == 4.0).
+    from lab.sim.simwire import message_bytes
+    for mid in (7, 3, 99, 100, 123456):
+        base = {"query": "q", "seq": 3, "tokens": [5, 5], "done": True}
+        for fields in ({**base, "cloud_compute_ms": 4}, {**base, "cloud_compute_ms": 4.0},
+                       {**base, "cloud_compute_ms": 4.5, "done": False, "tokens": [5, 5, 5]}):
+            want = protocol.frames_size(protocol.encode(Message("tokens", mid, fields)))
+            assert message_bytes("tokens", mid, fields, {}).payload == want, (mid, fields)
+
+
 def test_full_payload_is_megabytes():
     # BACKGROUND.md: vocab 151,936 × K × 2 bytes (fp16).
     w = WireSizes(vocab=151_936)
