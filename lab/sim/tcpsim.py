@@ -60,6 +60,8 @@ class TcpEndpoint(TcpReceiver, LossRecovery):
         self.lsndtime = 0.0
         self.backoff = 0
         self.timer_kind, self.timer_gen = None, 0
+        self.timer_armed: tuple | None = None           # (place, kind, gen) of the armed timer (_arm)
+        self.timer_waits: list[tuple[float, int]] = []  # places of its queued wake-ups, latest first
         self.tsq_armed = False
         self.cc = CONGESTION_CONTROLS[cc](self)
         self.cong_control = getattr(self.cc, "cong_control", False)     # BBR sets cwnd and pacing itself
@@ -113,12 +115,39 @@ class TcpEndpoint(TcpReceiver, LossRecovery):
         self.backoff = 0
 
     def _arm(self, kind: str | None, timeout_ms: float, now: float) -> None:
+        """(Re)arm the retransmission timer (kind RTO, TLP or REO; None stops it), as the kernel's one
+        timer per socket.  It is re-armed two or three times per message, mostly later than before, and
+        an event queued per arming was half of all the simulation's events, nearly all of them stale.
+        So an arming queues an event only when no earlier one of this timer is queued; that one, when
+        it comes, queues the armed timer at the place its arming reserved (TcpLinkModel.reserve): the
+        events that do something run in the same order as with one event per arming."""
         self.timer_gen += 1
         self.timer_kind = kind
-        if kind is not None:
-            off = self.net.clock_offset_ms
-            self.net.schedule(timer_fire_ms(now + off, timeout_ms, self.cfg.hz) - off, self.on_timer, kind,
-                              self.timer_gen)
+        if kind is None:
+            self.timer_armed = None
+            return
+        off = self.net.clock_offset_ms
+        place = self.net.reserve(timer_fire_ms(now + off, timeout_ms, self.cfg.hz) - off)
+        self.timer_armed = (place, kind, self.timer_gen)
+        self._timer_wait(place)
+
+    def _timer_wait(self, place: tuple[float, int]) -> None:
+        """Queue a wake-up at `place` unless one at or before it is queued already."""
+        waits = self.timer_waits
+        if not waits or waits[-1] > place:
+            waits.append(place)                      # every new wait is the earliest: a stack
+            self.net.schedule_reserved(place, self._timer_due)
+
+    def _timer_due(self, now: float) -> None:
+        place = self.timer_waits.pop()
+        if self.timer_armed is None:
+            return                                   # stopped since
+        armed, kind, gen = self.timer_armed
+        if armed == place:
+            self.timer_armed = None
+            self.on_timer(now, kind, gen)
+        else:                                        # re-armed for later: wait for that
+            self._timer_wait(armed)
 
     def _rto_backed_off(self) -> float:
         return min(self.rto_ms * (1 << min(self.backoff, 20)), self.cfg.rto_max_ms)

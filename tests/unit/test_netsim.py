@@ -314,3 +314,30 @@ def test_loss_without_reordering_never_widens_racks_window():
     assert m.stats()["cloud_fast_recovery"] + m.stats()["cloud_tlp"] > 10     # there was loss to recover
     for ep in (m.edge, m.cloud):
         assert not ep.reord_seen and ep.reo_wnd_steps == 1
+
+
+def test_a_rearmed_timer_queues_one_event_and_fires_once_where_last_armed():
+    # The kernel keeps one retransmission timer per socket; re-arming it moves it.  The model queues
+    # a wake-up only when none is queued at or before the new time, and fires the last arming only.
+    from lab.sim.tcpcc import RTO, TLP
+    m = TcpLinkModel(sym(delay_ms=25))
+    ep, fired = m.edge, []
+    ep.on_timer = lambda now, kind, gen: fired.append((now, kind))
+    queued = lambda: sum(1 for e in m._heap if getattr(e[2], "__name__", "") == "_timer_due")
+    ep._arm(TLP, 100.0, 0.0)
+    ep._arm(RTO, 300.0, 10.0)
+    ep._arm(RTO, 500.0, 20.0)
+    assert queued() == 1                                   # later re-armings wait behind the first
+    m.run_until(2000.0)
+    assert fired == [(timer_fire_ms(20.0, 500.0, 250), RTO)]
+    fired.clear()
+    ep._arm(RTO, 500.0, 2000.0)
+    ep._arm(TLP, 40.0, 2000.0)                             # earlier than the queued one: queued too
+    assert queued() == 2
+    m.run_until(4000.0)
+    assert fired == [(timer_fire_ms(2000.0, 40.0, 250), TLP)]   # the stale later wake-up does nothing
+    fired.clear()
+    ep._arm(RTO, 200.0, 4000.0)
+    ep._arm(None, 0, 4000.0)                               # stopped
+    m.run_until(6000.0)
+    assert fired == []
