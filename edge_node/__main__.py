@@ -429,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
         budget_doc = _json_arg("--reply-budget", a.reply_budget) if a.reply_budget else None
         draft = load_role(a.models, "draft", dtype=a.dtype, threads=a.threads, kernels=a.draft_kernels)
         warm_up(draft)
+        for s in strategies:
+            if hasattr(s, "use_draft_confidence"):
+                s.use_draft_confidence(draft.confidence_measured)
         alone = _alone_model(a, draft, strategies)
     except (ValueError, StrategyError, PromptError, ModelError, OSError) as e:
         emit(event="error", message=str(e))

@@ -33,6 +33,8 @@ RTT_BUCKETS_MS = (0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 60, 70, 80, 90, 100,
 def calibrate(profile: str, rate_mbit: float = 100.0, k_max: int = 20, link_model: str = "tcp",
               rtts=RTT_BUCKETS_MS, queries: int | None = None) -> dict:
     """The table document: rows per RTT bucket, the transitions of K*, the reversal, provenance."""
+    from lab.core.strategies import ADAPTIVE_STOP
+    from lab.models.synthetic import confidence_measured, load_profile
     from lab.prompts import load_prompts
     from lab.results import git_commit
     from lab.sim.simulator import ComputeProfile, simulate
@@ -41,7 +43,13 @@ def calibrate(profile: str, rate_mbit: float = 100.0, k_max: int = 20, link_mode
     # Every prompt once (after the warm-up query) by default: a profile measured per prompt accepts
     # differently on each, and a table fitted to the default workload's three would be fitted to them.
     queries = queries or len(load_prompts(None))
-    cands = [f"fixed-k:{k}" for k in range(1, k_max + 1)] + ["cloud-only", "edge-only"]
+    # Where the profile measured the draft's confidence NASD drafts with the confidence stop unless
+    # told otherwise (strategies.ADAPTIVE_STOP): its K is then a cap, calibrated the way it is played,
+    # beside the rows without the stop (nasd:stop=0; and K* by RTT as the seeds define it).
+    stop = ADAPTIVE_STOP if confidence_measured(load_profile(profile)) else None
+    split = {k: f"fixed-k:{k}" for k in range(1, k_max + 1)}
+    capped = {k: f"fixed-k:{k},stop={stop:g}" for k in range(1, k_max + 1)} if stop is not None else {}
+    cands = list(split.values()) + list(capped.values()) + ["cloud-only", "edge-only"]
     rows, t0 = [], time.perf_counter()
     for rtt in rtts:
         sc = GridPoint(rtt, rate_mbit).scenario(cands)
@@ -53,15 +61,22 @@ def calibrate(profile: str, rate_mbit: float = 100.0, k_max: int = 20, link_mode
             recs[rec["strategy"]].append(rec)
             net[rec["strategy"]].extend(rec["network_ms_per_cycle"])
         med = {c: pooled_tokens_per_s(v, empty=0.0) for c, v in recs.items()}
-        by_k = {k: med[f"fixed-k:{k}"] for k in range(1, k_max + 1)}
+        by_k = {k: med[split[k]] for k in range(1, k_max + 1)}
         best = max(by_k, key=lambda k: (by_k[k], -k))
-        rows.append({"rtt_ms": rtt, "network_ms": round(statistics.median(net[f"fixed-k:{best}"]), 3),
+        rows.append({"rtt_ms": rtt, "network_ms": round(statistics.median(net[split[best]]), 3),
                      "k": best, "split_tokens_per_s": round(by_k[best], 4),
                      "tokens_per_s_by_k": {str(k): round(v, 4) for k, v in by_k.items()},
                      "cloud_tokens_per_s": round(med["cloud-only"], 4),
                      "edge_tokens_per_s": round(med["edge-only"], 4)})
+        if capped:
+            by_cap = {k: med[name] for k, name in capped.items()}
+            cap = max(by_cap, key=lambda k: (by_cap[k], -k))
+            rows[-1]["stopped"] = {"k": cap, "split_tokens_per_s": round(by_cap[cap], 4),
+                                   "tokens_per_s_by_k": {str(k): round(v, 4) for k, v in by_cap.items()}}
     prof = ComputeProfile.of(profile)
-    return {"profile": prof.name, "rows": rows, "transitions": transitions(rows), "reversal": reversal(rows),
+    stopped = [{**r, **r["stopped"]} for r in rows] if capped else None
+    return {"profile": prof.name, "stop": stop, "rows": rows, "transitions": transitions(rows), "reversal": reversal(rows),
+            "stopped": {"transitions": transitions(stopped), "reversal": reversal(stopped)} if stopped else None,
             "provenance": {"command": "python -m lab calibrate " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["calibrate"] else "lab.calibrate.calibrate()",
                            "profile": {k: getattr(prof, k) for k in ("t_draft_ms", "verify_a_ms", "verify_b_ms",
                                                                      "prefill_ms_per_token", "alpha", "vocab")},
@@ -90,18 +105,29 @@ def reversal(rows: list[dict]) -> dict:
 
 
 def format_table(doc: dict) -> str:
+    stop = doc.get("stop")
     lines = [f"NASD table for synthetic:{doc['profile']} ({doc['provenance']['rate_mbit']:g} Mbit/s, "
-             f"{doc['provenance']['link_model']} link model)",
-             f"{'RTT ms':>7} {'net ms':>8} {'K*':>3} {'split tok/s':>11} {'cloud tok/s':>11} {'edge tok/s':>10}"]
+             f"{doc['provenance']['link_model']} link model)"
+             + (f"; 'stop': K as a cap under the confidence stop {stop:g}, as nasd plays it on this profile"
+                if stop is not None else "; no confidence stop: the profile has no measured draft confidence"),
+             f"{'RTT ms':>7} {'net ms':>8} {'K*':>3} {'split tok/s':>11}"
+             + (f" {'stop K*':>7} {'tok/s':>7}" if stop is not None else "")
+             + f" {'cloud tok/s':>11} {'edge tok/s':>10}"]
     for r in doc["rows"]:
-        mark = "  ← cloud wins" if r["cloud_tokens_per_s"] > r["split_tokens_per_s"] else ""
-        lines.append(f"{r['rtt_ms']:7g} {r['network_ms']:8.1f} {r['k']:3d} {r['split_tokens_per_s']:11.2f} "
-                     f"{r['cloud_tokens_per_s']:11.2f} {r['edge_tokens_per_s']:10.2f}{mark}")
-    tr = ", ".join(f"K* {t['from_k']}→{t['to_k']} between {t['rtt_ms'][0]:g} and {t['rtt_ms'][1]:g} ms"
-                   for t in doc["transitions"]) or "K* constant"
-    rv = doc["reversal"]
-    lines += [f"transitions: {tr}",
-              f"reversal: cloud-only from {rv['cloud']} ms, edge-only from {rv['edge']} ms (None: never in range)"]
+        s = r.get("stopped")
+        best = max(r["split_tokens_per_s"], s["split_tokens_per_s"] if s else 0.0)
+        mark = "  ← cloud wins" if r["cloud_tokens_per_s"] > best else ""
+        lines.append(f"{r['rtt_ms']:7g} {r['network_ms']:8.1f} {r['k']:3d} {r['split_tokens_per_s']:11.2f}"
+                     + (f" {s['k']:7d} {s['split_tokens_per_s']:7.2f}" if s else "")
+                     + f" {r['cloud_tokens_per_s']:11.2f} {r['edge_tokens_per_s']:10.2f}{mark}")
+    for label, part in (("", doc), ("with the stop: ", doc.get("stopped"))):
+        if not part:
+            continue
+        tr = ", ".join(f"K* {t['from_k']}→{t['to_k']} between {t['rtt_ms'][0]:g} and {t['rtt_ms'][1]:g} ms"
+                       for t in part["transitions"]) or "K* constant"
+        rv = part["reversal"]
+        lines += [f"{label}transitions: {tr}",
+                  f"{label}reversal: cloud-only from {rv['cloud']} ms, edge-only from {rv['edge']} ms (None: never in range)"]
     return "\n".join(lines)
 
 

@@ -276,11 +276,15 @@ def cmd_sim(args) -> int:
             where = "--congestion-control" if args.congestion_control else f"{sc.source}: tcp.congestion_control"
             raise UsageError(f"{where}: {cc!r} is not modelled (modelled: {', '.join(sorted(CONGESTION_CONTROLS))})")
     print(which)
-    from lab.models.synthetic import load_profile
-    stopped = [s for s in strategies or sc.strategies if getattr(make_strategy(s), "draft_stop", None)]
-    if stopped and not load_profile(profile).prompt_confidence:
+    from lab.models.synthetic import confidence_measured, load_profile
+    objs = [make_strategy(s) for s in strategies or sc.strategies]
+    stopped = [o.name for o in objs if getattr(o, "draft_stop", None)]
+    adaptive = [o.name for o in objs if hasattr(o, "use_draft_confidence") and o.draft_stop is None]
+    if (stopped or adaptive) and not confidence_measured(load_profile(profile)):
         print(f"note: profile {profile} has no measured draft confidence (prompt_confidence; `lab profile "
-              f"--acceptance-only` adds it): {', '.join(stopped)} stop on what the synthetic logits give")
+              f"--acceptance-only` adds it): "
+              + "; ".join(([f"{', '.join(stopped)} stop on what the synthetic logits give"] if stopped else [])
+                          + ([f"{', '.join(adaptive)} draft without the confidence stop"] if adaptive else [])))
     try:
         run_dir = write_run(sc, args.out, strategies=strategies, profile=profile, queries=args.queries,
                             warmup_queries=args.warmup, max_new_tokens=args.max_new_tokens, payload=args.payload,

@@ -206,7 +206,7 @@ def speculate(strategy: Strategy, seam: Seam, log: QueryLog, max_new: int, eos,
             drafts = seam.draft(k, seq, stop)
             if not 1 <= len(drafts) <= k:
                 raise ProtocolError(f"the draft made {len(drafts)} tokens for a block of at most {k}")
-            k = len(drafts)                  # what was drafted: a confidence stop may end the block early
+            cap, k = k, len(drafts)          # what was drafted: a confidence stop may end the block early
             edge_ms = seam.now() - t0
             v = seam.verify(drafts, seq)
             n = v.accepted
@@ -218,7 +218,7 @@ def speculate(strategy: Strategy, seam: Seam, log: QueryLog, max_new: int, eos,
             net = log.add(new, k, n, cycle, edge_ms, v.cloud_ms, v.bytes_up, v.bytes_down)
             strategy.observe(CycleObservation(k=k, accepted=n, cycle_ms=cycle, network_ms=net,
                                               cloud_compute_ms=v.cloud_ms, edge_compute_ms=edge_ms,
-                                              bytes_up=v.bytes_up, bytes_down=v.bytes_down))
+                                              bytes_up=v.bytes_up, bytes_down=v.bytes_down, cap=cap))
         if ctl is not None:
             log.note_control(ctl)
         if on_cycle:

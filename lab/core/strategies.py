@@ -21,6 +21,7 @@ speculate_pipelined): the edge drafts the next block while the cloud verifies.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -41,6 +42,7 @@ class CycleObservation:
     edge_compute_ms: float      # drafting time on the edge
     bytes_up: int = 0           # payload bytes sent edge→cloud this cycle
     bytes_down: int = 0         # payload bytes sent cloud→edge this cycle
+    cap: int | None = None      # the K the draft was given; more than k where a confidence stop ended the block
 
 
 class Strategy(Protocol):
@@ -234,6 +236,26 @@ _fraction = _in_range(0.0, 1.0, True, "a number in (0, 1]")
 # stop=P, the option of every strategy that drafts: a confidence stop within the K it asks for
 # (draft_stop; lab/core/decoding.draft_tokens)
 STOP_OPTION = {"stop": _fraction}
+# The adaptive controllers' stop when none is asked for and the draft's confidence is its own
+# (docs/MEASUREMENTS.md, "The stop as the controllers' default"): the K they choose is then a cap.
+ADAPTIVE_STOP = 0.3
+ADAPTIVE_STOP_OPTION = {"stop": _in_range(0.0, 1.0, False, "a number in [0, 1] (0: no stop)")}
+
+
+class _DefaultStop:
+    """nasd and ucb-specstop: stop=P (0: none), else ADAPTIVE_STOP where the driver (the edge node,
+    the simulator) says the draft's confidence is measured — never on a synthetic stand-in's."""
+
+    stop_option: float | None = None
+    draft_stop: float | None = None
+
+    def _stop_from(self, options: dict) -> None:
+        self.stop_option = options.get("stop")
+        self.draft_stop = self.stop_option or None
+
+    def use_draft_confidence(self, measured: bool) -> None:
+        if self.stop_option is None:
+            self.draft_stop = ADAPTIVE_STOP if measured else None
 _positive = _in_range(0.0, math.inf, False, "a number >= 0")
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -308,14 +330,20 @@ RUN_TABLE = "nasd-table.json"
 class NasdTable:
     """An RTT → K table (`python -m lab calibrate` writes it): per row the measured network time of a
     cycle, tokens/s of every K, and of each fallback.  Rows are looked up by the nearest network time
-    on a log scale (a 10 ms error matters at 20 ms, not at 400)."""
+    on a log scale (a 10 ms error matters at 20 ms, not at 400).  Where the profile measured the
+    draft's confidence, `stop` is the confidence stop the table was also calibrated under and each
+    row's `stopped` holds tokens/s of every K as a cap under it: nasd reads the rows it plays."""
 
     def __init__(self, doc: dict, source: str = "<dict>"):
         try:
             self.rows = sorted(doc["rows"], key=lambda r: r["network_ms"])
+            self.stop = None if doc.get("stop") is None else float(doc["stop"])
             for r in self.rows:
                 r["tokens_per_s_by_k"] = {int(k): float(v) for k, v in r["tokens_per_s_by_k"].items()}
                 float(r["cloud_tokens_per_s"]), float(r["edge_tokens_per_s"])
+                if self.stop is not None:
+                    r["stopped"]["tokens_per_s_by_k"] = {int(k): float(v) for k, v
+                                                         in r["stopped"]["tokens_per_s_by_k"].items()}
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise StrategyError(f"NASD table {source}: not a calibration table ({type(e).__name__}: {e})") from None
         if not self.rows:
@@ -326,17 +354,21 @@ class NasdTable:
         x = math.log1p(max(0.0, net_ms))
         return min(self.rows, key=lambda r: abs(math.log1p(r["network_ms"]) - x))
 
-    def choose(self, net_ms: float, k_min: int, k_max: int, fallback: str) -> tuple[int, float, float]:
-        """(best K within [k_min, k_max], its tokens/s, the fallback's tokens/s — 0 for none) at net_ms."""
+    def choose(self, net_ms: float, k_min: int, k_max: int, fallback: str,
+               stop: float | None = None) -> tuple[int, float, float]:
+        """(best K within [k_min, k_max], its tokens/s, the fallback's tokens/s — 0 for none) at net_ms;
+        with a confidence stop, K is the cap and the rows calibrated under the stop are read (those
+        without it where the table has none: a cap no longer than the K that pays without a stop)."""
         r = self.row(net_ms)
-        ks = {k: v for k, v in r["tokens_per_s_by_k"].items() if k_min <= k <= k_max}
+        by_k = r["stopped"]["tokens_per_s_by_k"] if stop is not None and self.stop is not None else r["tokens_per_s_by_k"]
+        ks = {k: v for k, v in by_k.items() if k_min <= k <= k_max}
         if not ks:
             raise StrategyError(f"NASD table {self.source}: no K in [{k_min}, {k_max}]")
         k = max(ks, key=lambda kk: (ks[kk], -kk))
         return k, ks[k], 0.0 if fallback == "none" else float(r[f"{fallback}_tokens_per_s"])
 
 
-class Nasd:
+class Nasd(_DefaultStop):
     """Network-Adaptive Speculation Depth (the Ianvs proposal's NASD, BACKGROUND.md): each cycle, K from
     the RTT → K table at the smoothed network time of the previous cycles (the first from the
     handshake), and at the reversal — predicted split tokens/s below the fallback's — stop speculating:
@@ -348,7 +380,7 @@ class Nasd:
 
     placement = "split"
     OPTIONS = {"k_min": _whole(1, 64), "k_max": _whole(1, 64), "table": str, "fallback": _choice(*FALLBACKS, "none"),
-               "smoothing": _fraction, "probe": _whole(1, 1024), "patience": _whole(1, 64), **STOP_OPTION}
+               "smoothing": _fraction, "probe": _whole(1, 1024), "patience": _whole(1, 64), **ADAPTIVE_STOP_OPTION}
 
     def __init__(self, param: str | None = None, table: NasdTable | None = None):
         o = parse_options("nasd", param, self.OPTIONS)
@@ -359,7 +391,7 @@ class Nasd:
         # Cycles in a row that must predict the fallback before it is taken: a one-cycle spike is
         # cheaper to ride out than a switch to the cloud and back (the `spikes` scenario).
         self.patience, self.past_reversal = o.get("patience", 2), 0
-        self.draft_stop = o.get("stop")
+        self._stop_from(o)
         self.table_path: str | None = o.get("table")
         self.table = table
         if self.table is None and self.table_path:
@@ -398,7 +430,7 @@ class Nasd:
     def _choose(self) -> tuple[int, float, float]:
         net = self.net_ms or 0.0
         if self.table is not None:
-            return self.table.choose(net, self.k_min, self.k_max, self.fallback)
+            return self.table.choose(net, self.k_min, self.k_max, self.fallback, self.draft_stop)
         rates = {k: self.est.split_rate(k, net) for k in range(self.k_min, self.k_max + 1)}
         k = max(rates, key=lambda kk: (rates[kk], -kk))
         return k, 1000 * rates[k], 1000 * self.est.fallback_rate(self.fallback)
@@ -430,7 +462,7 @@ class Nasd:
     def provenance(self) -> dict:
         t = self.table
         return {"controller": "nasd", "k_min": self.k_min, "k_max": self.k_max, "fallback": self.fallback,
-                "smoothing": self.smoothing, "probe": self.probe, "patience": self.patience,
+                "smoothing": self.smoothing, "probe": self.probe, "patience": self.patience, "stop": self.draft_stop,
                 "table": t.source if t else None, "table_provenance": t.provenance if t else None,
                 "predictor": "table" if t else "throughput equation, online estimates"}
 
@@ -451,7 +483,7 @@ def load_table(path: str, source: str | None = None) -> NasdTable:
     return NasdTable(doc, source or path)
 
 
-class UcbSpecStop:
+class UcbSpecStop(_DefaultStop):
     """UCB-SpecStop (arXiv 2606.20591; BACKGROUND.md): online, no table.  Arms are draft lengths
     1..k_max, and the fallback; the context is the observed delay d.  A cycle's time is c(K) + d with
     c(K) = K·t_draft + t_verify learned from the cycles, so the index of arm K is (τ̂_K + bonus_K) /
@@ -472,22 +504,31 @@ class UcbSpecStop:
     decision — a speculative cycle, a cloud stretch or an edge-alone token — counts in the log t of
     the bonus, so a near tie is re-examined by a speculative cycle now and then and a clear loss is
     not.  Warm-up: the first WARMUP_CYCLES speculative cycles, during which the fallback is not
-    considered (reported in the cycle record's fallback_reason as "warm-up" and by provenance())."""
+    considered (reported in the cycle record's fallback_reason as "warm-up" and by provenance()).
+
+    With a confidence stop (draft_stop) K is a cap and a block may end before it: a block of cap K
+    drafts min(K, L) tokens, L where the stop ends it.  L's survival Ŝ_L(j) is learned as the
+    acceptance's is (per position, the blocks that drafted it and whether the stop ended them there;
+    a block that reached its cap is censored), so arm K costs E[min(K, L)] = Σ_{j≤K} Ŝ_L(j) drafts and
+    a verify of as many, and earns 1 + Σ_{j≤K} Ŝ_L(j)·Π_{i≤j} ĥ_i: a long cap is charged only for
+    the drafts the stop lets through."""
 
     placement = "split"
     WARMUP_CYCLES = 16      # speculative cycles before the fallback is trusted to beat every arm
     PRIOR_SAMPLES = 4
     OPTIONS = {"k_max": _whole(1, 64), "c": _positive, "fallback": _choice("cloud", "edge", "none"),
-               "smoothing": _fraction, "probe": _whole(1, 1024), **STOP_OPTION}
+               "smoothing": _fraction, "probe": _whole(1, 1024), **ADAPTIVE_STOP_OPTION}
 
     def __init__(self, param: str | None = None):
         o = parse_options("ucb-specstop", param, self.OPTIONS)
         self.k_max, self.c = o.get("k_max", 20), o.get("c", 0.3)
         self.fallback, self.smoothing, self.probe = o.get("fallback", "cloud"), o.get("smoothing", 0.5), o.get("probe", 4)
-        self.draft_stop = o.get("stop")
+        self._stop_from(o)
         self.name = f"ucb-specstop:{param}" if param else "ucb-specstop"
         self.reached = [0] * (self.k_max + 1)      # cycles whose draft at position j the target judged
         self.passed = [0] * (self.k_max + 1)       # ... and accepted
+        self.drafted = [0] * (self.k_max + 1)      # blocks that drafted position j (a confidence stop's risk set)
+        self.stopped = [0] * (self.k_max + 1)      # ... and ended there by the stop, below their cap
         self.t = 0                                 # speculative cycles
         self.decisions = 0                         # speculative cycles and fallback rounds
         self.est = _Estimates()
@@ -512,6 +553,11 @@ class UcbSpecStop:
             for j in range(1, judged + 1):
                 self.reached[j] += 1
                 self.passed[j] += j <= obs.accepted
+            if self.draft_stop is not None:
+                for j in range(1, min(obs.k, self.k_max) + 1):
+                    self.drafted[j] += 1
+                if obs.cap is not None and obs.k < obs.cap and obs.k <= self.k_max:
+                    self.stopped[obs.k] += 1
             if self.warmup_cycles is None and self.t >= self.WARMUP_CYCLES:
                 self.warmup_cycles = self.t
         if obs.k != 0:
@@ -520,13 +566,26 @@ class UcbSpecStop:
         else:
             self.alone_run += 1
 
-    def _cost(self, k: int) -> float:
-        return k * (self.est.t_draft or 1.0) + self.est.verify_ms(k) + (self.d_ms or 0.0)
+    def _cost(self, drafts: float) -> float:
+        return drafts * (self.est.t_draft or 1.0) + self.est.verify_ms(drafts) + (self.d_ms or 0.0)
 
-    def _taus(self) -> tuple[list[float], list[float]]:
+    def _reach(self) -> list[float]:
+        """Ŝ_L(j), j = 0..k_max: the chance a block drafts position j before the confidence stop ends
+        it (1 without a stop); each position's stop rate shrunk toward the pooled one."""
+        if self.draft_stop is None:
+            return [1.0] * (self.k_max + 1)
+        m, at_risk = self.PRIOR_SAMPLES, sum(self.drafted)
+        pooled = sum(self.stopped) / at_risk if at_risk else 0.0
+        reach, s = [1.0, 1.0], 1.0
+        for j in range(1, self.k_max):
+            s *= 1.0 - (self.stopped[j] + m * pooled) / (self.drafted[j] + m)
+            reach.append(s)
+        return reach
+
+    def _taus(self, reach: list[float]) -> tuple[list[float], list[float]]:
         """τ̂_K for K = 0..k_max from the empirical prefix, each position shrunk toward the pooled α̂, and
         its standard error (Greenwood's for the survival Ŝ_j, summed over the positions): a position few
-        cycles reached is uncertain whatever the shorter drafts showed."""
+        cycles reached is uncertain whatever the shorter drafts showed.  reach: Ŝ_L (_reach)."""
         a, m = min(self.est.alpha, 0.999), self.PRIOR_SAMPLES
         taus, errs, survive, rel_var, err = [1.0], [0.0], 1.0, 0.0, 0.0
         for j in range(1, self.k_max + 1):
@@ -535,13 +594,16 @@ class UcbSpecStop:
             survive *= h
             rel_var += (1 - h) / (h * n)
             err += survive * math.sqrt(rel_var)
-            taus.append(taus[-1] + survive)
+            taus.append(taus[-1] + reach[j] * survive)
             errs.append(err)
         return taus, errs
 
     def _indices(self, bonus: bool) -> dict[int, float]:
-        (taus, errs), scale = self._taus(), self.c * math.sqrt(2 * math.log(max(2, self.decisions)))
-        return {k: min(taus[k] + (scale * errs[k] if bonus else 0.0), k + 1) / self._cost(k)
+        reach = self._reach()
+        (taus, errs), scale = self._taus(reach), self.c * math.sqrt(2 * math.log(max(2, self.decisions)))
+        drafts = list(itertools.accumulate(reach))          # E[min(K, L)] at K = index (reach[0] = 1 pads it)
+        return {k: min(taus[k] + (scale * errs[k] if bonus else 0.0), k + 1)
+                / self._cost(k if self.draft_stop is None else drafts[k] - 1.0)
                 for k in range(1, self.k_max + 1)}
 
     def _choose(self) -> tuple[int, float]:
@@ -574,7 +636,8 @@ class UcbSpecStop:
 
     def provenance(self) -> dict:
         return {"controller": "ucb-specstop", "k_max": self.k_max, "c": self.c, "fallback": self.fallback,
-                "smoothing": self.smoothing, "probe": self.probe, "warmup_cycles": self.warmup_cycles,
+                "smoothing": self.smoothing, "probe": self.probe, "stop": self.draft_stop,
+                "warmup_cycles": self.warmup_cycles,
                 "cycles": self.t, "estimator": "empirical prefix (Kaplan-Meier per draft position)"}
 
     def __repr__(self) -> str:

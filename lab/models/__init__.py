@@ -78,6 +78,10 @@ class LanguageModel(Protocol):
     vocab_size: int
     tokenizer_hash: str              # sha256 of the tokenizer's vocabulary; edge and cloud must agree
     eos_token_ids: tuple[int, ...]
+    # Whether the model's probabilities are its own, so a draft's confidence can end a block
+    # (strategies.ADAPTIVE_STOP): a real model's are; a synthetic one's only where its profile
+    # measured them (lab/models/synthetic.py confidence_measured).
+    confidence_measured: bool
 
     def new_session(self) -> Session: ...
 

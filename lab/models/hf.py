@@ -152,6 +152,8 @@ class HFModel(Tokenized):
     safetensors and a tokenizer (the converted embedded models are the latter).
     """
 
+    confidence_measured = True           # its own softmax
+
     def __init__(self, model_id_or_dir: str | Path, dtype: str = "float32", threads: int | None = None,
                  model_id: str | None = None, kernels: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer

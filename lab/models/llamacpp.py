@@ -104,6 +104,8 @@ class LlamaCppSession(CachedSession):
 class LlamaCppModel(Tokenized):
     """A GGUF file run by llama.cpp, with a Hugging Face tokenizer, behind the LanguageModel protocol."""
 
+    confidence_measured = True           # its own logits
+
     def __init__(self, gguf: str | Path, tokenizer_dir: str | Path, model_id: str, threads: int | None = None):
         try:
             from llama_cpp import Llama, llama_print_system_info

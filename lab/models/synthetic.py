@@ -121,6 +121,12 @@ def decode_confidence(digits: str) -> tuple[float, ...]:
     return tuple((int(digits[i:i + 2]) + 0.5) / 100 for i in range(0, len(digits), 2))
 
 
+def confidence_measured(profile: Profile) -> bool:
+    """Whether the profile carries the draft's measured confidence (prompt_confidence, `lab profile`);
+    without it a synthetic draft's probabilities are a stand-in (PEAK_LOGIT) that a stop must not read."""
+    return bool(profile.prompt_confidence)
+
+
 def load_profile(name_or_path: str | None) -> Profile:
     """A shipped profile by name (lab/models/profiles/NAME.yaml) or a YAML file by path."""
     is_path = bool(name_or_path) and (Path(name_or_path).suffix != "" or "/" in name_or_path)
@@ -320,6 +326,7 @@ class SyntheticModel:
         self.answer = dict(profile.prompt_answer or ())
         self.sure = {k: decode_confidence(v) for k, v in profile.prompt_confidence or ()} if role == "draft" else {}
         self.sure_pooled = self._pooled_confidence()
+        self.confidence_measured = confidence_measured(profile)
         # The last id is the EOS that ends a profiled answer (prompt_answer); other tokens never draw it.
         self.eos_token_ids: tuple[int, ...] = (self.vocab_size - 1,) if self.answer else ()
 

@@ -685,11 +685,16 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
 def _bind_controllers(objs, run: _Run, profile, prof: ComputeProfile, link_model: str, acceptance: str,
                       nasd_table: str | None = None) -> None:
     """NASD without a table= option takes `nasd_table`, else the profile's calibrated table if `lab
-    calibrate` wrote one; the oracle gets its hindsight (lab/sim/oracle.py)."""
+    calibrate` wrote one; the adaptive controllers learn whether the draft's confidence is measured
+    (the profile's, as a synthetic edge's draft would; an i.i.d. α is not a confidence); the oracle
+    gets its hindsight (lab/sim/oracle.py)."""
     from lab.core.strategies import load_table
-    from lab.models.synthetic import nasd_table_path
+    from lab.models.synthetic import confidence_measured, nasd_table_path
     from lab.sim.oracle import OracleChooser
+    measured = acceptance == "synthetic" and confidence_measured(run.synthetic_profile)
     for o in objs:
+        if hasattr(o, "use_draft_confidence"):
+            o.use_draft_confidence(measured)
         if hasattr(o, "use_table") and getattr(o, "table", None) is None:
             path = Path(nasd_table) if nasd_table else nasd_table_path(prof.source or prof.name)
             if path.is_file():

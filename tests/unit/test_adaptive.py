@@ -313,3 +313,61 @@ def test_a_lab_runs_nasd_plays_a_copy_of_its_table_that_the_simulator_can_replay
     sc = GridPoint(50, 100).scenario(["nasd"])
     ks = [k for r, _ in simulate(sc, ["nasd"], "fast", queries=1, nasd_table=str(copy)) for k in r["k_per_cycle"]]
     assert max(ks) == 7 and statistics.mode(ks) == 7      # (a query's last cycles draft what is left)
+
+
+# ------------------------------------------------------------------ the confidence stop by default
+
+def test_adaptive_controllers_stop_by_default_where_the_drafts_confidence_is_measured():
+    from lab.core.strategies import ADAPTIVE_STOP
+    for name in ("nasd", "ucb-specstop"):
+        s = make_strategy(name)
+        assert s.draft_stop is None                          # until the driver knows the draft
+        s.use_draft_confidence(True)
+        assert s.draft_stop == ADAPTIVE_STOP and s.provenance()["stop"] == ADAPTIVE_STOP
+        s.use_draft_confidence(False)                        # a synthetic stand-in's confidence: no stop
+        assert s.draft_stop is None
+        s = make_strategy(f"{name}:stop=0.5")
+        s.use_draft_confidence(True)
+        assert s.draft_stop == 0.5                           # an explicit stop wins
+        s = make_strategy(f"{name}:stop=0")
+        s.use_draft_confidence(True)
+        assert s.draft_stop is None                          # stop=0: never stop
+    with pytest.raises(StrategyError, match="stop"):
+        make_strategy("nasd:stop=1.5")
+    with pytest.raises(StrategyError, match="stop"):
+        make_strategy("fixed-k:4,stop=0")                    # a fixed K's stop is (0, 1]: 0 is plain fixed-k
+
+
+def test_nasd_reads_the_rows_calibrated_under_its_stop():
+    def row(net, k, k_cap):
+        return {"rtt_ms": net, "network_ms": net, "k": k, "split_tokens_per_s": 6.0,
+                "tokens_per_s_by_k": {str(j): 6.0 if j == k else 5.0 for j in range(1, 21)},
+                "cloud_tokens_per_s": 4.0, "edge_tokens_per_s": 12.0,
+                "stopped": {"k": k_cap, "split_tokens_per_s": 7.0,
+                            "tokens_per_s_by_k": {str(j): 7.0 if j == k_cap else 6.5 for j in range(1, 21)}}}
+    table = NasdTable({"stop": 0.3, "rows": [row(10, 3, 12), row(200, 8, 20)]}, "stopped-table")
+    plain, stopped = Nasd("fallback=none,stop=0", table=table), Nasd("fallback=none", table=table)
+    stopped.use_draft_confidence(True)
+    for s in (plain, stopped):
+        s.start_query()
+        s.link_hint(10.0)
+    assert plain.next_k() == 3 and stopped.next_k() == 12     # a cap under the stop
+    with pytest.raises(StrategyError, match="not a calibration table"):
+        NasdTable({"stop": 0.3, "rows": [{k: v for k, v in row(10, 3, 12).items() if k != "stopped"}]}, "half")
+
+
+def test_ucb_charges_a_stopped_block_for_the_drafts_it_made():
+    """Blocks of cap 10 that the stop ends at 4 drafts, every draft accepted: arm 10 costs 4 drafts
+    and a verify of 4, and earns 5 tokens — not 10 drafts' cost for 11 tokens."""
+    s = UcbSpecStop("fallback=none")
+    s.use_draft_confidence(True)
+    for _ in range(300):
+        s.observe(CycleObservation(k=4, accepted=4, cycle_ms=300.0, network_ms=50.0, cloud_compute_ms=120.0,
+                                   edge_compute_ms=80.0, cap=10))
+    reach = s._reach()
+    assert reach[4] > 0.95 and reach[5] < 0.05
+    realised = 5 / (4 * 20.0 + 120.0 + 50.0)
+    for k in (10, 20):
+        assert s._indices(False)[k] == pytest.approx(realised, rel=0.05), k
+    s.use_draft_confidence(False)                         # without the stop, arm K is charged K drafts
+    assert s._indices(False)[10] > 1.2 * realised

@@ -284,6 +284,24 @@ def test_the_simulator_stops_blocks_where_the_synthetic_draft_does():
         assert [a for k, a in zip(rec["k_per_cycle"], rec["accepted_per_cycle"]) if k] == gen.accepted
 
 
+def test_adaptive_controllers_stop_by_default_only_on_a_measured_confidence():
+    """nasd and ucb-specstop take the confidence stop where the profile measured the draft's confidence
+    (as a synthetic edge's draft reports it), and draft without it on a stand-in's or an i.i.d. α."""
+    from lab.core.strategies import ADAPTIVE_STOP
+    from lab.models.synthetic import encode_words, prompt_key
+    from lab.prompts import load_prompts
+    key = prompt_key(encode_words(load_prompts(None)[0]["prompt"], 1000))
+    base = dict(t_draft_ms=1, verify_a_ms=2, verify_b_ms=0.1, prefill_ms_per_token=0.01, alpha=0.7, seed=3,
+                vocab=1000, name="sure", prompt_agreement=((key, "1111011111101111111"),))
+    sure = Profile(**base, prompt_confidence=((key, "99989790409896995020979899979899999999"),))
+    sc = scenario({"delay_ms": 5}, workload={"max_new_tokens": 24, "warmup_queries": 0})
+    for strategy in ("nasd:fallback=none", "ucb-specstop:fallback=none"):
+        assert run(sc, [strategy], profile=sure, queries=1)[0]["controller"]["stop"] == ADAPTIVE_STOP
+        assert run(sc, [strategy], profile=Profile(**base), queries=1)[0]["controller"]["stop"] is None
+        assert run(sc, [strategy], queries=1)[0]["controller"]["stop"] is None
+    assert SyntheticModel("draft", sure).confidence_measured and not SyntheticModel("draft", Profile(**base)).confidence_measured
+
+
 def test_an_iid_draft_is_as_sure_as_its_acceptance_rate():
     """With i.i.d. acceptance the draft's confidence is α at every position: at α 0.8 a stop at 0.5 ends
     every block at 4 drafts (0.8⁴ = 0.41), whatever K allows beyond."""
