@@ -997,6 +997,7 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
     Tokens/s is judged, not E2E: the simulator encodes a prompt without the chat template, so its
     TTFT is short of a real pair's (docs/MEASUREMENTS.md); tokens/s excludes the first token.  Queries
     the edge answered alone are left out of both sides, and said."""
+    from lab.core.strategies import make_strategy
     from lab.models.synthetic import host_profile_path, load_profile
     from lab.results import ResultsError, read_jsonl
     from lab.scenario import scenario_of_run
@@ -1062,6 +1063,13 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
     skip = {(q["strategy"], q["query_index"]) for q in alone}
     paired_seed = meta.get("paired_seed")
     phase = clock_phases(meta, queries, cycles)
+    # The stop each adaptive strategy drafted with, as its controller record says (a run from before
+    # the field stopped only where the strategy's name asked for it).
+    stops: dict[str, float | None] = {}
+    for q in queries:
+        c = q.get("controller")
+        if c and q["strategy"] not in stops:
+            stops[q["strategy"]] = c["stop"] if "stop" in c else make_strategy(q["strategy"]).draft_stop
     links: list = []
     sim = [q for seed in range(seeds)
            for q, _ in simulate(scenario, strategies, agreement, queries=w["queries"],
@@ -1072,7 +1080,7 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
                                 tcp_options={"config": tcp_config_of(meta)}, compute=compute,
                                 compute_for=compute_for, host_overhead_ms=host_ms, paired_seed=paired_seed,
                                 link_out=links if seed == 0 else None, clock_phase=phase,
-                                nasd_table=str(run_table) if run_table else None)
+                                nasd_table=str(run_table) if run_table else None, draft_stops=stops)
            if not q["warmup"] and (q["strategy"], q["query_index"]) not in skip]
     lab = [q for q in _measured(queries) if (q["strategy"], q["query_index"]) not in skip]
     paired = paired_loss_match(run_dir, links[0]) if paired_seed is not None and links else ""

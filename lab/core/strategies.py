@@ -256,6 +256,10 @@ class _DefaultStop:
     def use_draft_confidence(self, measured: bool) -> None:
         if self.stop_option is None:
             self.draft_stop = ADAPTIVE_STOP if measured else None
+
+    def replay_stop(self, stop: float | None) -> None:
+        """Draft with the stop a recorded run drafted with (validate --run replays it): None, none."""
+        self.draft_stop = stop
 _positive = _in_range(0.0, math.inf, False, "a number >= 0")
 
 def _choice(*allowed: str) -> Callable[[str], str]:

@@ -371,3 +371,29 @@ def test_ucb_charges_a_stopped_block_for_the_drafts_it_made():
         assert s._indices(False)[k] == pytest.approx(realised, rel=0.05), k
     s.use_draft_confidence(False)                         # without the stop, arm K is charged K drafts
     assert s._indices(False)[10] > 1.2 * realised
+
+
+def test_calibrate_adds_the_rows_under_the_stop_for_a_profile_with_measured_confidence(tmp_path):
+    from lab.calibrate import calibrate, format_table
+    from lab.core.strategies import ADAPTIVE_STOP
+    from lab.models.synthetic import Profile, encode_words, prompt_key, save_profile
+    from lab.prompts import load_prompts
+    key = prompt_key(encode_words(load_prompts(None)[0]["prompt"], 1000))
+    prof = Profile(t_draft_ms=1, verify_a_ms=20, verify_b_ms=0.5, prefill_ms_per_token=0.01, alpha=0.7, seed=3,
+                   vocab=1000, name="sure", prompt_agreement=((key, "1111011111101111111"),),
+                   prompt_confidence=((key, "".join("20" if i % 3 == 1 else "99" for i in range(19))),))
+    save_profile(prof, tmp_path / "sure.yaml")
+    doc = calibrate(str(tmp_path / "sure.yaml"), rtts=(0, 100), queries=1, k_max=6)
+    assert doc["stop"] == ADAPTIVE_STOP
+    for r in doc["rows"]:
+        by_cap = r["stopped"]["tokens_per_s_by_k"]
+        assert len(by_cap) == 6 and by_cap[str(r["stopped"]["k"])] == max(by_cap.values())
+        assert by_cap != r["tokens_per_s_by_k"]                # the stop ended some blocks early
+    assert "under the confidence stop 0.3" in format_table(doc)
+    s = Nasd("fallback=none,k_max=6", table=NasdTable(doc, "sure"))
+    s.use_draft_confidence(True)
+    s.start_query()
+    s.link_hint(0.0)
+    assert s.next_k() == doc["rows"][0]["stopped"]["k"]
+    plain = calibrate("embedded-cpu", rtts=(0,), queries=1, k_max=3)
+    assert plain["stop"] is None and "stopped" not in plain["rows"][0]
