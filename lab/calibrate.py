@@ -13,6 +13,11 @@ the reversal — follow.
 
 `synthetic:embedded-cpu` means this host's measured profile when `lab profile` wrote one (as for `sim`),
 and its table then goes beside it in the cache, where the edge's nasd finds it for the embedded pair.
+
+Where the profile measured the draft's confidence, nasd drafts with the confidence stop by default
+(strategies.ADAPTIVE_STOP) and its K is a cap: every K is then also simulated as a cap under that
+stop, and the table gains `stop`, each row's `stopped` (K* and tokens/s of every cap) and the
+transitions and reversal under it (`stopped`).  Without measured confidence the table is as before.
 """
 from __future__ import annotations
 
@@ -74,9 +79,11 @@ def calibrate(profile: str, rate_mbit: float = 100.0, k_max: int = 20, link_mode
             rows[-1]["stopped"] = {"k": cap, "split_tokens_per_s": round(by_cap[cap], 4),
                                    "tokens_per_s_by_k": {str(k): round(v, 4) for k, v in by_cap.items()}}
     prof = ComputeProfile.of(profile)
-    stopped = [{**r, **r["stopped"]} for r in rows] if capped else None
-    return {"profile": prof.name, "stop": stop, "rows": rows, "transitions": transitions(rows), "reversal": reversal(rows),
-            "stopped": {"transitions": transitions(stopped), "reversal": reversal(stopped)} if stopped else None,
+    under = {}
+    if capped:
+        stopped = [{**r, **r["stopped"]} for r in rows]
+        under = {"stop": stop, "stopped": {"transitions": transitions(stopped), "reversal": reversal(stopped)}}
+    return {"profile": prof.name, **under, "rows": rows, "transitions": transitions(rows), "reversal": reversal(rows),
             "provenance": {"command": "python -m lab calibrate " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["calibrate"] else "lab.calibrate.calibrate()",
                            "profile": {k: getattr(prof, k) for k in ("t_draft_ms", "verify_a_ms", "verify_b_ms",
                                                                      "prefill_ms_per_token", "alpha", "vocab")},
@@ -109,7 +116,7 @@ def format_table(doc: dict) -> str:
     lines = [f"NASD table for synthetic:{doc['profile']} ({doc['provenance']['rate_mbit']:g} Mbit/s, "
              f"{doc['provenance']['link_model']} link model)"
              + (f"; 'stop': K as a cap under the confidence stop {stop:g}, as nasd plays it on this profile"
-                if stop is not None else "; no confidence stop: the profile has no measured draft confidence"),
+                if stop is not None else ""),
              f"{'RTT ms':>7} {'net ms':>8} {'K*':>3} {'split tok/s':>11}"
              + (f" {'stop K*':>7} {'tok/s':>7}" if stop is not None else "")
              + f" {'cloud tok/s':>11} {'edge tok/s':>10}"]

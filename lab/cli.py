@@ -279,7 +279,7 @@ def cmd_sim(args) -> int:
     from lab.models.synthetic import confidence_measured, load_profile
     objs = [make_strategy(s) for s in strategies or sc.strategies]
     stopped = [o.name for o in objs if getattr(o, "draft_stop", None)]
-    adaptive = [o.name for o in objs if hasattr(o, "use_draft_confidence") and o.draft_stop is None]
+    adaptive = [o.name for o in objs if hasattr(o, "use_draft_confidence") and o.stop_option is None]
     if (stopped or adaptive) and not confidence_measured(load_profile(profile)):
         print(f"note: profile {profile} has no measured draft confidence (prompt_confidence; `lab profile "
               f"--acceptance-only` adds it): "

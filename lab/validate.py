@@ -537,7 +537,7 @@ def judge(case: Case, run_dir: Path, calibration: HostCalibration) -> list[Row]:
                                             host_overhead_ms=calibration.message_overhead_ms,
                                             paired_seed=paired_seed,
                                             link_out=links if model == "tcp" and seed == 0 else None,
-                                            clock_phase=phase)
+                                            clock_phase=phase, draft_stops=recorded_stops(queries))
                        if not q["warmup"]]
     paired = paired_loss_match(run_dir, links[0]) if paired_seed is not None and links else ""
     retrans = meta.get("tcp_recovery_by_strategy") or {}
@@ -998,7 +998,7 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
     TTFT is short of a real pair's (docs/MEASUREMENTS.md); tokens/s excludes the first token.  Queries
     the edge answered alone are left out of both sides, and said."""
     from lab.core.strategies import make_strategy
-    from lab.models.synthetic import host_profile_path, load_profile
+    from lab.models.synthetic import confidence_measured, host_profile_path, load_profile
     from lab.results import ResultsError, read_jsonl
     from lab.scenario import scenario_of_run
     from lab.sim.simulator import simulate
@@ -1029,6 +1029,13 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
         out(note)
     strategies = [s for s in meta["strategies"]
                   if {q.get("placement") for q in queries if q["strategy"] == s} <= set(JUDGED_PLACEMENTS)]
+    stops = recorded_stops(queries)
+    if not confidence_measured(agreement):
+        unstoppable = [s for s in strategies if stops.get(s, make_strategy(s).draft_stop)]
+        for s in unstoppable:
+            out(f"  {s}: not judged (it drafted with a confidence stop, and {path} has no measured draft "
+                "confidence to end the simulator's blocks by: `python -m lab profile --acceptance-only` adds it)")
+        strategies = [s for s in strategies if s not in unstoppable]
     pipelined = [s for s in strategies if s.startswith("pipelined")]
     compute = run_compute(queries, agreement)
     own = {s: run_compute(queries, agreement, s) for s in pipelined}
@@ -1063,13 +1070,6 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
     skip = {(q["strategy"], q["query_index"]) for q in alone}
     paired_seed = meta.get("paired_seed")
     phase = clock_phases(meta, queries, cycles)
-    # The stop each adaptive strategy drafted with, as its controller record says (a run from before
-    # the field stopped only where the strategy's name asked for it).
-    stops: dict[str, float | None] = {}
-    for q in queries:
-        c = q.get("controller")
-        if c and q["strategy"] not in stops:
-            stops[q["strategy"]] = c["stop"] if "stop" in c else make_strategy(q["strategy"]).draft_stop
     links: list = []
     sim = [q for seed in range(seeds)
            for q, _ in simulate(scenario, strategies, agreement, queries=w["queries"],
@@ -1086,6 +1086,18 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
     paired = paired_loss_match(run_dir, links[0]) if paired_seed is not None and links else ""
     retrans = meta.get("tcp_recovery_by_strategy") or {}
     return [compare_run(s, lab, sim, _retrans_of(retrans.get(s)), paired) for s in strategies]
+
+
+def recorded_stops(queries: list[dict]) -> dict[str, float | None]:
+    """The confidence stop each adaptive strategy of a lab run drafted with, as its controller record
+    says (a run from before the field stopped only where the strategy's name asked for it)."""
+    from lab.core.strategies import make_strategy
+    stops: dict[str, float | None] = {}
+    for q in queries:
+        c = q.get("controller")
+        if c and q["strategy"] not in stops:
+            stops[q["strategy"]] = c["stop"] if "stop" in c else make_strategy(q["strategy"]).draft_stop
+    return stops
 
 
 def validate_runs(run_dirs: Iterable[str], out: Callable[[str], None] = print) -> int:

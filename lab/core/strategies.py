@@ -187,7 +187,9 @@ def split_strategies(text: str) -> list[str]:
 #   split_k()           the K they would speculate with now (used when a seam cannot stream alone)
 #   control()           {fallback, fallback_reason, estimate_ms} for the cycle record
 #   provenance()        what the controller was built from (its table file), for the results' meta
-# and any strategy may have draft_stop: a confidence stop within the K it asks for (decoding.draft_tokens)
+# and any strategy may have draft_stop: a confidence stop within the K it asks for (decoding.draft_tokens).
+# nasd and ucb-specstop take theirs from the driver, which calls use_draft_confidence(measured) once it
+# knows the draft (edge_node, the simulator; validate --run calls replay_stop with a run's recorded one).
 
 CLOUD_ALONE = -1
 FALLBACKS = ("cloud", "edge")
@@ -260,6 +262,8 @@ class _DefaultStop:
     def replay_stop(self, stop: float | None) -> None:
         """Draft with the stop a recorded run drafted with (validate --run replays it): None, none."""
         self.draft_stop = stop
+
+
 _positive = _in_range(0.0, math.inf, False, "a number >= 0")
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -354,6 +358,10 @@ class NasdTable:
             raise StrategyError(f"NASD table {source}: no rows")
         self.source, self.provenance = source, doc.get("provenance", {})
 
+    def under(self, stop: float | None) -> bool:
+        """Whether the table has rows calibrated under this confidence stop."""
+        return stop is not None and self.stop is not None and math.isclose(stop, self.stop)
+
     def row(self, net_ms: float) -> dict:
         x = math.log1p(max(0.0, net_ms))
         return min(self.rows, key=lambda r: abs(math.log1p(r["network_ms"]) - x))
@@ -361,10 +369,10 @@ class NasdTable:
     def choose(self, net_ms: float, k_min: int, k_max: int, fallback: str,
                stop: float | None = None) -> tuple[int, float, float]:
         """(best K within [k_min, k_max], its tokens/s, the fallback's tokens/s — 0 for none) at net_ms;
-        with a confidence stop, K is the cap and the rows calibrated under the stop are read (those
-        without it where the table has none: a cap no longer than the K that pays without a stop)."""
+        with the confidence stop the table was calibrated under, K is a cap and those rows are read;
+        with another stop or none, the rows without it (a cap no longer than the K that pays unstopped)."""
         r = self.row(net_ms)
-        by_k = r["stopped"]["tokens_per_s_by_k"] if stop is not None and self.stop is not None else r["tokens_per_s_by_k"]
+        by_k = r["stopped"]["tokens_per_s_by_k"] if self.under(stop) else r["tokens_per_s_by_k"]
         ks = {k: v for k, v in by_k.items() if k_min <= k <= k_max}
         if not ks:
             raise StrategyError(f"NASD table {self.source}: no K in [{k_min}, {k_max}]")
@@ -380,7 +388,9 @@ class Nasd(_DefaultStop):
     fallback=edge drafts alone (draft quality) and tries one speculative cycle every `probe` tokens;
     fallback=none always speculates (only K adapts: the UCB-SpecStop paper's comparison, where the
     split is the deployment and the cloud is not to decode alone).  Without a table it predicts from
-    the throughput equation and its own estimates (_Estimates)."""
+    the throughput equation and its own estimates (_Estimates).  With the confidence stop (by default
+    where the draft's confidence is measured: _DefaultStop) K is a cap: a table calibrated under the
+    same stop gives caps from its `stopped` rows; the throughput equation still charges K drafts."""
 
     placement = "split"
     OPTIONS = {"k_min": _whole(1, 64), "k_max": _whole(1, 64), "table": str, "fallback": _choice(*FALLBACKS, "none"),
@@ -468,6 +478,7 @@ class Nasd(_DefaultStop):
         return {"controller": "nasd", "k_min": self.k_min, "k_max": self.k_max, "fallback": self.fallback,
                 "smoothing": self.smoothing, "probe": self.probe, "patience": self.patience, "stop": self.draft_stop,
                 "table": t.source if t else None, "table_provenance": t.provenance if t else None,
+                "table_rows": None if t is None else f"under the stop {t.stop:g}" if t.under(self.draft_stop) else "plain",
                 "predictor": "table" if t else "throughput equation, online estimates"}
 
     def __repr__(self) -> str:
@@ -558,9 +569,12 @@ class UcbSpecStop(_DefaultStop):
                 self.reached[j] += 1
                 self.passed[j] += j <= obs.accepted
             if self.draft_stop is not None:
-                for j in range(1, min(obs.k, self.k_max) + 1):
+                # The stop is asked after each draft but the cap's: a block that reached its cap is
+                # censored after its last-but-one draft; one the stop ended, at its last.
+                stopped = obs.cap is not None and obs.k < obs.cap
+                for j in range(1, min(obs.k if stopped else obs.k - 1, self.k_max) + 1):
                     self.drafted[j] += 1
-                if obs.cap is not None and obs.k < obs.cap and obs.k <= self.k_max:
+                if stopped and obs.k <= self.k_max:
                     self.stopped[obs.k] += 1
             if self.warmup_cycles is None and self.t >= self.WARMUP_CYCLES:
                 self.warmup_cycles = self.t

@@ -48,17 +48,25 @@ def message_bytes(mtype: str, mid: int, fields: dict, arrays: dict[str, tuple[st
 
     Most messages of a run repeat one another but for their id (a synthetic profile's compute times
     are constants), and encoding every header was a tenth of a simulation: sizes are kept per
-    header with the id's digit count in place of the id — its only effect on the length.  The type
-    of each value is part of the key, because True == 1 == 1.0 and JSON spells them differently."""
+    header with the id's digit count in place of the id — its only effect on the length.  The key
+    spells values as JSON would tell them apart: with their types (True == 1 == 1.0), a list's
+    elements' too, and a float by its repr (-0.0 == 0.0)."""
     mid = int(mid)
-    key = (mtype, len(str(mid)), tuple((k, type(v), tuple(v) if type(v) is list else v) for k, v in fields.items()),
-           tuple(arrays.items()))
+    key = (mtype, len(str(mid)), tuple((k, _spelled(v)) for k, v in fields.items()),
+           tuple((n, d, tuple(s)) for n, (d, s) in arrays.items()))
     size = _SIZES.get(key)
     if size is None:
         if len(_SIZES) >= _SIZES_MAX:            # a long run's query ids: start over rather than grow
             _SIZES.clear()
         size = _SIZES[key] = _encoded_size(mtype, mid, fields, arrays)
     return size
+
+
+def _spelled(v):
+    t = type(v)
+    if t is list:
+        return (list, tuple(_spelled(x) for x in v))
+    return (t, repr(v)) if t is float else (t, v)
 
 
 def _encoded_size(mtype: str, mid: int, fields: dict, arrays: dict[str, tuple[str, tuple[int, ...]]]) -> Size:

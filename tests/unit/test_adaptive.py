@@ -396,4 +396,17 @@ def test_calibrate_adds_the_rows_under_the_stop_for_a_profile_with_measured_conf
     s.link_hint(0.0)
     assert s.next_k() == doc["rows"][0]["stopped"]["k"]
     plain = calibrate("embedded-cpu", rtts=(0,), queries=1, k_max=3)
-    assert plain["stop"] is None and "stopped" not in plain["rows"][0]
+    assert "stop" not in plain and "stopped" not in plain["rows"][0]
+
+
+def test_ucb_counts_a_block_that_reached_its_cap_as_censored_not_as_surviving_the_stop():
+    """The stop is never asked after the cap's draft: blocks of cap 4 that drafted 4 say nothing of
+    whether the stop would have ended them there, so position 4 keeps the pooled stop rate."""
+    s = UcbSpecStop("fallback=none")
+    s.use_draft_confidence(True)
+    for i in range(200):
+        stopped = i % 2 == 0                              # half end at 2 by the stop, half reach cap 4
+        k = 2 if stopped else 4
+        s.observe(CycleObservation(k=k, accepted=k, cycle_ms=300.0, network_ms=50.0, cloud_compute_ms=120.0,
+                                   edge_compute_ms=20.0 * k, cap=4))
+    assert s.drafted[1:5] == [200, 200, 100, 0] and s.stopped[1:5] == [0, 100, 0, 0]

@@ -341,3 +341,35 @@ def test_a_rearmed_timer_queues_one_event_and_fires_once_where_last_armed():
     ep._arm(None, 0, 4000.0)                               # stopped
     m.run_until(6000.0)
     assert fired == []
+
+
+@pytest.mark.parametrize("cc", ["cubic", "bbr"])
+def test_lazy_timer_runs_the_same_events_as_one_event_per_arming(monkeypatch, cc):
+    # The retransmission timer queues one wake-up for many re-armings; the events that act must run
+    # as they would with an event queued per arming, on a link that loses, reorders and delays.
+    import lab.sim.netsim as netsim
+    from lab.sim.tcpsim import TcpEndpoint
+
+    class Eager(TcpEndpoint):
+        def _arm(self, kind, timeout_ms, now):
+            self.timer_gen += 1
+            self.timer_kind = kind
+            if kind is not None:
+                off = self.net.clock_offset_ms
+                self.net.schedule(timer_fire_ms(now + off, timeout_ms, self.cfg.hz) - off, self.on_timer, kind,
+                                  self.timer_gen)
+
+    def exchange():
+        m = TcpLinkModel(sym(delay_ms=20, jitter_ms=8, loss_pct=5, rate_mbit=10), congestion_control=cc, seed=7)
+        t, out = 0.0, []
+        for i in range(150):
+            t = m.send(t, "up", 300 + 2000 * (i % 4 == 0))
+            t = m.send(t + 1.0, "down", 120 + 30000 * (i % 25 == 0))
+            out.append(round(t, 9))
+        return out, m.stats()
+
+    lazy = exchange()
+    monkeypatch.setattr(netsim, "TcpEndpoint", Eager)
+    eager = exchange()
+    assert lazy == eager
+    assert lazy[1]["edge_retransmits"] + lazy[1]["cloud_retransmits"] > 0     # timers did fire

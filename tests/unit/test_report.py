@@ -78,6 +78,10 @@ def test_missing_strategies_are_not_measured_and_oracle_gap_is_judged():
     split = _points({0: {"nasd:fallback=none": 203, "oracle": 100, "oracle:fallback=none": 200}})
     r = claims.near_oracle(split, "sim", "nasd", (0, 4), "seed")
     assert r["verdict"] == "confirmed" and "gap to oracle:fallback=none" in r["numbers"]
+    # faster than the oracle (the confidence stop, which the oracle of fixed K lacks) is no refutation
+    faster = _points({0: {"nasd": 85, "oracle": 100}})
+    r = claims.near_oracle(faster, "sim", "nasd", (0, 4), "seed")
+    assert r["verdict"] == "confirmed" and "faster than the oracle everywhere" in r["numbers"]
     # the oracle bounds the others; it is never the verdict's winner
     assert vd.curves(pd.concat([pts, _points({0: {"oracle": 1}})]))["winner"].iloc[0] == "fixed-k:3"
 

@@ -69,6 +69,7 @@ def test_remembered_sizes_follow_the_id_and_the_value_types():
     for mid in (7, 3, 99, 100, 123456):
         base = {"query": "q", "seq": 3, "tokens": [5, 5], "done": True}
         for fields in ({**base, "cloud_compute_ms": 4}, {**base, "cloud_compute_ms": 4.0},
+                       {**base, "cloud_compute_ms": -0.0}, {**base, "cloud_compute_ms": 0.0},
                        {**base, "cloud_compute_ms": 4.5, "done": False, "tokens": [5, 5, 5]}):
             want = protocol.frames_size(protocol.encode(Message("tokens", mid, fields)))
             assert message_bytes("tokens", mid, fields, {}).payload == want, (mid, fields)
