@@ -523,6 +523,7 @@ def judge(case: Case, run_dir: Path, calibration: HostCalibration) -> list[Row]:
     # wire backend: the relay keyed its loss (and jitter) draws with it (older folders: paired_loss_seed)
     paired_seed = meta.get("paired_seed", meta.get("paired_loss_seed"))
     sims, links = {}, []
+    stops = recorded_stops(queries)
     cycles = read_jsonl(run_dir / "cycles.jsonl")
     phase = clock_phases(meta, queries, cycles)
     tcp_config = tcp_config_of(meta)
@@ -537,7 +538,7 @@ def judge(case: Case, run_dir: Path, calibration: HostCalibration) -> list[Row]:
                                             host_overhead_ms=calibration.message_overhead_ms,
                                             paired_seed=paired_seed,
                                             link_out=links if model == "tcp" and seed == 0 else None,
-                                            clock_phase=phase, draft_stops=recorded_stops(queries))
+                                            clock_phase=phase, draft_stops=stops)
                        if not q["warmup"]]
     paired = paired_loss_match(run_dir, links[0]) if paired_seed is not None and links else ""
     retrans = meta.get("tcp_recovery_by_strategy") or {}

@@ -619,9 +619,9 @@ class UcbSpecStop(_DefaultStop):
     def _indices(self, bonus: bool) -> dict[int, float]:
         reach = self._reach()
         (taus, errs), scale = self._taus(reach), self.c * math.sqrt(2 * math.log(max(2, self.decisions)))
-        drafts = list(itertools.accumulate(reach))          # E[min(K, L)] at K = index (reach[0] = 1 pads it)
-        return {k: min(taus[k] + (scale * errs[k] if bonus else 0.0), k + 1)
-                / self._cost(k if self.draft_stop is None else drafts[k] - 1.0)
+        # E[min(K, L)] + 1 at index K (reach[0] = 1 pads it); exactly K + 1 without a stop
+        drafts = list(itertools.accumulate(reach))
+        return {k: min(taus[k] + (scale * errs[k] if bonus else 0.0), k + 1) / self._cost(drafts[k] - 1.0)
                 for k in range(1, self.k_max + 1)}
 
     def _choose(self) -> tuple[int, float]:

@@ -225,9 +225,7 @@ class TcpLinkModel:
     # -------------------------------------------------------------- event engine
     # The engine's two methods run a few hundred thousand times per sweep point: written for speed.
     def schedule(self, t: float, fn: Callable, *args) -> None:
-        self._n += 1
-        now = self.now
-        heapq.heappush(self._heap, (t if t > now else now, self._n, fn, args))
+        heapq.heappush(self._heap, (*self.reserve(t), fn, args))
 
     def reserve(self, t: float) -> tuple[float, int]:
         """The place in the event order (time, sequence) that schedule(t, …) would give an event now,
