@@ -16,12 +16,15 @@ and its table then goes beside it in the cache, where the edge's nasd finds it f
 
 Where the profile measured the draft's confidence, nasd drafts with the confidence stop by default
 (strategies.ADAPTIVE_STOP) and its K is a cap: every K is then also simulated as a cap under that
-stop, and the table gains `stop`, each row's `stopped` (K* and tokens/s of every cap) and the
-transitions and reversal under it (`stopped`).  Without measured confidence the table is as before.
+stop, and the longest cap under each stop of STOP_GRID; the table gains `stop`, each row's `stopped`
+(the best cap and the stop to draft it with, tokens/s of every cap and of every stop, the mean block
+drafted) and the transitions and reversal under it (`stopped`).  Without measured confidence the
+table is as before.
 """
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 import time
@@ -31,6 +34,10 @@ from typing import Callable
 
 from lab.core.cycle import pooled_tokens_per_s
 
+# The stops nasd may draft the longest cap with, beside ADAPTIVE_STOP: one more draft pays while the
+# chance that the block is still accepted exceeds tokens/s × t_draft, so the stop worth drafting to
+# falls as the RTT lowers tokens/s (docs/MEASUREMENTS.md, "The stop by RTT").
+STOP_GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 RTT_BUCKETS_MS = (0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 60, 70, 80, 90, 100, 110, 120, 140, 160, 180,
                   200, 250, 300, 400, 500, 750, 1000)
 
@@ -54,17 +61,21 @@ def calibrate(profile: str, rate_mbit: float = 100.0, k_max: int = 20, link_mode
     stop = ADAPTIVE_STOP if confidence_measured(load_profile(profile)) else None
     split = {k: f"fixed-k:{k}" for k in range(1, k_max + 1)}
     capped = {k: f"fixed-k:{k},stop={stop:g}" for k in range(1, k_max + 1)} if stop is not None else {}
-    cands = list(split.values()) + list(capped.values()) + ["cloud-only", "edge-only"]
+    by_stop = {p: capped[k_max] if p == stop else f"fixed-k:{k_max},stop={p:g}" for p in STOP_GRID} if capped else {}
+    cands = list(split.values()) + list(capped.values()) + [c for c in by_stop.values() if c not in capped.values()] \
+        + ["cloud-only", "edge-only"]
     rows, t0 = [], time.perf_counter()
     for rtt in rtts:
         sc = GridPoint(rtt, rate_mbit).scenario(cands)
         recs: dict[str, list[dict]] = {c: [] for c in cands}
         net: dict[str, list[float]] = {c: [] for c in cands}
+        drafted: dict[str, list[int]] = {c: [] for c in cands}
         for rec, _ in simulate(sc, cands, profile, queries=queries, seed=0, link_model=link_model):
             if rec["warmup"]:
                 continue
             recs[rec["strategy"]].append(rec)
             net[rec["strategy"]].extend(rec["network_ms_per_cycle"])
+            drafted[rec["strategy"]].extend(k for k in rec["k_per_cycle"] if k > 0)
         med = {c: pooled_tokens_per_s(v, empty=0.0) for c, v in recs.items()}
         by_k = {k: med[split[k]] for k in range(1, k_max + 1)}
         best = max(by_k, key=lambda k: (by_k[k], -k))
@@ -74,15 +85,24 @@ def calibrate(profile: str, rate_mbit: float = 100.0, k_max: int = 20, link_mode
                      "cloud_tokens_per_s": round(med["cloud-only"], 4),
                      "edge_tokens_per_s": round(med["edge-only"], 4)})
         if capped:
+            # as NasdTable.choose picks: every cap under `stop`, or the longest under another stop
             by_cap = {k: med[name] for k, name in capped.items()}
-            cap = max(by_cap, key=lambda k: (by_cap[k], -k))
-            rows[-1]["stopped"] = {"k": cap, "split_tokens_per_s": round(by_cap[cap], 4),
-                                   "tokens_per_s_by_k": {str(k): round(v, 4) for k, v in by_cap.items()}}
+            tps_stop = {p: med[name] for p, name in by_stop.items()}
+            choice = {(k, stop): v for k, v in by_cap.items()}
+            choice.update({(k_max, p): v for p, v in tps_stop.items()})
+            cap, p = max(choice, key=lambda c: (choice[c], c[1] == stop, -c[0]))
+            name = capped[cap] if p == stop else by_stop[p]
+            rows[-1]["stopped"] = {"k": cap, "stop": p, "split_tokens_per_s": round(choice[(cap, p)], 4),
+                                   "drafted_mean": round(statistics.fmean(drafted[name]), 2) if drafted[name] else 0.0,
+                                   "tokens_per_s_by_k": {str(k): round(v, 4) for k, v in by_cap.items()},
+                                   "tokens_per_s_by_stop": {f"{q:g}": round(v, 4) for q, v in tps_stop.items()}}
     prof = ComputeProfile.of(profile)
     under = {}
     if capped:
         stopped = [{**r, **r["stopped"]} for r in rows]
-        under = {"stop": stop, "stopped": {"transitions": transitions(stopped), "reversal": reversal(stopped)}}
+        under = {"stop": stop, "stopped": {"transitions": transitions(stopped),
+                                           "stop_transitions": transitions(stopped, "stop"),
+                                           "reversal": reversal(stopped)}}
     return {"profile": prof.name, **under, "rows": rows, "transitions": transitions(rows), "reversal": reversal(rows),
             "provenance": {"command": "python -m lab calibrate " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["calibrate"] else "lab.calibrate.calibrate()",
                            "profile": {k: getattr(prof, k) for k in ("t_draft_ms", "verify_a_ms", "verify_b_ms",
@@ -93,12 +113,13 @@ def calibrate(profile: str, rate_mbit: float = 100.0, k_max: int = 20, link_mode
                            "wall_s": round(time.perf_counter() - t0, 2)}}
 
 
-def transitions(rows: list[dict]) -> list[dict]:
-    """Where K* changes between consecutive buckets: [{from_k, to_k, rtt_ms: (below, at)}]."""
+def transitions(rows: list[dict], key: str = "k") -> list[dict]:
+    """Where K* (or the row's `key`: the stop) changes between consecutive buckets:
+    [{from_k, to_k, rtt_ms: (below, at)}]."""
     out = []
     for a, b in zip(rows, rows[1:]):
-        if b["k"] != a["k"]:
-            out.append({"from_k": a["k"], "to_k": b["k"], "rtt_ms": [a["rtt_ms"], b["rtt_ms"]]})
+        if b[key] != a[key]:
+            out.append({"from_k": a[key], "to_k": b[key], "rtt_ms": [a["rtt_ms"], b["rtt_ms"]]})
     return out
 
 
@@ -115,17 +136,18 @@ def format_table(doc: dict) -> str:
     stop = doc.get("stop")
     lines = [f"NASD table for synthetic:{doc['profile']} ({doc['provenance']['rate_mbit']:g} Mbit/s, "
              f"{doc['provenance']['link_model']} link model)"
-             + (f"; 'stop': K as a cap under the confidence stop {stop:g}, as nasd plays it on this profile"
-                if stop is not None else ""),
+             + (f"; 'stop': K as a cap under the confidence stop P (default {stop:g}), as nasd plays it on "
+                f"this profile, and the mean block it drafts" if stop is not None else ""),
              f"{'RTT ms':>7} {'net ms':>8} {'K*':>3} {'split tok/s':>11}"
-             + (f" {'stop K*':>7} {'tok/s':>7}" if stop is not None else "")
+             + (f" {'stop K*':>7} {'P':>5} {'block':>5} {'tok/s':>7}" if stop is not None else "")
              + f" {'cloud tok/s':>11} {'edge tok/s':>10}"]
     for r in doc["rows"]:
         s = r.get("stopped")
         best = max(r["split_tokens_per_s"], s["split_tokens_per_s"] if s else 0.0)
         mark = "  ← cloud wins" if r["cloud_tokens_per_s"] > best else ""
         lines.append(f"{r['rtt_ms']:7g} {r['network_ms']:8.1f} {r['k']:3d} {r['split_tokens_per_s']:11.2f}"
-                     + (f" {s['k']:7d} {s['split_tokens_per_s']:7.2f}" if s else "")
+                     + (f" {s['k']:7d} {s.get('stop', stop):5g} {s.get('drafted_mean', math.nan):5.1f}"
+                        f" {s['split_tokens_per_s']:7.2f}" if s else "")
                      + f" {r['cloud_tokens_per_s']:11.2f} {r['edge_tokens_per_s']:10.2f}{mark}")
     for label, part in (("", doc), ("with the stop: ", doc.get("stopped"))):
         if not part:
@@ -133,6 +155,9 @@ def format_table(doc: dict) -> str:
         tr = ", ".join(f"K* {t['from_k']}→{t['to_k']} between {t['rtt_ms'][0]:g} and {t['rtt_ms'][1]:g} ms"
                        for t in part["transitions"]) or "K* constant"
         rv = part["reversal"]
+        if part.get("stop_transitions") is not None:
+            tr += "; " + (", ".join(f"P {t['from_k']:g}→{t['to_k']:g} between {t['rtt_ms'][0]:g} and "
+                                    f"{t['rtt_ms'][1]:g} ms" for t in part["stop_transitions"]) or "P constant")
         lines += [f"{label}transitions: {tr}",
                   f"{label}reversal: cloud-only from {rv['cloud']} ms, edge-only from {rv['edge']} ms (None: never in range)"]
     return "\n".join(lines)

@@ -203,7 +203,8 @@ def speculate(strategy: Strategy, seam: Seam, log: QueryLog, max_new: int, eos,
                                               cloud_compute_ms=0.0, edge_compute_ms=ms))
             n = 0
         else:
-            drafts = seam.draft(k, seq, stop)
+            # a controller may choose each block's stop with its K (nasd's table: block_stop)
+            drafts = seam.draft(k, seq, getattr(strategy, "block_stop", stop))
             if not 1 <= len(drafts) <= k:
                 raise ProtocolError(f"the draft made {len(drafts)} tokens for a block of at most {k}")
             cap, k = k, len(drafts)          # what was drafted: a confidence stop may end the block early

@@ -340,7 +340,11 @@ class NasdTable:
     cycle, tokens/s of every K, and of each fallback.  Rows are looked up by the nearest network time
     on a log scale (a 10 ms error matters at 20 ms, not at 400).  Where the profile measured the
     draft's confidence, `stop` is the confidence stop the table was also calibrated under and each
-    row's `stopped` holds tokens/s of every K as a cap under it: nasd reads the rows it plays."""
+    row's `stopped` holds tokens/s of every K as a cap under it, and (tables since the twelfth
+    session) `tokens_per_s_by_stop`: of the longest cap under each stop of a grid — the further the
+    cloud, the lower the confidence worth drafting on (one more draft pays while the chance that
+    the block is still accepted exceeds tokens/s × t_draft, and tokens/s falls with the RTT), so
+    the row may ask for another stop than `stop`: nasd reads the rows it plays."""
 
     def __init__(self, doc: dict, source: str = "<dict>"):
         try:
@@ -350,8 +354,10 @@ class NasdTable:
                 r["tokens_per_s_by_k"] = {int(k): float(v) for k, v in r["tokens_per_s_by_k"].items()}
                 float(r["cloud_tokens_per_s"]), float(r["edge_tokens_per_s"])
                 if self.stop is not None:
-                    r["stopped"]["tokens_per_s_by_k"] = {int(k): float(v) for k, v
-                                                         in r["stopped"]["tokens_per_s_by_k"].items()}
+                    st = r["stopped"]
+                    st["tokens_per_s_by_k"] = {int(k): float(v) for k, v in st["tokens_per_s_by_k"].items()}
+                    st["tokens_per_s_by_stop"] = {float(p): float(v) for p, v
+                                                  in st.get("tokens_per_s_by_stop", {}).items()}
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise StrategyError(f"NASD table {source}: not a calibration table ({type(e).__name__}: {e})") from None
         if not self.rows:
@@ -366,18 +372,27 @@ class NasdTable:
         x = math.log1p(max(0.0, net_ms))
         return min(self.rows, key=lambda r: abs(math.log1p(r["network_ms"]) - x))
 
-    def choose(self, net_ms: float, k_min: int, k_max: int, fallback: str,
-               stop: float | None = None) -> tuple[int, float, float]:
-        """(best K within [k_min, k_max], its tokens/s, the fallback's tokens/s — 0 for none) at net_ms;
-        with the confidence stop the table was calibrated under, K is a cap and those rows are read;
-        with another stop or none, the rows without it (a cap no longer than the K that pays unstopped)."""
+    def choose(self, net_ms: float, k_min: int, k_max: int, fallback: str, stop: float | None = None,
+               vary_stop: bool = False) -> tuple[int, float, float, float | None]:
+        """(best K within [k_min, k_max], its tokens/s, the fallback's tokens/s — 0 for none —, the
+        stop to draft it with) at net_ms.  With the confidence stop the table was calibrated under, K
+        is a cap and those rows are read, and with vary_stop the longest cap under another stop of
+        the row's grid competes (where it fits in [k_min, k_max]); with another stop or none, the
+        rows without it (a cap no longer than the K that pays unstopped)."""
         r = self.row(net_ms)
-        by_k = r["stopped"]["tokens_per_s_by_k"] if self.under(stop) else r["tokens_per_s_by_k"]
-        ks = {k: v for k, v in by_k.items() if k_min <= k <= k_max}
-        if not ks:
+        under = self.under(stop)
+        by_k = r["stopped"]["tokens_per_s_by_k"] if under else r["tokens_per_s_by_k"]
+        cands = {(k, stop): v for k, v in by_k.items() if k_min <= k <= k_max}
+        if under and vary_stop:
+            longest = max(by_k)
+            if k_min <= longest <= k_max:
+                cands.update({(longest, p): v for p, v in r["stopped"]["tokens_per_s_by_stop"].items()
+                              if not math.isclose(p, stop)})
+        if not cands:
             raise StrategyError(f"NASD table {self.source}: no K in [{k_min}, {k_max}]")
-        k = max(ks, key=lambda kk: (ks[kk], -kk))
-        return k, ks[k], 0.0 if fallback == "none" else float(r[f"{fallback}_tokens_per_s"])
+        # ties: the table's own stop, then the shorter cap
+        k, p = max(cands, key=lambda c: (cands[c], c[1] == stop, -c[0]))
+        return k, cands[(k, p)], 0.0 if fallback == "none" else float(r[f"{fallback}_tokens_per_s"]), p
 
 
 class Nasd(_DefaultStop):
@@ -390,7 +405,9 @@ class Nasd(_DefaultStop):
     split is the deployment and the cloud is not to decode alone).  Without a table it predicts from
     the throughput equation and its own estimates (_Estimates).  With the confidence stop (by default
     where the draft's confidence is measured: _DefaultStop) K is a cap: a table calibrated under the
-    same stop gives caps from its `stopped` rows; the throughput equation still charges K drafts."""
+    same stop gives caps from its `stopped` rows, and, unless stop=P fixed it, the stop of each
+    block too (`block_stop`: lower as the RTT grows, NasdTable); the throughput equation still
+    charges K drafts."""
 
     placement = "split"
     OPTIONS = {"k_min": _whole(1, 64), "k_max": _whole(1, 64), "table": str, "fallback": _choice(*FALLBACKS, "none"),
@@ -406,6 +423,7 @@ class Nasd(_DefaultStop):
         # cheaper to ride out than a switch to the cloud and back (the `spikes` scenario).
         self.patience, self.past_reversal = o.get("patience", 2), 0
         self._stop_from(o)
+        self.block_stop: float | None = None     # the stop of the block next_k chose (lab/core/cycle.py)
         self.table_path: str | None = o.get("table")
         self.table = table
         if self.table is None and self.table_path:
@@ -441,12 +459,21 @@ class Nasd(_DefaultStop):
         else:
             self.alone_run += 1
 
+    @property
+    def stop_by_rtt(self) -> bool:
+        """Whether the table picks each block's stop: the default stop (no stop=P) and a table with
+        rows under it."""
+        return self.stop_option is None and self.table is not None and self.table.under(self.draft_stop)
+
     def _choose(self) -> tuple[int, float, float]:
         net = self.net_ms or 0.0
         if self.table is not None:
-            return self.table.choose(net, self.k_min, self.k_max, self.fallback, self.draft_stop)
+            k, split, fb, self.block_stop = self.table.choose(net, self.k_min, self.k_max, self.fallback,
+                                                              self.draft_stop, self.stop_by_rtt)
+            return k, split, fb
         rates = {k: self.est.split_rate(k, net) for k in range(self.k_min, self.k_max + 1)}
         k = max(rates, key=lambda kk: (rates[kk], -kk))
+        self.block_stop = self.draft_stop
         return k, 1000 * rates[k], 1000 * self.est.fallback_rate(self.fallback)
 
     def split_k(self) -> int:
@@ -479,6 +506,7 @@ class Nasd(_DefaultStop):
                 "smoothing": self.smoothing, "probe": self.probe, "patience": self.patience, "stop": self.draft_stop,
                 "table": t.source if t else None, "table_provenance": t.provenance if t else None,
                 "table_rows": None if t is None else f"under the stop {t.stop:g}" if t.under(self.draft_stop) else "plain",
+                "stop_by_rtt": self.stop_by_rtt,
                 "predictor": "table" if t else "throughput equation, online estimates"}
 
     def __repr__(self) -> str:

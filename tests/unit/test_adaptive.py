@@ -1,6 +1,7 @@
 """Adaptive strategies: nasd follows its table and falls back past the reversal, ucb-specstop
 converges on a synthetic bandit, the oracle is at least every fixed K, and the simulator's cloud
 fallback streams at cloud-only's pace."""
+import json
 import math
 import random
 import statistics
@@ -352,8 +353,35 @@ def test_nasd_reads_the_rows_calibrated_under_its_stop():
         s.start_query()
         s.link_hint(10.0)
     assert plain.next_k() == 3 and stopped.next_k() == 12     # a cap under the stop
+    assert plain.block_stop is None and stopped.block_stop == 0.3
     with pytest.raises(StrategyError, match="not a calibration table"):
         NasdTable({"stop": 0.3, "rows": [{k: v for k, v in row(10, 3, 12).items() if k != "stopped"}]}, "half")
+
+
+def test_nasd_drafts_with_the_stop_its_row_pays_best_unless_stop_is_given():
+    """A table since the twelfth session also holds the longest cap under other stops: where one pays
+    more, nasd drafts that cap with that stop; nasd:stop=0.3 keeps its stop and reads the caps."""
+    def row(net, by_stop):
+        return {"rtt_ms": net, "network_ms": net, "k": 5, "split_tokens_per_s": 6.0,
+                "tokens_per_s_by_k": {str(j): 6.0 if j == 5 else 5.0 for j in range(1, 21)},
+                "cloud_tokens_per_s": 4.0, "edge_tokens_per_s": 12.0,
+                "stopped": {"k": 20, "stop": 0.3, "split_tokens_per_s": 7.0,
+                            "tokens_per_s_by_k": {str(j): 6.5 + j / 40 for j in range(1, 21)},
+                            "tokens_per_s_by_stop": by_stop}}
+    table = NasdTable({"stop": 0.3, "rows": [row(10, {"0.05": 6.9, "0.3": 7.0, "0.5": 6.0}),
+                                             row(500, {"0.05": 7.6, "0.3": 7.0, "0.5": 5.0})]}, "by-stop")
+    chosen = {}
+    for name in ("nasd:fallback=none", "nasd:fallback=none,stop=0.3", "nasd:fallback=none,k_max=12"):
+        s = Nasd(name.partition(":")[2], table=table)
+        s.use_draft_confidence(True)
+        for net in (10.0, 500.0):
+            s.net_ms = net
+            chosen[name, net] = (s.next_k(), s.block_stop)
+    assert chosen["nasd:fallback=none", 10.0] == (20, 0.3)
+    assert chosen["nasd:fallback=none", 500.0] == (20, 0.05)              # farther: a lower stop
+    assert chosen["nasd:fallback=none,stop=0.3", 500.0] == (20, 0.3)      # the stop it was given
+    assert chosen["nasd:fallback=none,k_max=12", 500.0] == (12, 0.3)      # the longest cap is not allowed
+    assert Nasd("fallback=none", table=table).provenance()["stop_by_rtt"] is False   # until told measured
 
 
 def test_ucb_charges_a_stopped_block_for_the_drafts_it_made():
@@ -373,9 +401,8 @@ def test_ucb_charges_a_stopped_block_for_the_drafts_it_made():
     assert s._indices(False)[10] > 1.2 * realised
 
 
-def test_calibrate_adds_the_rows_under_the_stop_for_a_profile_with_measured_confidence(tmp_path):
-    from lab.calibrate import calibrate, format_table
-    from lab.core.strategies import ADAPTIVE_STOP
+def _sure_profile(tmp_path) -> str:
+    """A synthetic profile whose draft's confidence is measured: 0.99, but 0.2 at every third position."""
     from lab.models.synthetic import Profile, encode_words, prompt_key, save_profile
     from lab.prompts import load_prompts
     key = prompt_key(encode_words(load_prompts(None)[0]["prompt"], 1000))
@@ -383,20 +410,48 @@ def test_calibrate_adds_the_rows_under_the_stop_for_a_profile_with_measured_conf
                    vocab=1000, name="sure", prompt_agreement=((key, "1111011111101111111"),),
                    prompt_confidence=((key, "".join("20" if i % 3 == 1 else "99" for i in range(19))),))
     save_profile(prof, tmp_path / "sure.yaml")
-    doc = calibrate(str(tmp_path / "sure.yaml"), rtts=(0, 100), queries=1, k_max=6)
+    return str(tmp_path / "sure.yaml")
+
+
+def test_calibrate_adds_the_rows_under_the_stop_for_a_profile_with_measured_confidence(tmp_path):
+    from lab.calibrate import STOP_GRID, calibrate, format_table
+    from lab.core.strategies import ADAPTIVE_STOP
+    doc = calibrate(_sure_profile(tmp_path), rtts=(0, 100), queries=1, k_max=6)
     assert doc["stop"] == ADAPTIVE_STOP
     for r in doc["rows"]:
-        by_cap = r["stopped"]["tokens_per_s_by_k"]
-        assert len(by_cap) == 6 and by_cap[str(r["stopped"]["k"])] == max(by_cap.values())
-        assert by_cap != r["tokens_per_s_by_k"]                # the stop ended some blocks early
-    assert "under the confidence stop 0.3" in format_table(doc)
+        st = r["stopped"]
+        by_cap, by_stop = st["tokens_per_s_by_k"], st["tokens_per_s_by_stop"]
+        assert len(by_cap) == 6 and by_cap != r["tokens_per_s_by_k"]     # the stop ended some blocks early
+        assert set(by_stop) == {f"{p:g}" for p in STOP_GRID} and by_stop["0.3"] == by_cap["6"]
+        # the row's choice is the best of every cap under 0.3 and the longest cap under every stop
+        assert st["split_tokens_per_s"] == max([*by_cap.values(), *by_stop.values()])
+        assert (by_cap[str(st["k"])] if st["stop"] == ADAPTIVE_STOP else by_stop[f"{st['stop']:g}"]) \
+            == st["split_tokens_per_s"]
+        assert 1 <= st["drafted_mean"] <= st["k"]
+    assert "confidence stop P (default 0.3)" in format_table(doc)
     s = Nasd("fallback=none,k_max=6", table=NasdTable(doc, "sure"))
     s.use_draft_confidence(True)
     s.start_query()
     s.link_hint(0.0)
-    assert s.next_k() == doc["rows"][0]["stopped"]["k"]
+    assert s.next_k() == doc["rows"][0]["stopped"]["k"] and s.block_stop == doc["rows"][0]["stopped"]["stop"]
     plain = calibrate("embedded-cpu", rtts=(0,), queries=1, k_max=3)
     assert "stop" not in plain and "stopped" not in plain["rows"][0]
+
+
+def test_each_block_is_drafted_with_the_stop_nasd_chose_for_it(tmp_path):
+    """Where the table's rows pay best drafting cap 6 with stop 0.05, nasd's blocks are fixed-k:6,stop=0.05's
+    block for block (lab/core/cycle.py reads block_stop each cycle), not those of its default 0.3."""
+    from lab.calibrate import calibrate
+    prof = _sure_profile(tmp_path)
+    doc = calibrate(prof, rtts=(0,), queries=1, k_max=6)
+    doc["rows"][0]["stopped"]["tokens_per_s_by_stop"]["0.05"] = 1e6
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    names = ["nasd:fallback=none,k_min=6", "fixed-k:6,stop=0.05", "fixed-k:6,stop=0.3"]
+    got = {}
+    for rec, _ in simulate(GridPoint(0, 100).scenario(names), names, prof, queries=1, seed=0,
+                           nasd_table=str(tmp_path / "t.json")):
+        got[rec["strategy"]] = (rec["k_per_cycle"], rec["accepted_per_cycle"])
+    assert got[names[0]] == got[names[1]] != got[names[2]]
 
 
 def test_ucb_counts_a_block_that_reached_its_cap_as_censored_not_as_surviving_the_stop():
