@@ -340,7 +340,7 @@ class NasdTable:
     cycle, tokens/s of every K, and of each fallback.  Rows are looked up by the nearest network time
     on a log scale (a 10 ms error matters at 20 ms, not at 400).  Where the profile measured the
     draft's confidence, `stop` is the confidence stop the table was also calibrated under and each
-    row's `stopped` holds tokens/s of every K as a cap under it, and (tables since the twelfth
+    row's `stopped` holds tokens/s of every K as a cap under it, and (tables since the eleventh
     session) `tokens_per_s_by_stop`: of the longest cap under each stop of a grid — the further the
     cloud, the lower the confidence worth drafting on (one more draft pays while the chance that
     the block is still accepted exceeds tokens/s × t_draft, and tokens/s falls with the RTT), so

@@ -359,7 +359,7 @@ def test_nasd_reads_the_rows_calibrated_under_its_stop():
 
 
 def test_nasd_drafts_with_the_stop_its_row_pays_best_unless_stop_is_given():
-    """A table since the twelfth session also holds the longest cap under other stops: where one pays
+    """A table since the eleventh session also holds the longest cap under other stops: where one pays
     more, nasd drafts that cap with that stop; nasd:stop=0.3 keeps its stop and reads the caps."""
     def row(net, by_stop):
         return {"rtt_ms": net, "network_ms": net, "k": 5, "split_tokens_per_s": 6.0,
