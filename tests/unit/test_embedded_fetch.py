@@ -64,7 +64,8 @@ class FakeFetcher:
         if mode in ("flip", "always"):
             if mode == "flip":
                 del self.bad[package]
-            return write_wheel(dest_dir, package, version, data[:-1] + b"\x00", record_data=data)
+            # the last byte changed whatever it was (a random part may end in the byte put there)
+            return write_wheel(dest_dir, package, version, data[:-1] + bytes([data[-1] ^ 0xFF]), record_data=data)
         path = write_wheel(dest_dir, package, version, data)
         if mode == "truncate":                     # a download killed half way
             del self.bad[package]
