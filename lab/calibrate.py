@@ -45,7 +45,7 @@ RTT_BUCKETS_MS = (0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 60, 70, 80, 90, 100,
 def calibrate(profile: str, rate_mbit: float = 100.0, k_max: int = 20, link_model: str = "tcp",
               rtts=RTT_BUCKETS_MS, queries: int | None = None) -> dict:
     """The table document: rows per RTT bucket, the transitions of K*, the reversal, provenance."""
-    from lab.core.strategies import ADAPTIVE_STOP
+    from lab.core.strategies import ADAPTIVE_STOP, NasdTable
     from lab.models.synthetic import confidence_measured, load_profile
     from lab.prompts import load_prompts
     from lab.results import git_commit
@@ -85,17 +85,15 @@ def calibrate(profile: str, rate_mbit: float = 100.0, k_max: int = 20, link_mode
                      "cloud_tokens_per_s": round(med["cloud-only"], 4),
                      "edge_tokens_per_s": round(med["edge-only"], 4)})
         if capped:
-            # as NasdTable.choose picks: every cap under `stop`, or the longest under another stop
-            by_cap = {k: med[name] for k, name in capped.items()}
-            tps_stop = {p: med[name] for p, name in by_stop.items()}
-            choice = {(k, stop): v for k, v in by_cap.items()}
-            choice.update({(k_max, p): v for p, v in tps_stop.items()})
-            cap, p = max(choice, key=lambda c: (choice[c], c[1] == stop, -c[0]))
+            # the choice nasd makes from this row (NasdTable.best), on the values the table keeps
+            by_cap = {k: round(med[name], 4) for k, name in capped.items()}
+            tps_stop = {p: round(med[name], 4) for p, name in by_stop.items()}
+            cap, p, tps = NasdTable.best(by_cap, tps_stop, stop, 1, k_max)
             name = capped[cap] if p == stop else by_stop[p]
-            rows[-1]["stopped"] = {"k": cap, "stop": p, "split_tokens_per_s": round(choice[(cap, p)], 4),
+            rows[-1]["stopped"] = {"k": cap, "stop": p, "split_tokens_per_s": tps,
                                    "drafted_mean": round(statistics.fmean(drafted[name]), 2) if drafted[name] else 0.0,
-                                   "tokens_per_s_by_k": {str(k): round(v, 4) for k, v in by_cap.items()},
-                                   "tokens_per_s_by_stop": {f"{q:g}": round(v, 4) for q, v in tps_stop.items()}}
+                                   "tokens_per_s_by_k": {str(k): v for k, v in by_cap.items()},
+                                   "tokens_per_s_by_stop": {f"{q:g}": v for q, v in tps_stop.items()}}
     prof = ComputeProfile.of(profile)
     under = {}
     if capped:
@@ -115,11 +113,11 @@ def calibrate(profile: str, rate_mbit: float = 100.0, k_max: int = 20, link_mode
 
 def transitions(rows: list[dict], key: str = "k") -> list[dict]:
     """Where K* (or the row's `key`: the stop) changes between consecutive buckets:
-    [{from_k, to_k, rtt_ms: (below, at)}]."""
+    [{from_<key>, to_<key>, rtt_ms: (below, at)}]."""
     out = []
     for a, b in zip(rows, rows[1:]):
         if b[key] != a[key]:
-            out.append({"from_k": a[key], "to_k": b[key], "rtt_ms": [a["rtt_ms"], b["rtt_ms"]]})
+            out.append({f"from_{key}": a[key], f"to_{key}": b[key], "rtt_ms": [a["rtt_ms"], b["rtt_ms"]]})
     return out
 
 
@@ -156,7 +154,7 @@ def format_table(doc: dict) -> str:
                        for t in part["transitions"]) or "K* constant"
         rv = part["reversal"]
         if part.get("stop_transitions") is not None:
-            tr += "; " + (", ".join(f"P {t['from_k']:g}→{t['to_k']:g} between {t['rtt_ms'][0]:g} and "
+            tr += "; " + (", ".join(f"P {t['from_stop']:g}→{t['to_stop']:g} between {t['rtt_ms'][0]:g} and "
                                     f"{t['rtt_ms'][1]:g} ms" for t in part["stop_transitions"]) or "P constant")
         lines += [f"{label}transitions: {tr}",
                   f"{label}reversal: cloud-only from {rv['cloud']} ms, edge-only from {rv['edge']} ms (None: never in range)"]

@@ -1032,7 +1032,7 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
                   if {q.get("placement") for q in queries if q["strategy"] == s} <= set(JUDGED_PLACEMENTS)]
     stops = recorded_stops(queries)
     if not confidence_measured(agreement):
-        unstoppable = [s for s in strategies if stops.get(s, make_strategy(s).draft_stop)]
+        unstoppable = [s for s in strategies if stops.get(s, (make_strategy(s).draft_stop,))[0]]
         for s in unstoppable:
             out(f"  {s}: not judged (it drafted with a confidence stop, and {path} has no measured draft "
                 "confidence to end the simulator's blocks by: `python -m lab profile --acceptance-only` adds it)")
@@ -1089,15 +1089,17 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
     return [compare_run(s, lab, sim, _retrans_of(retrans.get(s)), paired) for s in strategies]
 
 
-def recorded_stops(queries: list[dict]) -> dict[str, float | None]:
+def recorded_stops(queries: list[dict]) -> dict[str, tuple[float | None, bool]]:
     """The confidence stop each adaptive strategy of a lab run drafted with, as its controller record
-    says (a run from before the field stopped only where the strategy's name asked for it)."""
+    says (a run from before the field stopped only where the strategy's name asked for it), and
+    whether nasd's table chose each block's stop instead (`stop_by_rtt`; earlier runs: no)."""
     from lab.core.strategies import make_strategy
-    stops: dict[str, float | None] = {}
+    stops: dict[str, tuple[float | None, bool]] = {}
     for q in queries:
         c = q.get("controller")
         if c and q["strategy"] not in stops:
-            stops[q["strategy"]] = c["stop"] if "stop" in c else make_strategy(q["strategy"]).draft_stop
+            stop = c["stop"] if "stop" in c else make_strategy(q["strategy"]).draft_stop
+            stops[q["strategy"]] = (stop, bool(c.get("stop_by_rtt")))
     return stops
 
 

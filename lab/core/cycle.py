@@ -41,8 +41,9 @@ CYCLE_FIELDS = ("k", "accepted", "cycle_ms", "network_ms", "cloud_compute_ms", "
 CYCLE_FIELDS += ("optimistic", "hidden_ms")
 PLACEMENTS = ("cloud", "cloud-spec", "edge", "split")
 # What the controller decided, per cycle, for every strategy (None where a strategy has no controller):
-# the fallback in force ("cloud" | "edge" | None), why, and the network time the controller assumed.
-CONTROL_FIELDS = ("fallback", "fallback_reason", "estimate_ms")
+# the fallback in force ("cloud" | "edge" | None), why, the network time the controller assumed, and
+# the confidence stop of the block where the controller chose it (nasd's block_stop).
+CONTROL_FIELDS = ("fallback", "fallback_reason", "estimate_ms", "stop")
 
 
 @dataclass(frozen=True)

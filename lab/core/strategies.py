@@ -250,6 +250,7 @@ class _DefaultStop:
 
     stop_option: float | None = None
     draft_stop: float | None = None
+    replayed_by_rtt: bool | None = None     # a replayed run's word on nasd's stop by RTT (replay_stop)
 
     def _stop_from(self, options: dict) -> None:
         self.stop_option = options.get("stop")
@@ -259,9 +260,10 @@ class _DefaultStop:
         if self.stop_option is None:
             self.draft_stop = ADAPTIVE_STOP if measured else None
 
-    def replay_stop(self, stop: float | None) -> None:
-        """Draft with the stop a recorded run drafted with (validate --run replays it): None, none."""
-        self.draft_stop = stop
+    def replay_stop(self, stop: float | None, by_rtt: bool = False) -> None:
+        """Draft with the stop a recorded run drafted with (validate --run replays it): None, none;
+        by_rtt: whether nasd's table chose each block's stop in that run (runs before it could: no)."""
+        self.draft_stop, self.replayed_by_rtt = stop, by_rtt
 
 
 _positive = _in_range(0.0, math.inf, False, "a number >= 0")
@@ -341,10 +343,10 @@ class NasdTable:
     on a log scale (a 10 ms error matters at 20 ms, not at 400).  Where the profile measured the
     draft's confidence, `stop` is the confidence stop the table was also calibrated under and each
     row's `stopped` holds tokens/s of every K as a cap under it, and (tables since the eleventh
-    session) `tokens_per_s_by_stop`: of the longest cap under each stop of a grid — the further the
-    cloud, the lower the confidence worth drafting on (one more draft pays while the chance that
-    the block is still accepted exceeds tokens/s × t_draft, and tokens/s falls with the RTT), so
-    the row may ask for another stop than `stop`: nasd reads the rows it plays."""
+    session) `tokens_per_s_by_stop`: of the longest cap under each stop of a grid.  One more draft
+    pays while the chance that the block is still accepted exceeds tokens/s × t_draft, and tokens/s
+    falls with the RTT, so a row may pay best with another stop than `stop` (on the hosts measured,
+    a lower one past 100–180 ms): nasd reads the rows it plays."""
 
     def __init__(self, doc: dict, source: str = "<dict>"):
         try:
@@ -382,17 +384,33 @@ class NasdTable:
         r = self.row(net_ms)
         under = self.under(stop)
         by_k = r["stopped"]["tokens_per_s_by_k"] if under else r["tokens_per_s_by_k"]
+        by_stop = r["stopped"]["tokens_per_s_by_stop"] if under and vary_stop else {}
+        try:
+            k, p, tps = self.best(by_k, by_stop, stop, k_min, k_max)
+        except ValueError:
+            raise StrategyError(f"NASD table {self.source}: no K in [{k_min}, {k_max}]") from None
+        return k, tps, 0.0 if fallback == "none" else float(r[f"{fallback}_tokens_per_s"]), p
+
+    @staticmethod
+    def best(by_k: dict[int, float], by_stop: dict[float, float], stop: float | None, k_min: int,
+             k_max: int) -> tuple[int, float | None, float]:
+        """(K, the stop to draft it with, tokens/s): the best of every K in [k_min, k_max] with `stop`
+        and of the longest K under each stop of by_stop (where it lies in the range).  Ties go to
+        `stop`, then to the shorter K, then to the higher stop (the shorter block).  calibrate picks
+        a row's choice with it too."""
         cands = {(k, stop): v for k, v in by_k.items() if k_min <= k <= k_max}
-        if under and vary_stop:
-            longest = max(by_k)
-            if k_min <= longest <= k_max:
-                cands.update({(longest, p): v for p, v in r["stopped"]["tokens_per_s_by_stop"].items()
-                              if not math.isclose(p, stop)})
+        longest = max(by_k, default=0)
+        if k_min <= longest <= k_max:
+            cands.update({(longest, p): v for p, v in by_stop.items() if stop is None or not math.isclose(p, stop)})
         if not cands:
-            raise StrategyError(f"NASD table {self.source}: no K in [{k_min}, {k_max}]")
-        # ties: the table's own stop, then the shorter cap
-        k, p = max(cands, key=lambda c: (cands[c], c[1] == stop, -c[0]))
-        return k, cands[(k, p)], 0.0 if fallback == "none" else float(r[f"{fallback}_tokens_per_s"]), p
+            raise ValueError(f"no K in [{k_min}, {k_max}]")
+        k, p = max(cands, key=lambda c: (cands[c], c[1] == stop, -c[0], c[1] or 0.0))
+        return k, p, cands[(k, p)]
+
+    def varies_stop(self, k_min: int, k_max: int) -> bool:
+        """Whether a row holds stops to choose from, with its longest cap in [k_min, k_max]."""
+        return any(r["stopped"]["tokens_per_s_by_stop"] and k_min <= max(r["stopped"]["tokens_per_s_by_k"]) <= k_max
+                   for r in self.rows) if self.stop is not None else False
 
 
 class Nasd(_DefaultStop):
@@ -406,7 +424,7 @@ class Nasd(_DefaultStop):
     the throughput equation and its own estimates (_Estimates).  With the confidence stop (by default
     where the draft's confidence is measured: _DefaultStop) K is a cap: a table calibrated under the
     same stop gives caps from its `stopped` rows, and, unless stop=P fixed it, the stop of each
-    block too (`block_stop`: lower as the RTT grows, NasdTable); the throughput equation still
+    block too (`block_stop`, the stop its row pays best: NasdTable); the throughput equation still
     charges K drafts."""
 
     placement = "split"
@@ -461,9 +479,11 @@ class Nasd(_DefaultStop):
 
     @property
     def stop_by_rtt(self) -> bool:
-        """Whether the table picks each block's stop: the default stop (no stop=P) and a table with
-        rows under it."""
-        return self.stop_option is None and self.table is not None and self.table.under(self.draft_stop)
+        """Whether the table picks each block's stop: the default stop (no stop=P), a table with rows
+        under it that hold stops to choose from — and, replaying a run, that run did so too."""
+        t = self.table
+        return (self.stop_option is None and self.replayed_by_rtt is not False and t is not None
+                and t.under(self.draft_stop) and t.varies_stop(self.k_min, self.k_max))
 
     def _choose(self) -> tuple[int, float, float]:
         net = self.net_ms or 0.0
@@ -482,7 +502,8 @@ class Nasd(_DefaultStop):
     def next_k(self) -> int:
         k, split_tps, fb_tps = self._choose()
         was_fallback = self.in_fallback
-        self._control = {"fallback": None, "fallback_reason": None, "estimate_ms": self.net_ms}
+        self._control = {"fallback": None, "fallback_reason": None, "estimate_ms": self.net_ms,
+                         "stop": self.block_stop}
         if split_tps >= fb_tps:
             self.past_reversal = 0
             return k

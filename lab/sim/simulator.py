@@ -615,7 +615,7 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
              clock_phase: Callable[[str, int, int | None], float | None] | None = None,
              compute_for: Callable[[str, int], ComputeProfile | None] | None = None,
              nasd_table: str | None = None,
-             draft_stops: dict[str, float | None] | None = None) -> Iterator[tuple[dict, list[dict]]]:
+             draft_stops: dict[str, tuple[float | None, bool]] | None = None) -> Iterator[tuple[dict, list[dict]]]:
     """Yield (query record, cycle records) for every query of every strategy, in the edge node's order.
 
     One connection carries the whole run, as in the lab.  `acceptance`: "iid", "synthetic", or "auto"
@@ -642,8 +642,9 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
     it), so the simulated TCP timers fire on the same grid phase as the lab's; None leaves the clock.
     `nasd_table`: the table file nasd plays when given no table= option — default the profile's
     calibrated one (a lab run's own copy, strategies.RUN_TABLE, when replaying that run).
-    `draft_stops`: {strategy: stop} for adaptive strategies to draft with the stop a replayed lab run
-    recorded (None: none), whatever the profile's measured confidence would give them."""
+    `draft_stops`: {strategy: (stop, by_rtt)} for adaptive strategies to draft with the stop a replayed
+    lab run recorded (None: none; by_rtt: nasd's table chose each block's), whatever the profile's
+    measured confidence would give them (lab/validate.py recorded_stops)."""
     prof = compute if compute is not None else ComputeProfile.of(profile)
     synthetic_profile = None
     if acceptance in ("auto", "synthetic"):
@@ -686,7 +687,7 @@ def simulate(scenario: Scenario, strategies: list[str] | None = None, profile="f
 
 
 def _bind_controllers(objs, run: _Run, profile, prof: ComputeProfile, link_model: str, acceptance: str,
-                      nasd_table: str | None = None, draft_stops: dict[str, float | None] | None = None) -> None:
+                      nasd_table: str | None = None, draft_stops: dict[str, tuple[float | None, bool]] | None = None) -> None:
     """NASD without a table= option takes `nasd_table`, else the profile's calibrated table if `lab
     calibrate` wrote one; the adaptive controllers learn whether the draft's confidence is measured
     (the profile's, as a synthetic edge's draft would; an i.i.d. α is not a confidence); the oracle
@@ -699,7 +700,7 @@ def _bind_controllers(objs, run: _Run, profile, prof: ComputeProfile, link_model
         if hasattr(o, "use_draft_confidence"):
             o.use_draft_confidence(measured)
             if draft_stops and o.name in draft_stops:
-                o.replay_stop(draft_stops[o.name])
+                o.replay_stop(*draft_stops[o.name])
         if hasattr(o, "use_table") and getattr(o, "table", None) is None:
             path = Path(nasd_table) if nasd_table else nasd_table_path(prof.source or prof.name)
             if path.is_file():

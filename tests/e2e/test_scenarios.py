@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.core.strategies import ADAPTIVE_STOP
 from lab.metrics import token_equality
 from tests.e2e.conftest import ctrl_c_as_in_a_terminal
 from tests.netns.conftest import lab_lock_suspended
@@ -113,7 +114,8 @@ def test_ctrl_c_leaves_nothing_and_marks_the_run(tmp_path):
 E2E_PROMPTS = ({"id": "sky", "prompt": "Answer with one word only: what colour is a clear daytime sky?"},
                {"id": "reverse", "prompt": "Write a Python function that reverses a string."})
 E2E_STRATEGIES = ("cloud-only", "cloud-spec", "fixed-k:3", "fixed-k:5", "pipelined:3", "pipelined:5",
-                  "fixed-k:12,stop=0.3", "cloud-spec:8,stop=0.5")       # the last two: confidence stops
+                  "fixed-k:12,stop=0.3", "cloud-spec:8,stop=0.5",       # confidence stops
+                  "nasd", "ucb-specstop")       # K (and nasd's stop) chosen each cycle, fallbacks to the cloud
 E2E_MAX_NEW = 16
 
 
@@ -251,6 +253,10 @@ def test_embedded_pair_lossy_equals_transformers_generate(tmp_path):
     for name, cap in (("fixed-k:12,stop=0.3", 12), ("cloud-spec:8,stop=0.5", 8)):
         ks = [k for rec in recs if rec["strategy"] == name for k in [x for x in rec["k_per_cycle"] if x > 0][:-1]]
         assert ks and max(ks) <= cap and min(ks) < cap, (name, ks)
+    # The real draft's confidence is its own: both controllers drafted with the default stop.
+    for rec in recs:
+        if rec["strategy"] in ("nasd", "ucb-specstop"):
+            assert rec["controller"]["stop"] == ADAPTIVE_STOP, (rec["strategy"], rec["controller"])
     s = summary(run)
     assert sum(int(float(row["tcp_retrans_segs"])) for row in s.values()) > 0
 

@@ -370,18 +370,33 @@ def test_nasd_drafts_with_the_stop_its_row_pays_best_unless_stop_is_given():
                             "tokens_per_s_by_stop": by_stop}}
     table = NasdTable({"stop": 0.3, "rows": [row(10, {"0.05": 6.9, "0.3": 7.0, "0.5": 6.0}),
                                              row(500, {"0.05": 7.6, "0.3": 7.0, "0.5": 5.0})]}, "by-stop")
-    chosen = {}
-    for name in ("nasd:fallback=none", "nasd:fallback=none,stop=0.3", "nasd:fallback=none,k_max=12"):
-        s = Nasd(name.partition(":")[2], table=table)
+    chosen, by_rtt = {}, {}
+    for name in ("nasd:fallback=none", "nasd:fallback=none,stop=0.3", "nasd:fallback=none,k_max=12", "replayed"):
+        s = Nasd("fallback=none" if name == "replayed" else name.partition(":")[2], table=table)
+        assert s.provenance()["stop_by_rtt"] is False                     # until told the confidence is measured
         s.use_draft_confidence(True)
+        if name == "replayed":
+            s.replay_stop(0.3, False)                                     # a run that drafted every block at 0.3
+        by_rtt[name] = s.provenance()["stop_by_rtt"]
         for net in (10.0, 500.0):
             s.net_ms = net
             chosen[name, net] = (s.next_k(), s.block_stop)
+            assert s.control()["stop"] == s.block_stop                    # each cycle's record says it
     assert chosen["nasd:fallback=none", 10.0] == (20, 0.3)
     assert chosen["nasd:fallback=none", 500.0] == (20, 0.05)              # farther: a lower stop
     assert chosen["nasd:fallback=none,stop=0.3", 500.0] == (20, 0.3)      # the stop it was given
     assert chosen["nasd:fallback=none,k_max=12", 500.0] == (12, 0.3)      # the longest cap is not allowed
-    assert Nasd("fallback=none", table=table).provenance()["stop_by_rtt"] is False   # until told measured
+    assert chosen["replayed", 500.0] == (20, 0.3)
+    assert by_rtt == {"nasd:fallback=none": True, "nasd:fallback=none,stop=0.3": False,
+                      "nasd:fallback=none,k_max=12": False, "replayed": False}
+    # a table from before the stop rows: the caps under 0.3, and nothing to vary
+    old = NasdTable({"stop": 0.3, "rows": [{**r, "stopped": {k: v for k, v in r["stopped"].items()
+                                                             if k != "tokens_per_s_by_stop"}}
+                                           for r in (row(10, {}), row(500, {}))]}, "old")
+    s = Nasd("fallback=none", table=old)
+    s.use_draft_confidence(True)
+    s.net_ms = 500.0
+    assert (s.next_k(), s.block_stop, s.stop_by_rtt) == (20, 0.3, False)
 
 
 def test_ucb_charges_a_stopped_block_for_the_drafts_it_made():
@@ -418,15 +433,18 @@ def test_calibrate_adds_the_rows_under_the_stop_for_a_profile_with_measured_conf
     from lab.core.strategies import ADAPTIVE_STOP
     doc = calibrate(_sure_profile(tmp_path), rtts=(0, 100), queries=1, k_max=6)
     assert doc["stop"] == ADAPTIVE_STOP
+    table = NasdTable(json.loads(json.dumps(doc)), "sure")
     for r in doc["rows"]:
         st = r["stopped"]
         by_cap, by_stop = st["tokens_per_s_by_k"], st["tokens_per_s_by_stop"]
         assert len(by_cap) == 6 and by_cap != r["tokens_per_s_by_k"]     # the stop ended some blocks early
         assert set(by_stop) == {f"{p:g}" for p in STOP_GRID} and by_stop["0.3"] == by_cap["6"]
-        # the row's choice is the best of every cap under 0.3 and the longest cap under every stop
+        assert len(set(by_stop.values())) > 1                             # the stops drafted differently
+        # the row's choice is the best of every cap under 0.3 and the longest cap under every stop,
+        # and the one nasd makes from the table
         assert st["split_tokens_per_s"] == max([*by_cap.values(), *by_stop.values()])
-        assert (by_cap[str(st["k"])] if st["stop"] == ADAPTIVE_STOP else by_stop[f"{st['stop']:g}"]) \
-            == st["split_tokens_per_s"]
+        k, tps, _, p = table.choose(r["network_ms"], 1, 6, "none", ADAPTIVE_STOP, vary_stop=True)
+        assert (k, p, tps) == (st["k"], st["stop"], st["split_tokens_per_s"])
         assert 1 <= st["drafted_mean"] <= st["k"]
     assert "confidence stop P (default 0.3)" in format_table(doc)
     s = Nasd("fallback=none,k_max=6", table=NasdTable(doc, "sure"))

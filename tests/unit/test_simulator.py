@@ -302,9 +302,9 @@ def test_adaptive_controllers_stop_by_default_only_on_a_measured_confidence():
         assert run(sc, [strategy], queries=1)[0]["controller"]["stop"] is None
     assert SyntheticModel("draft", sure).confidence_measured and not SyntheticModel("draft", Profile(**base)).confidence_measured
     # A replayed lab run's controllers draft with the stop the run recorded (validate --run), either way.
-    got = run(sc, ["nasd:fallback=none"], profile=sure, queries=1, draft_stops={"nasd:fallback=none": None})
+    got = run(sc, ["nasd:fallback=none"], profile=sure, queries=1, draft_stops={"nasd:fallback=none": (None, False)})
     assert got[0]["controller"]["stop"] is None
-    got = run(sc, ["nasd:fallback=none"], profile=Profile(**base), queries=1, draft_stops={"nasd:fallback=none": 0.5})
+    got = run(sc, ["nasd:fallback=none"], profile=Profile(**base), queries=1, draft_stops={"nasd:fallback=none": (0.5, False)})
     assert got[0]["controller"]["stop"] == 0.5
 
 
