@@ -36,7 +36,9 @@ from netns.link import LINKSPEC_KEYS, LinkError, LinkPair, LinkSpec
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 BACKENDS = ("auto", "netem", "wire")
-DEFAULT_STRATEGIES = ("cloud-only", "cloud-spec", "edge-only", "fixed-k:3", "fixed-k:5")
+# A scenario's strategies unless it names its own: the fallback, the two placements of speculation,
+# the draft alone, two fixed K, and nasd, so the first run already says whether adaptive K pays there.
+DEFAULT_STRATEGIES = ("cloud-only", "cloud-spec", "edge-only", "fixed-k:3", "fixed-k:5", "nasd")
 # How a run lines the timeline up with its strategies (recorded in meta.json): each strategy's warm-up
 # runs on the timeline's t=0 link, and the timeline starts from t=0 with its first measured query, so
 # every strategy meets the same link trace (lab/runner.py and lab/sim/simulator.py both do this).
