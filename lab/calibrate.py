@@ -24,7 +24,6 @@ table is as before.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import sys
 import time
@@ -144,7 +143,7 @@ def format_table(doc: dict) -> str:
         best = max(r["split_tokens_per_s"], s["split_tokens_per_s"] if s else 0.0)
         mark = "  ← cloud wins" if r["cloud_tokens_per_s"] > best else ""
         lines.append(f"{r['rtt_ms']:7g} {r['network_ms']:8.1f} {r['k']:3d} {r['split_tokens_per_s']:11.2f}"
-                     + (f" {s['k']:7d} {s.get('stop', stop):5g} {s.get('drafted_mean', math.nan):5.1f}"
+                     + (f" {s['k']:7d} {s['stop']:5g} {s['drafted_mean']:5.1f}"
                         f" {s['split_tokens_per_s']:7.2f}" if s else "")
                      + f" {r['cloud_tokens_per_s']:11.2f} {r['edge_tokens_per_s']:10.2f}{mark}")
     for label, part in (("", doc), ("with the stop: ", doc.get("stopped"))):
