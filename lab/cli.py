@@ -63,10 +63,16 @@ def stop_signals_as_interrupt(signums=STOP_SIGNALS):
     that run around every fork (pyroute2's namespace helpers, Popen with preexec_fn, netns/nsexec.py),
     __del__, weakref callbacks.  A handler that raises there is printed as "Exception ignored" and
     dropped, and the run carried on as if Ctrl-C had never come (a CI sweep ran to its end).  The
-    unraisable hook sees the loss and a helper thread signals the main thread again a moment later."""
+    unraisable hook sees the loss and a helper thread signals the main thread again a moment later;
+    one still lost when the block ends is raised there.  A resend never outlives the block: after it
+    the handlers are restored, and at interpreter exit SIGINT's default action kills the process
+    (a CI sweep that had handled its Ctrl-C then died of a late resend, status -2 instead of 130)."""
     fired: list[int] = []
     lost: list[int] = []
     main_ident, owner = threading.main_thread().ident, os.getpid()
+    resends: list[threading.Timer] = []
+    active = [True]
+    sending = threading.Lock()     # the check "still active and still lost" and the send are one step
 
     def handler(signum, frame):
         if fired and not lost:
@@ -76,13 +82,18 @@ def stop_signals_as_interrupt(signums=STOP_SIGNALS):
         fired.append(signum)
         raise Terminated(signum)
 
+    def resend(signum):
+        with sending:
+            if active[0] and lost:
+                signal.pthread_kill(main_ident, signum)
+
     def unraisable(u):
         if not isinstance(u.exc_value, KeyboardInterrupt) or os.getpid() != owner:
             return previous_hook(u)
-        signum = getattr(u.exc_value, "signum", signal.SIGINT)
-        lost.append(signum)
-        again = threading.Timer(REDELIVER_AFTER_S, signal.pthread_kill, (main_ident, signum))
+        lost.append(getattr(u.exc_value, "signum", signal.SIGINT))
+        again = threading.Timer(REDELIVER_AFTER_S, resend, (lost[-1],))
         again.daemon = True          # never holds up the exit of a run that ended meanwhile
+        resends.append(again)
         again.start()
 
     old = {}
@@ -93,9 +104,17 @@ def stop_signals_as_interrupt(signums=STOP_SIGNALS):
     try:
         yield
     finally:
-        sys.unraisablehook = previous_hook
-        for s, h in old.items():
-            signal.signal(s, h)
+        try:
+            with sending:            # a resend under way lands here, with this block's handler in place
+                active[0] = False
+            for t in resends:
+                t.cancel()
+        finally:
+            sys.unraisablehook = previous_hook
+            for s, h in old.items():
+                signal.signal(s, h)
+    if lost:                         # the block ended normally before the resend: the stop still counts
+        raise Terminated(lost[-1])
 
 
 def _need_root(what: str) -> None:

@@ -158,3 +158,45 @@ def test_ctrl_c_during_a_fork_is_not_lost():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 130 and "ran to its end" not in r.stdout, (r.returncode, r.stdout, r.stderr)
     assert "interrupted" in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+
+
+def test_a_lost_interrupt_is_raised_at_the_end_of_the_block_and_never_sent_after_it(monkeypatch):
+    """The CI flake: the resend was armed in the block and fired after it, when the handlers were
+    restored; at interpreter exit SIGINT's default action killed a run that had already stopped."""
+    import time
+    import lab.cli
+    monkeypatch.setattr(lab.cli, "REDELIVER_AFTER_S", 0.3)
+    with pytest.raises(Terminated) as e:
+        with stop_signals_as_interrupt():
+            _RaisesSignalWhenCollected(signal.SIGTERM)      # lost; the block ends before the resend
+    assert e.value.signum == signal.SIGTERM
+    late = []
+    old = signal.signal(signal.SIGTERM, lambda s, f: late.append(s))
+    try:
+        time.sleep(0.6)                                      # past the resend's time
+        signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert late == []
+
+
+def test_no_resend_once_the_interrupt_was_delivered_again(monkeypatch):
+    """A second stop signal that arrives before the resend delivers the interrupt; the resend must not
+    add a third."""
+    import time
+    import lab.cli
+    monkeypatch.setattr(lab.cli, "REDELIVER_AFTER_S", 0.3)
+    with pytest.raises(Terminated):
+        with stop_signals_as_interrupt():
+            _RaisesSignalWhenCollected(signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)            # delivered: the handler raises here
+            signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            _wait_for_interrupt()
+    late = []
+    old = signal.signal(signal.SIGTERM, lambda s, f: late.append(s))
+    try:
+        time.sleep(0.6)
+        signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert late == []
