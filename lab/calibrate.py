@@ -102,8 +102,9 @@ def calibrate(profile: str, rate_mbit: float = 100.0, k_max: int = 20, link_mode
                                            "reversal": reversal(stopped)}}
     return {"profile": prof.name, **under, "rows": rows, "transitions": transitions(rows), "reversal": reversal(rows),
             "provenance": {"command": "python -m lab calibrate " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["calibrate"] else "lab.calibrate.calibrate()",
-                           "profile": {k: getattr(prof, k) for k in ("t_draft_ms", "verify_a_ms", "verify_b_ms",
-                                                                     "prefill_ms_per_token", "alpha", "vocab")},
+                           "profile": {**{k: getattr(prof, k) for k in ("t_draft_ms", "verify_a_ms", "verify_b_ms",
+                                                                        "prefill_ms_per_token", "alpha", "vocab")},
+                                       **({"verify_ms_by_n": dict(prof.verify_by_n)} if prof.verify_by_n else {})},
                            "rate_mbit": rate_mbit, "k_max": k_max, "link_model": link_model,
                            "queries": queries, "git_commit": git_commit(),
                            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -224,6 +224,7 @@ class HostCalibration:
         p, c = ComputeProfile.of(PROFILE), self.at(one_way_delay_ms)
         return replace(p, t_draft_ms=p.t_draft_ms + c.draft_extra_ms,
                        verify_a_ms=p.verify_a_ms + c.verify_extra_ms,
+                       verify_by_n=tuple((n, ms + c.verify_extra_ms) for n, ms in p.verify_by_n),
                        target_token_ms=p.step_ms() + c.token_extra_ms)
 
     def describe(self) -> str:
@@ -934,21 +935,16 @@ def ranking_line(rows: list[RunRow]) -> str:
             + ("the same order" if lab == sim else "orders differ"))
 
 
-# A verify size met this often in a run is simulated at its own median, not the line's value there.
-VERIFY_BY_N_MIN_CYCLES = 5
-
-
 def run_compute(queries: list[dict], agreement, strategy: str | None = None):
     """The simulator's compute for a real pair's run (or one strategy of it): t_draft and the fitted
     t_verify(n) line (lab.profile.compute_from_run), the verify sizes the run met often at their own
     medians — a real target's t_verify(n) need not be a line (this CPU: 470, 560, 619, 643 ms at
     n = 2, 3, 4, 6), and a line through them is off by 2–3 % at the sizes that matter."""
-    from lab.profile import compute_from_run
+    from lab.profile import compute_from_run, well_measured
     from lab.sim.simulator import ComputeProfile
     m = compute_from_run(queries, strategy)
-    by_n = tuple((n, ms) for n, ms in m["verify_ms_by_n"].items() if m["cycles_by_n"][n] >= VERIFY_BY_N_MIN_CYCLES)
     return replace(ComputeProfile.of(agreement), t_draft_ms=m["t_draft_ms"], verify_a_ms=m["verify_a_ms"],
-                   verify_b_ms=m["verify_b_ms"], target_token_ms=None, verify_by_n=by_n,
+                   verify_b_ms=m["verify_b_ms"], target_token_ms=None, verify_by_n=well_measured(m),
                    name=f"{strategy or 'sequential'} cycles ({sum(m['cycles_by_n'].values())} verifies, "
                         f"{m['draft_cycles']} drafting records)")
 

@@ -44,6 +44,7 @@ chi-square test shows that case as well.
 """
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Callable
 
@@ -247,6 +248,25 @@ def payload_bytes(mode: str, k: int, vocab: int) -> int:
 
 
 # ------------------------------------------------------------------ the throughput model (BACKGROUND.md)
+
+def verify_ms_at(n: int, a: float, b: float, by_n: tuple[tuple[int, float], ...] = ()) -> float:
+    """t_verify(n), one target forward over n tokens: a + b·n, or, where some sizes were measured
+    (by_n, ((n, ms), …) sorted by n), the measured ms at those sizes, straight between two of them and
+    with the line's slope b beyond them.  A CPU's t_verify(n) is not a line: oneDNN's fp32 GEMM on a
+    2-vCPU EPYC took 231, 293, 243, 228, 277 ms at n = 1, 2, 4, 6, 8, and the line through them missed
+    n = 1, the cloud-only step, by 7 % (docs/MEASUREMENTS.md)."""
+    if not by_n:
+        return a + b * n
+    i = bisect.bisect_left(by_n, (n,))
+    if i < len(by_n) and by_n[i][0] == n:
+        return by_n[i][1]
+    if i == 0:
+        return max(by_n[0][1] - b * (by_n[0][0] - n), 0.0)
+    if i == len(by_n):
+        return by_n[-1][1] + b * (n - by_n[-1][0])
+    (n0, ms0), (n1, ms1) = by_n[i - 1], by_n[i]
+    return ms0 + (ms1 - ms0) * (n - n0) / (n1 - n0)
+
 
 def expected_tokens(alpha: float, k: int) -> float:
     """E[τ] = (1 − α^(K+1)) / (1 − α): accepted prefix + one correction/bonus token (i.i.d. acceptance α)."""

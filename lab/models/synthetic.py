@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from lab.core import spec
 from lab.models import ModelError
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
@@ -103,12 +104,15 @@ class Profile:
     # 00–99, read as the middle of its percent: encode_confidence / decode_confidence).  Elsewhere
     # SyntheticModel.confidence falls back on these measurements pooled (or, without any, PEAK_LOGIT's).
     prompt_confidence: tuple[tuple[str, str], ...] | None = None
+    # t_verify(n) as measured at some sizes ((n, ms), … by n), which a real CPU's need not put on the
+    # line a + b·n; the line's slope carries it past them (spec.verify_ms_at).  YAML: {n: ms}.
+    verify_ms_by_n: tuple[tuple[int, float], ...] | None = None
     name: str = "custom"
     source: str = ""
 
     def verify_ms(self, n: int) -> float:
         """One target forward over n tokens (n = K + 1 for a verify of K drafts)."""
-        return self.verify_a_ms + self.verify_b_ms * n
+        return spec.verify_ms_at(n, self.verify_a_ms, self.verify_b_ms, self.verify_ms_by_n or ())
 
 
 def encode_confidence(probs) -> str:
@@ -156,6 +160,14 @@ def load_profile(name_or_path: str | None) -> Profile:
         if not isinstance(doc["prompt_confidence"], dict):
             raise ModelError(f"{p}: prompt_confidence must be a mapping of prompt key to a string of two-digit percents")
         doc["prompt_confidence"] = tuple((str(k), str(v)) for k, v in doc["prompt_confidence"].items())
+    if doc.get("verify_ms_by_n") is not None:
+        by_n = doc["verify_ms_by_n"]
+        if not isinstance(by_n, dict) or not by_n:
+            raise ModelError(f"{p}: verify_ms_by_n must be a mapping of token count to milliseconds")
+        try:
+            doc["verify_ms_by_n"] = tuple(sorted((int(n), float(ms)) for n, ms in by_n.items()))
+        except (TypeError, ValueError):
+            raise ModelError(f"{p}: verify_ms_by_n must map token counts to milliseconds, got {by_n!r}") from None
     if doc.get("prompt_answer") is not None:
         if not isinstance(doc["prompt_answer"], dict):
             raise ModelError(f"{p}: prompt_answer must be a mapping of prompt key to a token count")
@@ -193,6 +205,9 @@ def check_profile(prof: Profile) -> str | None:
     for key, n in prof.prompt_answer or ():
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             return f"prompt_answer[{key}] must be a token count >= 1, got {n!r}"
+    for n, ms in prof.verify_ms_by_n or ():
+        if not isinstance(n, int) or n < 1 or not ms >= 0:
+            return f"verify_ms_by_n[{n}] must be milliseconds >= 0 at a token count >= 1, got {ms!r}"
     return None
 
 
@@ -210,7 +225,7 @@ def save_profile(profile: Profile, path: Path, provenance: dict | None = None) -
         del d["trace"]
     else:
         d["trace"] = list(d["trace"])
-    for key in ("prompt_agreement", "prompt_answer", "prompt_confidence"):
+    for key in ("prompt_agreement", "prompt_answer", "prompt_confidence", "verify_ms_by_n"):
         if d[key] is None:
             del d[key]
         else:

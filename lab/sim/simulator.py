@@ -62,15 +62,12 @@ class ComputeProfile:
     name: str = "custom"
     target_token_ms: float | None = None      # one autoregressive target step; default verify_ms(1)
     source: str = ""                          # the profile's YAML, when it came from one
-    # Measured t_verify(n) for some n, used there instead of the line (a real pair's run, whose verify
-    # times need not lie on one: lab/validate.py judge_run); ((n, ms), …)
+    # Measured t_verify(n) at some n, used there and between them instead of the line (a real pair's
+    # profile or run, whose verify times need not lie on one: spec.verify_ms_at); ((n, ms), … by n)
     verify_by_n: tuple[tuple[int, float], ...] = ()
 
     def verify_ms(self, n: int) -> float:
-        for m, ms in self.verify_by_n:
-            if m == n:
-                return ms
-        return self.verify_a_ms + self.verify_b_ms * n
+        return spec.verify_ms_at(n, self.verify_a_ms, self.verify_b_ms, self.verify_by_n)
 
     def step_ms(self) -> float:
         return self.verify_ms(1) if self.target_token_ms is None else self.target_token_ms
@@ -88,7 +85,8 @@ class ComputeProfile:
                        verify_b_ms=float(profile.verify_b_ms),
                        prefill_ms_per_token=float(profile.prefill_ms_per_token), alpha=float(profile.alpha),
                        vocab=int(getattr(profile, "vocab", 151_936)), seed=int(getattr(profile, "seed", 0)),
-                       name=str(getattr(profile, "name", "custom")), source=str(getattr(profile, "source", "")))
+                       name=str(getattr(profile, "name", "custom")), source=str(getattr(profile, "source", "")),
+                       verify_by_n=tuple(getattr(profile, "verify_ms_by_n", None) or ()))
         except AttributeError as e:
             raise SimError(f"profile {profile!r} lacks a field the simulator needs ({e})") from None
 

@@ -31,6 +31,28 @@ def pair(tmp_path):
     return load_synthetic("draft", str(path)), load_synthetic("target", str(path)), prof
 
 
+def test_each_model_is_timed_in_a_process_of_its_own(tmp_path, monkeypatch):
+    """time_alone loads the role in a fresh process (as its node does) and times it there: the synthetic
+    pair's truth comes back, though loading a model in this process is made to fail."""
+    import lab.models.select as select
+    from lab.profile import time_alone
+
+    def not_here(*a, **k):
+        raise AssertionError("loaded in the test's own process")
+    monkeypatch.setattr(select, "load_role", not_here)
+    truth = Profile(t_draft_ms=3.0, verify_a_ms=6.0, verify_b_ms=0.75, prefill_ms_per_token=0.5, alpha=0.8,
+                    vocab=500, seed=3)
+    path = tmp_path / "truth.yaml"
+    save_profile(truth, path)
+    runs = [([5, 6, 7, 8], [9, 10, 11, 12, 13, 14])]
+    t = time_alone(f"synthetic:{path}", "target", runs, "float32", 1, timeout_s=120)
+    for n, ms in t["verify_ms_by_n"].items():
+        assert ms == pytest.approx(truth.verify_ms(n), abs=0.8)
+    assert t["prefill_ms_per_token"] == pytest.approx(truth.prefill_ms_per_token, abs=0.3)
+    d = time_alone(f"synthetic:{path}", "draft", runs, "float32", 1, timeout_s=120)
+    assert d["t_draft_ms"] == pytest.approx(truth.t_draft_ms, abs=0.5)
+
+
 def test_measure_pair_recovers_the_synthetic_profile(pair):
     draft, target, truth = pair
     m = measure_pair(draft, target, PROMPTS, max_new_tokens=16, out=lambda s: None)
@@ -72,9 +94,13 @@ def _profile_run(pair, monkeypatch, tmp_path, to_cache: bool = False, **kw) -> t
     into a results folder, or (to_cache) where the command puts it by default, this host's cache."""
     import lab.models.select as select
     from lab.profile import profile_main
+    import lab.profile as profile
     draft, target, _ = pair
     monkeypatch.setattr(select, "prepare", lambda models, dtype: {})
     monkeypatch.setattr(select, "load_role", lambda models, role, **_: draft if role == "draft" else target)
+    # Each model is timed in a process of its own (time_alone, tested below); here, in this one.
+    monkeypatch.setattr(profile, "time_alone", lambda models, role, runs, *a, **k:
+                        profile.time_target(target, runs) if role == "target" else profile.time_draft(draft, runs))
     lines: list[str] = []
     rc = profile_main("embedded", max_new_tokens=8, limit=1, out=lines.append,
                       results_base=None if to_cache else tmp_path / "results", **kw)
@@ -249,8 +275,16 @@ def test_from_run_replaces_the_compute_of_this_hosts_profile_and_keeps_its_agree
     assert (got.t_draft_ms, got.verify_a_ms, got.verify_b_ms) == (40.0, 200.0, 20.0)
     assert (got.prefill_ms_per_token, got.alpha, got.trace) == (9, 0.8, (3, 0, 2))
     prov = yaml.safe_load(host.read_text())["provenance"]
-    assert prov["measured_by"] == "python -m lab profile" and prov["compute"]["in_process"]["verify_a_ms"] == 150
-    assert any("in-process profile" in line for line in lines)
+    assert prov["measured_by"] == "python -m lab profile" and prov["compute"]["before"]["verify_a_ms"] == 150
+    assert any("the profile before" in line for line in lines)
+    assert got.verify_ms_by_n is None           # no size met VERIFY_BY_N_MIN_CYCLES times: the line alone
+
+
+def test_well_measured_keeps_the_sizes_a_run_met_often():
+    from lab.profile import VERIFY_BY_N_MIN_CYCLES, well_measured
+    m = {"verify_ms_by_n": {1: 231.0, 2: 293.0, 6: 228.0}, "cycles_by_n": {1: 448, 2: VERIFY_BY_N_MIN_CYCLES - 1,
+                                                                            6: VERIFY_BY_N_MIN_CYCLES}}
+    assert well_measured(m) == ((1, 231.0), (6, 228.0))
 
 
 def test_fit_line_weighs_each_size_by_how_often_it_was_measured():

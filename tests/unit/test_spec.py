@@ -222,3 +222,13 @@ def test_fast_fp16_encoding_is_bit_identical_to_numpy():
         got = spec.encode_q("full", [0] * x.shape[0], x)["q_full"]
         assert got.dtype == np.float16
         assert np.array_equal(got.view(np.uint16), x.astype(np.float16).view(np.uint16))
+
+
+def test_verify_time_is_the_measured_where_measured_and_the_lines_slope_beyond():
+    from lab.core.spec import verify_ms_at
+    table = ((2, 293.0), (4, 243.0), (6, 228.0))
+    assert verify_ms_at(3, 250, 5) == 265                       # no table: the line
+    assert verify_ms_at(4, 250, 5, table) == 243.0
+    assert verify_ms_at(5, 250, 5, table) == 235.5              # between two measured sizes
+    assert verify_ms_at(1, 250, 5, table) == 288.0              # before the first, the line's slope
+    assert verify_ms_at(9, 250, 5, table) == 243.0              # past the last, the line's slope

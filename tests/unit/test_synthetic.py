@@ -46,6 +46,23 @@ def test_profile_roundtrip_with_trace(tmp_path):
     assert back.trace == (3, 0, 5) and back.t_draft_ms == 1.5 and back.vocab == 50 and back.name == "p"
 
 
+def test_a_measured_verify_table_is_kept_and_used_between_its_sizes(tmp_path):
+    """A CPU's t_verify(n) is not a line (oneDNN: 231, 293, 243 ms at n = 1, 2, 4): the profile keeps
+    what was measured, straight between the sizes, the line's slope beyond them; the simulator too."""
+    from lab.sim.simulator import ComputeProfile
+    prof = Profile(t_draft_ms=30, verify_a_ms=250, verify_b_ms=5, prefill_ms_per_token=9, alpha=0.9, vocab=50,
+                   verify_ms_by_n=((1, 231.0), (2, 293.0), (4, 243.0)))
+    path = tmp_path / "cpu.yaml"
+    save_profile(prof, path)
+    back = load_profile(str(path))
+    assert back.verify_ms_by_n == prof.verify_ms_by_n
+    assert [back.verify_ms(n) for n in (1, 2, 3, 4, 6)] == [231.0, 293.0, 268.0, 243.0, 253.0]
+    sim = ComputeProfile.of(back)
+    assert [sim.verify_ms(n) for n in (1, 3, 6)] == [231.0, 268.0, 253.0] and sim.step_ms() == 231.0
+    plain = Profile(t_draft_ms=30, verify_a_ms=250, verify_b_ms=5, prefill_ms_per_token=9, alpha=0.9, vocab=50)
+    assert plain.verify_ms(3) == 265 and ComputeProfile.of(plain).verify_ms(3) == 265
+
+
 def test_bad_profiles_are_named(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("t_draft_ms: 1\nverify_a_ms: 1\nverify_b_ms: 1\nprefill_ms_per_token: 1\nalpha: 2\n")
@@ -56,6 +73,12 @@ def test_bad_profiles_are_named(tmp_path):
         load_profile(str(p))
     p.write_text("t_draft_ms: 1\nverify_a_ms: 1\nverify_b_ms: 1\nprefill_ms_per_token: 1\nalpha: 0.5\ntrace: [1, -1]\n")
     with pytest.raises(ModelError, match="trace"):
+        load_profile(str(p))
+    p.write_text("t_draft_ms: 1\nverify_a_ms: 1\nverify_b_ms: 1\nprefill_ms_per_token: 1\nalpha: 0.5\nverify_ms_by_n: [3]\n")
+    with pytest.raises(ModelError, match="verify_ms_by_n must be a mapping"):
+        load_profile(str(p))
+    p.write_text("t_draft_ms: 1\nverify_a_ms: 1\nverify_b_ms: 1\nprefill_ms_per_token: 1\nalpha: 0.5\nverify_ms_by_n: {2: fast}\n")
+    with pytest.raises(ModelError, match="verify_ms_by_n must map token counts to milliseconds"):
         load_profile(str(p))
     with pytest.raises(ModelError, match="no synthetic profile"):
         load_profile("nope")
