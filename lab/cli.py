@@ -430,7 +430,9 @@ def cmd_validate(args) -> int:
     if args.run:
         if args.scenarios or args.quick or args.rejudge:
             raise UsageError("validate --run judges the given lab runs; give no scenario, --quick or --rejudge with it")
-        return validate_runs(args.run)
+        return validate_runs(args.run, compute_from=args.compute)
+    if args.compute != "run":
+        raise UsageError("validate --compute profile judges real pairs' runs: give --run RUN_DIR")
     select_cases(args.scenarios, args.quick)       # ScenarioError names the unknown case or file
     if args.rejudge:
         return run_validation(args.scenarios, quick=args.quick, backend=args.backend, out_dir=args.out,
@@ -744,6 +746,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", metavar="RUN_DIR", action="append", type=usage.run_folder,
                    help="judge a real pair's `lab scenario` run against the simulator given that run's compute "
                         "(tokens/s, per-cycle network, blocks drafted ahead used; no root); repeatable")
+    p.add_argument("--compute", choices=("run", "profile"), default="run",
+                   help="with --run: the simulator's compute from the run's own cycles (default), or from this "
+                        "host's profile alone (`lab profile`; tokens/s within 10 %%)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("bench", help="benchmarks that print measured ratios (colocated)", add_help=False)

@@ -90,6 +90,10 @@ from netns.paired import first_transmission
 
 NETWORK_TOLERANCE_MS = 5.0
 E2E_TOLERANCE_FRAC = 0.03
+# `validate --run --compute profile`: a real pair's tokens/s predicted from this host's profile alone,
+# measured at another moment of a shared host, whose speed moved 9–15 % within 20–40 minutes
+# (docs/MEASUREMENTS.md): issue 15 asks for 10 %.
+PROFILE_TPS_TOLERANCE_FRAC = 0.10
 PROFILE = "validation"     # lab/models/profiles/validation.yaml: why not fast.yaml is written there
 # A case whose host drift (host_drift: its draft forwards' overshoot minus the calibration's) is beyond
 # this ran on a host that changed since it was calibrated: its rows are kept, marked superseded, and the
@@ -332,11 +336,12 @@ def _one_way_ms(sc: Scenario) -> float:
 
 # ------------------------------------------------------------------ comparing
 
-def within(d50: float, d95: float, frac: float, u50: float = 0.0, u95: float = 0.0, ufrac: float = 0.0) -> bool:
+def within(d50: float, d95: float, frac: float, u50: float = 0.0, u95: float = 0.0, ufrac: float = 0.0,
+           frac_tolerance: float = E2E_TOLERANCE_FRAC) -> bool:
     """The tolerances: per-cycle network ΔP50 and ΔP95 in ms, a per-query figure's relative Δ of its
     median (E2E, or a real pair's tokens/s); each widened by what the lab sample cannot resolve (u…)."""
     return (abs(d50) <= NETWORK_TOLERANCE_MS + u50 and abs(d95) <= NETWORK_TOLERANCE_MS + u95
-            and abs(frac) <= E2E_TOLERANCE_FRAC + ufrac)
+            and abs(frac) <= frac_tolerance + ufrac)
 
 
 class _Deltas:
@@ -855,6 +860,7 @@ class RunRow(_Deltas):
     paired: str = ""
     lab_pooled: float = math.nan        # tokens/s pooled over the queries (lab.core.cycle.pooled_tokens_per_s)
     sim_pooled: float = math.nan        # ... over the simulator's queries of every seed
+    tps_tolerance: float = E2E_TOLERANCE_FRAC     # PROFILE_TPS_TOLERANCE_FRAC when the profile gave the compute
 
     @property
     def tps_frac(self) -> float:
@@ -873,12 +879,12 @@ class RunRow(_Deltas):
 
     @property
     def strict(self) -> bool:
-        return within(self.d50, self.d95, self.tps_frac) and self.used_ok
+        return within(self.d50, self.d95, self.tps_frac, frac_tolerance=self.tps_tolerance) and self.used_ok
 
     @property
     def ok(self) -> bool:
         return within(self.d50, self.d95, self.tps_frac, self.u50, self.u95,
-                      self.u_tps / self.lab_tps if self.lab_tps else 0.0) and self.used_ok
+                      self.u_tps / self.lab_tps if self.lab_tps else 0.0, self.tps_tolerance) and self.used_ok
 
     def as_dict(self) -> dict:
         d = self._record(tps_frac=self.tps_frac)
@@ -905,7 +911,7 @@ def _used_ahead(queries: list[dict]) -> tuple[int, int]:
 
 
 def compare_run(strategy: str, lab: list[dict], sim: list[dict], lab_retrans: int | None = None,
-                paired: str = "") -> RunRow:
+                paired: str = "", tps_tolerance: float = E2E_TOLERANCE_FRAC) -> RunRow:
     """One RunRow from the measured query records of each side (`sim` may pool several seeds)."""
     lq = [q for q in lab if q["strategy"] == strategy]
     sq = [q for q in sim if q["strategy"] == strategy]
@@ -916,7 +922,13 @@ def compare_run(strategy: str, lab: list[dict], sim: list[dict], lab_retrans: in
     return RunRow(strategy, len(lq), len(ln), lab50, lab95, sim50, sim95, lab_t, sim_t,
                   _room(lab50, sim50, quantile_interval(ln, 50)), _room(lab95, sim95, quantile_interval(ln, 95)),
                   _room(lab_t, sim_t, quantile_interval(lt, 50)), _used_ahead(lq), _used_ahead(sq),
-                  lab_retrans, paired, pooled_tokens_per_s(lq), pooled_tokens_per_s(sq))
+                  lab_retrans, paired, pooled_tokens_per_s(lq), pooled_tokens_per_s(sq), tps_tolerance)
+
+
+# Two strategies whose pooled tokens/s differ by less than this are tied in a ranking.  In the simulator
+# nasd and ucb-specstop often draft the same blocks on a stable link (both to the cap at the same stop)
+# and come out equal to the last digit; the order sorting put them in said nothing.
+RANK_TIE_FRAC = 0.005
 
 
 def ranking(rows: list[RunRow], side: str) -> list[str]:
@@ -925,14 +937,39 @@ def ranking(rows: list[RunRow], side: str) -> list[str]:
     return [r.strategy for r in sorted(rated, key=lambda r: -getattr(r, f"{side}_pooled"))]
 
 
+def _above(a: float, b: float) -> bool:
+    """a ranks above b: faster by more than RANK_TIE_FRAC."""
+    return a > b * (1 + RANK_TIE_FRAC)
+
+
+def ranking_conflicts(rows: list[RunRow]) -> list[tuple[str, str]]:
+    """The pairs (a, b) one side ranks a above b and the other b above a; a tie on either side (within
+    RANK_TIE_FRAC) conflicts with no order."""
+    rated = [r for r in rows if not (math.isnan(r.lab_pooled) or math.isnan(r.sim_pooled))]
+    return [(a.strategy, b.strategy) for i, a in enumerate(rated) for b in rated[i + 1:]
+            if (_above(a.lab_pooled, b.lab_pooled) and _above(b.sim_pooled, a.sim_pooled))
+            or (_above(b.lab_pooled, a.lab_pooled) and _above(a.sim_pooled, b.sim_pooled))]
+
+
 def ranking_line(rows: list[RunRow]) -> str:
     """Lab and simulator orders by pooled tokens/s, and whether they agree: the comparison of
-    strategies a user draws from a run, which a per-row tolerance does not decide."""
-    lab, sim = ranking(rows, "lab"), ranking(rows, "sim")
+    strategies a user draws from a run, which a per-row tolerance does not decide.  Neighbours tied
+    within RANK_TIE_FRAC are joined by "=", and agree with either order."""
     by = {r.strategy: r for r in rows}
-    fmt = lambda order, side: " > ".join(f"{s} {getattr(by[s], side + '_pooled'):.2f}" for s in order)  # noqa: E731
-    return (f"ranking by pooled tokens/s — lab: {fmt(lab, 'lab')}; simulator: {fmt(sim, 'sim')}; "
-            + ("the same order" if lab == sim else "orders differ"))
+
+    def fmt(side: str) -> str:
+        order, text = ranking(rows, side), ""
+        for prev, s in zip([None] + order, order):
+            rate = getattr(by[s], side + "_pooled")
+            if prev is not None:
+                text += " > " if _above(getattr(by[prev], side + "_pooled"), rate) else " = "
+            text += f"{s} {rate:.2f}"
+        return text
+    conflicts = ranking_conflicts(rows)
+    verdict = ("the same order" if ranking(rows, "lab") == ranking(rows, "sim") else
+               f"the same order but for ties within {100 * RANK_TIE_FRAC:g} %" if not conflicts else
+               "orders differ: " + ", ".join(f"{a} vs {b}" for a, b in conflicts))
+    return f"ranking by pooled tokens/s — lab: {fmt('lab')}; simulator: {fmt('sim')}; {verdict}"
 
 
 def run_compute(queries: list[dict], agreement, strategy: str | None = None):
@@ -968,8 +1005,11 @@ def describe_compute(c) -> str:
             + (f" (measured: {own} ms)" if own else "") + f" — from {c.name}")
 
 
+COMPUTE_SOURCES = ("run", "profile")
+
+
 def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
-              out: Callable[[str], None] = print) -> list[RunRow]:
+              out: Callable[[str], None] = print, compute_from: str = "run") -> list[RunRow]:
     """A real pair's lab run against the simulator of the same scenario, strategies, workload, TCP
     constants, paired loss draws and jiffy-grid phases (as judge), given:
 
@@ -991,6 +1031,11 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
                  Not on a link with a timeline (no one RTT to subtract): there none is added, and the
                  lab's network time per cycle reads about 2 ms above the simulator's for it.
 
+    compute_from="profile" (`validate --run DIR --compute profile`) gives the simulator this host's
+    profile's compute instead (`lab profile`: each model timed in a process of its own), one speed for
+    every query: the prediction a user makes before running, judged on tokens/s within
+    PROFILE_TPS_TOLERANCE_FRAC.
+
     Tokens/s is judged, not E2E: the simulator encodes a prompt without the chat template, so its
     TTFT is short of a real pair's (docs/MEASUREMENTS.md); tokens/s excludes the first token.  Queries
     the edge answered alone are left out of both sides, and said."""
@@ -998,7 +1043,7 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
     from lab.models.synthetic import confidence_measured, host_profile_path, load_profile
     from lab.results import ResultsError, read_jsonl
     from lab.scenario import scenario_of_run
-    from lab.sim.simulator import simulate
+    from lab.sim.simulator import ComputeProfile, simulate
 
     run_dir = Path(run_dir)
     try:
@@ -1033,11 +1078,16 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
             out(f"  {s}: not judged (it drafted with a confidence stop, and {path} has no measured draft "
                 "confidence to end the simulator's blocks by: `python -m lab profile --acceptance-only` adds it)")
         strategies = [s for s in strategies if s not in unstoppable]
+    if compute_from not in COMPUTE_SOURCES:
+        raise ValueError(f"compute_from must be one of {COMPUTE_SOURCES}, got {compute_from!r}")
     pipelined = [s for s in strategies if s.startswith("pipelined")]
-    compute = run_compute(queries, agreement)
-    own = {s: run_compute(queries, agreement, s) for s in pipelined}
-    speed = {(q["strategy"], q["query_index"]): query_speed(q, own.get(q["strategy"], compute))
-             for q in queries if q["strategy"] in strategies}
+    if compute_from == "profile":
+        compute, own, speed = replace(ComputeProfile.of(agreement), name=f"the profile {path}"), {}, {}
+    else:
+        compute = run_compute(queries, agreement)
+        own = {s: run_compute(queries, agreement, s) for s in pipelined}
+        speed = {(q["strategy"], q["query_index"]): query_speed(q, own.get(q["strategy"], compute))
+                 for q in queries if q["strategy"] in strategies}
     split = [c for c in _measured(cycles) if c["strategy"] in strategies and c["k"] > 0 and c["cycle"] > 0
              and not c.get("fallback") and c["strategy"] not in pipelined]
     host_ms = 0.0 if scenario.timeline.steps or not split else message_cost_ms(split, scenario.link.rtt_ms)
@@ -1082,7 +1132,8 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
     lab = [q for q in _measured(queries) if (q["strategy"], q["query_index"]) not in skip]
     paired = paired_loss_match(run_dir, links[0]) if paired_seed is not None and links else ""
     retrans = meta.get("tcp_recovery_by_strategy") or {}
-    return [compare_run(s, lab, sim, _retrans_of(retrans.get(s)), paired) for s in strategies]
+    tolerance = PROFILE_TPS_TOLERANCE_FRAC if compute_from == "profile" else E2E_TOLERANCE_FRAC
+    return [compare_run(s, lab, sim, _retrans_of(retrans.get(s)), paired, tolerance) for s in strategies]
 
 
 def recorded_stops(queries: list[dict]) -> dict[str, tuple[float | None, bool]]:
@@ -1099,23 +1150,27 @@ def recorded_stops(queries: list[dict]) -> dict[str, tuple[float | None, bool]]:
     return stops
 
 
-def validate_runs(run_dirs: Iterable[str], out: Callable[[str], None] = print) -> int:
-    """`validate --run DIR …`: judge_run for each, its table, rows written to DIR/validation-run.csv
-    as each run is judged; 0 if every row is within tolerance."""
+def validate_runs(run_dirs: Iterable[str], out: Callable[[str], None] = print, compute_from: str = "run") -> int:
+    """`validate --run DIR … [--compute profile]`: judge_run for each, its table, rows written to
+    DIR/validation-run.csv (validation-run-profile.csv) as each run is judged; 0 if every row is within
+    tolerance."""
     rows: list[RunRow] = []
-    out(f"real pair's lab runs vs the simulator given each run's compute; tolerance |ΔP50|, |ΔP95| ≤ "
-        f"{NETWORK_TOLERANCE_MS:g} ms per-cycle network, tokens/s P50 ≤ {100 * E2E_TOLERANCE_FRAC:g} %, "
+    given = "each run's compute" if compute_from == "run" else "this host's profile's compute (`lab profile`)"
+    tolerance = PROFILE_TPS_TOLERANCE_FRAC if compute_from == "profile" else E2E_TOLERANCE_FRAC
+    out(f"real pair's lab runs vs the simulator given {given}; tolerance |ΔP50|, |ΔP95| ≤ "
+        f"{NETWORK_TOLERANCE_MS:g} ms per-cycle network, tokens/s P50 ≤ {100 * tolerance:g} %, "
         "blocks drafted ahead used: the simulator's share within the lab's 95 % interval")
     for d in run_dirs:
-        new = judge_run(Path(d), out=out)
-        with open(Path(d) / "validation-run.csv", "w", newline="") as f:
+        new = judge_run(Path(d), out=out, compute_from=compute_from)
+        name = "validation-run.csv" if compute_from == "run" else "validation-run-profile.csv"
+        with open(Path(d) / name, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(new[0].as_dict()) if new else ["strategy"])
             writer.writeheader()
             writer.writerows(r.as_dict() for r in new)
         for line in text_table(RUN_HEAD, [format_run_row(r) for r in new]):
             out(line)
         out(ranking_line(new))
-        out(f"rows: {Path(d) / 'validation-run.csv'}\n")
+        out(f"rows: {Path(d) / name}\n")
         rows += new
     failed = [r for r in rows if not r.ok]
     loose = [r for r in rows if r.ok and not r.strict]

@@ -4,6 +4,8 @@ import math
 
 import pytest
 
+from lab.models.synthetic import save_profile
+
 from lab.sim.simulator import ComputeProfile
 from lab.validate import (E2E_TOLERANCE_FRAC, NETWORK_TOLERANCE_MS, PROFILE, HostCalibration, Row, RunRow,
                           calibration_from, ranking_line, quantile_interval, compare, default_cases, select_cases)
@@ -360,6 +362,32 @@ def test_a_real_pairs_run_fails_the_row_whose_tokens_per_s_or_share_used_differs
     assert rows["cloud-only"].verdict == "ok"
 
 
+@pytest.mark.parametrize("slower,verdict", [(1.08, "ok"), (1.2, "FAIL")])
+def test_a_real_pairs_run_predicted_from_the_profile_alone_is_judged_within_ten_percent(real_run, tmp_path,
+                                                                                        slower, verdict):
+    """--compute profile: the simulator computes at the profile's speed, not the run's.  A profile
+    that times the pair `slower` than the run ran predicts every strategy that much slower (less the
+    network's share); 10 % is the tolerance."""
+    from dataclasses import replace
+
+    from lab.models.synthetic import load_profile
+    from lab.validate import PROFILE_TPS_TOLERANCE_FRAC, judge_run
+    base = load_profile(SHIPPED)
+    slow = replace(base, t_draft_ms=base.t_draft_ms * slower, verify_a_ms=base.verify_a_ms * slower,
+                   verify_b_ms=base.verify_b_ms * slower)
+    path = tmp_path / "slow.yaml"
+    save_profile(slow, path)
+    lines = []
+    rows = {r.strategy: r for r in judge_run(real_run, profile=str(path), seeds=1, out=lines.append,
+                                             compute_from="profile")}
+    assert any(f"t_draft {slow.t_draft_ms:.1f} ms" in s and "from the profile" in s for s in lines)
+    assert not any("each query at its own speed" in s for s in lines)
+    for r in rows.values():
+        assert -(1 - 1 / slower) - 1e-9 <= r.tps_frac < -0.03 and r.tps_tolerance == PROFILE_TPS_TOLERANCE_FRAC
+    # (pipelined:3's network time per cycle moves with the compute: the edge drafts ahead meanwhile)
+    assert {rows[s].verdict for s in ("cloud-only", "fixed-k:3")} == {verdict}
+
+
 def test_a_querys_speed_is_its_nodes_compute_over_the_runs():
     """query_speed: the median ratio of a query's verifies to t_verify(n) and of its draft forwards
     (sequential: edge_ms over K; drafted ahead: hidden_ms over K + 1) to t_draft, first cycle left out."""
@@ -394,7 +422,21 @@ def test_a_runs_ranking_is_by_pooled_tokens_per_s_on_each_side():
     assert ranking_line(same).endswith("the same order")
     assert "lab: fixed-k:5 7.50 > nasd 7.00 > cloud-only 4.00" in ranking_line(same)
     swapped = same[:2] + [row("nasd", 7.0, 7.9)]
-    assert ranking_line(swapped).endswith("orders differ") and "simulator: nasd 7.90 > fixed-k:5" in ranking_line(swapped)
+    assert ranking_line(swapped).endswith("orders differ: fixed-k:5 vs nasd")
+    assert "simulator: nasd 7.90 > fixed-k:5" in ranking_line(swapped)
+
+
+def test_a_tie_in_the_ranking_agrees_with_either_order():
+    """nasd and ucb-specstop drafting the same blocks in the simulator tie there; the lab's order of the
+    two then contradicts nothing, but an order the simulator does resolve still counts."""
+    row = lambda s, lab, sim: RunRow(s, 12, 80, 50.0, 55.0, 50.0, 52.0, lab, sim,  # noqa: E731
+                                     lab_pooled=lab, sim_pooled=sim)
+    rows = [row("nasd", 12.24, 12.48), row("ucb-specstop", 12.44, 12.48), row("fixed-k:9", 10.78, 11.32)]
+    line = ranking_line(rows)
+    assert "simulator: nasd 12.48 = ucb-specstop 12.48 > fixed-k:9 11.32" in line
+    assert line.endswith("the same order but for ties within 0.5 %")
+    rows[2] = row("fixed-k:9", 12.74, 11.32)
+    assert ranking_line(rows).endswith("orders differ: nasd vs fixed-k:9, ucb-specstop vs fixed-k:9")
 
 
 def test_a_nasd_table_rewritten_after_the_run_is_said(tmp_path):
