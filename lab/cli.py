@@ -359,7 +359,7 @@ def cmd_sweep(args) -> int:
             # (on this host's profile it read K = 4 at 50 ms where every prompt's is 9; MEASUREMENTS.md).
             queries = len(load_prompts(None))
         plan = Plan(backend=backend, strategies=tuple(strategies), runs=args.runs, models=models,
-                    queries=queries, link_model=args.sim_link if args.sim else "tcp",
+                    queries=queries, warmup_queries=args.warmup, link_model=args.sim_link if args.sim else "tcp",
                     lab_backend=args.backend if args.lab else None, temperature=args.temperature)
         if args.lab and args.ray in (None, "local"):      # a cluster's hosts need root there, not here
             _need_root("sweep --lab")
@@ -699,6 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=count, default=3, help="runs per link and strategy (different seeds)")
     p.add_argument("--queries", type=count, help="measured queries per run (default: --sim every built-in prompt "
                                                  "once, --lab the workload's)")
+    p.add_argument("--warmup", type=usage.whole(0), help="warm-up queries per strategy and run, before the measured "
+                                                         "ones (kept, marked, not summarized; default: the workload's, 1)")
     p.add_argument("--rtt-ms", type=usage.number_list(0), help="comma-separated RTTs (default 0,10,25,50,100,200,500)")
     p.add_argument("--rate-mbit", type=usage.number_list(0, above=True), help="comma-separated rates (default 100,10,1)")
     p.add_argument("--jitter-ms", type=usage.number_list(0), help="comma-separated ±jitter values (the product)")

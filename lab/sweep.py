@@ -171,6 +171,10 @@ class Plan:
     runs: int = 3
     models: str = "synthetic:embedded-cpu"
     queries: int | None = None
+    # Warm-up queries per strategy before the measured ones (None: the workload's one).  A learning
+    # controller's rate after its warm-up is what issue 16 compares: ucb-specstop explores its arms for
+    # its first ~16 cycles, two or three queries of the built-in prompts.
+    warmup_queries: int | None = None
     link_model: str = "tcp"            # the simulator's (sim only)
     lab_backend: str | None = None     # netem | wire | auto (lab only)
     temperature: float | None = None   # None: the workload's (0, greedy); > 0 makes the payload modes differ
@@ -222,7 +226,8 @@ def run_point_sim(p: GridPoint, plan: Plan, dest: Path) -> pd.DataFrame:
         rd.mkdir(parents=True)
         records, cycles = [], []
         for q, cs in simulate(sc, list(plan.strategies), profile, queries=plan.queries, seed=r,
-                              link_model=plan.link_model, temperature=plan.temperature):
+                              link_model=plan.link_model, temperature=plan.temperature,
+                              warmup_queries=plan.warmup_queries):
             records.append(q)
             cycles += cs
         # One write per file, no fsync per record (JsonlWriter's): the point's folder only takes its
@@ -254,7 +259,7 @@ def run_point_lab(p: GridPoint, plan: Plan, dest: Path, out: Callable[[str], Non
     frames = []
     for r in range(plan.runs):
         opts = RunOptions(models=plan.models, strategies=plan.strategies, queries=plan.queries, seed=r,
-                          temperature=plan.temperature,
+                          temperature=plan.temperature, warmup_queries=plan.warmup_queries,
                           backend=plan.lab_backend, out=str(dest), progress=False)
         with LAB_LOCK.holding(f"sweep --lab {p.name} run {r}"):
             run_dir = run_scenario(sc, opts, out=lambda s: None)

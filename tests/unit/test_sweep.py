@@ -151,3 +151,16 @@ def test_a_simulated_sweep_runs_every_built_in_prompt_by_default(tmp_path, capsy
                  "--runs", "1", "--jobs", "1", "--out", str(out)]) == 0
     assert json.loads((out / "sweep.json").read_text())["plan"]["queries"] == len(load_prompts(None)) > 3
     assert pd.read_csv(out / "summary.csv")["queries"].tolist() == [len(load_prompts(None))]
+
+
+def test_a_sweep_measures_after_the_warm_up_it_is_given(tmp_path):
+    """--warmup N: N warm-up queries per strategy and run before the measured ones (a learning
+    controller is compared after its warm-up); kept in queries.jsonl, marked, not summarized."""
+    out = tmp_path / "s"
+    assert main(["sweep", "--sim", "--rtt-ms", "10", "--rate-mbit", "100", "--strategies", "ucb-specstop",
+                 "--runs", "1", "--jobs", "1", "--queries", "2", "--warmup", "3", "--out", str(out)]) == 0
+    assert json.loads((out / "sweep.json").read_text())["plan"]["warmup_queries"] == 3
+    (queries,) = out.glob("points/*/run-0/queries.jsonl")
+    flags = [json.loads(line)["warmup"] for line in queries.read_text().splitlines()]
+    assert flags == [True] * 3 + [False] * 2
+    assert pd.read_csv(out / "summary.csv")["queries"].tolist() == [2]
