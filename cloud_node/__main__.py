@@ -126,7 +126,7 @@ class CloudServer:
         k = max(1, msg["k"])
         speculative_generate(self.draft, self.target, prompt, max_new, k_fn=lambda: k, temperature=temperature,
                              seed=msg["seed"], on_cycle=lambda new, kk, n: send(new, False, drafted=kk, accepted=n),
-                             stop=msg.get("stop"))
+                             stop=msg.get("stop"), stop_min=msg.get("stop_min", 1))
         send([], True, drafted=0, accepted=0)
 
     def on_continue(self, msg: Message, reply) -> None:

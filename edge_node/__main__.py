@@ -322,7 +322,7 @@ class EdgeQuery:
         k = strategy.next_k() if mode == "spec" else 0
         stop = getattr(strategy, "draft_stop", None) if mode == "spec" else None
         mid, up = link.send("generate", generate_fields(self.qid, mode, k, w["max_new_tokens"], w["temperature"],
-                                                        self.seed, stop),
+                                                        self.seed, stop, getattr(strategy, "draft_min", 1)),
                             {"prompt_ids": ids(self.prompt_ids)})
         t_prev = log.t_submit
         wait_s = self.node.budget.generate_first_s(len(self.prompt_ids), k)

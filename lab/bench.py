@@ -5,8 +5,10 @@ speculation rests on — t_decode and t_verify(K+1) for K = 1…5 — and the ti
 three-line prompt at the chosen threads and at the old defaults (bf16, one pinned thread); then on
 the same pair, prompts and thread count, in one process:
   cloud-spec   lab.core.decoding.speculative_generate (draft + target co-located, K fixed)
-  cloud-spec:K,stop=P   the same with a confidence stop: at most K drafts a block, fewer once the
-               draft's own estimate that all of them are accepted falls below P (`--stop`, `--stop-k`)
+  cloud-spec:K,stop=P,min=M   the same with a confidence stop: at most K drafts a block, fewer once the
+               draft's own estimate that all of them are accepted falls below P (`--stop`, `--stop-k`),
+               but not fewer than M: the fewest drafts no shorter block verifies cheaper than
+               (spec.min_block, from t_verify(K+1) and t_draft as measured here; `--stop-min`)
   assisted     Hugging Face assisted generation: target.generate(assistant_model=draft)
   plain        the target alone: target.generate (greedy)
 and prints tokens/s of each, the ratios, and whether the three produced the same token ids
@@ -121,12 +123,13 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-DEFAULT_STOP, DEFAULT_STOP_K = 0.5, 8        # docs/MEASUREMENTS.md, the confidence stop
+DEFAULT_STOP, DEFAULT_STOP_K = 0.5, 20       # docs/MEASUREMENTS.md, the confidence stop
 
 
 def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 48, n_prompts: int = 3,
                     threads: int = 2, dtypes: tuple[str, ...] = ("float32", "bfloat16"), out=print,
-                    kernels: str | None = None, stop: float = DEFAULT_STOP, stop_k: int = DEFAULT_STOP_K) -> dict:
+                    kernels: str | None = None, stop: float = DEFAULT_STOP, stop_k: int = DEFAULT_STOP_K,
+                    stop_min: int | None = None) -> dict:
     """For each dtype: tokens/s of plain, assisted and cloud-spec decoding; t_verify(K+1)/t_decode;
     TTFT of a three-line prompt at `threads` and at the old defaults (one pinned thread)."""
     from lab.models import cpu
@@ -138,7 +141,7 @@ def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 
     results = {}
     for dtype in dtypes:
         results[dtype] = _bench_dtype(models, k, max_new_tokens, n_prompts, threads, dtype, out, kernels,
-                                      (stop_k, stop))
+                                      (stop_k, stop, stop_min))
     gguf = None
     if models == "embedded":
         from lab.models.llamacpp import INSTALL_HINT, available
@@ -177,7 +180,8 @@ def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 
 
 
 def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threads: int, dtype: str, out,
-                 kernels: str | None = None, stopping: tuple[int, float] = (DEFAULT_STOP_K, DEFAULT_STOP)) -> dict:
+                 kernels: str | None = None,
+                 stopping: tuple[int, float, int | None] = (DEFAULT_STOP_K, DEFAULT_STOP, None)) -> dict:
     import os
 
     import torch
@@ -188,7 +192,7 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
     draft_kernels = kernels_of(models, "draft", dtype, kernels)
     draft = load_role(models, "draft", dtype=dtype, threads=threads, kernels=draft_kernels)
     target = load_role(models, "target", dtype=dtype, threads=threads, kernels=kernels)
-    three, costs = _pair_costs(draft, target, f"{dtype} (kernels: {target.kernels})", out)
+    three, costs, t_draft = _pair_costs(draft, target, f"{dtype} (kernels: {target.kernels})", out)
     ttft = ttft_ms(target, three, threads, None)
     cpus = sorted(os.sched_getaffinity(0))
     ttft_old = ttft_ms(target, three, 1, cpus[-1])
@@ -198,17 +202,23 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
     tally, mismatches, greedy_reference = _Tally(), [], {}
     prompt_ids = {p["id"]: target.encode_prompt(p["prompt"]) for p in prompts}
 
-    def cloud_spec(name: str, drafter, ids: list[int], kk: int = k, stop: float | None = None) -> list[int]:
+    def cloud_spec(name: str, drafter, ids: list[int], kk: int = k, stop: float | None = None,
+                   stop_min: int = 1) -> list[int]:
         """One co-located speculative generation, timed and counted under `name`; its tokens."""
         return tally.run(name, lambda: speculative_generate(drafter, target, ids, max_new_tokens, k_fn=lambda: kk,
-                                                            stop=stop))
+                                                            stop=stop, stop_min=stop_min))
 
-    stop_k, stop = stopping
-    stop_row = f"cloud-spec:{stop_k},stop={stop:g}"
+    stop_k, stop, stop_min = stopping
+    if stop_min is None:
+        stop_min = least_block(costs, t_draft, stop_k)
+        out(f"  the stop's minimum block: {stop_min} (no shorter block verifies cheaper, drafts included: "
+            "spec.min_block on the t_verify above)")
+    stop_min = min(stop_min, stop_k)
+    stop_row = f"cloud-spec:{stop_k},stop={stop:g}" + (f",min={stop_min}" if stop_min > 1 else "")
     for p in prompts:
         ids = prompt_ids[p["id"]]
         ours = cloud_spec("cloud-spec", draft, ids)
-        stopped = cloud_spec(stop_row, draft, ids, stop_k, stop)
+        stopped = cloud_spec(stop_row, draft, ids, stop_k, stop, stop_min)
         x = torch.tensor([ids])
         eos = list(target.eos_token_ids)
         gen_kw = dict(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos[0],
@@ -255,7 +265,7 @@ def _bench_gguf(k: int, max_new_tokens: int, n_prompts: int, threads: int, out) 
 
     draft = load_role("embedded-gguf", "draft", threads=threads)
     target = load_role("embedded-gguf", "target", threads=threads)
-    three, costs = _pair_costs(draft, target, f"gguf ({target.kernels}; {threads} threads)", out)
+    three, costs, _ = _pair_costs(draft, target, f"gguf ({target.kernels}; {threads} threads)", out)
     ttft = ttft_ms(target, three, threads, None)       # (torch's threads: llama.cpp keeps its own)
     out(f"  TTFT (3-line prompt, {len(three)} tokens): {ttft:.0f} ms")
     tally, mismatches = _Tally(), []
@@ -271,9 +281,17 @@ def _bench_gguf(k: int, max_new_tokens: int, n_prompts: int, threads: int, out) 
     return {"tokens_per_s": tps, "mismatches": mismatches, "verify": costs, "ttft_ms": ttft}
 
 
-def _pair_costs(draft, target, heading: str, out) -> tuple[list[int], dict]:
-    """Warm the pair up; print and return the three-line prompt's ids and the target's verify costs
-    (t_decode, t_verify(K+1)), and print the draft's step."""
+def least_block(costs: dict, t_draft_ms: float, cap: int) -> int:
+    """spec.min_block on verify_costs' measurements: t_verify(1) = t_decode, t_verify(K+1) for the K
+    measured; the cap bounded by them."""
+    from lab.core import spec
+    by_n = {1: costs["t_decode_ms"], **{kk + 1: v for kk, v in costs["t_verify_ms"].items()}}
+    return spec.min_block(lambda n: by_n[n], t_draft_ms, min(cap, max(by_n) - 1))
+
+
+def _pair_costs(draft, target, heading: str, out) -> tuple[list[int], dict, float]:
+    """Warm the pair up; print and return the three-line prompt's ids, the target's verify costs
+    (t_decode, t_verify(K+1)) and the draft's step (ms)."""
     from lab.models import warm_up
 
     for m in (draft, target):
@@ -283,8 +301,9 @@ def _pair_costs(draft, target, heading: str, out) -> tuple[list[int], dict]:
     costs = verify_costs(target, three)
     out(f"  t_decode {costs['t_decode_ms']:.0f} ms; t_verify(K+1): "
         + ", ".join(f"K={kk} {v:.0f} ms ({costs['ratio'][kk]:.2f}x)" for kk, v in costs["t_verify_ms"].items()))
-    out(f"  draft step (t_draft) {verify_costs(draft, three, ks=())['t_decode_ms']:.0f} ms ({draft.kernels})")
-    return three, costs
+    t_draft = verify_costs(draft, three, ks=())["t_decode_ms"]
+    out(f"  draft step (t_draft) {t_draft:.0f} ms ({draft.kernels})")
+    return three, costs, t_draft
 
 
 def _first_difference(a: list[int], b: list[int]) -> int:
@@ -416,6 +435,9 @@ def bench_args(argv: list[str]):
                          f"estimate that all of it is accepted falls below P (default {DEFAULT_STOP})")
     ap.add_argument("--stop-k", type=usage.whole(1), default=DEFAULT_STOP_K,
                     help=f"the most drafts a block of that row may hold (default {DEFAULT_STOP_K})")
+    ap.add_argument("--stop-min", type=usage.whole(1),
+                    help="the fewest drafts the stop leaves a block of that row with (default: where no shorter "
+                         "block verifies cheaper, drafts included, by the t_verify measured here)")
     ap.add_argument("--no-lan", action="store_true", help="skip the distributed fixed-k over lan part")
     a = ap.parse_args(argv)
     if a.what == "colocated" and a.models.startswith("synthetic"):
@@ -447,7 +469,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     dtypes = ("float32", "bfloat16") if a.dtype == "all" else (resolve_dtype(a.dtype),)
     a.k = a.k or default_k(a.models)
     bench_colocated(a.models, a.k, a.max_new_tokens, a.prompts, a.threads, dtypes,
-                    kernels=None if a.kernels == "auto" else a.kernels, stop=a.stop, stop_k=a.stop_k)
+                    kernels=None if a.kernels == "auto" else a.kernels, stop=a.stop, stop_k=a.stop_k,
+                    stop_min=a.stop_min)
     if not a.no_lan:
         bench_lan(a.models, a.k, a.max_new_tokens, a.prompts, dtypes[0])
     return 0

@@ -7,8 +7,9 @@ from a model).  They differ only in a small seam:
 
     seam.now()                   whose clock times the cycle (ms)
     seam.start_cycle(seq)        called before each cycle (the simulator aligns its timer grid)
-    seam.draft(k, seq, stop)     draft up to K tokens where the draft runs -> their ids (fewer when
-                                 the strategy's confidence stop ends the block: decoding.draft_tokens)
+    seam.draft(k, seq, stop, m)  draft up to K tokens where the draft runs -> their ids (fewer when
+                                 the strategy's confidence stop ends the block, from its m-th draft:
+                                 decoding.draft_tokens)
     seam.verify(drafts, seq)     carry the proposal to the target and back -> Verdict
     seam.commit(accepted, tok)   roll the draft's cache back to the accepted prefix + tok
     seam.alone()                 one token from the draft alone (K = 0, edge-only, fallback)
@@ -59,7 +60,7 @@ class Verdict:
 class Seam(Protocol):
     def now(self) -> float: ...
     def start_cycle(self, seq: int) -> None: ...
-    def draft(self, k: int, seq: int, stop: float | None = None) -> list[int]: ...
+    def draft(self, k: int, seq: int, stop: float | None = None, stop_min: int = 1) -> list[int]: ...
     def verify(self, drafts: list[int], seq: int) -> Verdict: ...
     def commit(self, accepted: list[int], token: int) -> None: ...
     def alone(self) -> int: ...
@@ -170,6 +171,7 @@ def speculate(strategy: Strategy, seam: Seam, log: QueryLog, max_new: int, eos,
         strategy.link_hint(hint)
     control = getattr(strategy, "control", None)
     stop = getattr(strategy, "draft_stop", None)
+    stop_min = getattr(strategy, "draft_min", 1)            # the stop's first chance (spec.min_block)
     seq, done, stale = 0, len(log.tokens) >= max_new, False
     ahead: tuple[int, dict | None] | None = None     # a choice made during a cloud stretch
     while not done:
@@ -205,7 +207,7 @@ def speculate(strategy: Strategy, seam: Seam, log: QueryLog, max_new: int, eos,
             n = 0
         else:
             # a controller may choose each block's stop with its K (nasd's table: block_stop)
-            drafts = seam.draft(k, seq, getattr(strategy, "block_stop", stop))
+            drafts = seam.draft(k, seq, getattr(strategy, "block_stop", stop), stop_min)
             if not 1 <= len(drafts) <= k:
                 raise ProtocolError(f"the draft made {len(drafts)} tokens for a block of at most {k}")
             cap, k = k, len(drafts)          # what was drafted: a confidence stop may end the block early
@@ -299,10 +301,10 @@ class FixedK:
     """A constant K as a Strategy, for loops that are handed K (the cloud's co-located generate)."""
     placement = "split"
 
-    def __init__(self, k: int | Callable[[], int], stop: float | None = None):
+    def __init__(self, k: int | Callable[[], int], stop: float | None = None, stop_min: int = 1):
         self._k = k if callable(k) else (lambda: k)
         self.name = "fixed"
-        self.draft_stop = stop
+        self.draft_stop, self.draft_min = stop, stop_min
 
     def start_query(self) -> None:
         pass

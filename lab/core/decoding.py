@@ -65,20 +65,20 @@ def verify_rng(seed: int, seq: int) -> np.random.Generator:
 def draft_tokens(session, feed: list[int], k: int, temperature: float, rng: np.random.Generator,
                  payload: str | None = "full", logits: np.ndarray | None = None,
                  between: Callable[[], bool] | None = None,
-                 stop: float | None = None) -> tuple[list[int] | None, np.ndarray | None]:
+                 stop: float | None = None, stop_min: int = 1) -> tuple[list[int] | None, np.ndarray | None]:
     """Up to K autoregressive draft steps.  The session's cache holds S minus `feed`; `logits` are the
     next-token logits when feed is empty.  Returns tokens [≤ K] and, at T > 0, the draft's softmax q
     [len(tokens), V] (what `spec.encode_q` turns into the payload).  Tokens are drawn from `spec.proposal(payload,
     q)`, the distribution the cloud can rebuild from that payload — so pass the payload mode the edge
     will send (None: sample from q itself).  stop: end the block early once the draft's own estimate
     that all of it is accepted falls below it (spec.BlockStop) — the token that crossed it is kept, no
-    forward is spent after it.  between(), if given, runs before every forward; False
+    forward is spent after it, and not before `stop_min` drafts.  between(), if given, runs before every forward; False
     abandons the block: (None, None), the cache then holding whatever was fed so far."""
     tokens: list[int] = []
     qs: list[np.ndarray] = []
     if logits is None and not feed:
         raise ValueError("draft_tokens: nothing to feed and no logits to start from")
-    block = spec.BlockStop(stop) if stop is not None else None
+    block = spec.BlockStop(stop, stop_min) if stop is not None else None
     for _ in range(k):
         if logits is None:
             if between is not None and not between():
@@ -140,12 +140,12 @@ class DraftState:
         return self.ready if self.cached == len(self.committed) else None
 
     def draft(self, k: int, temperature: float, rng: np.random.Generator,
-              first_logits: np.ndarray | None = None, payload: str | None = "full", stop: float | None = None
-              ) -> tuple[list[int], np.ndarray | None]:
+              first_logits: np.ndarray | None = None, payload: str | None = "full", stop: float | None = None,
+              stop_min: int = 1) -> tuple[list[int], np.ndarray | None]:
         """Up to K draft tokens (fewer if `stop` ends the block: draft_tokens) and, at T > 0, the draft's
         softmax q [len(tokens), V] (encode it with the same payload)."""
         tokens, q = draft_tokens(self.session, self.pending(), k, temperature, rng, payload,
-                                 logits=self._logits_if_ready(first_logits), stop=stop)
+                                 logits=self._logits_if_ready(first_logits), stop=stop, stop_min=stop_min)
         self.cached, self.ready = len(self.committed), None
         self.ahead = list(tokens)
         return tokens, q                       # the cache now holds S + tokens[:-1], stopped early or not
@@ -259,8 +259,9 @@ class DraftSide:
     def start_cycle(self, seq: int) -> None:
         pass
 
-    def draft(self, k: int, seq: int, stop: float | None = None) -> list[int]:
-        drafts, self.q = self.d.draft(k, self.temperature, self.rng, payload=self.payload, stop=stop)
+    def draft(self, k: int, seq: int, stop: float | None = None, stop_min: int = 1) -> list[int]:
+        drafts, self.q = self.d.draft(k, self.temperature, self.rng, payload=self.payload, stop=stop,
+                                      stop_min=stop_min)
         self.qs = {seq: self.q}
         return drafts
 
@@ -368,11 +369,11 @@ def autoregressive_generate(model, prompt_ids: list[int], max_new_tokens: int, t
 
 def speculative_generate(draft_model, target_model, prompt_ids: list[int], max_new_tokens: int, k_fn,
                          temperature: float = 0.0, seed: int = 0, payload: str = "full",
-                         on_cycle=None, stop: float | None = None) -> Generation:
+                         on_cycle=None, stop: float | None = None, stop_min: int = 1) -> Generation:
     """Co-located speculative decoding (cloud-spec; the reference for the distributed path): the one
     cycle (lab/core/cycle.py) over a LocalSeam.  k_fn() gives K for each cycle (with `stop`, the most a
     block may hold: draft_tokens); on_cycle(new_tokens, k drafted, n_accepted) is called after each cycle."""
     seam = LocalSeam(draft_model, target_model, prompt_ids, temperature, seed, payload)
     log = QueryLog(now_ms, "cloud-spec")
-    speculate(FixedK(k_fn, stop), seam, log, max_new_tokens, tuple(target_model.eos_token_ids), on_cycle)
+    speculate(FixedK(k_fn, stop, stop_min), seam, log, max_new_tokens, tuple(target_model.eos_token_ids), on_cycle)
     return Generation(tokens=log.tokens, drafted=log.cycles["k"], accepted=log.cycles["accepted"])

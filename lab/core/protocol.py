@@ -21,7 +21,7 @@ Messages (edge → cloud, cloud → edge):
   verify     {query, seq, payload, temperature, seed[, pos, last]} + tokens [+ q arrays]
                                                                 → verdict {query, seq, n_accepted, token, cloud_compute_ms
                                                                            [, stale]}
-  generate   {query, mode: target|spec, k, max_new_tokens, temperature, seed[, stop]} + prompt_ids
+  generate   {query, mode: target|spec, k, max_new_tokens, temperature, seed[, stop[, stop_min]]} + prompt_ids
                                                                 → tokens {query, seq, tokens, done, cloud_compute_ms,
                                                                           drafted, accepted}  (streamed, one per step)
   end        {query}                                            → end_ok {query}
@@ -46,8 +46,8 @@ import numpy as np
 
 from lab.core import spec
 
-PROTOCOL_VERSION = 4                          # 2: hello carries the stopping tokens; 3: pipelined blocks, `continue`;
-                                              # 4: generate's confidence stop
+PROTOCOL_VERSION = 5                          # 2: hello carries the stopping tokens; 3: pipelined blocks, `continue`;
+                                              # 4: generate's confidence stop; 5: its stop_min
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024          # a full-distribution payload at K=15 is ≈4.6 MB
 MAX_HEADER_BYTES = 64 * 1024
 ALLOWED_DTYPES = ("int32", "int64", "float16", "float32")
@@ -231,6 +231,10 @@ def _check_fields(mtype: str, fields: dict, array_names) -> None:
             not isinstance(fields["stop"], (int, float)) or isinstance(fields["stop"], bool)
             or not 0 < fields["stop"] <= 1):
         raise ProtocolError(f"generate: stop must be a number in (0, 1], got {_short(fields['stop'])}")
+    if mtype == "generate" and "stop_min" in fields and (
+            not isinstance(fields["stop_min"], int) or isinstance(fields["stop_min"], bool)
+            or fields["stop_min"] < 1 or "stop" not in fields):
+        raise ProtocolError(f"generate: stop_min must be a whole number >= 1 with a stop, got {_short(fields['stop_min'])}")
     if mtype == "verify" and ("pos" in fields) != ("last" in fields):
         raise ProtocolError("verify: a pipelined block needs both pos and last")
     if mtype == "verify":
@@ -289,12 +293,14 @@ def check_hello(hello: Message, draft_model: str, target_model: str, tokenizer_h
 
 
 def generate_fields(query: str, mode: str, k: int, max_new_tokens: int, temperature: float, seed: int,
-                    stop: float | None = None) -> dict:
+                    stop: float | None = None, stop_min: int = 1) -> dict:
     """The header of a generate request: the edge sends it, the simulator counts its bytes."""
     fields = {"query": query, "mode": mode, "k": k, "max_new_tokens": max_new_tokens, "temperature": temperature,
               "seed": seed}
     if stop is not None:                       # co-located drafting with a confidence stop (draft_tokens)
         fields["stop"] = float(stop)
+        if stop_min > 1:                       # ... from the block's stop_min-th draft (spec.min_block)
+            fields["stop_min"] = int(stop_min)
     return fields
 
 

@@ -92,14 +92,31 @@ class BlockStop:
     """The confidence stop, one block at a time: after each drafted token, the product of the draft's
     confidences so far (its estimate that the target accepts the whole block) is compared with the
     threshold, and the block ends below it, that token kept.  The drafting loop (decoding.draft_tokens)
-    and the simulator's drafts (confidence from the profile) both ask `ends(confidence)`."""
+    and the simulator's drafts (confidence from the profile) both ask `ends(confidence)`.
 
-    def __init__(self, threshold: float):
-        self.threshold, self.sure = threshold, 1.0
+    at_least: the first draft the stop may end a block after (min_block: on a CPU whose verify of
+    2–3 tokens costs more than of 4, a block the stop would end at 1 draft is better drafted on)."""
+
+    def __init__(self, threshold: float, at_least: int = 1):
+        self.threshold, self.at_least, self.sure, self.drafted = threshold, at_least, 1.0, 0
 
     def ends(self, confidence: float) -> bool:
         self.sure *= confidence
-        return self.sure < self.threshold
+        self.drafted += 1
+        return self.drafted >= self.at_least and self.sure < self.threshold
+
+
+def min_block(verify_ms: Callable[[int], float], t_draft_ms: float, cap: int) -> int:
+    """The fewest drafts a confidence stop should leave a block with: the largest m ≤ cap such that
+    every shorter block j < m verifies at no less than m's cost plus the drafts between them,
+    t_verify(j+1) ≥ t_verify(m+1) + (m − j)·t_draft — drafting on to m then costs nothing and may be
+    accepted.  1 where t_verify grows with n, as on a GPU; 3 on a Zen 4 EPYC in fp32, where a verify
+    of 2 tokens took 286 ms and of 4 took 186 (oneDNN; docs/MEASUREMENTS.md)."""
+    best = 1
+    for m in range(2, cap + 1):
+        if all(verify_ms(j + 1) >= verify_ms(m + 1) + (m - j) * t_draft_ms for j in range(1, m)):
+            best = m
+    return best
 
 
 # ------------------------------------------------------------------ acceptance

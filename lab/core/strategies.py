@@ -62,10 +62,11 @@ class Strategy(Protocol):
 class _Fixed:
     """A constant K (or no speculation at all) — the baselines.  draft_stop: a confidence stop ends a
     block before K once the draft's own estimate that all of it is accepted falls below it
-    (lab/core/decoding.draft_tokens); K is then the most a block may hold."""
+    (lab/core/decoding.draft_tokens); K is then the most a block may hold, and draft_min the fewest
+    drafts the stop leaves it with (spec.min_block)."""
 
-    def __init__(self, name: str, placement: str, k: int, draft_stop: float | None = None):
-        self.name, self.placement, self.k, self.draft_stop = name, placement, k, draft_stop
+    def __init__(self, name: str, placement: str, k: int, draft_stop: float | None = None, draft_min: int = 1):
+        self.name, self.placement, self.k, self.draft_stop, self.draft_min = name, placement, k, draft_stop, draft_min
 
     def start_query(self) -> None:
         pass
@@ -95,16 +96,23 @@ def _int_param(name: str, param: str | None, default: int | None, lo: int = 1, h
 
 def _fixed(base: str, placement: str, default_k: int | None) -> Callable[[str | None], Strategy]:
     """fixed-k:K and cloud-spec[:K], each with the option stop=P (a confidence stop, P in (0, 1]):
-    "fixed-k:12,stop=0.5" drafts at most 12 tokens a cycle and fewer where the draft is unsure."""
+    "fixed-k:12,stop=0.5" drafts at most 12 tokens a cycle and fewer where the draft is unsure; and
+    with it min=M, the fewest drafts the stop leaves a block with ("cloud-spec:20,stop=0.5,min=3")."""
     def make(param: str | None) -> Strategy:
         k_text, _, rest = (param or "").partition(",")
         if "=" in k_text:                              # cloud-spec:stop=0.5 (K left at its default)
             k_text, rest = "", param
         k = _int_param(base, k_text, default_k)
-        stop = parse_options(base, rest, STOP_OPTION).get("stop")
+        o = parse_options(base, rest, {**STOP_OPTION, "min": _whole(1, 64)})
+        stop, least = o.get("stop"), o.get("min", 1)
+        if "min" in o and stop is None:
+            raise StrategyError(f"strategy {base!r}: option 'min' is the confidence stop's; give stop=P with it")
+        if least > k:
+            raise StrategyError(f"strategy {base!r}: option 'min' ({least}) exceeds K ({k})")
         # spelled one way (fixed-k:05 is fixed-k:5), so results, claims and fixed_k() agree on it
-        parts = ([str(k)] if k_text else []) + ([f"stop={stop:g}"] if stop is not None else [])
-        return _Fixed(f"{base}:{','.join(parts)}" if parts else base, placement, k, stop)
+        parts = ([str(k)] if k_text else []) + ([f"stop={stop:g}"] if stop is not None else []) \
+            + ([f"min={least}"] if least > 1 else [])
+        return _Fixed(f"{base}:{','.join(parts)}" if parts else base, placement, k, stop, least)
     return make
 
 

@@ -149,12 +149,12 @@ class SyntheticAcceptance:
         return self.hit(position)
 
 
-def drafted(acc, position: int, k: int, stop: float | None) -> int:
+def drafted(acc, position: int, k: int, stop: float | None, stop_min: int = 1) -> int:
     """How many tokens a block drafted at `position` holds: K, or fewer where a confidence stop
-    (spec.BlockStop) ends it on the draft's confidences (the acceptance model's)."""
+    (spec.BlockStop, from its stop_min-th draft) ends it on the draft's confidences (the acceptance model's)."""
     if stop is None:
         return k
-    block = spec.BlockStop(stop)
+    block = spec.BlockStop(stop, stop_min)
     return next((i + 1 for i in range(k) if block.ends(acc.confidence(position + i))), k)
 
 
@@ -290,7 +290,8 @@ class _SimQuery:
         k = strategy.next_k() if spec_mode else 0
         mid = run._id()
         stop = getattr(strategy, "draft_stop", None) if spec_mode else None
-        up = sizes.generate(mid, self.qid, "spec" if spec_mode else "target", k, w, self.seed, L, stop)
+        stop_min = getattr(strategy, "draft_min", 1)
+        up = sizes.generate(mid, self.qid, "spec" if spec_mode else "target", k, w, self.seed, L, stop, stop_min)
         h = run._submit(run.t, "up", up.wire)
         run._flush_end()
         start, _ = run._cloud(run._arrive(h), 0.0)
@@ -305,7 +306,7 @@ class _SimQuery:
         if spec_mode:
             # cloud_node runs the one cycle co-located: the same loop, on the cloud's clock.
             seam = _SimColocated(self, start + p.prefill_ms_per_token * (L - 1) + p.prefill_ms_per_token * L)
-            speculate(FixedK(k, stop), seam, QueryLog(seam.now, "cloud-spec"), w["max_new_tokens"], SYNTHETIC_EOS,
+            speculate(FixedK(k, stop, stop_min), seam, QueryLog(seam.now, "cloud-spec"), w["max_new_tokens"], SYNTHETIC_EOS,
                       on_cycle=lambda new, kk, n: send(seam.tc, len(new), False, (kk, n)))
             tc = seam.tc
             send(tc, 0, True, (0, 0))
@@ -372,8 +373,8 @@ class _SimSplit:
         if seq:
             self.run._align_clock(seq)
 
-    def draft(self, k: int, seq: int, stop: float | None = None) -> list[int]:
-        k = drafted(self.q.acc, self.position, k, stop)
+    def draft(self, k: int, seq: int, stop: float | None = None, stop_min: int = 1) -> list[int]:
+        k = drafted(self.q.acc, self.position, k, stop, stop_min)
         self.run.t += self.run.p.t_draft_ms * (k - 1 if self.first else k) + self.catch_up_ms
         self.first, self.catch_up_ms = False, 0.0
         self.chain = k
@@ -553,8 +554,8 @@ class _SimColocated:
     def start_cycle(self, seq: int) -> None:
         pass
 
-    def draft(self, k: int, seq: int, stop: float | None = None) -> list[int]:
-        k = drafted(self.q.acc, self.position, k, stop)
+    def draft(self, k: int, seq: int, stop: float | None = None, stop_min: int = 1) -> list[int]:
+        k = drafted(self.q.acc, self.position, k, stop, stop_min)
         self.tc += self.p.t_draft_ms * (k - 1 if self.first else k)
         self.first = False
         return [self.q.acc.token(self.position + i, drafted=True) for i in range(k)]

@@ -127,9 +127,9 @@ class WireSizes:
                                               "token": self.token, "cloud_compute_ms": _ms(ms)}, {})
 
     def generate(self, mid: int, qid: str, mode: str, k: int, workload: dict, seed: int, n_prompt: int,
-                 stop: float | None = None) -> Size:
+                 stop: float | None = None, stop_min: int = 1) -> Size:
         return message_bytes("generate", mid, generate_fields(qid, mode, k, workload["max_new_tokens"],
-                                                              workload["temperature"], seed, stop),
+                                                              workload["temperature"], seed, stop, stop_min),
                              {"prompt_ids": ("int32", (n_prompt,))})
 
     def tokens(self, mid: int, qid: str, seq: int, n_tokens: int, done: bool, ms: float,

@@ -51,3 +51,14 @@ def test_first_difference():
     assert _first_difference([1, 2, 3], [1, 5, 3]) == 1
     assert _first_difference([1, 2], [1, 2, 3]) == 2
     assert _first_difference([], [4]) == 0
+
+
+def test_the_benchs_minimum_block_comes_from_the_verify_costs_it_measured():
+    """t_verify(K+1) as verify_costs reports it (a Zen 4 EPYC in fp32: a verify of 2 tokens dearer than
+    of 4) and t_draft 29 ms: the stop's minimum block is 3; with a verify that grows with K, 1."""
+    from lab.bench import least_block
+    zen4 = {"t_decode_ms": 228.5, "t_verify_ms": {1: 285.9, 2: 236.0, 3: 186.2, 4: 187.8, 5: 189.4}}
+    assert least_block(zen4, 29.2, 20) == 3
+    assert least_block(zen4, 29.2, 2) == 2
+    grows = {"t_decode_ms": 100.0, "t_verify_ms": {k: 100.0 + 10 * k for k in range(1, 6)}}
+    assert least_block(grows, 29.2, 20) == 1

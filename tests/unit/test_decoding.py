@@ -306,6 +306,26 @@ def test_a_confidence_stop_ends_the_block_at_the_token_that_crosses_it(stop, wan
     assert s.forwards == want - 1                 # the first token came from the logits it was given
 
 
+@pytest.mark.parametrize("stop_min, want", [(1, 2), (2, 2), (3, 3), (4, 4), (7, 7)])
+def test_a_stop_from_its_min_th_draft_leaves_every_block_that_many(stop_min, want):
+    """stop=0.9 crosses at the 2nd token; from the stop_min-th draft on the stop may end the block
+    (the product is then below 0.9 at every token, so it ends there), K = 7 still caps it."""
+    from lab.core.decoding import draft_tokens
+    s = _SureSession([0.95, 0.9, 0.6, 0.8, 0.9, 0.5, 0.9, 0.9])
+    toks, _ = draft_tokens(s, [], 7, 0.0, np.random.default_rng(0), logits=s.row(0), stop=0.9, stop_min=stop_min)
+    assert toks == list(range(1, want + 1))
+
+
+def test_a_stop_with_a_minimum_block_keeps_the_targets_greedy_output(target, draft):
+    for prompt in PROMPTS:
+        gen = speculative_generate(draft, target, prompt, 40, k_fn=lambda: 8, stop=0.9, stop_min=3)
+        assert gen.tokens == greedy_generate(target, prompt, 40)
+        made = 0
+        for d, a in zip(gen.drafted, gen.accepted):
+            assert d >= min(3, 40 - made)                  # a block is cut only by the tokens still to go
+            made += a + 1
+
+
 @pytest.mark.parametrize("stop", [0.2, 0.5, 0.9])
 def test_a_confidence_stop_keeps_the_targets_greedy_output(target, draft, stop):
     for prompt in PROMPTS:

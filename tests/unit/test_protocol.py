@@ -232,3 +232,9 @@ def test_generate_carries_a_confidence_stop_only_when_there_is_one():
     for bad in (0, 1.5, "0.5", True):
         with pytest.raises(ProtocolError, match=r"generate: stop must be a number in \(0, 1\]"):
             encode(Message("generate", 1, {**plain, "stop": bad}, {"prompt_ids": ids([1, 2])}))
+    assert "stop_min" not in generate_fields("q", "spec", 8, 32, 0.0, 1, stop=0.5, stop_min=1)
+    least = generate_fields("q", "spec", 8, 32, 0.0, 1, stop=0.5, stop_min=3)
+    assert decode(encode(Message("generate", 1, least, {"prompt_ids": ids([1, 2])}))).fields["stop_min"] == 3
+    for bad in ({**least, "stop_min": 0}, {**least, "stop_min": 2.5}, {**plain, "stop_min": 3}):
+        with pytest.raises(ProtocolError, match=r"generate: stop_min must be a whole number >= 1 with a stop"):
+            encode(Message("generate", 1, bad, {"prompt_ids": ids([1, 2])}))

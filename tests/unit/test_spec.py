@@ -232,3 +232,16 @@ def test_verify_time_is_the_measured_where_measured_and_the_lines_slope_beyond()
     assert verify_ms_at(5, 250, 5, table) == 235.5              # between two measured sizes
     assert verify_ms_at(1, 250, 5, table) == 288.0              # before the first, the line's slope
     assert verify_ms_at(9, 250, 5, table) == 243.0              # past the last, the line's slope
+
+
+def test_the_minimum_block_is_where_no_shorter_block_verifies_cheaper():
+    """A Zen 4 EPYC's fp32 target (lab profile): a verify of 2 tokens 286 ms, of 4 tokens 186: a block
+    the stop ends at 1 or 2 drafts is better drafted on to 3 (29 ms a draft); not to 4, whose verify
+    costs no less than 3 drafts' plus 236."""
+    from lab.core.spec import BlockStop, min_block, verify_ms_at
+    table = ((1, 228.5), (2, 285.9), (4, 186.2), (6, 189.4), (8, 251.3))
+    assert min_block(lambda n: verify_ms_at(n, 213, 6.2, table), 29.2, 20) == 3
+    assert min_block(lambda n: 20 + 2.0 * n, 5.0, 20) == 1              # a GPU's: verify grows with n
+    assert min_block(lambda n: verify_ms_at(n, 213, 6.2, table), 29.2, 2) == 2      # the cap bounds it
+    stop = BlockStop(0.9, at_least=3)
+    assert [stop.ends(c) for c in (0.5, 0.5, 0.99, 0.99)] == [False, False, True, True]

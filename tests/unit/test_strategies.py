@@ -50,11 +50,21 @@ def test_a_confidence_stop_is_an_option_of_the_fixed_strategies(spec, placement,
     assert (s.name, s.placement, s.next_k(), s.draft_stop) == (spec, placement, k, stop)
 
 
+def test_the_stops_minimum_block_is_an_option_spelled_one_way():
+    s = make_strategy("cloud-spec:20,min=3,stop=0.50")
+    assert (s.name, s.draft_stop, s.draft_min, s.next_k()) == ("cloud-spec:20,stop=0.5,min=3", 0.5, 3, 20)
+    assert make_strategy("fixed-k:8,stop=0.5,min=1").name == "fixed-k:8,stop=0.5"
+    assert make_strategy("fixed-k:8,stop=0.5").draft_min == 1
+
+
 @pytest.mark.parametrize("spec, words", [
     ("fixed-k:stop=0.5", "needs a draft length"),
     ("fixed-k:8,stop=0", r"option 'stop': must be a number in \(0, 1\]"),
     ("cloud-spec:8,stop=1.5", r"option 'stop': must be a number in \(0, 1\]"),
     ("fixed-k:8,halt=0.5", "unknown option 'halt'"),
+    ("cloud-spec:8,min=3", "option 'min' is the confidence stop's; give stop=P with it"),
+    ("fixed-k:4,stop=0.5,min=5", r"option 'min' \(5\) exceeds K \(4\)"),
+    ("fixed-k:4,stop=0.5,min=0", "option 'min': must be a whole number from 1 to 64"),
 ])
 def test_a_bad_confidence_stop_is_named(spec, words):
     with pytest.raises(StrategyError, match=words):
