@@ -7,8 +7,9 @@ the same pair, prompts and thread count, in one process:
   cloud-spec   lab.core.decoding.speculative_generate (draft + target co-located, K fixed)
   cloud-spec:K,stop=P,min=M   the same with a confidence stop: at most K drafts a block, fewer once the
                draft's own estimate that all of them are accepted falls below P (`--stop`, `--stop-k`),
-               but not fewer than M: the fewest drafts no shorter block verifies cheaper than
-               (spec.min_block, from t_verify(K+1) and t_draft as measured here; `--stop-min`)
+               but not fewer than M (`--stop-min`): the M the simulator finds fastest on this host's
+               measured profile of the pair (simulated_stop_min), else the fewest drafts no shorter block
+               verifies cheaper than (spec.min_block on t_verify(K+1) and t_draft as measured here)
   assisted     Hugging Face assisted generation: target.generate(assistant_model=draft)
   plain        the target alone: target.generate (greedy)
 and prints tokens/s of each, the ratios, and whether the three produced the same token ids
@@ -210,9 +211,11 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
 
     stop_k, stop, stop_min = stopping
     if stop_min is None:
-        stop_min = least_block(costs, t_draft, stop_k)
-        out(f"  the stop's minimum block: {stop_min} (no shorter block verifies cheaper, drafts included: "
-            "spec.min_block on the t_verify above)")
+        stop_min, how = simulated_stop_min(models, dtype, draft_kernels, stop_k, stop)
+        if stop_min is None:
+            stop_min, how = least_block(costs, t_draft, stop_k), ("no shorter block verifies cheaper, drafts "
+                                                                   "included: spec.min_block on the t_verify above")
+        out(f"  the stop's minimum block: {stop_min} ({how})")
     stop_min = min(stop_min, stop_k)
     stop_row = f"cloud-spec:{stop_k},stop={stop:g}" + (f",min={stop_min}" if stop_min > 1 else "")
     for p in prompts:
@@ -279,6 +282,37 @@ def _bench_gguf(k: int, max_new_tokens: int, n_prompts: int, threads: int, out) 
     out("  outputs: " + ("identical token ids" if not mismatches else "; ".join(mismatches)))
     del draft, target
     return {"tokens_per_s": tps, "mismatches": mismatches, "verify": costs, "ttft_ms": ttft}
+
+
+STOP_MINS = tuple(range(1, 7))
+
+
+def simulated_stop_min(models: str, dtype: str, draft_kernels: str | None, cap: int, stop: float,
+                       mins=STOP_MINS, seeds: int = 2) -> tuple[int | None, str]:
+    """The minimum block (cloud-spec:CAP,stop=P,min=M) the simulator finds fastest on `lan` for this
+    host's measured profile of the pair, as nasd's table is calibrated (pooled tokens/s over the
+    built-in prompts, `seeds` runs; a tie goes to the smaller M).  The profile's t_verify(n) is not a
+    line on a CPU and its draft confidence is the real draft's; without a host profile that measured
+    both, (None, why)."""
+    from lab.core.cycle import pooled_tokens_per_s
+    from lab.models.synthetic import confidence_measured, load_profile, resolve_profile
+    from lab.scenario import load_scenario
+
+    name, which = resolve_profile("embedded-cpu", dtype, draft_kernels) if models == "embedded" else (None, "")
+    prof = load_profile(name) if name else None
+    if prof is None or "this host's" not in which or not confidence_measured(prof) or not prof.verify_ms_by_n:
+        return None, "no host profile with measured t_verify(n) and draft confidence: `python -m lab profile`"
+    rows = {m: f"cloud-spec:{cap},stop={stop:g}" + (f",min={m}" if m > 1 else "") for m in mins if m <= cap}
+    done: dict[str, list[dict]] = {r: [] for r in rows.values()}
+    for seed in range(seeds):
+        for rec, _ in simulate(load_scenario("lan"), list(rows.values()), name,
+                               queries=len(load_prompts(None)), seed=seed):
+            if not rec["warmup"]:
+                done[rec["strategy"]].append(rec)
+    rate = {m: pooled_tokens_per_s(done[r]) for m, r in rows.items()}
+    best = max(rate, key=lambda m: (round(rate[m], 2), -m))
+    return best, ("the simulator's fastest on this host's profile: " +
+                  ", ".join(f"min={m} {v:.2f}" for m, v in rate.items()) + " tok/s")
 
 
 def least_block(costs: dict, t_draft_ms: float, cap: int) -> int:

@@ -62,3 +62,12 @@ def test_the_benchs_minimum_block_comes_from_the_verify_costs_it_measured():
     assert least_block(zen4, 29.2, 2) == 2
     grows = {"t_decode_ms": 100.0, "t_verify_ms": {k: 100.0 + 10 * k for k in range(1, 6)}}
     assert least_block(grows, 29.2, 20) == 1
+
+
+def test_the_benchs_minimum_block_is_the_simulators_only_on_a_measured_host_profile(tmp_path, monkeypatch):
+    """Without this host's profile (measured t_verify(n) and draft confidence) the simulator cannot
+    say which minimum block is fastest: None, and why; the bench then takes spec.min_block."""
+    from lab.bench import simulated_stop_min
+    monkeypatch.setenv("SDLAB_CACHE", str(tmp_path / "cache" / "models"))
+    m, why = simulated_stop_min("embedded", "float32", "int8", 20, 0.5)
+    assert m is None and "python -m lab profile" in why
