@@ -114,7 +114,7 @@ def test_ctrl_c_leaves_nothing_and_marks_the_run(tmp_path):
 E2E_PROMPTS = ({"id": "sky", "prompt": "Answer with one word only: what colour is a clear daytime sky?"},
                {"id": "reverse", "prompt": "Write a Python function that reverses a string."})
 E2E_STRATEGIES = ("cloud-only", "cloud-spec", "fixed-k:3", "fixed-k:5", "pipelined:3", "pipelined:5",
-                  "fixed-k:12,stop=0.3", "cloud-spec:8,stop=0.5",       # confidence stops
+                  "fixed-k:12,stop=0.3,min=3", "cloud-spec:8,stop=0.5,min=3",   # confidence stops, minimum blocks
                   "nasd", "ucb-specstop")       # K (and nasd's stop) chosen each cycle, fallbacks to the cloud
 E2E_MAX_NEW = 16
 
@@ -249,10 +249,17 @@ def test_embedded_pair_lossy_equals_transformers_generate(tmp_path):
     assert any(o is not None for rec in recs if rec["strategy"].startswith("pipelined")
                for o in rec["optimistic_per_cycle"])
     # The confidence stops ended some blocks before their cap, edge-side and in the cloud's co-located loop
-    # (each query's last block is left out: max_new_tokens may cut that one).
-    for name, cap in (("fixed-k:12,stop=0.3", 12), ("cloud-spec:8,stop=0.5", 8)):
+    # (each query's last block is left out: max_new_tokens may cut that one), and none before its minimum
+    # block but where the tokens still to go were fewer.
+    for name, cap in (("fixed-k:12,stop=0.3,min=3", 12), ("cloud-spec:8,stop=0.5,min=3", 8)):
         ks = [k for rec in recs if rec["strategy"] == name for k in [x for x in rec["k_per_cycle"] if x > 0][:-1]]
         assert ks and max(ks) <= cap and min(ks) < cap, (name, ks)
+        for rec in (r for r in recs if r["strategy"] == name):
+            cycles = [(k, a) for k, a in zip(rec["k_per_cycle"], rec["accepted_per_cycle"]) if k > 0]
+            made = 0                                    # tokens so far (each block's last may be cut to fit)
+            for k, a in cycles:
+                assert k >= min(3, E2E_MAX_NEW - made), (name, rec["k_per_cycle"], rec["accepted_per_cycle"])
+                made += a + 1
     # The real draft's confidence is its own: both controllers drafted with the default stop.
     for rec in recs:
         if rec["strategy"] in ("nasd", "ucb-specstop"):
