@@ -63,23 +63,24 @@ def test_a_measured_verify_table_is_kept_and_used_between_its_sizes(tmp_path):
     assert plain.verify_ms(3) == 265 and ComputeProfile.of(plain).verify_ms(3) == 265
 
 
-def test_bad_profiles_are_named(tmp_path):
+BASE = "t_draft_ms: 1\nverify_a_ms: 1\nverify_b_ms: 1\nprefill_ms_per_token: 1\n"
+
+
+@pytest.mark.parametrize("body, words", [
+    ("alpha: 2\n", "alpha"),
+    ("alpha: 0.5\nspeed: 3\n", "unknown key.*speed"),
+    ("alpha: 0.5\ntrace: [1, -1]\n", "trace"),
+    ("alpha: 0.5\nverify_ms_by_n: [3]\n", "verify_ms_by_n must be a mapping"),
+    ("alpha: 0.5\nverify_ms_by_n: {2: fast}\n", "verify_ms_by_n must map token counts to milliseconds"),
+])
+def test_bad_profiles_are_named(tmp_path, body, words):
     p = tmp_path / "bad.yaml"
-    p.write_text("t_draft_ms: 1\nverify_a_ms: 1\nverify_b_ms: 1\nprefill_ms_per_token: 1\nalpha: 2\n")
-    with pytest.raises(ModelError, match="alpha"):
+    p.write_text(BASE + body)
+    with pytest.raises(ModelError, match=words):
         load_profile(str(p))
-    p.write_text("t_draft_ms: 1\nverify_a_ms: 1\nverify_b_ms: 1\nprefill_ms_per_token: 1\nalpha: 0.5\nspeed: 3\n")
-    with pytest.raises(ModelError, match="unknown key.*speed"):
-        load_profile(str(p))
-    p.write_text("t_draft_ms: 1\nverify_a_ms: 1\nverify_b_ms: 1\nprefill_ms_per_token: 1\nalpha: 0.5\ntrace: [1, -1]\n")
-    with pytest.raises(ModelError, match="trace"):
-        load_profile(str(p))
-    p.write_text("t_draft_ms: 1\nverify_a_ms: 1\nverify_b_ms: 1\nprefill_ms_per_token: 1\nalpha: 0.5\nverify_ms_by_n: [3]\n")
-    with pytest.raises(ModelError, match="verify_ms_by_n must be a mapping"):
-        load_profile(str(p))
-    p.write_text("t_draft_ms: 1\nverify_a_ms: 1\nverify_b_ms: 1\nprefill_ms_per_token: 1\nalpha: 0.5\nverify_ms_by_n: {2: fast}\n")
-    with pytest.raises(ModelError, match="verify_ms_by_n must map token counts to milliseconds"):
-        load_profile(str(p))
+
+
+def test_an_unknown_profile_is_named():
     with pytest.raises(ModelError, match="no synthetic profile"):
         load_profile("nope")
 
