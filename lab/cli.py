@@ -105,16 +105,19 @@ def stop_signals_as_interrupt(signums=STOP_SIGNALS):
         yield
     finally:
         try:
-            with sending:            # a resend under way lands here, with this block's handler in place
-                active[0] = False
+            active[0] = False        # no resend starts from here on ...
             for t in resends:
                 t.cancel()
+            with sending:            # ... and one under way lands here, with this block's handler in place
+                pass
         finally:
             sys.unraisablehook = previous_hook
             for s, h in old.items():
                 signal.signal(s, h)
     if lost:                         # the block ended normally before the resend: the stop still counts
-        raise Terminated(lost[-1])
+        stop = Terminated(lost[-1])
+        stop.kept = "the command had finished before the stop was seen; what it wrote is kept"
+        raise stop
 
 
 def _need_root(what: str) -> None:
