@@ -4,7 +4,8 @@ What is measured, with the torch threads per model the nodes run with (DEFAULT_T
 times each in a process that holds that one model, as its node's does (time_alone):
   t_draft_ms            one draft forward of one token after a prompt (median)
   t_verify(n)           one target forward over n tokens, n in VERIFY_NS (median of repeats,
-                        rolled back after each), fitted as verify_a_ms + verify_b_ms·n
+                        rolled back after each), kept as measured (verify_ms_by_n; a CPU's is
+                        not a line) and fitted as verify_a_ms + verify_b_ms·n for past them
   prefill_ms_per_token  the target's prompt prefill divided by the prompt length (median over
                         prompts; the draft's is recorded beside it)
   alpha, trace          greedy agreement of the draft with the target along the target's own
@@ -90,10 +91,10 @@ def agreement_trace(agree: list[bool]) -> list[int]:
 
 
 def measure_pair(draft, target, prompts: list[dict], max_new_tokens: int,
-                 out: Callable[[str], None] = print, timing: bool = True) -> dict:
-    """Everything the profile needs, measured; plus the raw figures for the record.  timing=False:
-    the agreement only (alpha, trace, prompt_agreement …) and each prompt's `runs` (its ids and the
-    target's continuation), for time_target / time_draft to time elsewhere (time_alone)."""
+                 out: Callable[[str], None] = print) -> dict:
+    """The pair's agreement (alpha, trace, prompt_agreement, prompt_answer, prompt_confidence) and each
+    prompt's `runs` (its ids and the target's greedy continuation), which time_target / time_draft
+    time in a process of each model's own (time_alone)."""
     from lab.models.synthetic import encode_confidence, encode_words, prompt_key
 
     agree, trace, runs = [], [], []
@@ -133,9 +134,6 @@ def measure_pair(draft, target, prompts: list[dict], max_new_tokens: int,
             f"{sum(mine)}/{len(mine)}" + ("" if end is None else f" (the answer ends at token {end})"))
     m = {"alpha": float(np.mean(agree)), "trace": trace, "prompt_agreement": per_prompt, "prompt_answer": answer,
          "prompt_confidence": confidence, "positions": len(agree), "runs": runs}
-    if timing:
-        m.update(time_target(target, runs))
-        m.update(time_draft(draft, runs))
     return m
 
 
@@ -176,31 +174,57 @@ def time_draft(draft, runs: list[tuple[list[int], list[int]]]) -> dict:
 TIME_ALONE_TIMEOUT_S = 1800     # loading one model and timing it: 1–3 min on the hosts measured
 
 
-def _time_role(models: str, role: str, dtype: str, threads: int, kernels: str | None, runs) -> dict:
-    """time_alone's child: load `role` as its node does, warm it up, time it."""
-    from lab.models import warm_up
-    from lab.models.select import load_role
-    model = load_role(models, role, dtype=dtype, threads=threads, kernels=kernels)
-    warm_up(model)
-    return (time_target if role == "target" else time_draft)(model, runs)
+def _time_role(conn, models: str, role: str, dtype: str, threads: int, kernels: str | None, runs) -> None:
+    """time_alone's child: load `role` as its node does, warm it up, time it, send back the figures
+    (or the error).  Ctrl-C is the parent's to handle: it stops this process."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        from lab.models import warm_up
+        from lab.models.select import load_role
+        model = load_role(models, role, dtype=dtype, threads=threads, kernels=kernels)
+        warm_up(model)
+        conn.send(("ok", (time_target if role == "target" else time_draft)(model, runs)))
+    except Exception as e:      # noqa: BLE001 — reported by the parent, by name
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        conn.close()
 
 
 def time_alone(models: str, role: str, runs, dtype: str, threads: int, kernels: str | None = None,
                timeout_s: float = TIME_ALONE_TIMEOUT_S) -> dict:
     """time_target or time_draft in a fresh process holding that one model, as its node's process does.
-    In the process that holds both, the target ran 15–25 % slower than in the cloud node (290–310 ms a
-    step against 231–241 on a 2-vCPU EPYC: docs/MEASUREMENTS.md), and the simulator, given that profile,
-    predicted cloud-only on wan-50ms 17.6 % slow."""
+    In the process that holds both, the target's step read 290–310 ms where the cloud node's read
+    231–241 (docs/MEASUREMENTS.md), and the simulator, given that profile, predicted cloud-only on
+    wan-50ms 17.6 % slow.  The child is stopped on every way out: a timeout, an error, Ctrl-C."""
     import multiprocessing
 
     from lab.models import ModelError
-    with multiprocessing.get_context("spawn").Pool(1) as pool:    # the pool's exit terminates the child
-        job = pool.apply_async(_time_role, (models, role, dtype, threads, kernels, runs))
+    ctx = multiprocessing.get_context("spawn")
+    mine, theirs = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_time_role, args=(theirs, models, role, dtype, threads, kernels, runs),
+                        name=f"sdl-profile-{role}", daemon=True)
+    child.start()
+    theirs.close()
+    try:
+        if not mine.poll(timeout_s):
+            raise ModelError(f"profile: timing the {role} in its own process took over {timeout_s:.0f} s "
+                             "(is another model run or benchmark using the cores?)")
         try:
-            return job.get(timeout_s)
-        except multiprocessing.TimeoutError:
-            raise ModelError(f"profile: timing the {role} in its own process took over {timeout_s:.0f} s; "
-                             "is the host busy? (`lab doctor` shows what else runs)") from None
+            status, value = mine.recv()
+        except EOFError:
+            child.join(5)
+            raise ModelError(f"profile: the process timing the {role} died (exit code {child.exitcode}); "
+                             "out of memory?") from None
+        if status != "ok":
+            raise ModelError(f"profile: timing the {role} failed: {value}")
+        return value
+    finally:
+        mine.close()
+        child.join(5)
+        if child.is_alive():
+            child.kill()
+            child.join(5)
 
 
 def cycle_compute(record: dict):
@@ -371,7 +395,7 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
     kernels = {"draft_kernels": getattr(draft, "kernels", None), "target_kernels": getattr(target, "kernels", None)}
     if kernels["draft_kernels"]:
         out(f"draft: {kernels['draft_kernels']}; target: {kernels['target_kernels']}")
-    m = measure_pair(draft, target, prompts, max_new_tokens, out, timing=False)
+    m = measure_pair(draft, target, prompts, max_new_tokens, out)
     vocab = int(target.vocab_size)
     if not acceptance_only:
         del draft, target           # each is timed alone in a process of its own, as its node runs it

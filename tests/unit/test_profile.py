@@ -55,7 +55,9 @@ def test_each_model_is_timed_in_a_process_of_its_own(tmp_path, monkeypatch):
 
 def test_measure_pair_recovers_the_synthetic_profile(pair):
     draft, target, truth = pair
+    from lab.profile import time_draft, time_target
     m = measure_pair(draft, target, PROMPTS, max_new_tokens=16, out=lambda s: None)
+    m.update(time_target(target, m["runs"]), **time_draft(draft, m["runs"]))
     # The trace pattern T T F | F | T T T F, read back exactly from each prompt's 16 positions.
     assert m["trace"] == [2, 0, 3, 2, 0, 3] * 2
     assert m["alpha"] == pytest.approx(10 / 16)
@@ -145,8 +147,8 @@ def test_profile_goes_to_this_hosts_cache_and_sim_uses_it(pair, shipped, monkeyp
 def test_measure_pair_keeps_each_prompts_agreement_keyed_as_a_synthetic_session_keys_it(pair):
     from lab.models.synthetic import encode_words, prompt_key
     draft, target, _ = pair
-    m = measure_pair(draft, target, PROMPTS, max_new_tokens=16, out=lambda s: None, timing=False)
-    assert "verify_a_ms" not in m                   # timing=False: no verify repeats
+    m = measure_pair(draft, target, PROMPTS, max_new_tokens=16, out=lambda s: None)
+    assert "verify_a_ms" not in m                   # the agreement only: time_alone times each model
     want = "11001110" * 2                          # T T F | F | T T T F, from the first generated position
     assert m["prompt_agreement"] == {prompt_key(encode_words(p["prompt"], 500)): want for p in PROMPTS}
 
@@ -306,7 +308,7 @@ def test_measure_pair_stops_at_the_targets_eos_and_records_the_answers_length(tm
     path = tmp_path / "ends.yaml"
     save_profile(prof, path)
     draft, target = load_synthetic("draft", str(path)), load_synthetic("target", str(path))
-    m = measure_pair(draft, target, PROMPTS, max_new_tokens=12, out=lambda s: None, timing=False)
+    m = measure_pair(draft, target, PROMPTS, max_new_tokens=12, out=lambda s: None)
     assert m["prompt_answer"] == {key: 5}
     assert m["prompt_agreement"][key] == "10111" and m["positions"] == 5 + 12
 
@@ -341,7 +343,14 @@ def test_measure_pair_reads_the_drafts_confidence_back(tmp_path):
     path = tmp_path / "conf.yaml"
     save_profile(prof, path)
     draft, target = load_synthetic("draft", str(path)), load_synthetic("target", str(path))
-    m = measure_pair(draft, target, PROMPTS[:1], max_new_tokens=8, out=lambda s: None, timing=False)
+    m = measure_pair(draft, target, PROMPTS[:1], max_new_tokens=8, out=lambda s: None)
     got = m["prompt_confidence"][key]
     assert got[:12] == "975040128899" and len(got) == 16
     assert all(got[i:i + 2] in ("69", "40") for i in (12, 14))
+
+
+def test_a_model_that_fails_to_load_in_its_own_process_is_named(tmp_path):
+    from lab.models import ModelError
+    from lab.profile import time_alone
+    with pytest.raises(ModelError, match=r"timing the target failed: ModelError: no synthetic profile"):
+        time_alone(f"synthetic:{tmp_path / 'absent.yaml'}", "target", [([1, 2], [3, 4])], "float32", 1, timeout_s=120)
