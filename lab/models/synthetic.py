@@ -205,9 +205,14 @@ def check_profile(prof: Profile) -> str | None:
     for key, n in prof.prompt_answer or ():
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             return f"prompt_answer[{key}] must be a token count >= 1, got {n!r}"
-    for n, ms in prof.verify_ms_by_n or ():
-        if not isinstance(n, int) or n < 1 or not ms >= 0:
-            return f"verify_ms_by_n[{n}] must be milliseconds >= 0 at a token count >= 1, got {ms!r}"
+    by_n = prof.verify_ms_by_n or ()
+    for n, ms in by_n:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            return f"verify_ms_by_n: token counts must be whole numbers >= 1, got {n!r}"
+        if not isinstance(ms, (int, float)) or not ms >= 0:
+            return f"verify_ms_by_n[{n}] must be milliseconds >= 0, got {ms!r}"
+    if [n for n, _ in by_n] != sorted({n for n, _ in by_n}):
+        return "verify_ms_by_n must list each token count once, in increasing order"
     return None
 
 

@@ -86,7 +86,7 @@ class ComputeProfile:
                        prefill_ms_per_token=float(profile.prefill_ms_per_token), alpha=float(profile.alpha),
                        vocab=int(getattr(profile, "vocab", 151_936)), seed=int(getattr(profile, "seed", 0)),
                        name=str(getattr(profile, "name", "custom")), source=str(getattr(profile, "source", "")),
-                       verify_by_n=tuple(getattr(profile, "verify_ms_by_n", None) or ()))
+                       verify_by_n=tuple(sorted(getattr(profile, "verify_ms_by_n", None) or ())))
         except AttributeError as e:
             raise SimError(f"profile {profile!r} lacks a field the simulator needs ({e})") from None
 
