@@ -216,8 +216,7 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int, threa
             stop_min, how = least_block(costs, t_draft, stop_k), ("no shorter block verifies cheaper, drafts "
                                                                    "included: spec.min_block on the t_verify above")
         out(f"  the stop's minimum block: {stop_min} ({how})")
-    stop_min = min(stop_min, stop_k)
-    stop_row = f"cloud-spec:{stop_k},stop={stop:g}" + (f",min={stop_min}" if stop_min > 1 else "")
+    stop_row = _stop_row(stop_k, stop, stop_min)
     for p in prompts:
         ids = prompt_ids[p["id"]]
         ours = cloud_spec("cloud-spec", draft, ids)
@@ -295,14 +294,15 @@ def simulated_stop_min(models: str, dtype: str, draft_kernels: str | None, cap: 
     line on a CPU and its draft confidence is the real draft's; without a host profile that measured
     both, (None, why)."""
     from lab.core.cycle import pooled_tokens_per_s
-    from lab.models.synthetic import confidence_measured, load_profile, resolve_profile
+    from lab.models.synthetic import confidence_measured, host_profile_path, load_profile
     from lab.scenario import load_scenario
 
-    name, which = resolve_profile("embedded-cpu", dtype, draft_kernels) if models == "embedded" else (None, "")
-    prof = load_profile(name) if name else None
-    if prof is None or "this host's" not in which or not confidence_measured(prof) or not prof.verify_ms_by_n:
+    host = host_profile_path("embedded", dtype, draft_kernels) if models == "embedded" else None
+    prof = load_profile(str(host)) if host is not None and host.is_file() else None
+    if prof is None or not confidence_measured(prof) or not prof.verify_ms_by_n:
         return None, "no host profile with measured t_verify(n) and draft confidence: `python -m lab profile`"
-    rows = {m: f"cloud-spec:{cap},stop={stop:g}" + (f",min={m}" if m > 1 else "") for m in mins if m <= cap}
+    name = str(host)
+    rows = {m: _stop_row(cap, stop, m) for m in mins if m <= cap}
     done: dict[str, list[dict]] = {r: [] for r in rows.values()}
     for seed in range(seeds):
         for rec, _ in simulate(load_scenario("lan"), list(rows.values()), name,
@@ -310,9 +310,15 @@ def simulated_stop_min(models: str, dtype: str, draft_kernels: str | None, cap: 
             if not rec["warmup"]:
                 done[rec["strategy"]].append(rec)
     rate = {m: pooled_tokens_per_s(done[r]) for m, r in rows.items()}
-    best = max(rate, key=lambda m: (round(rate[m], 2), -m))
+    best = max(rate, key=lambda m: (rate[m], -m))
     return best, ("the simulator's fastest on this host's profile: " +
                   ", ".join(f"min={m} {v:.2f}" for m, v in rate.items()) + " tok/s")
+
+
+def _stop_row(cap: int, stop: float, least: int) -> str:
+    """The strategy name of the stop row, spelled as lab.core.strategies spells it."""
+    from lab.core.strategies import make_strategy
+    return make_strategy(f"cloud-spec:{cap},stop={stop:g},min={least}").name
 
 
 def least_block(costs: dict, t_draft_ms: float, cap: int) -> int:
@@ -405,8 +411,8 @@ def default_k(models: str, out=print) -> int:
     prof = load_profile(name)
     k, tps = spec.best_k(prof.alpha, prof.t_draft_ms, lambda k: prof.verify_ms(k + 1), rtt_ms=0.0)
     out(f"K={k}: the throughput model's optimum for that profile "
-        f"(α {prof.alpha:.2f}, t_draft {prof.t_draft_ms:.0f} ms, t_verify(K+1) {prof.verify_a_ms:.0f} + "
-        f"{prof.verify_b_ms:.1f}·(K+1) ms → {tps:.2f} tok/s predicted at 1 thread)")
+        f"(α {prof.alpha:.2f}, t_draft {prof.t_draft_ms:.0f} ms, t_verify(K+1) {prof.verify_ms(k + 1):.0f} ms "
+        f"→ {tps:.2f} tok/s predicted)")
     return k
 
 
@@ -470,10 +476,13 @@ def bench_args(argv: list[str]):
     ap.add_argument("--stop-k", type=usage.whole(1), default=DEFAULT_STOP_K,
                     help=f"the most drafts a block of that row may hold (default {DEFAULT_STOP_K})")
     ap.add_argument("--stop-min", type=usage.whole(1),
-                    help="the fewest drafts the stop leaves a block of that row with (default: where no shorter "
-                         "block verifies cheaper, drafts included, by the t_verify measured here)")
+                    help="the fewest drafts the stop leaves a block of that row with (default: the one the "
+                         "simulator finds fastest on this host's profile, else where no shorter block verifies "
+                         "cheaper by the t_verify measured here)")
     ap.add_argument("--no-lan", action="store_true", help="skip the distributed fixed-k over lan part")
     a = ap.parse_args(argv)
+    if a.stop_min is not None and a.stop_min > a.stop_k:
+        ap.error(f"--stop-min {a.stop_min} exceeds --stop-k {a.stop_k} (the most drafts a block may hold)")
     if a.what == "colocated" and a.models.startswith("synthetic"):
         ap.error("--models: colocated compares against Hugging Face generate, which needs a real pair "
                  "(embedded or DRAFT_ID,TARGET_ID)")
