@@ -1083,6 +1083,11 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
     pipelined = [s for s in strategies if s.startswith("pipelined")]
     if compute_from == "profile":
         compute, own, speed = replace(ComputeProfile.of(agreement), name=f"the profile {path}"), {}, {}
+        import yaml
+        taken = ((yaml.safe_load(Path(path).read_text()) or {}).get("provenance") or {}).get("compute") or {}
+        if taken.get("run"):
+            out(f"  note: this profile's compute was taken from a run ({taken['run']}, `profile --from-run`), "
+                "not measured before it" + (": this very run" if Path(taken["run"]) == run_dir.resolve() else ""))
     else:
         compute = run_compute(queries, agreement)
         own = {s: run_compute(queries, agreement, s) for s in pipelined}
