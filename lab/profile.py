@@ -296,10 +296,8 @@ def profile_from_run(run_dir: str | Path, out_path: str | None = None, out: Call
     run's own (compute_from_run), its agreement kept.  Written where `lab profile` writes it (or --out)."""
     import json
 
-    import yaml
-
     from lab.models import ModelError
-    from lab.models.synthetic import host_profile_path, load_profile, save_profile
+    from lab.models.synthetic import host_profile_path, load_profile, profile_provenance, save_profile
     from lab.results import read_jsonl
 
     run = Path(run_dir)
@@ -325,7 +323,7 @@ def profile_from_run(run_dir: str | Path, out_path: str | None = None, out: Call
         out(f"  n={n:2d}  {ms:7.1f} ms ({m['cycles_by_n'][n]:3d} cycles)   fit {m['verify_a_ms'] + m['verify_b_ms'] * n:7.1f} ms   "
             f"the profile before {base.verify_ms(n):7.1f} ms")
     out(f"t_draft {prof.t_draft_ms:.1f} ms/token (the profile before {base.t_draft_ms:.1f})")
-    provenance = (yaml.safe_load(host.read_text()) or {}).get("provenance") or {}
+    provenance = profile_provenance(host)
     provenance["compute"] = {"measured_by": f"python -m lab profile --from-run {run}", "run": str(run.resolve()),
                              "scenario": (meta.get("scenario") or {}).get("name"),
                              "verify_ms_by_n": {int(n): round(v, 2) for n, v in m["verify_ms_by_n"].items()},
@@ -366,7 +364,8 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
                  acceptance_only: bool = False, draft_kernels: str | None = None) -> int:
     from lab.affinity import DEFAULT_THREADS_PER_NODE
     from lab.models.select import load_role, parse_models, prepare
-    from lab.models.synthetic import PROFILE_DIR, Profile, load_profile, nasd_table_path, save_profile
+    from lab.models.synthetic import (PROFILE_DIR, Profile, load_profile, nasd_table_path, profile_provenance,
+                                      save_profile)
     from lab.prompts import load_prompts
 
     from lab.models import cpu
@@ -409,9 +408,8 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
     measured = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "prompts": prompts_file or "built-in",
                 "max_new_tokens": max_new_tokens}
     if acceptance_only:
-        import yaml
         prof = replace(load_profile(str(path)), **acceptance)
-        provenance = (yaml.safe_load(path.read_text()) or {}).get("provenance") or {}
+        provenance = profile_provenance(path)
         provenance["acceptance"] = {"measured_by": "python -m lab profile --acceptance-only", "dtype": dtype,
                                     **measured}
         out(f"alpha {prof.alpha:.3f} over {m['positions']} positions (trace of {len(prof.trace or ())} runs, "

@@ -94,6 +94,8 @@ E2E_TOLERANCE_FRAC = 0.03
 # measured at another moment of a shared host, whose speed moved 9–15 % within 20–40 minutes
 # (docs/MEASUREMENTS.md): issue 15 asks for 10 %.
 PROFILE_TPS_TOLERANCE_FRAC = 0.10
+# A real pair's run judged on each compute source (`validate --run --compute`): its tokens/s tolerance.
+TPS_TOLERANCE = {"run": E2E_TOLERANCE_FRAC, "profile": PROFILE_TPS_TOLERANCE_FRAC}
 PROFILE = "validation"     # lab/models/profiles/validation.yaml: why not fast.yaml is written there
 # A case whose host drift (host_drift: its draft forwards' overshoot minus the calibration's) is beyond
 # this ran on a host that changed since it was calibrated: its rows are kept, marked superseded, and the
@@ -1005,9 +1007,6 @@ def describe_compute(c) -> str:
             + (f" (measured: {own} ms)" if own else "") + f" — from {c.name}")
 
 
-COMPUTE_SOURCES = ("run", "profile")
-
-
 def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
               out: Callable[[str], None] = print, compute_from: str = "run") -> list[RunRow]:
     """A real pair's lab run against the simulator of the same scenario, strategies, workload, TCP
@@ -1040,7 +1039,7 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
     TTFT is short of a real pair's (docs/MEASUREMENTS.md); tokens/s excludes the first token.  Queries
     the edge answered alone are left out of both sides, and said."""
     from lab.core.strategies import make_strategy
-    from lab.models.synthetic import confidence_measured, host_profile_path, load_profile
+    from lab.models.synthetic import confidence_measured, host_profile_path, load_profile, profile_provenance
     from lab.results import ResultsError, read_jsonl
     from lab.scenario import scenario_of_run
     from lab.sim.simulator import ComputeProfile, simulate
@@ -1078,13 +1077,12 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
             out(f"  {s}: not judged (it drafted with a confidence stop, and {path} has no measured draft "
                 "confidence to end the simulator's blocks by: `python -m lab profile --acceptance-only` adds it)")
         strategies = [s for s in strategies if s not in unstoppable]
-    if compute_from not in COMPUTE_SOURCES:
-        raise ValueError(f"compute_from must be one of {COMPUTE_SOURCES}, got {compute_from!r}")
+    if compute_from not in TPS_TOLERANCE:
+        raise ValueError(f"compute_from must be one of {tuple(TPS_TOLERANCE)}, got {compute_from!r}")
     pipelined = [s for s in strategies if s.startswith("pipelined")]
     if compute_from == "profile":
         compute, own, speed = replace(ComputeProfile.of(agreement), name=f"the profile {path}"), {}, {}
-        import yaml
-        taken = ((yaml.safe_load(Path(path).read_text()) or {}).get("provenance") or {}).get("compute") or {}
+        taken = profile_provenance(path).get("compute") or {}
         if taken.get("run"):
             out(f"  note: this profile's compute was taken from a run ({taken['run']}, `profile --from-run`), "
                 "not measured before it" + (": this very run" if Path(taken["run"]) == run_dir.resolve() else ""))
@@ -1137,8 +1135,8 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
     lab = [q for q in _measured(queries) if (q["strategy"], q["query_index"]) not in skip]
     paired = paired_loss_match(run_dir, links[0]) if paired_seed is not None and links else ""
     retrans = meta.get("tcp_recovery_by_strategy") or {}
-    tolerance = PROFILE_TPS_TOLERANCE_FRAC if compute_from == "profile" else E2E_TOLERANCE_FRAC
-    return [compare_run(s, lab, sim, _retrans_of(retrans.get(s)), paired, tolerance) for s in strategies]
+    return [compare_run(s, lab, sim, _retrans_of(retrans.get(s)), paired, TPS_TOLERANCE[compute_from])
+            for s in strategies]
 
 
 def recorded_stops(queries: list[dict]) -> dict[str, tuple[float | None, bool]]:
@@ -1161,7 +1159,7 @@ def validate_runs(run_dirs: Iterable[str], out: Callable[[str], None] = print, c
     tolerance."""
     rows: list[RunRow] = []
     given = "each run's compute" if compute_from == "run" else "this host's profile's compute (`lab profile`)"
-    tolerance = PROFILE_TPS_TOLERANCE_FRAC if compute_from == "profile" else E2E_TOLERANCE_FRAC
+    tolerance = TPS_TOLERANCE[compute_from]
     out(f"real pair's lab runs vs the simulator given {given}; tolerance |ΔP50|, |ΔP95| ≤ "
         f"{NETWORK_TOLERANCE_MS:g} ms per-cycle network, tokens/s P50 ≤ {100 * tolerance:g} %, "
         "blocks drafted ahead used: the simulator's share within the lab's 95 % interval")

@@ -268,8 +268,8 @@ def payload_bytes(mode: str, k: int, vocab: int) -> int:
 
 def verify_ms_at(n: int, a: float, b: float, by_n: tuple[tuple[int, float], ...] = ()) -> float:
     """t_verify(n), one target forward over n tokens: a + b·n, or, where some sizes were measured
-    (by_n, ((n, ms), …) sorted by n, each n once: bisect reads it), the measured ms at those sizes, straight between two of them and
-    with the line's slope b beyond them.  A CPU's t_verify(n) is not a line: oneDNN's fp32 GEMM on a
+    (by_n, ((n, ms), …) sorted by n, each n once: bisect reads it), the measured ms at those sizes,
+    straight between two of them and with the line's slope b beyond them.  A CPU's t_verify(n) is not a line: oneDNN's fp32 GEMM on a
     2-vCPU EPYC took 231, 293, 243, 228, 277 ms at n = 1, 2, 4, 6, 8, and the line through them missed
     n = 1, the cloud-only step, by 7 % (docs/MEASUREMENTS.md)."""
     if not by_n:

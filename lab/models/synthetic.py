@@ -220,6 +220,12 @@ def known_profiles() -> list[str]:
     return sorted(x.stem for x in PROFILE_DIR.glob("*.yaml"))
 
 
+def profile_provenance(path: str | Path) -> dict:
+    """The free-form `provenance` a profile YAML carries (how it was measured), which load_profile
+    leaves out; {} when it has none."""
+    return (yaml.safe_load(Path(path).read_text()) or {}).get("provenance") or {}
+
+
 def save_profile(profile: Profile, path: Path, provenance: dict | None = None) -> None:
     """Write a profile YAML that load_profile reads back (provenance: free-form, e.g. how it was measured)."""
     problem = check_profile(profile)
