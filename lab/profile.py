@@ -410,7 +410,9 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
     if acceptance_only:
         prof = replace(load_profile(str(path)), **acceptance)
         provenance = profile_provenance(path)
+        # the agreement's own conditions: the compute kept beside it may come from another host
         provenance["acceptance"] = {"measured_by": "python -m lab profile --acceptance-only", "dtype": dtype,
+                                    **kernels, **{k: cpu.describe()[k] for k in ("cpu_model", "cpu_flags")},
                                     **measured}
         out(f"alpha {prof.alpha:.3f} over {m['positions']} positions (trace of {len(prof.trace or ())} runs, "
             f"{len(m['prompt_agreement'])} prompts); compute times kept from {path}")

@@ -169,6 +169,8 @@ def test_acceptance_only_rewrites_the_agreement_and_keeps_the_compute_times(pair
     assert list(dict(got.prompt_agreement).values()) == ["11001110"]        # limit=1: one prompt
     prov = yaml.safe_load(path.read_text())["provenance"]
     assert prov["date"] == "then" and prov["acceptance"]["max_new_tokens"] == 8
+    # the agreement says where it was measured: the compute kept beside it may be another host's
+    assert prov["acceptance"]["cpu_model"] and "cpu_flags" in prov["acceptance"]
 
 
 def test_acceptance_only_needs_a_profile_to_update(pair, monkeypatch, tmp_path):
