@@ -29,6 +29,24 @@ def _obs(k, net, accepted=1):
                             cloud_compute_ms=30, edge_compute_ms=20)
 
 
+@pytest.fixture(scope="module")
+def slow_pair(tmp_path_factory) -> str:
+    """A pair whose split loses to the cloud past ~200 ms, with its NASD table beside it: the shipped
+    embedded-cpu's compute with i.i.d. agreement α = 0.8 and no measured confidence.  (The shipped
+    profile's own agreement, 0.92 and in long runs, keeps speculation ahead up to 750 ms.)"""
+    from dataclasses import replace
+
+    from lab.calibrate import calibrate
+    from lab.models.synthetic import load_profile, nasd_table_path, save_profile
+    prof = replace(load_profile("embedded-cpu"), alpha=0.8, trace=None, prompt_agreement=None,
+                   prompt_answer=None, prompt_confidence=None)
+    path = tmp_path_factory.mktemp("profiles") / "slow-pair.yaml"
+    save_profile(prof, path)
+    doc = calibrate(str(path), rtts=(0, 5, 10, 25, 50, 100, 150, 200, 250, 300, 500), queries=2)
+    nasd_table_path(str(path)).write_text(json.dumps(doc))
+    return str(path)
+
+
 def test_nasd_takes_the_tables_k_from_the_measured_network_time():
     s = Nasd("smoothing=1", table=_table())
     s.start_query()
@@ -219,10 +237,10 @@ def test_oracle_refuses_outside_the_simulator():
         s.next_k()
 
 
-def test_nasd_cloud_fallback_streams_at_cloud_only_pace_in_the_simulator():
+def test_nasd_cloud_fallback_streams_at_cloud_only_pace_in_the_simulator(slow_pair):
     sc = GridPoint(500, 100).scenario(["nasd", "cloud-only"])
     recs, cycles = [], []
-    for r, c in simulate(sc, ["nasd", "cloud-only", "fixed-k:3"], "embedded-cpu", queries=2):
+    for r, c in simulate(sc, ["nasd", "cloud-only", "fixed-k:3"], slow_pair, queries=2):
         recs.append(r)
         cycles += c
     tps = _tps(recs)
@@ -233,19 +251,19 @@ def test_nasd_cloud_fallback_streams_at_cloud_only_pace_in_the_simulator():
     assert all(c["fallback"] is None and "estimate_ms" in c for c in cycles if c["strategy"] == "fixed-k:3")
 
 
-def test_nasd_resumes_speculation_when_the_link_recovers():
+def test_nasd_resumes_speculation_when_the_link_recovers(slow_pair):
     from lab.scenario import parse_scenario
     sc = parse_scenario({"name": "flip", "link": {"delay_ms": 250, "rate_mbit": 100},
                          "timeline": {"steps": [{"at_s": 0, "link": {"delay_ms": 250}},
                                                 {"at_s": 10, "link": {"delay_ms": 5}}]},
                          "workload": {"queries": 4}, "strategies": ["nasd"]})
-    ks = [k for r, _ in simulate(sc, ["nasd"], "embedded-cpu") if not r["warmup"] for k in r["k_per_cycle"]]
+    ks = [k for r, _ in simulate(sc, ["nasd"], slow_pair) if not r["warmup"] for k in r["k_per_cycle"]]
     assert ks[0] == 0 and max(ks[-5:]) > 0      # cloud stretches first, speculation at the end
 
 
-def test_calibrate_finds_the_reversal():
+def test_calibrate_finds_the_reversal(slow_pair):
     from lab.calibrate import calibrate
-    doc = calibrate("embedded-cpu", rtts=(0, 500), queries=1)
+    doc = calibrate(slow_pair, rtts=(0, 500), queries=1)
     assert [r["rtt_ms"] for r in doc["rows"]] == [0, 500]
     assert doc["reversal"]["cloud"] == 500
     by_k = doc["rows"][0]["tokens_per_s_by_k"]
@@ -269,16 +287,16 @@ def test_timeline_ramp_interpolates_and_checks_its_start():
             {"at_s": 10, "link": {}}, {"at_s": 20, "link": {"delay_ms": 50}, "ramp_s": 15}]}})
 
 
-def test_results_record_controller_and_trace_draws(tmp_path):
+def test_results_record_controller_and_trace_draws(tmp_path, slow_pair):
     import json
     from lab.results import read_jsonl
     from lab.scenario import load_scenario
     from lab.sim.simulator import write_run
     from lab.trace import draw
-    run = write_run(load_scenario("oscillating"), tmp_path, strategies=["fixed-k:3", "nasd"], profile="embedded-cpu",
+    run = write_run(load_scenario("oscillating"), tmp_path, strategies=["fixed-k:3", "nasd"], profile=slow_pair,
                     queries=3)
     meta = json.loads((run / "meta.json").read_text())
-    assert meta["controllers"]["nasd"]["table"].endswith("embedded-cpu.nasd.json")
+    assert meta["controllers"]["nasd"]["table"].endswith("slow-pair.nasd.json")
     assert meta["controllers"]["nasd"]["table_provenance"]["rate_mbit"] == 100.0
     cycles = read_jsonl(run / "cycles.jsonl")
     assert all({"k", "network_ms", "accepted", "fallback", "fallback_reason", "estimate_ms"} <= set(c) for c in cycles)
@@ -428,7 +446,7 @@ def _sure_profile(tmp_path) -> str:
     return str(tmp_path / "sure.yaml")
 
 
-def test_calibrate_adds_the_rows_under_the_stop_for_a_profile_with_measured_confidence(tmp_path):
+def test_calibrate_adds_the_rows_under_the_stop_for_a_profile_with_measured_confidence(tmp_path, slow_pair):
     from lab.calibrate import STOP_GRID, calibrate, format_table
     from lab.core.strategies import ADAPTIVE_STOP
     doc = calibrate(_sure_profile(tmp_path), rtts=(0, 100), queries=1, k_max=6)
@@ -452,7 +470,7 @@ def test_calibrate_adds_the_rows_under_the_stop_for_a_profile_with_measured_conf
     s.start_query()
     s.link_hint(0.0)
     assert s.next_k() == doc["rows"][0]["stopped"]["k"] and s.block_stop == doc["rows"][0]["stopped"]["stop"]
-    plain = calibrate("embedded-cpu", rtts=(0,), queries=1, k_max=3)
+    plain = calibrate(slow_pair, rtts=(0,), queries=1, k_max=3)
     assert "stop" not in plain and "stopped" not in plain["rows"][0]
 
 

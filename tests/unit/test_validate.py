@@ -301,18 +301,31 @@ def test_judge_refuses_a_timeline_run_lined_up_otherwise(tmp_path):
 # ------------------------------------------------------------------ a real pair's run (judge_run)
 
 STRATS = ["cloud-only", "fixed-k:3", "pipelined:3", "cloud-spec"]
-SHIPPED = "lab/models/profiles/embedded-cpu.yaml"
+
+
+@pytest.fixture(scope="module")
+def one_trace(tmp_path_factory) -> str:
+    """The shipped embedded-cpu profile with one agreement trace for every prompt (its per-prompt
+    agreement, answers and confidence left out): a run's queries are then alike, so the lab sample's
+    own uncertainty (ok~) does not blur the verdicts these tests check."""
+    from dataclasses import replace
+
+    from lab.models.synthetic import load_profile
+    path = tmp_path_factory.mktemp("profiles") / "one-trace.yaml"
+    save_profile(replace(load_profile("embedded-cpu"), prompt_agreement=None, prompt_answer=None,
+                         prompt_confidence=None), path)
+    return str(path)
 
 
 @pytest.fixture
-def real_run(tmp_path):
+def real_run(tmp_path, one_trace):
     """A results folder shaped like a real pair's lab run, its records the simulator's own (so its
-    compute is the shipped profile's and the link exactly the scenario's)."""
+    compute is the profile's and the link exactly the scenario's)."""
     import json
 
     from lab.scenario import load_scenario
     from lab.sim.simulator import write_run
-    run = write_run(load_scenario("wan-50ms"), tmp_path, strategies=STRATS, profile=SHIPPED, queries=4,
+    run = write_run(load_scenario("wan-50ms"), tmp_path, strategies=STRATS, profile=one_trace, queries=4,
                     warmup_queries=1, max_new_tokens=24, seed=0)
     meta = json.loads((run / "meta.json").read_text())
     meta.update(models="embedded", dtype="float32", strategies=STRATS, congestion_control="cubic",
@@ -329,10 +342,10 @@ def _rewrite(run, strategy, change):
     path.write_text("".join(json.dumps(change(r) if r["strategy"] == strategy else r) + "\n" for r in recs))
 
 
-def test_a_real_pairs_run_judged_on_its_own_compute_agrees_where_nothing_differs(real_run):
+def test_a_real_pairs_run_judged_on_its_own_compute_agrees_where_nothing_differs(real_run, one_trace):
     from lab.validate import judge_run
     lines = []
-    rows = {r.strategy: r for r in judge_run(real_run, profile=SHIPPED, seeds=1, out=lines.append)}
+    rows = {r.strategy: r for r in judge_run(real_run, profile=one_trace, seeds=1, out=lines.append)}
     # cloud-spec's cloud computes both models in one figure: not judged, and said so.
     assert set(rows) == {"cloud-only", "fixed-k:3", "pipelined:3"}
     assert any("cloud-spec: not judged" in s for s in lines)
@@ -351,19 +364,19 @@ def test_a_real_pairs_run_judged_on_its_own_compute_agrees_where_nothing_differs
     assert n > 0 and rows["pipelined:3"].sim_used == (k, n)
 
 
-def test_a_real_pairs_run_fails_the_row_whose_tokens_per_s_or_share_used_differs(real_run):
+def test_a_real_pairs_run_fails_the_row_whose_tokens_per_s_or_share_used_differs(real_run, one_trace):
     from lab.validate import judge_run
     _rewrite(real_run, "fixed-k:3", lambda r: {**r, "tokens_per_s": r["tokens_per_s"] * 0.9})
     _rewrite(real_run, "pipelined:3", lambda r: {**r, "optimistic_per_cycle":
                                                  [None if f is None else 1 for f in r["optimistic_per_cycle"]]})
-    rows = {r.strategy: r for r in judge_run(real_run, profile=SHIPPED, seeds=1, out=lambda s: None)}
+    rows = {r.strategy: r for r in judge_run(real_run, profile=one_trace, seeds=1, out=lambda s: None)}
     assert rows["fixed-k:3"].verdict == "FAIL" and rows["fixed-k:3"].tps_frac == pytest.approx(1 / 0.9 - 1)
     assert not rows["pipelined:3"].used_ok and rows["pipelined:3"].verdict == "FAIL"
     assert rows["cloud-only"].verdict == "ok"
 
 
 @pytest.mark.parametrize("slower,verdict", [(1.08, "ok"), (1.2, "FAIL")])
-def test_a_real_pairs_run_predicted_from_the_profile_alone_is_judged_within_ten_percent(real_run, tmp_path,
+def test_a_real_pairs_run_predicted_from_the_profile_alone_is_judged_within_ten_percent(real_run, tmp_path, one_trace,
                                                                                         slower, verdict):
     """--compute profile: the simulator computes at the profile's speed, not the run's.  A profile
     that times the pair `slower` than the run ran predicts every strategy that much slower (less the
@@ -372,7 +385,7 @@ def test_a_real_pairs_run_predicted_from_the_profile_alone_is_judged_within_ten_
 
     from lab.models.synthetic import load_profile
     from lab.validate import PROFILE_TPS_TOLERANCE_FRAC, judge_run
-    base = load_profile(SHIPPED)
+    base = load_profile(one_trace)
     slow = replace(base, t_draft_ms=base.t_draft_ms * slower, verify_a_ms=base.verify_a_ms * slower,
                    verify_b_ms=base.verify_b_ms * slower)
     path = tmp_path / "slow.yaml"
@@ -404,7 +417,7 @@ def test_a_querys_speed_is_its_nodes_compute_over_the_runs():
     assert query_speed(cloud, c) == (pytest.approx(1.0), 1.0)
 
 
-def test_judge_run_refuses_a_synthetic_run_by_name(real_run):
+def test_judge_run_refuses_a_synthetic_run_by_name(real_run, one_trace):
     import json
 
     from lab.results import ResultsError
@@ -412,7 +425,7 @@ def test_judge_run_refuses_a_synthetic_run_by_name(real_run):
     meta = json.loads((real_run / "meta.json").read_text())
     (real_run / "meta.json").write_text(json.dumps({**meta, "models": "synthetic:fast"}))
     with pytest.raises(ResultsError, match=r"ran 'synthetic:fast'.*`validate SCENARIO`"):
-        judge_run(real_run, profile=SHIPPED, out=lambda s: None)
+        judge_run(real_run, profile=one_trace, out=lambda s: None)
 
 
 def test_a_runs_ranking_is_by_pooled_tokens_per_s_on_each_side():
