@@ -23,7 +23,7 @@ import zmq
 
 from lab.core import protocol, spec
 from lab.core.budget import DEFAULT_FIXED_S, ReplyBudget
-from lab.core.cycle import QueryLog, Verdict, alone_loop, run_query
+from lab.core.cycle import QueryLog, Verdict, alone_loop, draft_limits, run_query
 from lab.core.decoding import DraftSide, DraftState, now_ms
 from lab.core.protocol import Message, ProtocolError, generate_fields, ids
 from lab.core.strategies import CLOUD_ALONE, StrategyError, make_strategy, split_strategies
@@ -320,9 +320,9 @@ class EdgeQuery:
         w, link = self.node.w, self.node.link
         mode = "target" if strategy.placement == "cloud" else "spec"
         k = strategy.next_k() if mode == "spec" else 0
-        stop = getattr(strategy, "draft_stop", None) if mode == "spec" else None
+        stop, stop_min = draft_limits(strategy) if mode == "spec" else (None, 1)
         mid, up = link.send("generate", generate_fields(self.qid, mode, k, w["max_new_tokens"], w["temperature"],
-                                                        self.seed, stop, getattr(strategy, "draft_min", 1)),
+                                                        self.seed, stop, stop_min),
                             {"prompt_ids": ids(self.prompt_ids)})
         t_prev = log.t_submit
         wait_s = self.node.budget.generate_first_s(len(self.prompt_ids), k)

@@ -1160,12 +1160,12 @@ def validate_runs(run_dirs: Iterable[str], out: Callable[[str], None] = print, c
     rows: list[RunRow] = []
     given = "each run's compute" if compute_from == "run" else "this host's profile's compute (`lab profile`)"
     tolerance = TPS_TOLERANCE[compute_from]
+    name = "validation-run.csv" if compute_from == "run" else "validation-run-profile.csv"
     out(f"real pair's lab runs vs the simulator given {given}; tolerance |ΔP50|, |ΔP95| ≤ "
         f"{NETWORK_TOLERANCE_MS:g} ms per-cycle network, tokens/s P50 ≤ {100 * tolerance:g} %, "
         "blocks drafted ahead used: the simulator's share within the lab's 95 % interval")
     for d in run_dirs:
         new = judge_run(Path(d), out=out, compute_from=compute_from)
-        name = "validation-run.csv" if compute_from == "run" else "validation-run-profile.csv"
         with open(Path(d) / name, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(new[0].as_dict()) if new else ["strategy"])
             writer.writeheader()

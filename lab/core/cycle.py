@@ -170,8 +170,7 @@ def speculate(strategy: Strategy, seam: Seam, log: QueryLog, max_new: int, eos,
     if hint is not None and hasattr(strategy, "link_hint"):
         strategy.link_hint(hint)
     control = getattr(strategy, "control", None)
-    stop = getattr(strategy, "draft_stop", None)
-    stop_min = getattr(strategy, "draft_min", 1)            # the stop's first chance (spec.min_block)
+    stop, stop_min = draft_limits(strategy)
     seq, done, stale = 0, len(log.tokens) >= max_new, False
     ahead: tuple[int, dict | None] | None = None     # a choice made during a cloud stretch
     while not done:
@@ -295,6 +294,12 @@ def run_query(strategy: Strategy, driver: QueryDriver, log: QueryLog, max_new: i
     else:
         raise StrategyError(f"strategy {strategy.name!r} has placement {placement!r}; "
                             f"known placements: {', '.join(PLACEMENTS)}")
+
+
+def draft_limits(strategy) -> tuple[float | None, int]:
+    """A strategy's confidence stop and the fewest drafts the stop leaves a block with (draft_stop,
+    draft_min: lab/core/strategies.py; spec.min_block); (None, 1) for a strategy without a stop."""
+    return getattr(strategy, "draft_stop", None), getattr(strategy, "draft_min", 1)
 
 
 class FixedK:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from lab.core import spec
-from lab.core.cycle import FixedK, QueryLog, Verdict, run_query, speculate
+from lab.core.cycle import FixedK, QueryLog, Verdict, draft_limits, run_query, speculate
 from lab.core.strategies import CLOUD_ALONE, StrategyError, make_strategy
 from lab.sim.netsim import SimError, make_link_model
 from lab.prompts import load_prompts
@@ -289,8 +289,7 @@ class _SimQuery:
         spec_mode = strategy.placement == "cloud-spec"
         k = strategy.next_k() if spec_mode else 0
         mid = run._id()
-        stop = getattr(strategy, "draft_stop", None) if spec_mode else None
-        stop_min = getattr(strategy, "draft_min", 1)
+        stop, stop_min = draft_limits(strategy) if spec_mode else (None, 1)
         up = sizes.generate(mid, self.qid, "spec" if spec_mode else "target", k, w, self.seed, L, stop, stop_min)
         h = run._submit(run.t, "up", up.wire)
         run._flush_end()
