@@ -9,12 +9,21 @@ pass over all the weights), and t_verify(K+1) jumps to ~2x t_decode (docs/MEASUR
 (`mkldnn._reorder_linear_weight`, the layout torch's own inductor uses when it freezes a model)
 removes the per-call pass.  Same weights, same math, fp32 accumulation: the outputs differ from
 the unpacked GEMM's only in summation order (~1e-6 relative), as any two GEMM kernels do.
+
+On some CPUs oneDNN streams the packed weights slower for one or two rows than for four: on a Zen 4
+EPYC (2 threads, fp32) a whole forward of the 1.5B target took 207–240 ms at 1 token, 262–292 ms at
+2, and 151–163 ms at 1–6 tokens with every Linear fed at least 4 rows (the rest zeros, dropped
+after).  On a Sapphire Rapids Xeon 1 row was the fastest.  So whether a forward of fewer rows is
+padded is measured on each packed model as it loads (`choose_min_rows`), not assumed; a padded row
+adds no term to a real row's dot products (docs/MEASUREMENTS.md, "Padded rows").
 """
 from __future__ import annotations
 
 import torch
 
 PACK_BATCH_HINT = 8              # oneDNN's layout hint: the verify blocks we run are 1..K+1 <= 8 rows
+PAD_ROWS = 4                     # the rows a short forward is padded to, where that measures faster
+PAD_GAIN = 0.9                   # padding is kept only if a step takes at most this share of the unpadded one
 
 
 class PackedLinear(torch.nn.Module):
@@ -30,10 +39,15 @@ class PackedLinear(torch.nn.Module):
         self.bias = linear.bias
         self.weight = linear.weight if keep_weight else None
         self.n_params = w.numel() + (linear.bias.numel() if linear.bias is not None else 0)
+        self.min_rows = 1                # set_min_rows: fewer rows are padded with zeros to this many
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]), self.packed, self.bias, "none", [], "")
+        x = x.reshape(-1, shape[-1])
+        rows = x.shape[0]
+        if rows < self.min_rows:
+            x = torch.cat([x, x.new_zeros(self.min_rows - rows, shape[-1])])
+        y = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")[:rows]
         return y.reshape(*shape[:-1], self.out_features)
 
 
@@ -53,3 +67,33 @@ def pack_linears(model: torch.nn.Module) -> int:
     for parent, name, child in todo:
         setattr(parent, name, PackedLinear(child, keep_weight=child is out_emb))
     return len(todo)
+
+
+def set_min_rows(model: torch.nn.Module, rows: int) -> None:
+    """Every PackedLinear of `model` pads a forward of fewer than `rows` rows to `rows`."""
+    for m in model.modules():
+        if isinstance(m, PackedLinear):
+            m.min_rows = rows
+
+
+def choose_min_rows(model: torch.nn.Module, repeats: int = 3) -> tuple[int, dict[int, float]]:
+    """Time a one-token forward of the packed `model` unpadded and padded to PAD_ROWS, interleaved
+    (so a change in the host's speed touches both), and keep padding only where it is clearly faster
+    (PAD_GAIN); returns (min_rows now set, {rows: median ms})."""
+    import statistics
+    import time
+
+    x = torch.zeros(1, 1, dtype=torch.long)
+    times: dict[int, list[float]] = {1: [], PAD_ROWS: []}
+    with torch.inference_mode():
+        for i in range(repeats + 1):                       # the first round warms both paths up
+            for rows in times:
+                set_min_rows(model, rows)
+                t = time.perf_counter()
+                model(input_ids=x, use_cache=False)
+                if i:
+                    times[rows].append((time.perf_counter() - t) * 1e3)
+    ms = {rows: statistics.median(v) for rows, v in times.items()}
+    chosen = PAD_ROWS if ms[PAD_ROWS] <= PAD_GAIN * ms[1] else 1
+    set_min_rows(model, chosen)
+    return chosen, ms

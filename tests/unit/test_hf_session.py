@@ -229,6 +229,57 @@ def test_packed_linears_give_the_same_greedy_tokens(tiny):
     np.testing.assert_allclose(s.extend(ref[:6]), s2.extend(ref[:6]), atol=ATOL)
 
 
+def test_packed_short_forwards_padded_give_the_same_rows(tiny):
+    """A packed model padded to PAD_ROWS (lab/models/packed.py): a forward of 1…3 rows returns those
+    rows as the unpadded one does (zero rows add no term), so a session's greedy tokens are unchanged."""
+    import copy
+
+    from lab.models.packed import PAD_ROWS, can_pack, pack_linears, set_min_rows
+    if not can_pack(torch.float32):
+        pytest.skip("torch built without oneDNN")
+    packed = copy.deepcopy(tiny)
+    pack_linears(packed)
+    prompt = ids(12, seed=5)
+    runs = {}
+    for rows in (1, PAD_ROWS):
+        set_min_rows(packed, rows)
+        s = HFSession(packed)
+        first = s.prefill(prompt)
+        runs[rows] = (first, [s.extend(ids(n, seed=n)) for n in (1, 2, 3)])
+    np.testing.assert_allclose(runs[1][0], runs[PAD_ROWS][0], atol=ATOL)
+    for unpadded, padded in zip(runs[1][1], runs[PAD_ROWS][1]):
+        assert padded.shape == unpadded.shape
+        np.testing.assert_allclose(padded, unpadded, atol=ATOL)
+
+
+class _Timed(torch.nn.Module):
+    """A packed layer whose forward takes `slow_ms` unpadded and `fast_ms` padded (a sleep)."""
+
+    def __init__(self, slow_ms: float, fast_ms: float):
+        super().__init__()
+        from lab.models.packed import PackedLinear
+        self.layer = PackedLinear(torch.nn.Linear(4, 4), keep_weight=False)
+        self.ms = {1: slow_ms, 4: fast_ms}
+
+    def forward(self, input_ids, use_cache=False):
+        import time
+        time.sleep(self.ms[self.layer.min_rows] / 1e3)
+
+
+@pytest.mark.parametrize("slow_ms, fast_ms, chosen", [(30, 5, 4), (5, 30, 1), (30, 29, 1)])
+def test_padding_is_kept_only_where_it_measures_faster(slow_ms, fast_ms, chosen):
+    """choose_min_rows times both ways and keeps padding only if it is clearly faster (PAD_GAIN);
+    the layers are left at the choice it returns."""
+    from lab.models.packed import PAD_ROWS, can_pack, choose_min_rows
+    if not can_pack(torch.float32):
+        pytest.skip("torch built without oneDNN")
+    assert PAD_ROWS == 4
+    m = _Timed(slow_ms, fast_ms)
+    rows, ms = choose_min_rows(m)
+    assert rows == chosen and m.layer.min_rows == chosen
+    assert ms[1] >= slow_ms and ms[4] >= fast_ms
+
+
 def test_int8_draft_keeps_the_targets_greedy_output(tiny):
     """An int8 draft (lab/models/quant.py) only proposes: speculative decoding with it returns the
     fp32 target's own greedy decode token for token, and its logits keep the vocabulary's width."""
