@@ -23,7 +23,12 @@ import torch
 
 PACK_BATCH_HINT = 8              # oneDNN's layout hint: the verify blocks we run are 1..K+1 <= 8 rows
 PAD_ROWS = 4                     # the rows a short forward is padded to, where that measures faster
-PAD_GAIN = 0.9                   # padding is kept only if a step takes at most this share of the unpadded one
+# Padding is kept where a padded step takes at most this share of an unpadded one: 0.74–0.82 on the EPYC; where
+# it does not pay (the Xeon: 4 rows 5 % dearer than 1) noise would have to move the ratio by a tenth to pick it.
+PAD_GAIN = 0.95
+# Rounds run before the timed ones: right after packing, the first forwards read the new layout cold (the padded
+# step measured 0.86–0.87 of the unpadded in one round after load, 0.74–0.82 once warm).
+WARM_UP_ROUNDS = 2
 
 
 class PackedLinear(torch.nn.Module):
@@ -76,24 +81,25 @@ def set_min_rows(model: torch.nn.Module, rows: int) -> None:
             m.min_rows = rows
 
 
-def choose_min_rows(model: torch.nn.Module, repeats: int = 3) -> tuple[int, dict[int, float]]:
-    """Time a one-token forward of the packed `model` unpadded and padded to PAD_ROWS, interleaved
-    (so a change in the host's speed touches both), and keep padding only where it is clearly faster
-    (PAD_GAIN); returns (min_rows now set, {rows: median ms})."""
+def choose_min_rows(model: torch.nn.Module, repeats: int = 5) -> tuple[int, dict[int, float]]:
+    """Time one-token forwards of the packed `model` unpadded and padded to PAD_ROWS in pairs, the order
+    alternating, and keep padding only if the median of the pairs' ratios is at most PAD_GAIN: a pair
+    shares the host's speed of its moment, which on a shared VM moves by a third within seconds.
+    Returns (min_rows now set, {rows: median ms})."""
     import statistics
     import time
 
     x = torch.zeros(1, 1, dtype=torch.long)
     times: dict[int, list[float]] = {1: [], PAD_ROWS: []}
     with torch.inference_mode():
-        for i in range(repeats + 1):                       # the first round warms both paths up
-            for rows in times:
+        for i in range(WARM_UP_ROUNDS + repeats):
+            for rows in ((1, PAD_ROWS) if i % 2 else (PAD_ROWS, 1)):
                 set_min_rows(model, rows)
                 t = time.perf_counter()
                 model(input_ids=x, use_cache=False)
-                if i:
+                if i >= WARM_UP_ROUNDS:
                     times[rows].append((time.perf_counter() - t) * 1e3)
-    ms = {rows: statistics.median(v) for rows, v in times.items()}
-    chosen = PAD_ROWS if ms[PAD_ROWS] <= PAD_GAIN * ms[1] else 1
+    ratio = statistics.median(p / u for p, u in zip(times[PAD_ROWS], times[1]))
+    chosen = PAD_ROWS if ratio <= PAD_GAIN else 1
     set_min_rows(model, chosen)
-    return chosen, ms
+    return chosen, {rows: statistics.median(v) for rows, v in times.items()}
