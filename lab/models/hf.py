@@ -183,7 +183,7 @@ class HFModel(Tokenized):
     def _set_kernels(self, kernels: str) -> None:
         """Swap the Linear layers for packed or int8 ones when asked; packing falls back to torch's
         default where oneDNN cannot pack this dtype, int8 is refused where it cannot run."""
-        from lab.models.packed import can_pack, choose_min_rows, pack_linears
+        from lab.models.packed import PAD_ROWS, can_pack, choose_min_rows, pack_linears
         from lab.models.quant import can_quantize, quantize_linears
 
         if kernels not in KERNELS:
@@ -192,7 +192,7 @@ class HFModel(Tokenized):
             n = pack_linears(self.model)
             rows, ms = choose_min_rows(self.model)
             pad = (f"short forwards padded to {rows} rows: a step {ms[rows]:.0f} ms, {ms[1]:.0f} unpadded" if rows > 1
-                   else f"unpadded: a step {ms[1]:.0f} ms, {ms[max(ms)]:.0f} padded to {max(ms)} rows")
+                   else f"unpadded: a step {ms[1]:.0f} ms, {ms[PAD_ROWS]:.0f} padded to {PAD_ROWS} rows")
             self.kernels = f"onednn-packed ({n} Linear layers; {pad})"
         elif kernels == "int8":
             if not can_quantize(self.model.dtype):
