@@ -863,6 +863,11 @@ class RunRow(_Deltas):
     lab_pooled: float = math.nan        # tokens/s pooled over the queries (lab.core.cycle.pooled_tokens_per_s)
     sim_pooled: float = math.nan        # ... over the simulator's queries of every seed
     tps_tolerance: float = E2E_TOLERANCE_FRAC     # PROFILE_TPS_TOLERANCE_FRAC when the profile gave the compute
+    # Drafts accepted over drafts sent, each side (NaN: no drafting strategy).  Not judged: shown beside
+    # tokens/s because a miss there is either the compute or this (the simulator accepts by the
+    # profile's agreement, fed one token at a time; the int8 draft's two-token catch-up differs).
+    lab_accept: float = math.nan
+    sim_accept: float = math.nan
 
     @property
     def tps_frac(self) -> float:
@@ -895,7 +900,7 @@ class RunRow(_Deltas):
 
 
 RUN_HEAD = ("strategy", "queries", "cycles", "lab P50", "sim P50", "ΔP50", "lab P95", "sim P95", "ΔP95 (±lab)",
-            "lab tok/s", "sim tok/s", "tok/s Δ (±lab)", "used ahead lab", "sim", "rtx", "paired", "ok")
+            "lab tok/s", "sim tok/s", "tok/s Δ (±lab)", "α lab", "sim", "used ahead lab", "sim", "rtx", "paired", "ok")
 
 
 def format_run_row(r: RunRow) -> tuple[str, ...]:
@@ -903,8 +908,19 @@ def format_run_row(r: RunRow) -> tuple[str, ...]:
     u = 100 * r.u_tps / r.lab_tps if r.lab_tps else 0.0
     return (r.strategy, str(r.queries), str(r.cycles), f"{r.lab_p50:.2f}", f"{r.sim_p50:.2f}", f"{r.d50:+.2f}",
             f"{r.lab_p95:.2f}", f"{r.sim_p95:.2f}", f"{r.d95:+.2f} (±{r.u95:.1f})", f"{r.lab_tps:.2f}",
-            f"{r.sim_tps:.2f}", f"{100 * r.tps_frac:+.1f} % (±{u:.1f})", used(*r.lab_used), used(*r.sim_used),
+            f"{r.sim_tps:.2f}", f"{100 * r.tps_frac:+.1f} % (±{u:.1f})", _rate(r.lab_accept), _rate(r.sim_accept),
+            used(*r.lab_used), used(*r.sim_used),
             "-" if r.lab_retrans is None else str(r.lab_retrans), r.paired or "-", r.verdict)
+
+
+def _rate(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.2f}"
+
+
+def acceptance(queries: list[dict]) -> float:
+    """Drafts accepted over drafts sent to the target, pooled over the queries' cycles (NaN: none)."""
+    sent = sum(sum(q["k_per_cycle"]) for q in queries)
+    return sum(sum(q["accepted_per_cycle"]) for q in queries) / sent if sent else math.nan
 
 
 def _used_ahead(queries: list[dict]) -> tuple[int, int]:
@@ -924,7 +940,8 @@ def compare_run(strategy: str, lab: list[dict], sim: list[dict], lab_retrans: in
     return RunRow(strategy, len(lq), len(ln), lab50, lab95, sim50, sim95, lab_t, sim_t,
                   _room(lab50, sim50, quantile_interval(ln, 50)), _room(lab95, sim95, quantile_interval(ln, 95)),
                   _room(lab_t, sim_t, quantile_interval(lt, 50)), _used_ahead(lq), _used_ahead(sq),
-                  lab_retrans, paired, pooled_tokens_per_s(lq), pooled_tokens_per_s(sq), tps_tolerance)
+                  lab_retrans, paired, pooled_tokens_per_s(lq), pooled_tokens_per_s(sq), tps_tolerance,
+                  acceptance(lq), acceptance(sq))
 
 
 # Two strategies whose pooled tokens/s differ by less than this are tied in a ranking.  In the simulator
@@ -999,6 +1016,47 @@ def query_speed(q: dict, c) -> tuple[float, float]:
         draft += [d / c.t_draft_ms for d in drafts]
     med = lambda xs: float(np.median(xs)) if xs else 1.0     # noqa: E731
     return med(verify), med(draft)
+
+
+# Where a profile's and a run's models record their kernels (lab/models/hf.py HFModel.kernels).
+KERNEL_RECORDS = {"target": ("target_kernels", ("cloud", "target_kernels")),
+                  "draft": ("draft_kernels", ("edge", "draft_kernels"))}
+
+
+def kernels_kind(kernels: str) -> str:
+    """A kernels record without the timings it was chosen by: which kernels, and for a packed model
+    whether short forwards are padded ("…; short forwards padded to 4 rows: a step 159 ms, 209
+    unpadded" → "…; short forwards padded to 4 rows")."""
+    return kernels.split(": a step")[0]
+
+
+def kernels_differ(provenance: dict, meta: dict) -> list[str]:
+    """Each model a profile timed with other kernels than a run used (a profile from before a change of
+    kernels, or one whose padding choice went the other way): a prediction from it times other code."""
+    notes = []
+    for role, (ours, (node, key)) in KERNEL_RECORDS.items():
+        was, now = provenance.get(ours), (meta.get(node) or {}).get(key)
+        if was and now and kernels_kind(was) != kernels_kind(now):
+            notes.append(f"the profile timed the {role} as {kernels_kind(was)!r}, this run ran it as "
+                         f"{kernels_kind(now)!r}: the prediction times other kernels (`lab profile` again)")
+    return notes
+
+
+def host_speed_line(speeds: dict[str, list[tuple[float, float]]], drafting: Iterable[str] = ()) -> str:
+    """How long the host took to compute a run against the profile a prediction used, per strategy:
+    the medians over its queries of query_speed (verify, draft; > 1: slower than profiled).  A shared
+    host's speed moves by more than the tolerance between a profile and a run minutes later
+    (docs/MEASUREMENTS.md: up to a half), and a prediction is then off by about that much; this line
+    says which of the two a miss was.  `drafting`: the strategies whose draft time is shown."""
+    if not any(speeds.values()):
+        return "  the host during this run: no split or cloud-only cycle to compare with the profile"
+    med = {s: tuple(float(np.median([x[i] for x in v])) for i in (0, 1)) for s, v in speeds.items() if v}
+    moved = max(abs(x - 1) for v, d in med.values() for x in (v, d))
+    each = ", ".join(f"{s} ×{v:.2f}" + (f"/×{d:.2f}" if s in drafting else "") for s, (v, d) in med.items())
+    return (f"  the host during this run, against the profile (verify/draft time, median per query): {each}"
+            + (f"; it ran up to {100 * moved:.0f} % off the speed it was profiled at, and a prediction from the "
+               "profile is off by about as much (`lab profile` again, or judge on the run's own compute)"
+               if moved > PROFILE_TPS_TOLERANCE_FRAC / 2 else ""))
 
 
 def describe_compute(c) -> str:
@@ -1082,7 +1140,10 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
     pipelined = [s for s in strategies if s.startswith("pipelined")]
     if compute_from == "profile":
         compute, own, speed = replace(ComputeProfile.of(agreement), name=f"the profile {path}"), {}, {}
-        taken = profile_provenance(path).get("compute") or {}
+        provenance = profile_provenance(path)
+        for line in kernels_differ(provenance, meta):
+            out(f"  note: {line}")
+        taken = provenance.get("compute") or {}
         if taken.get("run"):
             out(f"  note: this profile's compute was taken from a run ({taken['run']}, `profile --from-run`), "
                 "not measured before it" + (": this very run" if Path(taken["run"]) == run_dir.resolve() else ""))
@@ -1100,6 +1161,12 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
         out(f"  compute, {s} (both nodes at once): {describe_compute(c)}")
     w = meta["workload"]
     measured = [v for (s, i), v in speed.items() if i >= w["warmup_queries"]]
+    if compute_from == "profile":
+        by_strategy: dict[str, list[tuple[float, float]]] = {}
+        for q in _measured(queries):
+            if q["strategy"] in strategies:
+                by_strategy.setdefault(q["strategy"], []).append(query_speed(q, compute))
+        out(host_speed_line(by_strategy, {q["strategy"] for q in queries if sum(q["k_per_cycle"])}))
     if measured:
         out(f"  each query at its own speed (its nodes' compute over the above): verify ×{min(v for v, _ in measured):.2f}"
             f"–{max(v for v, _ in measured):.2f}, draft ×{min(d for _, d in measured):.2f}–{max(d for _, d in measured):.2f}")

@@ -362,6 +362,9 @@ def test_a_real_pairs_run_judged_on_its_own_compute_agrees_where_nothing_differs
         assert r.verdict == "ok" and r.d50 == pytest.approx(0, abs=1e-6) and r.tps_frac == pytest.approx(0, abs=1e-9)
     k, n = rows["pipelined:3"].lab_used
     assert n > 0 and rows["pipelined:3"].sim_used == (k, n)
+    # the drafts accepted over those sent, each side: equal where the run was the simulator's; none for cloud-only
+    assert 0 < rows["fixed-k:3"].lab_accept < 1 and rows["fixed-k:3"].lab_accept == pytest.approx(rows["fixed-k:3"].sim_accept)
+    assert math.isnan(rows["cloud-only"].lab_accept) and math.isnan(rows["cloud-only"].sim_accept)
 
 
 def test_a_real_pairs_run_fails_the_row_whose_tokens_per_s_or_share_used_differs(real_run, one_trace):
@@ -395,6 +398,10 @@ def test_a_real_pairs_run_predicted_from_the_profile_alone_is_judged_within_ten_
                                              compute_from="profile")}
     assert any(f"t_draft {slow.t_draft_ms:.1f} ms" in s and "from the profile" in s for s in lines)
     assert not any("each query at its own speed" in s for s in lines)
+    # the run's compute over the profile's, and the warning once it moved past half the tolerance
+    host = next(s for s in lines if "the host during this run" in s)
+    assert f"cloud-only ×{1 / slower:.2f}, fixed-k:3 ×{1 / slower:.2f}/×{1 / slower:.2f}" in host
+    assert ("off the speed it was profiled at" in host) == (1 - 1 / slower > PROFILE_TPS_TOLERANCE_FRAC / 2)
     for r in rows.values():
         assert -(1 - 1 / slower) - 1e-9 <= r.tps_frac < -0.03 and r.tps_tolerance == PROFILE_TPS_TOLERANCE_FRAC
     # (pipelined:3's network time per cycle moves with the compute: the edge drafts ahead meanwhile)
@@ -464,3 +471,30 @@ def test_a_nasd_table_rewritten_after_the_run_is_said(tmp_path):
     assert len(notes) == 1 and "rewritten after this run (2026-12-05 15:14 UTC → 2026-12-05 18:20 UTC)" in notes[0]
     table.unlink()
     assert "is gone" in table_changes([q])[0]
+
+
+def test_the_host_speed_line_warns_only_past_half_the_profiles_tolerance():
+    """validate --compute profile says how long the host took against the profile, per strategy (medians
+    over its queries; draft time where it drafts) and warns once either moved by more than half the
+    10 % a prediction is allowed."""
+    from lab.validate import host_speed_line
+    steady = host_speed_line({"cloud-only": [(1.02, 1.0), (0.98, 1.0), (1.03, 1.0)],
+                              "nasd": [(0.99, 0.97), (1.01, 1.03), (1.04, 1.01)]}, {"nasd"})
+    assert "cloud-only ×1.02, nasd ×1.01/×1.01" in steady and "off the speed" not in steady
+    slow = host_speed_line({"cloud-only": [(1.0, 1.0)], "nasd": [(1.2, 1.0), (1.25, 1.04), (1.1, 0.99)]}, {"nasd"})
+    assert "nasd ×1.20/×1.00; it ran up to 20 % off the speed it was profiled at" in slow
+    assert "no split or cloud-only cycle" in host_speed_line({})
+
+
+def test_a_profile_that_timed_other_kernels_than_the_run_is_named():
+    """The padding choice and the kernels are compared, not the timings they were chosen by."""
+    from lab.validate import kernels_differ
+    padded = "onednn-packed (197 Linear layers; short forwards padded to 4 rows: a step {} ms, {} unpadded)"
+    unpadded = "onednn-packed (197 Linear layers; unpadded: a step 88 ms, 91 padded to 4 rows)"
+    int8 = "int8-dynamic (fbgemm, per-channel; 169 Linear layers)"
+    run = {"cloud": {"target_kernels": padded.format(277, 306)}, "edge": {"draft_kernels": int8}}
+    assert kernels_differ({"target_kernels": padded.format(159, 209), "draft_kernels": int8}, run) == []
+    (note,) = kernels_differ({"target_kernels": unpadded, "draft_kernels": int8}, run)
+    assert note.startswith("the profile timed the target as 'onednn-packed (197 Linear layers; unpadded'")
+    assert "padded to 4 rows'" in note
+    assert kernels_differ({}, run) == [] and kernels_differ({"target_kernels": unpadded}, {}) == []
