@@ -10,7 +10,10 @@ the same pair, prompts and thread count, in one process:
                but not fewer than M (`--stop-min`): the M the simulator finds fastest on this host's
                measured profile of the pair (simulated_stop_min), else the fewest drafts no shorter block
                verifies cheaper than (spec.min_block on t_verify(K+1) and t_draft as measured here)
-  assisted     Hugging Face assisted generation: target.generate(assistant_model=draft)
+  assisted     Hugging Face assisted generation: target.generate(assistant_model=draft), on the
+               same loaded models as cloud-spec (the lab's kernels): the decoding loops side by side
+  assisted-stock   the same call on the pair as transformers loads it (torch's own Linear kernels,
+               no int8 draft): what `generate(assistant_model=…)` gives a user on this CPU
   plain        the target alone: target.generate (greedy)
 and prints tokens/s of each, the ratios, and whether the three produced the same token ids
 (at temperature 0 they should; bf16 can flip a near-tie, which is reported, not hidden).  The draft
@@ -160,6 +163,10 @@ def bench_colocated(models: str = "embedded", k: int = 5, max_new_tokens: int = 
         row = r["stop_row"]
         out(f"  {'':9s} {row}: {tps[row]:6.2f}  = {tps[row] / tps['plain']:.2f}x plain, "
             f"{tps[row] / tps['assisted']:.2f}x assisted (goal >= 1.2; the same draft)")
+        if STOCK_ROW in tps:
+            out(f"  {'':9s} {STOCK_ROW} {tps[STOCK_ROW]:6.2f}: cloud-spec {tps['cloud-spec'] / tps[STOCK_ROW]:.2f}x, "
+                f"{row} {tps[row] / tps[STOCK_ROW]:.2f}x  (transformers' assisted generation on its own "
+                f"{dtype} models, the same threads)")
         for row in (r for r in tps if r.startswith("cloud-spec-")):
             out(f"  {'':9s} {row.removeprefix('cloud-spec-').replace('-', ' ')}: cloud-spec {tps[row]:6.2f} = "
                 f"{tps[row] / tps['plain']:.2f}x plain  (assisted ran with the {r['draft_kernels']} draft only)")
@@ -184,8 +191,6 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int | None
                  kernels: str | None = None,
                  stopping: tuple[int, float, int | None] = (DEFAULT_STOP_K, DEFAULT_STOP, None)) -> dict:
     import os
-
-    import torch
 
     from lab.core.decoding import speculative_generate
     from lab.models.select import kernels_of, load_role
@@ -221,14 +226,8 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int | None
         ids = prompt_ids[p["id"]]
         ours = cloud_spec("cloud-spec", draft, ids)
         stopped = cloud_spec(stop_row, draft, ids, stop_k, stop, stop_min)
-        x = torch.tensor([ids])
-        eos = list(target.eos_token_ids)
-        gen_kw = dict(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos[0],
-                      attention_mask=torch.ones_like(x))
-        with torch.inference_mode():
-            assisted = tally.run("assisted", lambda: target.model.generate(
-                x, assistant_model=draft.model, **gen_kw)[0, len(ids):].tolist())
-            plain = tally.run("plain", lambda: target.model.generate(x, **gen_kw)[0, len(ids):].tolist())
+        assisted = tally.run("assisted", lambda: hf_generate(target, ids, max_new_tokens, assistant_model=draft.model))
+        plain = tally.run("plain", lambda: hf_generate(target, ids, max_new_tokens))
         greedy_reference[p["id"]] = plain
         for name, toks in (("assisted", assisted), ("plain", plain), (stop_row, stopped)):
             if toks != ours:
@@ -244,16 +243,66 @@ def _bench_dtype(models: str, k: int, max_new_tokens: int, n_prompts: int | None
                 mismatches.append(f"{p['id']}: cloud-spec with the {other_kernels} draft differs from plain "
                                   f"at token {_first_difference(toks, plain)}")
         del other
+    del draft, target
+    _assisted_stock(models, dtype, threads, draft_kernels, kernels, prompt_ids, max_new_tokens, tally,
+                    greedy_reference, out)
     out(f"  {models} ({dtype}, {threads} threads), K={k}, {len(prompts)} prompts × ≤{max_new_tokens} tokens")
     tps = tally.report(out)
     out(f"  cloud-spec / assisted = {tps['cloud-spec'] / tps['assisted']:.2f}x   (goal >= 1.2x)")
     out(f"  cloud-spec / plain    = {tps['cloud-spec'] / tps['plain']:.2f}x   (goal >= 1.3x)")
     out(f"  {stop_row} / assisted = {tps[stop_row] / tps['assisted']:.2f}x, / plain = "
         f"{tps[stop_row] / tps['plain']:.2f}x")
+    if STOCK_ROW in tps:
+        out(f"  cloud-spec / {STOCK_ROW} = {tps['cloud-spec'] / tps[STOCK_ROW]:.2f}x, {stop_row} / "
+            f"{STOCK_ROW} = {tps[stop_row] / tps[STOCK_ROW]:.2f}x   (transformers' assisted generation as it "
+            f"ships: its own {dtype} models)")
     out("  outputs: " + ("identical token ids" if not mismatches else "; ".join(mismatches)))
-    del draft, target
     return {"tokens_per_s": tps, "mismatches": mismatches, "verify": costs, "ttft_ms": ttft,
             "ttft_old_layout_ms": ttft_old, "draft_kernels": draft_kernels, "stop_row": stop_row}
+
+
+def hf_generate(target, ids: list[int], max_new_tokens: int, **extra) -> list[int]:
+    """transformers' own greedy `generate` of the target on `ids` (extra: assistant_model=…): the new tokens."""
+    import torch
+
+    x, eos = torch.tensor([ids]), list(target.eos_token_ids)
+    with torch.inference_mode():
+        return target.model.generate(x, do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                                     pad_token_id=eos[0], attention_mask=torch.ones_like(x),
+                                     **extra)[0, len(ids):].tolist()
+
+
+# Assisted generation as transformers ships it: both models with torch's own Linear kernels (no packing,
+# no int8 draft), the same dtype and threads.  The `assisted` row hands transformers the lab's kernels
+# too, which isolates the decoding loop; this row is what a user gets from `generate(assistant_model=…)`.
+STOCK_ROW = "assisted-stock"
+
+
+def _assisted_stock(models: str, dtype: str, threads: int, draft_kernels: str, kernels: str | None,
+                    prompt_ids: dict, max_new_tokens: int, tally: _Tally, greedy_reference: dict, out) -> None:
+    """The STOCK_ROW: assisted generation on the pair loaded with kernels "default", timed into `tally`.
+    Skipped when the lab's own rows already ran with those kernels.  Its tokens are compared with plain
+    decoding's and a difference is printed, not counted a failure: torch's default GEMMs sum in another
+    order than the packed ones, so a near-tie may go the other way (the comparison that must hold is
+    cloud-spec against plain, on one target)."""
+    from lab.models import warm_up
+    from lab.models.select import kernels_of, load_role
+
+    if draft_kernels == "default" and kernels_of(models, "target", dtype, kernels) == "default":
+        return
+    draft = load_role(models, "draft", dtype=dtype, threads=threads, kernels="default")
+    target = load_role(models, "target", dtype=dtype, threads=threads, kernels="default")
+    for m in (draft, target):
+        warm_up(m)
+    differ = []
+    for pid, ids in prompt_ids.items():
+        toks = tally.run(STOCK_ROW, lambda: hf_generate(target, ids, max_new_tokens, assistant_model=draft.model))
+        if toks != greedy_reference[pid]:
+            differ.append(f"{pid} at token {_first_difference(toks, greedy_reference[pid])}")
+    out(f"  {STOCK_ROW}: transformers' own kernels for both models ({target.kernels}); tokens "
+        + ("identical to plain" if not differ else "differ from the packed target's plain decoding: "
+           + ", ".join(differ) + " (another GEMM summation order; a near-tie)"))
+    del draft, target
 
 
 def _bench_gguf(k: int, max_new_tokens: int, n_prompts: int | None, threads: int, out) -> dict:
