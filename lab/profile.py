@@ -230,21 +230,25 @@ def time_alone(models: str, role: str, runs, dtype: str, threads: int, kernels: 
 def cycle_compute(record: dict):
     """(n, the cloud's verify ms, the edge's ms per draft forward …) for each measured cycle of one
     query record: n = K + 1 (split) or 1 (cloud-only); the query's first cycle (it holds the prefills)
-    and cycles without a verify are left out.  The drafting is a sequential cycle's over its K drafts;
+    and cycles without a verify are left out.  The drafting is a sequential cycle's over its K drafts
+    where the block before was not accepted whole (after one that was, the first forward also took in
+    its last draft and bonus, in one forward or, an int8 draft, two: lab/core/decoding.py feed_logits);
     a pipelined one's, the block drafted ahead (hidden_ms over its guessed bonus and K drafts) and the
     one drafted after a refuted guess (edge_ms over K), where there was one."""
     split = record.get("placement") == "split"
     pipelined = record["strategy"].startswith("pipelined")
-    hidden = record.get("hidden_ms_per_cycle") or [0.0] * len(record["k_per_cycle"])
-    cycles = zip(record["k_per_cycle"], record["cloud_compute_ms_per_cycle"], record["edge_compute_ms_per_cycle"],
-                 hidden)
+    ks = record["k_per_cycle"]
+    hidden = record.get("hidden_ms_per_cycle") or [0.0] * len(ks)
+    accepted = record.get("accepted_per_cycle") or [0] * len(ks)
+    cycles = zip(ks, record["cloud_compute_ms_per_cycle"], record["edge_compute_ms_per_cycle"], hidden)
     for i, (k, cloud_ms, edge_ms, hidden_ms) in enumerate(cycles):
         if i == 0 or cloud_ms is None or (split and not k):
             continue
         if not split:
             drafts = []
         elif not pipelined:
-            drafts = [] if edge_ms is None else [edge_ms / k]
+            caught_up = ks[i - 1] > 0 and accepted[i - 1] == ks[i - 1]
+            drafts = [] if edge_ms is None or caught_up else [edge_ms / k]
         else:
             drafts = ([hidden_ms / (k + 1)] if hidden_ms else []) + ([edge_ms / k] if edge_ms else [])
         yield (k + 1 if split else 1), float(cloud_ms), [float(d) for d in drafts]
@@ -392,6 +396,8 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
     draft = load_role(models, "draft", dtype=dtype, threads=threads, kernels=draft_kernels)
     target = load_role(models, "target", dtype=dtype, threads=threads)
     kernels = {"draft_kernels": getattr(draft, "kernels", None), "target_kernels": getattr(target, "kernels", None)}
+    # how the draft takes a fully accepted block's catch-up, as it is measured here: in one forward or two
+    catch_up = 2 if draft.new_session().rows_interact else 1
     if kernels["draft_kernels"]:
         out(f"draft: {kernels['draft_kernels']}; target: {kernels['target_kernels']}")
     m = measure_pair(draft, target, prompts, max_new_tokens, out)
@@ -404,7 +410,8 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
     acceptance = {"alpha": round(m["alpha"], 4), "trace": tuple(m["trace"]) or None,
                   "prompt_agreement": tuple(m["prompt_agreement"].items()) or None,
                   "prompt_answer": tuple(m["prompt_answer"].items()) or None,
-                  "prompt_confidence": tuple(m["prompt_confidence"].items()) or None}
+                  "prompt_confidence": tuple(m["prompt_confidence"].items()) or None,
+                  "draft_catch_up_forwards": catch_up}
     measured = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "prompts": prompts_file or "built-in",
                 "max_new_tokens": max_new_tokens}
     if acceptance_only:

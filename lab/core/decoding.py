@@ -62,6 +62,27 @@ def verify_rng(seed: int, seq: int) -> np.random.Generator:
 
 # ------------------------------------------------------------------ the two primitives
 
+# The longest feed a draft whose rows interact takes one token a forward: a fully accepted block's
+# catch-up (its last draft, never fed, and the bonus).  Longer feeds (a prompt, tokens the cloud made
+# alone) go in one forward, and the simulator charges them per token of prefill.
+CATCH_UP_ROWS = 2
+
+
+def feed_logits(session, feed: list[int]) -> np.ndarray:
+    """The next-token logits [V] after `feed`.  One forward, except on a session whose rows interact
+    (`rows_interact`: an int8 draft, whose fbgemm kernels quantise a forward's activations over all its
+    rows, so one row's logits move with its neighbour's, by up to 1.8 here): there a catch-up of up to
+    CATCH_UP_ROWS tokens is fed one token a forward, the roundings `lab profile` measured the draft's
+    agreement with.  Fed as one two-row forward the int8 draft accepted 0.53 / 0.70 where its profile
+    said 0.55 / 0.74; one token a forward, 0.55 / 0.73 and no slower (docs/MEASUREMENTS.md, the
+    catch-up one row at a time)."""
+    if 1 < len(feed) <= CATCH_UP_ROWS and getattr(session, "rows_interact", False):
+        for t in feed[:-1]:
+            session.extend([t])
+        feed = feed[-1:]
+    return session.extend(feed)[-1]
+
+
 def draft_tokens(session, feed: list[int], k: int, temperature: float, rng: np.random.Generator,
                  payload: str | None = "full", logits: np.ndarray | None = None,
                  between: Callable[[], bool] | None = None,
@@ -83,7 +104,7 @@ def draft_tokens(session, feed: list[int], k: int, temperature: float, rng: np.r
         if logits is None:
             if between is not None and not between():
                 return None, None
-            logits = session.extend(feed)[-1]                   # [V]
+            logits = feed_logits(session, feed)                 # [V]
         if temperature > 0:
             q = spec.softmax(logits, temperature)                # [V]
             tok = spec.sample(spec.proposal(payload, q), rng)
@@ -170,7 +191,7 @@ class DraftState:
         feed = chain[self.session.length:]                # the chain's last token, never fed yet
         if between is not None and not between():
             return None
-        guess = int(np.argmax(self.session.extend(feed)[-1]))
+        guess = int(np.argmax(feed_logits(self.session, feed)))
         self.ahead.append(guess)
         tokens, q = draft_tokens(self.session, [guess], k, temperature, rng, payload, between=between)
         if tokens is None:
@@ -197,7 +218,7 @@ class DraftState:
         """One edge-only token (no verification): feed pending, pick, commit."""
         logits = self._logits_if_ready(None)
         if logits is None:
-            logits = self.session.extend(self.pending())[-1]
+            logits = feed_logits(self.session, self.pending())
         self.cached, self.ready = len(self.committed), None
         tok = spec.pick(logits, temperature, rng)
         self.committed.append(tok)

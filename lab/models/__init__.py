@@ -39,6 +39,9 @@ class CachedSession:
     subclass keeps `length` and provides `_forward(ids, keep)` (run ids after the cached prefix; the
     logits of the last `keep` positions, [keep, vocab] float32), `_crop(length)` and `vocab_size`."""
     length: int = 0
+    # Whether a forward's rows move each other's logits (an int8 draft: activations quantised over all
+    # rows); a draft's short catch-up then goes one token a forward (lab/core/decoding.py feed_logits).
+    rows_interact: bool = False
 
     def prefill(self, token_ids: list[int]) -> np.ndarray:
         """Run the prompt on an empty session; logits for the next token, [vocab]."""

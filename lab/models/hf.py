@@ -209,7 +209,9 @@ class HFModel(Tokenized):
                             model_id, getattr(model, "generation_config", None), model.config)
 
     def new_session(self) -> HFSession:
-        return HFSession(self.model)
+        s = HFSession(self.model)
+        s.rows_interact = self.kernels.startswith("int8")        # lab/models/quant.py: per-call activation scale
+        return s
 
     def describe(self) -> dict:
         """What results/meta.json records about this model (threads: torch's setting right now)."""

@@ -107,6 +107,10 @@ class Profile:
     # t_verify(n) as measured at some sizes ((n, ms), … by n), which a real CPU's need not put on the
     # line a + b·n; the line's slope carries it past them (spec.verify_ms_at).  YAML: {n: ms}.
     verify_ms_by_n: tuple[tuple[int, float], ...] | None = None
+    # Forwards the draft spends on a fully accepted block's two-token catch-up: 1, or 2 for a draft whose
+    # rows interact (int8), which takes them one a forward (lab/core/decoding.py feed_logits).  The
+    # simulator charges t_draft for each, and the synthetic draft feeds them as the real one does.
+    draft_catch_up_forwards: int = 1
     name: str = "custom"
     source: str = ""
 
@@ -205,6 +209,8 @@ def check_profile(prof: Profile) -> str | None:
     for key, n in prof.prompt_answer or ():
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             return f"prompt_answer[{key}] must be a token count >= 1, got {n!r}"
+    if prof.draft_catch_up_forwards not in (1, 2) or isinstance(prof.draft_catch_up_forwards, bool):
+        return f"draft_catch_up_forwards must be 1 or 2, got {prof.draft_catch_up_forwards!r}"
     by_n = prof.verify_ms_by_n or ()
     for n, ms in by_n:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -293,6 +299,7 @@ class SyntheticSession:
         self._prefix: list[int] | None = None     # a prompt short of its last token (prefill)
         self.compute_ms = 0.0             # wall time spent in this session's forwards, as measured
         self.last_compute_ms = 0.0        # … in the last call
+        self.rows_interact = model.role == "draft" and model.profile.draft_catch_up_forwards > 1
 
     def _spend(self, ms: float) -> None:
         self.last_compute_ms = spend(ms)

@@ -65,6 +65,9 @@ class ComputeProfile:
     # Measured t_verify(n) at some n, used there and between them instead of the line (a real pair's
     # profile or run, whose verify times need not lie on one: spec.verify_ms_at); ((n, ms), … by n)
     verify_by_n: tuple[tuple[int, float], ...] = ()
+    # Forwards a fully accepted block's catch-up costs the draft (2: one a token, an int8 draft's way;
+    # lab/models/synthetic.py Profile); t_draft each, on top of the next block's drafts.
+    catch_up_forwards: int = 1
 
     def verify_ms(self, n: int) -> float:
         return spec.verify_ms_at(n, self.verify_a_ms, self.verify_b_ms, self.verify_by_n)
@@ -86,9 +89,18 @@ class ComputeProfile:
                        prefill_ms_per_token=float(profile.prefill_ms_per_token), alpha=float(profile.alpha),
                        vocab=int(getattr(profile, "vocab", 151_936)), seed=int(getattr(profile, "seed", 0)),
                        name=str(getattr(profile, "name", "custom")), source=str(getattr(profile, "source", "")),
-                       verify_by_n=tuple(sorted(getattr(profile, "verify_ms_by_n", None) or ())))
+                       verify_by_n=tuple(sorted(getattr(profile, "verify_ms_by_n", None) or ())),
+                       catch_up_forwards=int(getattr(profile, "draft_catch_up_forwards", 1)))
         except AttributeError as e:
             raise SimError(f"profile {profile!r} lacks a field the simulator needs ({e})") from None
+
+
+def drafting_ms(p: ComputeProfile, k: int, first: bool, whole: bool) -> float:
+    """The draft's time for a block of k: k forwards, one fewer for the first block (it drafts from the
+    prefill's logits), and catch_up_forwards − 1 more after a block accepted whole, whose last draft and
+    bonus the first forward takes in (one forward, or one a token: lab/core/decoding.py feed_logits)."""
+    extra = p.catch_up_forwards - 1 if whole and not first else 0
+    return p.t_draft_ms * ((k - 1 if first else k) + extra)
 
 
 # ------------------------------------------------------------------ acceptance
@@ -363,6 +375,7 @@ class _SimSplit:
         self.rtt_hint_ms = self.last_net_ms = (back - t_sent) - (done_at - arrival)
         self.stretch: tuple | None = None      # a stretch already requested and scheduled (_request_stretch)
         self.catch_up_ms = 0.0               # the draft's prefill of tokens the cloud made alone
+        self.whole = False                   # the last block was accepted whole: a two-token catch-up
         run.t = max(edge_ready, back)
 
     def now(self) -> float:
@@ -374,8 +387,8 @@ class _SimSplit:
 
     def draft(self, k: int, seq: int, stop: float | None = None, stop_min: int = 1) -> list[int]:
         k = drafted(self.q.acc, self.position, k, stop, stop_min)
-        self.run.t += self.run.p.t_draft_ms * (k - 1 if self.first else k) + self.catch_up_ms
-        self.first, self.catch_up_ms = False, 0.0
+        self.run.t += drafting_ms(self.run.p, k, self.first, self.whole) + self.catch_up_ms
+        self.first, self.catch_up_ms, self.whole = False, 0.0, False
         self.chain = k
         return [self.q.acc.token(self.position + i, drafted=True) for i in range(k)]
 
@@ -387,6 +400,7 @@ class _SimSplit:
         verify = run.p.verify_ms(k + 1)
         _, c_end = run._cloud(a, verify)
         n = q.acc.accepted(k, self.position)
+        self.whole = n == k
         down = run.sizes.verdict(rid, q.qid, seq, n, verify)
         t_sent = run.t
         run.t = run._send(c_end, "down", down.wire)
@@ -545,7 +559,7 @@ class _SimColocated:
 
     def __init__(self, q: _SimQuery, start_ms: float):
         self.q, self.p, self.tc = q, q.run.p, start_ms
-        self.position, self.first = q.L, True
+        self.position, self.first, self.whole = q.L, True, False
 
     def now(self) -> float:
         return self.tc
@@ -555,14 +569,15 @@ class _SimColocated:
 
     def draft(self, k: int, seq: int, stop: float | None = None, stop_min: int = 1) -> list[int]:
         k = drafted(self.q.acc, self.position, k, stop, stop_min)
-        self.tc += self.p.t_draft_ms * (k - 1 if self.first else k)
-        self.first = False
+        self.tc += drafting_ms(self.p, k, self.first, self.whole)
+        self.first = self.whole = False
         return [self.q.acc.token(self.position + i, drafted=True) for i in range(k)]
 
     def verify(self, drafts: list[int], seq: int) -> Verdict:
         k = len(drafts)
         self.tc += self.p.verify_ms(k + 1)
         n = self.q.acc.accepted(k, self.position)
+        self.whole = n == k
         return Verdict(n, self.q.acc.token(self.position + n), self.p.verify_ms(k + 1))
 
     def commit(self, accepted: list[int], token: int) -> None:

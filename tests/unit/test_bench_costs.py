@@ -45,6 +45,8 @@ def test_int8_kernels_run_through_the_timer(tiny):
         pytest.skip("torch built without fbgemm")
     q = HFModel.from_objects(copy.deepcopy(tiny.model), _Tok(), "tiny-int8", kernels="int8")
     assert verify_costs(q, list(range(5, 15)), ks=(2,), repeats=2)["t_verify_ms"][2] > 0
+    # its sessions say their rows interact (activations quantised per call), a float32 model's do not
+    assert q.new_session().rows_interact and not tiny.new_session().rows_interact
 
 
 def test_first_difference():

@@ -376,3 +376,30 @@ def test_at_temperature_the_stop_reads_the_drafts_own_softmax_whatever_the_paylo
     s = Fork([])
     toks, q = draft_tokens(s, [], 8, 1.0, np.random.default_rng(0), payload=payload, logits=s.row(0), stop=0.3)
     assert len(toks) == 2 and q.shape == (2, 50)
+
+
+class _CountingBigram(_Bigram):
+    """A bigram draft whose sessions record the size of every extend, rows interacting or not."""
+
+    def __init__(self, seed: int, rows_interact: bool):
+        super().__init__(seed)
+        self.rows_interact, self.feeds = rows_interact, []
+
+    def new_session(self):
+        s, feeds = _BigramSession(self), self.feeds
+        s.rows_interact = self.rows_interact
+        extend = s.extend
+        s.extend = lambda ids: (feeds.append(len(ids)), extend(ids))[1]
+        return s
+
+
+@pytest.mark.parametrize("rows_interact", [False, True])
+def test_a_draft_whose_rows_interact_takes_a_whole_blocks_catch_up_one_token_a_forward(rows_interact):
+    """The draft agreeing with the target everywhere, every block is accepted whole and the next starts
+    with a two-token catch-up (its last draft and the bonus): one forward of two rows, or, where the
+    session's rows interact (an int8 draft), two of one — the same tokens either way."""
+    draft, target = _CountingBigram(2, rows_interact), _Bigram(2)
+    g = speculative_generate(draft, target, [0, 3, 1], 24, k_fn=lambda: 3)
+    assert g.accepted[:-1] == g.drafted[:-1] == [3] * (len(g.drafted) - 1)
+    assert g.tokens == greedy_generate(target, [0, 3, 1], 24)
+    assert (max(draft.feeds) == 1) == rows_interact and draft.feeds.count(2) == (0 if rows_interact else len(g.drafted) - 1)

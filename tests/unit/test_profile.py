@@ -246,6 +246,17 @@ def test_compute_from_a_run_is_what_the_nodes_measured_per_cycle():
     assert m["t_draft_ms"] == pytest.approx(40) and m["draft_cycles"] == 4
 
 
+def test_a_cycle_after_a_block_accepted_whole_does_not_time_the_draft():
+    """Its first forward also took in the last block's last draft and bonus (one forward, or two for an
+    int8 draft): 160 ms for 3 drafts there is 4 forwards of 40, not 3 of 53."""
+    from lab.profile import cycle_compute, compute_from_run
+    rec = _cycles("fixed-k:3", "split", [3, 3, 3, 3, 3], [950, 280, 280, 280, 280], [400, 160, 120, 160, 120],
+                  accepted_per_cycle=[3, 1, 3, 0, 2])
+    assert [drafts for _, _, drafts in cycle_compute(rec)] == [[], [40.0], [], [40.0]]
+    m = compute_from_run([RUN[0], rec])
+    assert m["t_draft_ms"] == pytest.approx(40) and m["draft_cycles"] == 2
+
+
 def test_a_run_without_two_verify_sizes_is_refused_by_name():
     from lab.models import ModelError
     from lab.profile import compute_from_run

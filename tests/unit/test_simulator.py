@@ -102,6 +102,22 @@ def test_split_cycle_is_draft_plus_verify_plus_rtt():
             assert r["n_tokens"] == 30 and sum(min(n + 1, 30) for n in r["accepted_per_cycle"]) >= 30
 
 
+def test_a_draft_that_catches_up_one_token_a_forward_pays_one_more_after_a_whole_block():
+    """catch_up_forwards = 2 (an int8 draft: lab/core/decoding.py feed_logits): the cycle after a block
+    accepted whole drafts K + 1 forwards, after a rejection K, as with one forward."""
+    from dataclasses import replace
+    sc = scenario({"delay_ms": 5})
+    prof = replace(PROF, catch_up_forwards=2)
+    whole_seen = 0
+    for r in run(sc, ["fixed-k:3"], profile=prof, max_new_tokens=40):
+        ks, acc, edge = r["k_per_cycle"], r["accepted_per_cycle"], r["edge_compute_ms_per_cycle"]
+        for j in range(1, len(ks)):
+            whole = acc[j - 1] == ks[j - 1]
+            whole_seen += whole
+            assert edge[j] == pytest.approx(PROF.t_draft_ms * (ks[j] + whole))
+    assert whole_seen > 0
+
+
 def test_edge_only_never_touches_the_network():
     sc = scenario({"delay_ms": 100, "loss_pct": 5})
     r = run(sc, ["edge-only"], max_new_tokens=20)[0]

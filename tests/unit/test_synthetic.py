@@ -72,12 +72,29 @@ BASE = "t_draft_ms: 1\nverify_a_ms: 1\nverify_b_ms: 1\nprefill_ms_per_token: 1\n
     ("alpha: 0.5\ntrace: [1, -1]\n", "trace"),
     ("alpha: 0.5\nverify_ms_by_n: [3]\n", "verify_ms_by_n must be a mapping"),
     ("alpha: 0.5\nverify_ms_by_n: {2: fast}\n", "verify_ms_by_n must map token counts to milliseconds"),
+    ("alpha: 0.5\ndraft_catch_up_forwards: 3\n", "draft_catch_up_forwards must be 1 or 2, got 3"),
 ])
 def test_bad_profiles_are_named(tmp_path, body, words):
     p = tmp_path / "bad.yaml"
     p.write_text(BASE + body)
     with pytest.raises(ModelError, match=words):
         load_profile(str(p))
+
+
+def test_a_profiles_two_forward_catch_up_reaches_the_synthetic_draft_and_the_simulator(tmp_path):
+    """draft_catch_up_forwards = 2 (`lab profile` of an int8 draft) survives a save and load; the synthetic
+    draft's sessions then take a whole block's catch-up one token a forward (their rows interact), the
+    target's do not, and the simulator charges the extra forward."""
+    from dataclasses import replace
+
+    from lab.sim.simulator import ComputeProfile
+    prof = replace(load_profile("fast"), draft_catch_up_forwards=2)
+    save_profile(prof, tmp_path / "int8.yaml")
+    back = load_profile(str(tmp_path / "int8.yaml"))
+    assert back.draft_catch_up_forwards == 2 and ComputeProfile.of(back).catch_up_forwards == 2
+    assert SyntheticModel("draft", back).new_session().rows_interact
+    assert not SyntheticModel("target", back).new_session().rows_interact
+    assert not SyntheticModel("draft", load_profile("fast")).new_session().rows_interact
 
 
 def test_an_unknown_profile_is_named():
