@@ -865,7 +865,7 @@ class RunRow(_Deltas):
     tps_tolerance: float = E2E_TOLERANCE_FRAC     # PROFILE_TPS_TOLERANCE_FRAC when the profile gave the compute
     # Drafts accepted over drafts sent, each side (NaN: no drafting strategy).  Not judged: shown beside
     # tokens/s because a miss there is either the compute or this (the simulator accepts by the
-    # profile's agreement, fed one token at a time; the int8 draft's two-token catch-up differs).
+    # profile's agreement, measured one token a forward, as the lab's draft now feeds too).
     lab_accept: float = math.nan
     sim_accept: float = math.nan
 

@@ -12,6 +12,7 @@ KV-cache bookkeeping — the invariant both sides keep, cycle after cycle:
              after a cycle, 0 right after prefill, when the prefill logits are used instead)
 
     draft:   extend(pending) → logits → d0; extend([d0]) → d1; … → d[K-1]
+             (pending of 2 on a draft whose rows interact, int8: one token a forward, feed_logits)
              draft cache = S + d0..d[K-2]        (d[K-1] is never fed: nobody needs its logits yet)
     verify:  extend([last, d0..d[K-1]])  → p[0..K]   (ONE forward pass, K+1 positions)
              accept n ≤ K, next token t (correction if n < K, bonus if n = K)
