@@ -1042,6 +1042,17 @@ def kernels_differ(provenance: dict, meta: dict) -> list[str]:
     return notes
 
 
+def stale_catch_up(provenance: dict, agreement) -> str | None:
+    """A profile of an int8 draft that says its catch-up takes one forward was measured before the draft
+    took it one token a forward (lab/core/decoding.py feed_logits): the simulator would charge one
+    forward too few after each block accepted whole."""
+    if str(provenance.get("draft_kernels") or "").startswith("int8") and agreement.draft_catch_up_forwards == 1:
+        return ("this profile of an int8 draft predates its one-token-a-forward catch-up (no "
+                "draft_catch_up_forwards: 2): the simulator charges one forward too few after each block "
+                "accepted whole (`lab profile` again)")
+    return None
+
+
 def host_speed_line(speeds: dict[str, list[tuple[float, float]]], drafting: Iterable[str] = ()) -> str:
     """How long the host took to compute a run against the profile a prediction used, per strategy:
     the medians over its queries of query_speed (verify, draft; > 1: slower than profiled).  A shared
@@ -1121,6 +1132,9 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
         raise ResultsError(f"no profile of this host for the run's pair ({path}): its agreement is what the "
                            "simulator accepts by; run `python -m lab profile` (or `--acceptance-only`) first")
     agreement = load_profile(path)
+    stale = stale_catch_up(profile_provenance(path), agreement)
+    if stale:
+        out(f"  note: {stale}")
     queries = read_jsonl(run_dir / "queries.jsonl")
     cycles = read_jsonl(run_dir / "cycles.jsonl")
     run_table = run_dir / RUN_TABLE if (run_dir / RUN_TABLE).is_file() else None
