@@ -49,6 +49,13 @@ def _concat(records: list[dict], key: str) -> np.ndarray:
     return np.asarray([x for r in records for x in r.get(key, [])], dtype=float)
 
 
+def acceptance(records: list[dict]) -> float:
+    """Drafts accepted over drafts sent to the target, pooled over the records' cycles (NaN: none sent)."""
+    k, acc = _concat(records, "k_per_cycle"), _concat(records, "accepted_per_cycle")
+    drafted = k.sum() if k.size else 0.0
+    return float(acc.sum() / drafted) if drafted > 0 else math.nan
+
+
 def summarize_strategy(records: list[dict], *, scenario: str, strategy: str, backend: str,
                        models: str, tcp_retrans_segs: int | None = None) -> dict:
     """One summary row from the measured (non-warm-up) query records of one strategy; fallback
@@ -61,10 +68,7 @@ def summarize_strategy(records: list[dict], *, scenario: str, strategy: str, bac
         p50, p95, p99 = percentiles(r.get(key) for r in rs)
         row.update({f"{name}_p50": p50, f"{name}_p95": p95, f"{name}_p99": p99})
     row["tokens_per_s_pooled"] = pooled_tokens_per_s(rs)
-    k = _concat(rs, "k_per_cycle")
-    acc = _concat(rs, "accepted_per_cycle")
-    drafted = k.sum() if k.size else 0.0
-    row["acceptance"] = float(acc.sum() / drafted) if drafted > 0 else math.nan
+    row["acceptance"] = acceptance(rs)
     cyc = _concat(rs, "cycle_ms_per_cycle")
     net = _concat(rs, "network_ms_per_cycle")
     row["network_overhead_ratio"] = float(net.sum() / cyc.sum()) if cyc.size and cyc.sum() > 0 else math.nan

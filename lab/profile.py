@@ -397,7 +397,7 @@ def profile_main(models: str = "embedded", out_path: str | None = None, max_new_
     target = load_role(models, "target", dtype=dtype, threads=threads)
     kernels = {"draft_kernels": getattr(draft, "kernels", None), "target_kernels": getattr(target, "kernels", None)}
     # how the draft takes a fully accepted block's catch-up, as it is measured here: in one forward or two
-    catch_up = 2 if draft.new_session().rows_interact else 1
+    catch_up = 2 if getattr(draft, "rows_interact", False) else 1
     if kernels["draft_kernels"]:
         out(f"draft: {kernels['draft_kernels']}; target: {kernels['target_kernels']}")
     m = measure_pair(draft, target, prompts, max_new_tokens, out)

@@ -81,6 +81,7 @@ import numpy as np
 
 from lab.core.cycle import pooled_tokens_per_s
 from lab.core.strategies import RUN_TABLE
+from lab.metrics import acceptance
 from lab.scenario import TIMELINE_ALIGNMENT, Scenario, available, load_scenario, parse_scenario
 from lab.sweep import grid
 from lab.sim.tcpcc import TcpConfig
@@ -917,12 +918,6 @@ def _rate(x: float) -> str:
     return "-" if math.isnan(x) else f"{x:.2f}"
 
 
-def acceptance(queries: list[dict]) -> float:
-    """Drafts accepted over drafts sent to the target, pooled over the queries' cycles (NaN: none)."""
-    sent = sum(sum(q["k_per_cycle"]) for q in queries)
-    return sum(sum(q["accepted_per_cycle"]) for q in queries) / sent if sent else math.nan
-
-
 def _used_ahead(queries: list[dict]) -> tuple[int, int]:
     flags = [f for q in queries for f in (q.get("optimistic_per_cycle") or []) if f is not None]
     return sum(1 for f in flags if f), len(flags)
@@ -1131,8 +1126,8 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
     if not Path(path).is_file():
         raise ResultsError(f"no profile of this host for the run's pair ({path}): its agreement is what the "
                            "simulator accepts by; run `python -m lab profile` (or `--acceptance-only`) first")
-    agreement = load_profile(path)
-    stale = stale_catch_up(profile_provenance(path), agreement)
+    agreement, provenance = load_profile(path), profile_provenance(path)
+    stale = stale_catch_up(provenance, agreement)
     if stale:
         out(f"  note: {stale}")
     queries = read_jsonl(run_dir / "queries.jsonl")
@@ -1154,7 +1149,6 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
     pipelined = [s for s in strategies if s.startswith("pipelined")]
     if compute_from == "profile":
         compute, own, speed = replace(ComputeProfile.of(agreement), name=f"the profile {path}"), {}, {}
-        provenance = profile_provenance(path)
         for line in kernels_differ(provenance, meta):
             out(f"  note: {line}")
         taken = provenance.get("compute") or {}

@@ -199,18 +199,20 @@ class HFModel(Tokenized):
                 raise ModelError(f"kernels int8 needs float32 weights and torch's fbgemm engine; "
                                  f"this model is {self.dtype}")
             self.kernels = f"int8-dynamic (fbgemm, per-channel; {quantize_linears(self.model)} Linear layers)"
+            self.rows_interact = True            # activations quantised per call, over all its rows
 
     def _init(self, model, tokenizer, model_id: str, dtype: str) -> None:
         self.model, self.model_id, self.dtype = model, model_id, dtype
         self.n_params = sum(p.numel() for p in model.parameters())
         self.kernels = "torch default"
+        self.rows_interact = False               # its sessions' (CachedSession.rows_interact)
         self.source: dict | None = None         # provenance (the embedded pair: GGUF name, sha256, conversion)
         self._set_tokenizer(tokenizer, int(model.get_output_embeddings().out_features),   # logits width
                             model_id, getattr(model, "generation_config", None), model.config)
 
     def new_session(self) -> HFSession:
         s = HFSession(self.model)
-        s.rows_interact = self.kernels.startswith("int8")        # lab/models/quant.py: per-call activation scale
+        s.rows_interact = self.rows_interact
         return s
 
     def describe(self) -> dict:

@@ -299,7 +299,7 @@ class SyntheticSession:
         self._prefix: list[int] | None = None     # a prompt short of its last token (prefill)
         self.compute_ms = 0.0             # wall time spent in this session's forwards, as measured
         self.last_compute_ms = 0.0        # … in the last call
-        self.rows_interact = model.role == "draft" and model.profile.draft_catch_up_forwards > 1
+        self.rows_interact = model.rows_interact
 
     def _spend(self, ms: float) -> None:
         self.last_compute_ms = spend(ms)
@@ -360,6 +360,8 @@ class SyntheticModel:
         self.sure = {k: decode_confidence(v) for k, v in profile.prompt_confidence or ()} if role == "draft" else {}
         self.sure_pooled = self._pooled_confidence()
         self.confidence_measured = confidence_measured(profile)
+        # a draft profiled as taking its catch-up one token a forward (an int8 draft) feeds the same way
+        self.rows_interact = role == "draft" and profile.draft_catch_up_forwards > 1
         # The last id is the EOS that ends a profiled answer (prompt_answer); other tokens never draw it.
         self.eos_token_ids: tuple[int, ...] = (self.vocab_size - 1,) if self.answer else ()
 
