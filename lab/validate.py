@@ -1037,17 +1037,6 @@ def kernels_differ(provenance: dict, meta: dict) -> list[str]:
     return notes
 
 
-def stale_catch_up(provenance: dict, agreement) -> str | None:
-    """A profile of an int8 draft that says its catch-up takes one forward was measured before the draft
-    took it one token a forward (lab/core/decoding.py feed_logits): the simulator would charge one
-    forward too few after each block accepted whole."""
-    if str(provenance.get("draft_kernels") or "").startswith("int8") and agreement.draft_catch_up_forwards == 1:
-        return ("this profile of an int8 draft predates its one-token-a-forward catch-up (no "
-                "draft_catch_up_forwards: 2): the simulator charges one forward too few after each block "
-                "accepted whole (`lab profile` again)")
-    return None
-
-
 def host_speed_line(speeds: dict[str, list[tuple[float, float]]], drafting: Iterable[str] = ()) -> str:
     """How long the host took to compute a run against the profile a prediction used, per strategy:
     the medians over its queries of query_speed (verify, draft; > 1: slower than profiled).  A shared
@@ -1103,7 +1092,8 @@ def judge_run(run_dir: Path, profile: str | None = None, seeds: int = SIM_SEEDS,
     TTFT is short of a real pair's (docs/MEASUREMENTS.md); tokens/s excludes the first token.  Queries
     the edge answered alone are left out of both sides, and said."""
     from lab.core.strategies import make_strategy
-    from lab.models.synthetic import confidence_measured, host_profile_path, load_profile, profile_provenance
+    from lab.models.synthetic import (confidence_measured, host_profile_path, load_profile, profile_provenance,
+                                      stale_catch_up)
     from lab.results import ResultsError, read_jsonl
     from lab.scenario import scenario_of_run
     from lab.sim.simulator import ComputeProfile, simulate

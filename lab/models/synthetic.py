@@ -232,6 +232,17 @@ def profile_provenance(path: str | Path) -> dict:
     return (yaml.safe_load(Path(path).read_text()) or {}).get("provenance") or {}
 
 
+def stale_catch_up(provenance: dict, agreement) -> str | None:
+    """A profile of an int8 draft that says its catch-up takes one forward was measured before the draft
+    took it one token a forward (lab/core/decoding.py feed_logits): the simulator would charge one
+    forward too few after each block accepted whole."""
+    if str(provenance.get("draft_kernels") or "").startswith("int8") and agreement.draft_catch_up_forwards == 1:
+        return ("this profile of an int8 draft predates its one-token-a-forward catch-up (no "
+                "draft_catch_up_forwards: 2): the simulator charges one forward too few after each block "
+                "accepted whole (`lab profile` again)")
+    return None
+
+
 def save_profile(profile: Profile, path: Path, provenance: dict | None = None) -> None:
     """Write a profile YAML that load_profile reads back (provenance: free-form, e.g. how it was measured)."""
     problem = check_profile(profile)
@@ -490,6 +501,8 @@ def resolve_profile(name: str | None, dtype: str = "float32", draft_kernels: str
         return name, f"profile {name}"
     host = host_profile_path(models, dtype, draft_kernels)
     if host.exists():
-        return str(host), f"profile {name}: this host's, measured by `lab profile` ({host})"
+        stale = stale_catch_up(profile_provenance(host), load_profile(str(host)))
+        return str(host), (f"profile {name}: this host's, measured by `lab profile` ({host})"
+                           + (f"\n  note: {stale}" if stale else ""))
     return name, (f"profile {name}: the shipped one (measured on another CPU; no profile of this host, "
                   f"{host.name}, in {host.parent} — run `python -m lab profile` to measure one)")

@@ -1,5 +1,7 @@
 """`python -m lab profile` measured on the synthetic pair, whose truth is known: the measurement must
 recover the profile it runs (compute times within timer noise, the agreement trace exactly)."""
+from dataclasses import replace
+
 import pytest
 
 from lab.models.synthetic import Profile, load_synthetic, save_profile
@@ -211,8 +213,14 @@ def test_the_drafts_kernels_are_part_of_the_hosts_key(monkeypatch, tmp_path):
     assert host_profile_path("embedded", "float32") == int8
     assert host_profile_path("embedded", "bfloat16").name.endswith("--draft-packed.yaml")
     int8.parent.mkdir(parents=True)
-    save_profile(Profile(t_draft_ms=1, verify_a_ms=2, verify_b_ms=0, prefill_ms_per_token=0, alpha=0.5), int8)
+    timed = Profile(t_draft_ms=1, verify_a_ms=2, verify_b_ms=0, prefill_ms_per_token=0, alpha=0.5)
+    save_profile(timed, int8)
     assert resolve_profile("embedded-cpu")[0] == str(int8)
+    # sim, sweep and calibrate say, as validate does, when an int8 draft's profile predates its catch-up
+    save_profile(timed, int8, {"draft_kernels": "int8-dynamic (fbgemm, per-channel; 169 Linear layers)"})
+    assert "predates its one-token-a-forward catch-up" in resolve_profile("embedded-cpu")[1]
+    save_profile(replace(timed, draft_catch_up_forwards=2), int8, {"draft_kernels": "int8-dynamic (fbgemm)"})
+    assert "note" not in resolve_profile("embedded-cpu")[1]
     name, which = resolve_profile("embedded-cpu", draft_kernels="packed")
     assert name == "embedded-cpu" and packed.name in which
     (table := nasd_table_path(str(int8))).write_text("{}")
