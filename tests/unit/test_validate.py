@@ -503,8 +503,7 @@ def test_a_profile_that_timed_other_kernels_than_the_run_is_named():
 def test_an_int8_drafts_profile_from_before_the_one_token_catch_up_is_named():
     from dataclasses import replace
 
-    from lab.models.synthetic import load_profile
-    from lab.models.synthetic import stale_catch_up
+    from lab.models.synthetic import load_profile, stale_catch_up
     prof, int8 = load_profile("fast"), {"draft_kernels": "int8-dynamic (fbgemm, per-channel; 169 Linear layers)"}
     assert "predates its one-token-a-forward catch-up" in stale_catch_up(int8, prof)
     assert stale_catch_up(int8, replace(prof, draft_catch_up_forwards=2)) is None
